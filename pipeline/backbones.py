@@ -1,0 +1,142 @@
+"""keras.applications backbones and how to build an embedding model from one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Where to find a keras.applications model and its matching preprocess_input."""
+
+    application: str  # constructor in keras.applications, e.g. "ResNet50"
+    module: str  # keras.applications submodule holding preprocess_input
+    input_size: int
+
+
+# Kept to models that share the same shape of code path: add a line, not a branch.
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone("ResNet50", "resnet50", 224),
+    "resnet101": Backbone("ResNet101", "resnet", 224),
+    "resnet152": Backbone("ResNet152", "resnet", 224),
+    "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", 224),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights cannot be obtained; the run must not start."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides which numbers come out of the model."""
+
+    model: str = "resnet50"
+    weights: str = "imagenet"  # "imagenet", "random", or a weights file path
+    pooling: str = "avg"
+    seed: int = 0
+
+    @property
+    def backbone(self) -> Backbone:
+        return BACKBONES[self.model]
+
+    @property
+    def input_size(self) -> int:
+        return self.backbone.input_size
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "random"
+
+    def describe_weights(self) -> str:
+        if self.weights == "random":
+            return f"random (seed {self.seed}, NOT pretrained: embeddings carry no meaning)"
+        return self.weights
+
+
+def _local_copy(path: str) -> str:
+    """Returns a local file with the contents of path (local or any Beam filesystem)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return path
+    # Keras reads weights by file name, so the suffix (.weights.h5 / .h5) must survive.
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), name)
+    with FileSystems.open(path) as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=16 << 20)
+    return local
+
+
+def build_backbone(spec: ModelSpec) -> keras.Model:
+    """The bare keras.applications model, without top, with the requested weights."""
+    import keras
+
+    constructor = getattr(keras.applications, spec.backbone.application)
+    size = spec.input_size
+    kwargs = dict(
+        include_top=False,
+        input_shape=(size, size, 3),
+        pooling=None if spec.pooling == "none" else spec.pooling,
+    )
+    if spec.weights == "random":
+        # Keras's own initialisers under a fixed seed: every worker process, and any
+        # reference built the same way, gets bit-identical weights.
+        keras.utils.set_random_seed(spec.seed)
+        return constructor(weights=None, **kwargs)
+    if spec.weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **kwargs)
+        except Exception as error:  # Keras raises a bare Exception for fetch failures
+            raise WeightsUnavailableError(
+                f"cannot download the ImageNet weights for {spec.model} ({error}); "
+                "use --weights PATH for a weights file you have (local or gs://), "
+                "or --weights random for an offline smoke run"
+            ) from error
+    try:
+        return constructor(weights=_local_copy(spec.weights), **kwargs)
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"cannot load --weights {spec.weights} into {spec.model} "
+            f"({type(error).__name__}: {error}); give a Keras weights file saved from the "
+            "same model with include_top=False, or use imagenet or random"
+        ) from error
+
+
+def build_embedding_model(spec: ModelSpec) -> keras.Model:
+    """uint8 RGB images in, embeddings out, preprocess_input included."""
+    import keras
+
+    backbone = build_backbone(spec)
+    preprocess_input = getattr(keras.applications, spec.backbone.module).preprocess_input
+    size = spec.input_size
+    images = keras.Input((size, size, 3), dtype="uint8", name="images")
+    # Images travel between stages as uint8 (4x smaller); the model's own
+    # preprocess_input turns them into what the network was trained on.
+    features = backbone(preprocess_input(keras.ops.cast(images, "float32")))
+    if not spec.pretrained:
+        _LOG.warning("model %s uses %s", spec.model, spec.describe_weights())
+    return keras.Model(images, features, name=f"{spec.model}_embedding")
+
+
+def embedding_shape(spec: ModelSpec) -> tuple[int, ...]:
+    """Shape of one image's embedding, e.g. (2048,) or (7, 7, 2048) for pooling none.
+
+    Builds the model with the requested weights, so a run whose weights cannot be
+    downloaded or loaded stops here, before any work is scheduled.
+    """
+    import keras
+
+    shape = tuple(int(d) for d in build_backbone(spec).output_shape[1:])
+    keras.backend.clear_session()
+    return shape

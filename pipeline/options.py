@@ -1,0 +1,194 @@
+"""Every command-line option of the pipeline, declared once."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.backbones import BACKBONES
+
+OUTPUT_FORMATS = ("parquet", "npy")
+POOLINGS = ("avg", "max", "none")
+RESIZE_POLICIES = ("squash", "center_crop")
+NAMED_WEIGHTS = ("imagenet", "random")
+
+USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
+
+
+class UsageError(ValueError):
+    """A flag or flag value the user has to correct."""
+
+
+def parse_bool(value: str | bool) -> bool:
+    """Reads true/false the way Flex Template parameters and shells spell them."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+class EmbeddingOptions(PipelineOptions):
+    """The pipeline's own flags; their names are also the Flex Template parameters."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("image embedding options")
+        group.add_argument(
+            "--input",
+            help="CSV or text file of image URIs (local path or gs://), or a glob of images "
+            "such as gs://bucket/photos/**.jpg. Required.",
+        )
+        group.add_argument(
+            "--output",
+            help="Directory or gs:// prefix for embeddings, dead letter and summary. Required.",
+        )
+        group.add_argument(
+            "--output_format",
+            default="parquet",
+            help=f"One of {', '.join(OUTPUT_FORMATS)}. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--model",
+            default="resnet50",
+            help=f"keras.applications backbone: {', '.join(BACKBONES)}. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--weights",
+            default="imagenet",
+            help="imagenet (downloaded by Keras and cached), random (seeded, untrained: "
+            "smoke tests only), or a path to a Keras weights file (local or gs://). "
+            "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="Seed for --weights random. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--pooling",
+            default="avg",
+            help=f"One of {', '.join(POOLINGS)}: global average or max pooling of the last "
+            "feature map, or none for the whole map. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--resize",
+            default="squash",
+            help="squash: stretch the whole image to the model's input size; center_crop: "
+            "keep the aspect ratio and crop the largest centred square. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--jpeg_draft",
+            type=parse_bool,
+            nargs="?",
+            const=True,
+            default=True,
+            help="Let the JPEG decoder scale large images down by 2, 4 or 8 while decoding "
+            "(much faster; see README for the tolerance). (default: %(default)s)",
+        )
+        group.add_argument(
+            "--max_image_pixels",
+            type=int,
+            default=100_000_000,
+            help="Images with more pixels go to the dead letter as decompression bombs. "
+            "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--min_batch_size",
+            type=int,
+            default=8,
+            help="Smallest batch sent to the model. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--max_batch_size",
+            type=int,
+            default=32,
+            help="Largest batch sent to the model. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--num_shards",
+            type=int,
+            default=0,
+            help="Number of Parquet / index files; 0 lets the runner decide. "
+            "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--max_failure_fraction",
+            type=float,
+            default=0.05,
+            help="The run fails when more than this fraction of unique URIs could not be "
+            "embedded. (default: %(default)s)",
+        )
+
+
+def _beam_options_classes() -> list[type[PipelineOptions]]:
+    # The same discovery Beam's own PipelineOptions.get_all_options uses.
+    unique: dict[str, type[PipelineOptions]] = {}
+    for cls in PipelineOptions.__subclasses__():
+        unique.setdefault(str(cls), cls)
+    return [cls for cls in unique.values() if cls is not EmbeddingOptions]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser that knows this pipeline's flags and every Beam pipeline flag."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        usage=USAGE,
+        description="Embed images listed in a CSV (or matched by a glob) with a Keras model.",
+        allow_abbrev=False,
+    )
+    EmbeddingOptions._add_argparse_args(parser)
+    beam_group = parser.add_argument_group(
+        "Apache Beam pipeline options (passed to the runner unchanged)"
+    )
+    for cls in _beam_options_classes():
+        cls._add_argparse_args(beam_group)
+    return parser
+
+
+def _require_choice(flag: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UsageError(f"--{flag}: {value!r} is not one of {', '.join(choices)}")
+
+
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    """Parses argv into Beam options, rejecting unknown flags and invalid values."""
+    _, unknown = build_parser().parse_known_args(list(argv))
+    if unknown:
+        raise UsageError(
+            f"unrecognised argument(s): {' '.join(unknown)} (see python -m pipeline --help)"
+        )
+    options = PipelineOptions(list(argv))
+    validate(options.view_as(EmbeddingOptions))
+    return options
+
+
+def validate(opts: EmbeddingOptions) -> None:
+    """Checks values that argparse cannot, with messages that say what to do."""
+    if not opts.input:
+        raise UsageError("--input is required: a CSV of image URIs or a glob of images")
+    if not opts.output:
+        raise UsageError("--output is required: a directory or gs:// prefix")
+    _require_choice("output_format", opts.output_format, OUTPUT_FORMATS)
+    _require_choice("model", opts.model, tuple(BACKBONES))
+    _require_choice("pooling", opts.pooling, POOLINGS)
+    _require_choice("resize", opts.resize, RESIZE_POLICIES)
+    if not 1 <= opts.min_batch_size <= opts.max_batch_size:
+        raise UsageError(
+            f"batch sizes must satisfy 1 <= --min_batch_size <= --max_batch_size, got "
+            f"{opts.min_batch_size} and {opts.max_batch_size}"
+        )
+    if not 0.0 <= opts.max_failure_fraction <= 1.0:
+        raise UsageError(
+            f"--max_failure_fraction must be between 0 and 1, got {opts.max_failure_fraction}"
+        )
+    if opts.max_image_pixels < 1:
+        raise UsageError(f"--max_image_pixels must be positive, got {opts.max_image_pixels}")
+    if opts.num_shards < 0:
+        raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {opts.num_shards}")

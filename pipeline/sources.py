@@ -1,0 +1,146 @@
+"""Image URIs in: the rows of a CSV or text file, or the files a glob matches."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.metrics import counter
+from pipeline.records import Failure
+
+FAILED = "failed"
+URI_COLUMN = "uri"
+_GLOB_CHARACTERS = "*?["
+_SNIFF_LINES = 1000
+_BOM = "\ufeff"
+
+
+class InputError(ValueError):
+    """The --input cannot be read as a list of images."""
+
+
+def is_glob(path: str) -> bool:
+    return any(character in path for character in _GLOB_CHARACTERS)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where the URI sits in each row, and how many leading lines to skip."""
+
+    column: int = 0
+    skip_lines: int = 0
+
+
+def _fields(line: str) -> list[str]:
+    return next(csv.reader([line.lstrip(_BOM)]), [])
+
+
+def sniff_layout(path: str) -> CsvLayout:
+    """Finds a header naming a `uri` column in the first non-blank line, if there is one."""
+    if not FileSystems.exists(path):
+        raise InputError(f"--input {path}: no such file (give a CSV of image URIs or a glob)")
+    with FileSystems.open(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                if number >= _SNIFF_LINES:
+                    break
+                continue
+            names = [name.strip().lower() for name in _fields(line)]
+            if URI_COLUMN in names:
+                return CsvLayout(column=names.index(URI_COLUMN), skip_lines=number)
+            return CsvLayout()
+    return CsvLayout()
+
+
+def check_glob(pattern: str) -> None:
+    if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
+        raise InputError(f"--input {pattern}: the pattern matches no files")
+
+
+class ParseRowFn(beam.DoFn):
+    """One CSV line to its URI; a non-blank row without one is a read failure."""
+
+    def __init__(self, column: int):
+        self._column = column
+        self._rows = counter("rows_read")
+
+    def process(self, line: str):
+        fields = [field.strip() for field in _fields(line)]
+        if any(fields):  # blank lines and all-empty rows are not rows
+            self._rows.inc()
+            uri = fields[self._column] if self._column < len(fields) else ""
+            if uri:
+                yield uri
+            else:
+                yield pvalue.TaggedOutput(
+                    FAILED,
+                    Failure(line.strip(), "read", "MissingUri", f"no URI in column {self._column}"),
+                )
+
+
+class CountRepeatsFn(beam.DoFn):
+    """(uri, occurrences) to the number of rows dropped as repeats."""
+
+    def __init__(self):
+        self._duplicates = counter("duplicates_dropped")
+
+    def process(self, uri_and_count: tuple[str, int]):
+        repeats = uri_and_count[1] - 1
+        if repeats:
+            self._duplicates.inc(repeats)
+        yield repeats
+
+
+class ReadImageUris(beam.PTransform):
+    """Reads URIs and drops repeats; outputs uris, failed, rows (int) and duplicates (int).
+
+    CSV rule: if the first non-blank line has a column named `uri` it is a header and
+    that column holds the URIs; otherwise every row's first column does. Other columns
+    are ignored; blank lines and whitespace around fields are ignored.
+    """
+
+    def __init__(self, input_path: str):
+        super().__init__()
+        self._input = input_path
+
+    def expand(self, pbegin):
+        if is_glob(self._input):
+            uris = (
+                pbegin
+                | "Match files" >> fileio.MatchFiles(self._input)
+                | "Take paths" >> beam.Map(lambda metadata: metadata.path)
+            )
+            failed = pbegin | "No read failures" >> beam.Create([])
+        else:
+            layout = sniff_layout(self._input)
+            parsed = (
+                pbegin
+                | "Read lines"
+                >> beam.io.ReadFromText(self._input, skip_header_lines=layout.skip_lines)
+                | "Parse rows"
+                >> beam.ParDo(ParseRowFn(layout.column)).with_outputs(FAILED, main="uris")
+            )
+            uris, failed = parsed.uris, parsed[FAILED]
+        # Counting per URI groups by URI: besides dropping repeats, this shuffle spreads
+        # the URIs over all workers (a small CSV is read as a single split).
+        occurrences = uris | "Count occurrences" >> beam.combiners.Count.PerElement()
+        return {
+            "uris": occurrences | "Unique URIs" >> beam.Keys(),
+            "failed": failed,
+            "rows": (
+                occurrences
+                | "Occurrences" >> beam.Values()
+                | "Rows with a URI" >> beam.CombineGlobally(sum)
+            ),
+            "duplicates": (
+                occurrences
+                | "Repeats" >> beam.ParDo(CountRepeatsFn())
+                | "Duplicates" >> beam.CombineGlobally(sum)
+            ),
+        }

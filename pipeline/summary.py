@@ -1,0 +1,103 @@
+"""The run summary: counts that reconcile, and the failure budget that judges a run."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.records import STAGES
+from pipeline.sinks import SUMMARY, output_path, write_atomically
+
+
+class RunFailedError(RuntimeError):
+    """The run finished, but its result must not count as a success."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message, summary)
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def summarise(
+    _,
+    *,
+    rows_with_uri: int,
+    duplicates: int,
+    embedded: int,
+    failed_by_stage: dict[str, int],
+    context: dict[str, Any],
+    started_at: float,
+) -> dict[str, Any]:
+    """Builds the summary from independently counted parts, so that a lost input shows."""
+    failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
+    rows_read = rows_with_uri + failed["read"]
+    total_failed = sum(failed.values())
+    inputs = rows_read - duplicates
+    finished_at = time.time()
+    elapsed = max(finished_at - started_at, 1e-9)
+    return {
+        "rows_read": rows_read,
+        "duplicates_dropped": duplicates,
+        "embedded": embedded,
+        "failed": total_failed,
+        "failed_by_stage": failed,
+        "reconciled": rows_read == embedded + total_failed + duplicates,
+        "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
+        **context,
+        "started_at": _iso(started_at),
+        "finished_at": _iso(finished_at),
+        "elapsed_seconds": round(elapsed, 1),
+        "images_per_second": round(embedded / elapsed, 2),
+    }
+
+
+def check(summary: dict[str, Any]) -> None:
+    """Raises RunFailedError when the run must not be reported as a success."""
+    if summary["rows_read"] == 0:
+        raise RunFailedError(f"--input {summary['input']} lists no image URIs", summary)
+    if not summary["reconciled"]:
+        raise RunFailedError(
+            "counts do not reconcile: rows read != embedded + failed + duplicates dropped "
+            f"({summary['rows_read']} != {summary['embedded']} + {summary['failed']} + "
+            f"{summary['duplicates_dropped']})",
+            summary,
+        )
+    fraction, limit = summary["failure_fraction"], summary["max_failure_fraction"]
+    if fraction is not None and fraction > limit:
+        raise RunFailedError(
+            f"{summary['failed']} of {summary['rows_read'] - summary['duplicates_dropped']} "
+            f"inputs failed ({fraction:.1%} > --max_failure_fraction {limit}); reasons are in "
+            f"{summary['outputs']['failures']}",
+            summary,
+        )
+
+
+class WriteSummaryFn(beam.DoFn):
+    """Writes summary.json; on remote runners also fails the job when check() says so."""
+
+    def __init__(self, output: str, fail_job: bool):
+        self._path = output_path(output, SUMMARY)
+        self._fail_job = fail_job
+
+    def process(self, summary: dict[str, Any]):
+        write_atomically(self._path, (json.dumps(summary, indent=2) + "\n").encode())
+        if self._fail_job:
+            # Nobody waits for a templated job: a failed job is how the verdict shows.
+            check(summary)
+        yield summary
+
+
+def read_summary(output: str) -> dict[str, Any]:
+    with FileSystems.open(output_path(output, SUMMARY)) as handle:
+        return json.loads(handle.read())

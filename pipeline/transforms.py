@@ -1,0 +1,119 @@
+"""The load and extract steps as composite transforms, each with its dead letter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from PIL import Image
+
+from pipeline import images
+from pipeline.metrics import counter
+from pipeline.model import KerasEmbeddingHandler
+from pipeline.records import Failure, ImageKey
+
+FAILED = "failed"
+_LOG = logging.getLogger(__name__)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The file's bytes, from any filesystem Beam serves (local, gs://, ...)."""
+    # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
+    with FileSystems.open(
+        uri, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+    ) as handle:
+        return handle.read()
+
+
+class LoadImageFn(beam.DoFn):
+    """URI to (ImageKey, uint8 pixels); unreadable or undecodable inputs to `failed`."""
+
+    def __init__(self, size: int, policy: str, jpeg_draft: bool, max_pixels: int):
+        self._size = size
+        self._policy = policy
+        self._jpeg_draft = jpeg_draft
+        self._max_pixels = max_pixels
+        self._loaded = counter("images_loaded")
+
+    def setup(self):
+        # Pillow's own bomb check (used by formats that allocate while opening) then
+        # agrees with ours.
+        Image.MAX_IMAGE_PIXELS = self._max_pixels
+
+    def process(self, uri: str):
+        try:
+            decoded = images.decode(
+                read_bytes(uri), self._size, self._policy, self._jpeg_draft, self._max_pixels
+            )
+        except Exception as error:
+            yield pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", error))
+        else:
+            self._loaded.inc()
+            yield ImageKey(uri, decoded.width, decoded.height), decoded.pixels
+
+
+class LoadImages(beam.PTransform):
+    """URIs to model-sized RGB uint8 arrays; outputs images and failed."""
+
+    def __init__(self, size: int, policy: str, jpeg_draft: bool, max_pixels: int):
+        super().__init__()
+        self._fn = LoadImageFn(size, policy, jpeg_draft, max_pixels)
+
+    def expand(self, uris):
+        loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")
+        return {"images": loaded.images, "failed": loaded[FAILED]}
+
+
+def _batch_failures(batch_and_error):
+    """A failed inference batch to one Failure per image in it."""
+    batch, (error_type, error_repr, _traceback) = batch_and_error
+    name = getattr(error_type, "__name__", str(error_type))
+    for key, _pixels in batch:
+        yield Failure(key.uri, "extract", name, error_repr[:2000])
+
+
+class ExtractEmbeddings(beam.PTransform):
+    """(ImageKey, pixels) to (ImageKey, embedding) in batches; outputs embeddings and failed."""
+
+    def __init__(self, handler: KerasEmbeddingHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, images_):
+        embeddings, errors = (
+            images_
+            | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
+        failed = errors.failed_inferences | "Failed batches" >> beam.FlatMap(_batch_failures)
+        return {"embeddings": embeddings, "failed": failed}
+
+
+class ReportProgressFn(beam.DoFn):
+    """Passes elements through; logs this worker's progress every `interval` seconds."""
+
+    def __init__(self, interval: float = 20.0):
+        self._interval = interval
+
+    def setup(self):
+        self._count = 0
+        self._started = time.monotonic()
+        self._last_report = self._started
+
+    def process(self, element):
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last_report >= self._interval:
+            self._last_report = now
+            _LOG.info(
+                "worker %d: %d images embedded, %.1f images/s",
+                os.getpid(),
+                self._count,
+                self._count / (now - self._started),
+            )
+        yield element
