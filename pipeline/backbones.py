@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,7 +105,14 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
                 "or --weights random for an offline smoke run"
             ) from error
     try:
-        return constructor(weights=_local_copy(spec.weights), **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = constructor(weights=_local_copy(spec.weights), **kwargs)
+        # Keras may skip parts of a file it cannot match and only warn about it.
+        skipped = [w for w in caught if "freshly-initialized" in str(w.message)]
+        if skipped:
+            raise ValueError(f"{len(skipped)} parts were not found in the file")
+        return model
     except Exception as error:
         raise WeightsUnavailableError(
             f"cannot load --weights {spec.weights} into {spec.model} "

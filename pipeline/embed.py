@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,11 +67,14 @@ class CountFailuresFn(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) -> None:
     """Adds every step to p; fail_job makes the job itself fail on too many failures."""
     started_at = time.time()
+    run_id = new_run_id(started_at)
     spec = ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
     if is_glob(opts.input):
         check_glob(opts.input)
     shape = embedding_shape(spec)  # also proves the weights can be had, before any work
-    context = run_context(opts, spec, shape)
+    context = {"run_id": run_id, **run_context(opts, spec, shape)}
+    if not spec.pretrained:
+        _LOG.warning("--weights random: %s", spec.describe_weights())
 
     read = p | "Read URIs" >> ReadImageUris(opts.input)
     loaded = read["uris"] | "Load images" >> LoadImages(
@@ -83,9 +87,9 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
     if opts.output_format == "parquet":
         metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
-        sink = WriteParquet(opts.output, parquet_schema(shape, metadata), opts.num_shards)
+        sink = WriteParquet(opts.output, run_id, parquet_schema(shape, metadata), opts.num_shards)
     else:
-        sink = WriteNpy(opts.output, opts.num_shards)
+        sink = WriteNpy(opts.output, run_id, opts.num_shards)
     stored = embeddings | "Store embeddings" >> sink
 
     failures = (
@@ -94,7 +98,7 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         extracted["failed"],
         stored["failed"],
     ) | "All failures" >> beam.Flatten()
-    _ = failures | "Dead letter" >> WriteFailures(opts.output)
+    _ = failures | "Dead letter" >> WriteFailures(opts.output, run_id)
     failed_by_stage = (
         failures
         | "Count failures" >> beam.ParDo(CountFailuresFn())
@@ -115,6 +119,12 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         )
         | "Write summary" >> beam.ParDo(WriteSummaryFn(opts.output, fail_job))
     )
+
+
+def new_run_id(started_at: float) -> str:
+    """e.g. 20261124T011106-3fa2c1: sortable by start time, unique per run."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:

@@ -46,34 +46,48 @@ def write_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([partial], [path])
 
 
-class RemoveStaleShardsFn(beam.DoFn):
-    """Deletes shards of an earlier run that this run's sink did not rewrite.
+def shard_prefix(output: str, name: str, run_id: str) -> str:
+    """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
+    return output_path(output, f"{name}-{run_id}")
 
-    A re-run may write fewer shards than the last one; without this, old shards would
-    sit beside the new ones and duplicate their rows.
+
+class RemoveOtherRunsShardsFn(beam.DoFn):
+    """After this run's shards are final, deletes shards that earlier runs left.
+
+    Beam's sink would skip renaming onto an existing shard of the same size (the local
+    filesystem's checksum), keeping the old content; unique names per run avoid that,
+    and this step keeps a re-run from adding to the previous run's files.
     """
 
-    def __init__(self, prefix: str, suffix: str):
-        self._prefix = prefix
+    def __init__(self, output: str, name: str, suffix: str, run_id: str):
+        self._base = output_path(output, name)
         self._suffix = suffix
+        self._run_id = run_id
 
-    def process(self, written: list[str]):
-        pattern = re.compile(
-            re.escape(self._prefix) + r"-\d{5}-of-\d{5}" + re.escape(self._suffix) + "$"
+    def process(self, unused_written):
+        shard = re.compile(
+            re.escape(self._base)
+            + r"-(?P<run>\d{8}T\d{6}-[0-9a-f]{6})-\d{5}-of-\d{5}"
+            + re.escape(self._suffix)
+            + "$"
         )
-        keep = set(written)
-        matches = FileSystems.match([f"{self._prefix}-*-of-*{self._suffix}"])[0].metadata_list
-        stale = [m.path for m in matches if pattern.match(m.path) and m.path not in keep]
+        matches = FileSystems.match([f"{self._base}-*-of-*{self._suffix}"])[0].metadata_list
+        stale = []
+        for metadata in matches:
+            found = shard.match(metadata.path)
+            if found and found["run"] != self._run_id:
+                stale.append(metadata.path)
         if stale:
             FileSystems.delete(stale)
         yield from stale
 
 
-def _remove_stale(written, prefix: str, suffix: str, label: str):
+def _remove_other_runs(written, output: str, name: str, suffix: str, run_id: str):
     return (
         written
-        | f"{label}: list written" >> beam.combiners.ToList()
-        | label >> beam.ParDo(RemoveStaleShardsFn(prefix, suffix))
+        | f"List written {name}" >> beam.combiners.ToList()
+        | f"Remove earlier {name}"
+        >> beam.ParDo(RemoveOtherRunsShardsFn(output, name, suffix, run_id))
     )
 
 
@@ -112,9 +126,10 @@ class CountEmbeddedFn(beam.DoFn):
 class WriteParquet(beam.PTransform):
     """Embeddings to sharded Parquet through Beam's sink; outputs embedded (int), failed."""
 
-    def __init__(self, output: str, schema: pa.Schema, num_shards: int):
+    def __init__(self, output: str, run_id: str, schema: pa.Schema, num_shards: int):
         super().__init__()
-        self._prefix = output_path(output, EMBEDDINGS)
+        self._output = output
+        self._run_id = run_id
         self._schema = schema
         self._num_shards = num_shards
 
@@ -125,14 +140,14 @@ class WriteParquet(beam.PTransform):
             | "To rows" >> beam.Map(_parquet_row)
         )
         written = rows | "Write Parquet" >> beam.io.WriteToParquet(
-            self._prefix,
+            shard_prefix(self._output, EMBEDDINGS, self._run_id),
             self._schema,
             codec="snappy",
             file_name_suffix=".parquet",
             num_shards=self._num_shards,
             shard_name_template=SHARD_TEMPLATE,
         )
-        _remove_stale(written, self._prefix, ".parquet", "Remove stale Parquet shards")
+        _remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),
@@ -169,24 +184,24 @@ def _index_line(key: ImageKey, name: str) -> str:
 class WriteNpy(beam.PTransform):
     """Embeddings to one .npy each plus an index CSV; outputs embedded (int), failed."""
 
-    def __init__(self, output: str, num_shards: int):
+    def __init__(self, output: str, run_id: str, num_shards: int):
         super().__init__()
-        self._directory = output_path(output, NPY_DIRECTORY)
-        self._index = output_path(output, NPY_INDEX)
+        self._output = output
+        self._run_id = run_id
         self._num_shards = num_shards
 
     def expand(self, embeddings):
-        written = embeddings | "Write .npy" >> beam.ParDo(WriteNpyFn(self._directory)).with_outputs(
-            FAILED, main="index"
-        )
+        written = embeddings | "Write .npy" >> beam.ParDo(
+            WriteNpyFn(output_path(self._output, NPY_DIRECTORY))
+        ).with_outputs(FAILED, main="index")
         index_files = written.index | "Write index" >> beam.io.WriteToText(
-            self._index,
+            shard_prefix(self._output, NPY_INDEX, self._run_id),
             file_name_suffix=".csv",
             num_shards=self._num_shards,
             shard_name_template=SHARD_TEMPLATE,
             header="uri,file,width,height",
         )
-        _remove_stale(index_files, self._index, ".csv", "Remove stale index shards")
+        _remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
         return {
             "embedded": written.index | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": written[FAILED],
@@ -196,9 +211,10 @@ class WriteNpy(beam.PTransform):
 class WriteFailures(beam.PTransform):
     """Failures to the dead letter: JSON lines with uri, stage, error_type, message."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, run_id: str):
         super().__init__()
-        self._prefix = output_path(output, FAILURES)
+        self._output = output
+        self._run_id = run_id
 
     def expand(self, failures):
         written = (
@@ -206,7 +222,9 @@ class WriteFailures(beam.PTransform):
             | "To JSON" >> beam.Map(Failure.to_json)
             | "Write dead letter"
             >> beam.io.WriteToText(
-                self._prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE
+                shard_prefix(self._output, FAILURES, self._run_id),
+                file_name_suffix=".jsonl",
+                shard_name_template=SHARD_TEMPLATE,
             )
         )
-        return _remove_stale(written, self._prefix, ".jsonl", "Remove stale dead-letter shards")
+        return _remove_other_runs(written, self._output, FAILURES, ".jsonl", self._run_id)

@@ -46,7 +46,7 @@ def sniff_layout(path: str) -> CsvLayout:
         raise InputError(f"--input {path}: no such file (give a CSV of image URIs or a glob)")
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(handle, start=1):
-            line = raw.decode("utf-8", errors="replace").strip()
+            line = raw.decode("utf-8", errors="replace").lstrip(_BOM).strip()
             if not line:
                 if number >= _SNIFF_LINES:
                     break

@@ -1,0 +1,197 @@
+"""Test inputs made from the real photographs, and readers for the pipeline's outputs."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = REPO / "tests" / "data" / "photos"
+PHOTO_PATHS = sorted(str(p) for p in PHOTOS.iterdir() if p.suffix in (".png", ".jpg"))
+JPEG_PHOTOS = [p for p in PHOTO_PATHS if p.endswith(".jpg")]
+
+
+def photo(name: str) -> Image.Image:
+    with Image.open(PHOTOS / name) as image:
+        image.load()
+        return image
+
+
+def make_awkward_images(directory: Path) -> dict[str, str]:
+    """Valid but awkward images, each made from a real photograph; name -> path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+
+    def save(name: str, image: Image.Image, **params) -> None:
+        path = directory / name
+        image.save(path, **params)
+        made[name] = str(path)
+
+    chelsea = photo("chelsea.png")
+    astronaut = photo("astronaut.png")
+    coffee = photo("coffee.png")
+    camera = photo("camera.png")
+    rocket = photo("rocket.jpg")
+    retina = photo("retina.jpg")
+
+    palette = chelsea.quantize(64)
+    save("palette_transparent.png", palette, transparency=0)
+    alpha = np.tile(np.linspace(0, 255, astronaut.width, dtype=np.uint8), (astronaut.height, 1))
+    rgba = astronaut.copy()
+    rgba.putalpha(Image.fromarray(alpha))
+    save("rgba.png", rgba)
+    gray_alpha = camera.convert("LA")
+    gray_alpha.putalpha(Image.fromarray(alpha[: camera.height, : camera.width]))
+    save("gray_alpha.png", gray_alpha)
+    save("cmyk.jpg", coffee.convert("CMYK"), quality=95)
+    sixteen = (np.asarray(camera, dtype=np.uint16) * 257).astype(np.uint16)
+    save("gray16.png", Image.fromarray(sixteen))
+    save("bilevel.png", camera.convert("1"))
+    save("upright.png", chelsea)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    save("exif_rotated.png", chelsea.transpose(Image.Transpose.ROTATE_90), exif=exif)
+    save("progressive.jpg", rocket, progressive=True, quality=90)
+    frames = [f.convert("P") for f in (astronaut, coffee.resize((512, 512)), camera.convert("RGB"))]
+    save("animated.gif", frames[0], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    save("photo.webp", chelsea, quality=90)
+    plain_rocket = Image.fromarray(np.asarray(rocket))  # without its JPEG-only info
+    save("multipage.tiff", coffee, save_all=True, append_images=[plain_rocket])
+    save("one_pixel.png", chelsea.resize((1, 1)))
+    save("wide.png", retina.crop((0, 700, 1411, 710)))
+    save("tall.png", retina.crop((700, 0, 707, 1411)))
+    return made
+
+
+def write_bomb(path: Path, side: int = 12_000) -> None:
+    """A real decompression bomb: a valid grayscale PNG of side x side black pixels."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+    path.write_bytes(png + chunk(b"IEND", b""))
+
+
+def make_bad_inputs(directory: Path) -> dict[str, tuple[str, str]]:
+    """Inputs that must land in the dead letter; name -> (path, expected error_type)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rocket = (PHOTOS / "rocket.jpg").read_bytes()
+    (directory / "truncated.jpg").write_bytes(rocket[: len(rocket) // 2])
+    (directory / "empty.jpg").write_bytes(b"")
+    (directory / "text.jpg").write_text("this is a text file, not a JPEG\n")
+    write_bomb(directory / "bomb.png")
+    return {
+        "truncated.jpg": (str(directory / "truncated.jpg"), "OSError"),
+        "empty.jpg": (str(directory / "empty.jpg"), "UnidentifiedImageError"),
+        "text.jpg": (str(directory / "text.jpg"), "UnidentifiedImageError"),
+        "missing.jpg": (str(directory / "missing.jpg"), "FileNotFoundError"),
+        "bomb.png": (str(directory / "bomb.png"), "DecompressionBombError"),
+    }
+
+
+def write_csv(path: Path, uris: list[str], header: bool = True) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(["uri", "note"])
+        for uri in uris:
+            writer.writerow([uri, "x"] if header else [uri])
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """python -m pipeline ARGS, as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def read_parquet(output: Path):
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(str(output / "embeddings-*.parquet")))
+    return pq.ParquetDataset(files).read(), files
+
+
+def parquet_embeddings(output: Path) -> dict[str, np.ndarray]:
+    table, _ = read_parquet(output)
+    uris = table.column("uri").to_pylist()
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy()
+    return dict(zip(uris, vectors.reshape(len(uris), -1), strict=True))
+
+
+def npy_index(output: Path) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(glob.glob(str(output / "embeddings-index-*.csv"))):
+        with open(path, newline="") as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def npy_embeddings(output: Path) -> dict[str, np.ndarray]:
+    return {row["uri"]: np.load(output / "embeddings" / row["file"]) for row in npy_index(output)}
+
+
+def dead_letter(output: Path) -> list[dict[str, str]]:
+    records = []
+    for path in sorted(glob.glob(str(output / "failures-*.jsonl"))):
+        with open(path) as handle:
+            records.extend(json.loads(line) for line in handle if line.strip())
+    return records
+
+
+def summary(output: Path) -> dict:
+    return json.loads((output / "summary.json").read_text())
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """||actual - expected|| / ||expected||: one number per embedding."""
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def keras_reference(model, paths: list[str], resize: str = "squash") -> dict[str, np.ndarray]:
+    """Keras's own path: load_img -> the same resize -> preprocess_input -> predict."""
+    import keras
+
+    batch = np.stack(
+        [
+            keras.utils.img_to_array(
+                keras.utils.load_img(
+                    path,
+                    target_size=(224, 224),
+                    interpolation="bilinear",
+                    keep_aspect_ratio=resize == "center_crop",
+                )
+            )
+            for path in paths
+        ]
+    )
+    outputs = model.predict(keras.applications.resnet50.preprocess_input(batch), verbose=0)
+    return dict(zip(paths, outputs, strict=True))
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()

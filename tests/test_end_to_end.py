@@ -1,0 +1,341 @@
+"""The pipeline end to end on the local runner, on real photographs, via the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support import (
+    JPEG_PHOTOS,
+    PHOTO_PATHS,
+    dead_letter,
+    keras_reference,
+    make_awkward_images,
+    make_bad_inputs,
+    npy_embeddings,
+    npy_index,
+    parquet_embeddings,
+    read_parquet,
+    relative_error,
+    run_cli,
+    summary,
+    write_csv,
+)
+
+from pipeline.naming import npy_name
+
+pytestmark = pytest.mark.pipeline_run
+
+SEED = 3
+PARITY_TOLERANCE = 1e-4
+
+
+def reference_resnet50(weights=None):
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    return keras.applications.ResNet50(
+        weights=weights, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    awkward = make_awkward_images(root / "awkward")
+    bad = make_bad_inputs(root / "bad")
+    uris = [*PHOTO_PATHS, *awkward.values(), *(path for path, _ in bad.values())]
+    # The same URI again, padded with whitespace, counts as a duplicate row.
+    uris.append(f"  {PHOTO_PATHS[0]}  ")
+    csv_path = write_csv(root / "images.csv", uris)
+    with open(csv_path, "a") as handle:
+        handle.write("\n   \n")  # blank lines are not rows
+    return {"csv": csv_path, "awkward": awkward, "bad": bad, "rows": len(uris)}
+
+
+@pytest.fixture(scope="module")
+def parquet_run(corpus, tmp_path_factory):
+    output = tmp_path_factory.mktemp("parquet_run")
+    result = run_cli(
+        "--input", str(corpus["csv"]),
+        "--output", str(output),
+        "--weights", "random",
+        "--seed", str(SEED),
+        "--jpeg_draft", "false",
+        "--max_failure_fraction", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result
+
+
+def test_every_row_is_accounted_for(corpus, parquet_run):
+    output, _ = parquet_run
+    got = summary(output)
+    good = len(PHOTO_PATHS) + len(corpus["awkward"])
+    assert got["rows_read"] == corpus["rows"]
+    assert got["duplicates_dropped"] == 1
+    assert got["embedded"] == good
+    assert got["failed"] == len(corpus["bad"])
+    assert got["failed_by_stage"] == {
+        "read": 0,
+        "load": len(corpus["bad"]),
+        "extract": 0,
+        "store": 0,
+    }
+    assert got["reconciled"] is True
+    assert len(parquet_embeddings(output)) == good
+
+
+def test_summary_is_printed_and_says_weights_are_random(parquet_run):
+    output, result = parquet_run
+    printed = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert printed == summary(output)
+    assert printed["pretrained"] is False
+    assert "NOT pretrained" in printed["weights"]
+    assert "NOT pretrained" in result.stderr
+
+
+def test_embeddings_equal_keras_reference_with_seeded_weights(parquet_run):
+    output, _ = parquet_run
+    embeddings = parquet_embeddings(output)
+    expected = keras_reference(reference_resnet50(), PHOTO_PATHS)
+    errors = {path: relative_error(embeddings[path], expected[path]) for path in PHOTO_PATHS}
+    assert max(errors.values()) <= PARITY_TOLERANCE, errors
+
+
+def test_awkward_images_are_all_embedded(corpus, parquet_run):
+    output, _ = parquet_run
+    embeddings = parquet_embeddings(output)
+    missing = [name for name, path in corpus["awkward"].items() if path not in embeddings]
+    assert not missing
+    for vector in embeddings.values():
+        assert vector.shape == (2048,) and np.isfinite(vector).all()
+
+
+def test_exif_rotated_image_embeds_like_the_upright_one(corpus, parquet_run):
+    output, _ = parquet_run
+    embeddings = parquet_embeddings(output)
+    rotated = embeddings[corpus["awkward"]["exif_rotated.png"]]
+    upright = embeddings[corpus["awkward"]["upright.png"]]
+    assert relative_error(rotated, upright) <= PARITY_TOLERANCE
+
+
+def test_bad_inputs_go_to_the_dead_letter_with_reasons(corpus, parquet_run):
+    output, _ = parquet_run
+    records = {record["uri"]: record for record in dead_letter(output)}
+    assert len(records) == len(corpus["bad"])
+    for path, error_type in corpus["bad"].values():
+        record = records[path]
+        assert record["stage"] == "load"
+        assert record["error_type"] == error_type, record
+        assert record["message"]
+    assert "--max_image_pixels" in records[corpus["bad"]["bomb.png"][0]]["message"]
+
+
+def test_parquet_columns_sizes_and_metadata(parquet_run):
+    import pyarrow as pa
+
+    output, _ = parquet_run
+    table, files = read_parquet(output)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 2048)
+    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert metadata["model"] == "resnet50"
+    assert metadata["pooling"] == "avg"
+    assert metadata["embedding_shape"] == "[2048]"
+    assert "random" in metadata["weights"]
+    sizes = {
+        uri: (w, h)
+        for uri, w, h in zip(
+            table.column("uri").to_pylist(),
+            table.column("width").to_pylist(),
+            table.column("height").to_pylist(),
+            strict=True,
+        )
+    }
+    for path in PHOTO_PATHS:
+        with Image.open(path) as image:
+            assert sizes[path] == image.size
+    assert not [f for f in os.listdir(output) if f.endswith(".partial")]
+    assert files
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A weights file the test saves from a model it keeps as the reference."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    model = keras.applications.ResNet50(
+        weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+    )
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
+    model.save_weights(path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def colliding_inputs(tmp_path_factory):
+    """Same base names in two folders, and names that differ only before the extension."""
+    root = tmp_path_factory.mktemp("colliding")
+    sources = {
+        "a/cat.jpg": "chelsea.png",
+        "b/cat.jpg": "coffee.png",
+        "img.v1.jpg": "rocket.jpg",
+        "img.v2.jpg": "astronaut.png",
+    }
+    paths = []
+    for relative, source in sources.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(Path(PHOTO_PATHS[0]).parent / source) as image:
+            image.convert("RGB").save(path, "JPEG", quality=92)
+        paths.append(str(path))
+    return paths
+
+
+def run_npy(csv_path: Path, output: Path, weights: Path):
+    return run_cli(
+        "--input", str(csv_path),
+        "--output", str(output),
+        "--output_format", "npy",
+        "--weights", str(weights),
+        "--resize", "center_crop",
+        "--jpeg_draft", "false",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def npy_run(weights_file, colliding_inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("npy_run")
+    csv_path = write_csv(root / "images.csv", [*PHOTO_PATHS, *colliding_inputs], header=False)
+    output = root / "out"
+    result = run_npy(csv_path, output, weights_file[0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return csv_path, output
+
+
+def test_embeddings_equal_keras_reference_with_weights_file(weights_file, npy_run):
+    _, output = npy_run
+    embeddings = npy_embeddings(output)
+    expected = keras_reference(weights_file[1], PHOTO_PATHS, resize="center_crop")
+    errors = {path: relative_error(embeddings[path], expected[path]) for path in PHOTO_PATHS}
+    assert max(errors.values()) <= PARITY_TOLERANCE, errors
+
+
+def test_npy_names_are_collision_free_and_documented(colliding_inputs, npy_run):
+    _, output = npy_run
+    index = npy_index(output)
+    uris = [row["uri"] for row in index]
+    assert sorted(uris) == sorted([*PHOTO_PATHS, *colliding_inputs])
+    assert all(row["file"] == npy_name(row["uri"]) for row in index)
+    files = sorted(os.listdir(output / "embeddings"))
+    assert files == sorted(row["file"] for row in index)
+    embeddings = npy_embeddings(output)
+    a_cat, b_cat = colliding_inputs[:2]
+    assert relative_error(embeddings[a_cat], embeddings[b_cat]) > 0.01
+
+
+def without_run_id(names: list[str]) -> list[str]:
+    return sorted(re.sub(r"-\d{8}T\d{6}-[0-9a-f]{6}-", "-RUN-", name) for name in names)
+
+
+def test_a_rerun_rewrites_the_same_files_and_adds_none(weights_file, npy_run, tmp_path):
+    csv_path, output = npy_run
+    names_before = os.listdir(output)
+    arrays_before = {
+        f: (output / "embeddings" / f).read_bytes() for f in os.listdir(output / "embeddings")
+    }
+    index_before = sorted(map(str, npy_index(output)))
+    result = run_npy(csv_path, output, weights_file[0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    names_after = os.listdir(output)
+    assert without_run_id(names_after) == without_run_id(names_before)
+    assert set(names_after) != set(names_before), "shards carry the new run's id"
+    arrays_after = {
+        f: (output / "embeddings" / f).read_bytes() for f in os.listdir(output / "embeddings")
+    }
+    assert arrays_after == arrays_before
+    assert sorted(map(str, npy_index(output))) == index_before
+
+
+def test_a_rerun_with_fewer_shards_removes_the_old_ones(tmp_path):
+    csv_path = write_csv(tmp_path / "few.csv", PHOTO_PATHS[:4])
+    output = tmp_path / "out"
+    common = ("--input", str(csv_path), "--output", str(output), "--weights", "random")
+    first = run_cli(*common, "--num_shards", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, files = read_parquet(output)
+    assert len(files) == 3
+    rows_before = {uri: v.tobytes() for uri, v in parquet_embeddings(output).items()}
+    second = run_cli(*common, "--num_shards", "1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    _, files = read_parquet(output)
+    assert len(files) == 1 and files[0].endswith("-00000-of-00001.parquet")
+    rows_after = {uri: v.tobytes() for uri, v in parquet_embeddings(output).items()}
+    assert rows_after.keys() == rows_before.keys()
+    for uri in rows_before:
+        assert (
+            relative_error(
+                np.frombuffer(rows_after[uri], np.float32),
+                np.frombuffer(rows_before[uri], np.float32),
+            )
+            <= PARITY_TOLERANCE
+        )
+
+
+def test_too_many_failures_fail_the_run(tmp_path):
+    missing = [str(tmp_path / f"missing-{i}.jpg") for i in range(3)]
+    csv_path = write_csv(tmp_path / "mostly_missing.csv", [*PHOTO_PATHS[:2], *missing])
+    output = tmp_path / "out"
+    result = run_cli("--input", str(csv_path), "--output", str(output), "--weights", "random")
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "3 of 5 inputs failed" in last_line and "--max_failure_fraction 0.05" in last_line
+    assert summary(output)["failure_fraction"] == 0.6
+    assert {r["uri"] for r in dead_letter(output)} == set(missing)
+
+
+def test_glob_input_embeds_every_matching_file(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in JPEG_PHOTOS:
+        shutil.copy(path, folder)
+    output = tmp_path / "out"
+    result = run_cli(
+        "--input", str(folder / "*.jpg"), "--output", str(output), "--weights", "random"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = {str(folder / os.path.basename(p)) for p in JPEG_PHOTOS}
+    assert set(parquet_embeddings(output)) == expected
+
+
+def _network_reachable() -> bool:
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_imagenet_weights_offline_stop_the_run_with_one_clear_line(tmp_path):
+    if _network_reachable():
+        pytest.skip("the network is reachable here, so the offline error cannot be provoked")
+    csv_path = write_csv(tmp_path / "one.csv", PHOTO_PATHS[:1])
+    # An empty Keras cache: a weights file cached earlier must not hide the error.
+    result = run_cli(
+        "--input", str(csv_path), "--output", str(tmp_path / "out"),
+        env={"KERAS_HOME": str(tmp_path / "keras")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "ImageNet weights" in error_lines[0]
+    assert "--weights PATH" in error_lines[0] and "--weights random" in error_lines[0]
+    assert not (tmp_path / "out").exists()

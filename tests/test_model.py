@@ -1,0 +1,81 @@
+"""The model handler against Keras's own model on the same weights and images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import PHOTO_PATHS, relative_error
+
+from pipeline.backbones import BACKBONES, ModelSpec, WeightsUnavailableError, embedding_shape
+from pipeline.images import decode
+from pipeline.model import KerasEmbeddingHandler
+
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def images():
+    paths = PHOTO_PATHS[:3]
+    return [decode(open(p, "rb").read(), 224, jpeg_draft=False).pixels for p in paths]
+
+
+def reference(model_name: str, pooling: str, images: list[np.ndarray]) -> np.ndarray:
+    import keras
+
+    backbone = BACKBONES[model_name]
+    keras.utils.set_random_seed(SEED)
+    model = getattr(keras.applications, backbone.application)(
+        weights=None,
+        include_top=False,
+        input_shape=(224, 224, 3),
+        pooling=None if pooling == "none" else pooling,
+    )
+    module = getattr(keras.applications, backbone.module)
+    batch = module.preprocess_input(np.stack(images).astype(np.float32))
+    return model.predict(batch, verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "pooling", "shape"),
+    [
+        ("resnet50", "avg", (2048,)),
+        ("resnet50", "max", (2048,)),
+        ("resnet50", "none", (7, 7, 2048)),
+        ("resnet101", "avg", (2048,)),
+        ("efficientnet_b0", "avg", (1280,)),
+    ],
+)
+def test_handler_equals_keras_with_preprocess_input(model_name, pooling, shape, images):
+    spec = ModelSpec(model_name, "random", pooling, SEED)
+    handler = KerasEmbeddingHandler(spec, min_batch_size=1, max_batch_size=8)
+    got = list(handler.run_inference(images, handler.load_model()))
+    expected = reference(model_name, pooling, images)
+    assert embedding_shape(spec) == shape
+    for actual, wanted in zip(got, expected, strict=True):
+        assert actual.shape == shape and actual.dtype == np.float32
+        assert relative_error(actual, wanted) <= 1e-4
+
+
+def test_preprocess_input_is_really_applied(images):
+    """Feeding raw 0-255 RGB, as the original article did, gives other numbers."""
+    import keras
+
+    spec = ModelSpec("resnet50", "random", "avg", SEED)
+    handler = KerasEmbeddingHandler(spec, min_batch_size=1, max_batch_size=8)
+    got = next(iter(handler.run_inference(images[:1], handler.load_model())))
+    keras.utils.set_random_seed(SEED)
+    raw = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg")
+    without = raw.predict(np.stack(images[:1]).astype(np.float32), verbose=0)[0]
+    assert relative_error(got, without) > 0.01
+
+
+def test_a_weights_file_of_another_model_is_refused_at_launch(tmp_path):
+    import keras
+
+    other = keras.applications.EfficientNetB0(weights=None, include_top=False)
+    path = tmp_path / "efficientnet.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(WeightsUnavailableError, match="cannot load --weights"):
+        embedding_shape(ModelSpec("resnet50", str(path), "avg"))
+    with pytest.raises(WeightsUnavailableError):
+        embedding_shape(ModelSpec("resnet50", str(tmp_path / "absent.weights.h5"), "avg"))

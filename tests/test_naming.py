@@ -1,0 +1,42 @@
+"""Per-image output names: deterministic, collision-free, flat."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pipeline.naming import npy_name
+
+
+def test_same_base_names_in_different_folders_do_not_collide():
+    names = {
+        npy_name(uri)
+        for uri in (
+            "gs://b/a/cat.jpg",
+            "gs://b/b/cat.jpg",
+            "/data/a/cat.jpg",
+            "img.v1.jpg",
+            "img.v2.jpg",
+            "img.v1.png",
+        )
+    }
+    assert len(names) == 6
+
+
+def test_names_are_deterministic_and_readable():
+    uri = "gs://bucket/photos/2024/cat.jpg"
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:24]
+    assert npy_name(uri) == f"cat.jpg.{digest}.npy"
+    assert npy_name(uri) == npy_name(uri)
+
+
+def test_names_never_hold_a_path_or_hidden_name():
+    for uri in (
+        "gs://b/../../etc/passwd",
+        "/x/..",
+        "gs://b/dir/",
+        "a b/ü日本.jpg",
+        "..",
+        "/.hidden",
+    ):
+        name = npy_name(uri)
+        assert "/" not in name and not name.startswith(".") and name.endswith(".npy"), name

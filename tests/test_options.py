@@ -1,0 +1,86 @@
+"""Flags: one declaration, unknown flags rejected, values validated, --help complete."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from support import run_cli
+
+from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
+
+REQUIRED = ["--input", "images.csv", "--output", "out"]
+
+
+def our_flags() -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser()
+    EmbeddingOptions._add_argparse_args(parser)
+    return {a.option_strings[0]: a for a in parser._actions if a.option_strings[0] != "-h"}
+
+
+def test_beam_options_pass_through_unchanged():
+    options = parse_options(
+        [*REQUIRED, "--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
+         "--temp_location", "gs://b/tmp", "--max_num_workers", "7"]
+    )  # fmt: skip
+    everything = options.get_all_options()
+    assert everything["runner"] == "DataflowRunner"
+    assert everything["project"] == "p"
+    assert everything["region"] == "europe-west1"
+    assert everything["max_num_workers"] == 7
+    assert everything["input"] == "images.csv"
+
+
+@pytest.mark.parametrize(
+    "flag", ["--maxNumWorkers=5", "--max_num_worker=5", "--ouput=x", "--out=x"]
+)
+def test_unknown_or_abbreviated_flags_are_errors_that_name_them(flag):
+    with pytest.raises(UsageError, match=flag.split("=")[0]):
+        parse_options([*REQUIRED, flag])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--output", "out"], "--input is required"),
+        (["--input", "x.csv"], "--output is required"),
+        ([*REQUIRED, "--pooling", "mean"], "--pooling: 'mean' is not one of avg, max, none"),
+        ([*REQUIRED, "--output_format", "csv"], "--output_format"),
+        ([*REQUIRED, "--model", "vgg16"], "--model"),
+        ([*REQUIRED, "--resize", "fit"], "--resize"),
+        ([*REQUIRED, "--min_batch_size", "64"], "--min_batch_size <= --max_batch_size"),
+        ([*REQUIRED, "--max_failure_fraction", "1.5"], "between 0 and 1"),
+        ([*REQUIRED, "--num_shards", "-1"], "--num_shards"),
+    ],
+)
+def test_invalid_values_are_explained(args, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        parse_options(args)
+
+
+def test_booleans_take_the_spellings_templates_and_shells_use():
+    assert [parse_bool(v) for v in ("true", "True", "1", "yes")] == [True] * 4
+    assert [parse_bool(v) for v in ("false", "FALSE", "0", "no")] == [False] * 4
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_bool("maybe")
+    opts = parse_options([*REQUIRED, "--jpeg_draft", "false"]).view_as(EmbeddingOptions)
+    assert opts.jpeg_draft is False
+    assert parse_options([*REQUIRED, "--jpeg_draft"]).view_as(EmbeddingOptions).jpeg_draft is True
+
+
+def test_help_lists_every_option_with_its_default():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, action in our_flags().items():
+        assert flag in text
+        if action.default is not None:
+            assert f"(default: {action.default})" in text, flag
+    assert "--runner" in text and "--max_num_workers" in text
+
+
+def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
+    result = run_cli("--input", "x.csv", "--output", str(tmp_path / "o"), "--max_num_worker", "3")
+    assert result.returncode == 2
+    assert "unrecognised argument(s): --max_num_worker 3" in result.stderr
+    assert not (tmp_path / "o").exists()
