@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
-from support import run_cli
+from support import REPO, run_cli
 
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
 
@@ -84,3 +85,15 @@ def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
     assert result.returncode == 2
     assert "unrecognised argument(s): --max_num_worker 3" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_readme_options_table_matches_the_flags():
+    readme = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(--\w+)` \| `?([^`|]+?)`? \|", readme, flags=re.MULTILINE))
+    flags = our_flags()
+    assert set(rows) == set(flags)
+    for flag, action in flags.items():
+        expected = "required" if action.default is None else action.default
+        if isinstance(expected, bool):
+            expected = str(expected).lower()
+        assert rows[flag] == str(expected), flag
