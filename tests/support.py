@@ -195,3 +195,14 @@ def encode(image: Image.Image, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
     return buffer.getvalue()
+
+
+def pipeline_flags() -> dict:
+    """The pipeline's own flags (--name -> argparse action), from their one declaration."""
+    import argparse
+
+    from pipeline.options import EmbeddingOptions
+
+    parser = argparse.ArgumentParser(add_help=False)
+    EmbeddingOptions._add_argparse_args(parser)
+    return {action.option_strings[0]: action for action in parser._actions}

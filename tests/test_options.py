@@ -6,17 +6,11 @@ import argparse
 import re
 
 import pytest
-from support import REPO, run_cli
+from support import REPO, pipeline_flags, run_cli
 
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
 
 REQUIRED = ["--input", "images.csv", "--output", "out"]
-
-
-def our_flags() -> dict[str, argparse.Action]:
-    parser = argparse.ArgumentParser()
-    EmbeddingOptions._add_argparse_args(parser)
-    return {a.option_strings[0]: a for a in parser._actions if a.option_strings[0] != "-h"}
 
 
 def test_beam_options_pass_through_unchanged():
@@ -73,7 +67,7 @@ def test_help_lists_every_option_with_its_default():
     result = run_cli("--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    for flag, action in our_flags().items():
+    for flag, action in pipeline_flags().items():
         assert flag in text
         if action.default is not None:
             assert f"(default: {action.default})" in text, flag
@@ -90,7 +84,7 @@ def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
 def test_readme_options_table_matches_the_flags():
     readme = (REPO / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(--\w+)` \| `?([^`|]+?)`? \|", readme, flags=re.MULTILINE))
-    flags = our_flags()
+    flags = pipeline_flags()
     assert set(rows) == set(flags)
     for flag, action in flags.items():
         expected = "required" if action.default is None else action.default

@@ -1,0 +1,170 @@
+"""Real cloud tools pointed at this machine: gcloud, a GCS emulator, API stand-ins."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from support import REPO
+
+GCLOUD = shutil.which("gcloud")
+
+
+# --- The Dataflow API's own schema -------------------------------------------------
+
+
+def discovery_document() -> dict:
+    """dataflow.v1b3 as shipped inside google-api-python-client."""
+    import googleapiclient
+
+    path = Path(googleapiclient.__file__).parent / "discovery_cache/documents/dataflow.v1b3.json"
+    return json.loads(path.read_text())
+
+
+def schema_errors(value, schema_name: str, document: dict | None = None) -> list[str]:
+    """Checks value against a discovery schema: field names, types and enums."""
+    document = document or discovery_document()
+    errors: list[str] = []
+
+    def check(item, schema: dict, where: str) -> None:
+        if "$ref" in schema:
+            schema = document["schemas"][schema["$ref"]]
+        kind = schema.get("type")
+        if kind == "object":
+            if not isinstance(item, dict):
+                errors.append(f"{where}: expected an object")
+                return
+            properties = schema.get("properties", {})
+            extra = schema.get("additionalProperties")
+            for key, child in item.items():
+                if key in properties:
+                    check(child, properties[key], f"{where}.{key}")
+                elif extra:
+                    check(child, extra, f"{where}.{key}")
+                else:
+                    errors.append(f"{where}: unknown field {key!r}")
+        elif kind == "array":
+            if not isinstance(item, list):
+                errors.append(f"{where}: expected an array")
+                return
+            for index, child in enumerate(item):
+                check(child, schema["items"], f"{where}[{index}]")
+        elif kind == "string":
+            int64 = schema.get("format") in ("int64", "uint64")
+            if not isinstance(item, str) and not (int64 and isinstance(item, int)):
+                errors.append(f"{where}: expected a string, got {item!r}")
+            elif "enum" in schema and item not in schema["enum"]:
+                errors.append(f"{where}: {item!r} is not one of {schema['enum']}")
+        elif kind == "integer":
+            if isinstance(item, bool) or not isinstance(item, int):
+                errors.append(f"{where}: expected an integer, got {item!r}")
+        elif kind == "boolean":
+            if not isinstance(item, bool):
+                errors.append(f"{where}: expected a boolean, got {item!r}")
+        elif kind == "number" and (isinstance(item, bool) or not isinstance(item, int | float)):
+            errors.append(f"{where}: expected a number, got {item!r}")
+
+    check(value, {"$ref": schema_name}, schema_name)
+    return errors
+
+
+# --- A local stand-in for a Google API ------------------------------------------------
+
+
+class StandIn:
+    """Answers every POST like the API would on success, and keeps the requests."""
+
+    def __init__(self, response: dict):
+        self.requests: list[dict] = []
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                stand_in.requests.append({"path": self.path, "body": json.loads(body or b"{}")})
+                payload = json.dumps(response).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def gcloud_config(directory: Path, project: str, overrides: dict[str, str]) -> dict[str, str]:
+    """An isolated gcloud configuration: no credentials, APIs sent to local URLs."""
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(directory), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    settings = {"auth/disable_credentials": "true", "core/project": project}
+    settings.update({f"api_endpoint_overrides/{api}": url for api, url in overrides.items()})
+    for key, value in settings.items():
+        subprocess.run([GCLOUD, "config", "set", key, value], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    return env
+
+
+def readme_block(containing: str) -> str:
+    """The README's shell block that contains the given text, as a user would paste it."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    matching = [block for block in blocks if containing in block]
+    assert len(matching) == 1, f"expected one README block with {containing!r}"
+    return matching[0]
+
+
+def decoded_scheduler_body(job: dict) -> dict:
+    return json.loads(base64.b64decode(job["httpTarget"]["body"]))
+
+
+# --- A GCS JSON API emulator ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def storage_emulator(bucket: str):
+    """gcp-storage-emulator on loopback with one bucket; yields its STORAGE_EMULATOR_HOST."""
+    port = free_port()
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"),
+        "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+        "--default-bucket", bucket,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the GCS emulator did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

