@@ -10,10 +10,10 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format clean
+.PHONY: help demo test benchmark lint format clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 demo: $(VENV)/.installed ## Embed the bundled sample photographs on the local runner
 	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS)
@@ -21,13 +21,16 @@ demo: $(VENV)/.installed ## Embed the bundled sample photographs on the local ru
 test: $(VENV)/.installed lint ## Lint, then run the whole test suite
 	$(BIN)/python -m pytest
 
+benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
+	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
+
 lint: $(VENV)/.installed ## ruff lint and format check
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff format --check pipeline tests benchmarks
 
 format: $(VENV)/.installed ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix pipeline tests
-	$(BIN)/ruff format pipeline tests
+	$(BIN)/ruff check --fix pipeline tests benchmarks
+	$(BIN)/ruff format pipeline tests benchmarks
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=python3.11)")'
