@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(
         f"Embedded {summary['embedded']} of {summary['rows_read']} rows "
-        f"({summary['failed']} failed, {summary['duplicates_dropped']} duplicates dropped) "
+        f"({summary['failed']} failed, {summary['duplicates_dropped']} duplicates dropped, "
+        f"{summary['skipped_existing']} already embedded) "
         f"in {summary['elapsed_seconds']} s: {summary['images_per_second']} images/s."
     )
     return 0

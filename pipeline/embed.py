@@ -13,10 +13,16 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import sinks
 from pipeline.backbones import ModelSpec, embedding_shape
-from pipeline.metrics import counter
+from pipeline.metrics import NAMESPACE, counter
 from pipeline.model import KerasEmbeddingHandler
 from pipeline.options import EmbeddingOptions, parse_options
-from pipeline.sinks import WriteFailures, WriteNpy, WriteParquet, parquet_schema
+from pipeline.sinks import (
+    ReadEmbeddedUris,
+    WriteFailures,
+    WriteNpy,
+    WriteParquet,
+    parquet_schema,
+)
 from pipeline.sources import ReadImageUris, check_glob, is_glob
 from pipeline.summary import WriteSummaryFn, check, read_summary, summarise
 from pipeline.transforms import ExtractEmbeddings, LoadImages, ReportProgressFn
@@ -76,7 +82,12 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     if not spec.pretrained:
         _LOG.warning("--weights random: %s", spec.describe_weights())
 
-    read = p | "Read URIs" >> ReadImageUris(opts.input)
+    done = (
+        p | "Read embedded URIs" >> ReadEmbeddedUris(opts.output, opts.output_format)
+        if opts.skip_existing
+        else None
+    )
+    read = p | "Read URIs" >> ReadImageUris(opts.input, done)
     loaded = read["uris"] | "Load images" >> LoadImages(
         spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels
     )
@@ -87,9 +98,10 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
     if opts.output_format == "parquet":
         metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
-        sink = WriteParquet(opts.output, run_id, parquet_schema(shape, metadata), opts.num_shards)
+        schema = parquet_schema(shape, metadata)
+        sink = WriteParquet(opts.output, run_id, schema, opts.num_shards, opts.skip_existing)
     else:
-        sink = WriteNpy(opts.output, run_id, opts.num_shards)
+        sink = WriteNpy(opts.output, run_id, opts.num_shards, opts.skip_existing)
     stored = embeddings | "Store embeddings" >> sink
 
     failures = (
@@ -112,6 +124,7 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
             summarise,
             rows_with_uri=beam.pvalue.AsSingleton(read["rows"]),
             duplicates=beam.pvalue.AsSingleton(read["duplicates"]),
+            skipped=beam.pvalue.AsSingleton(read["skipped"]),
             embedded=beam.pvalue.AsSingleton(stored["embedded"]),
             failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
             context=context,
@@ -144,6 +157,7 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         "pooling": spec.pooling,
         "resize": opts.resize,
         "jpeg_draft": opts.jpeg_draft,
+        "skip_existing": opts.skip_existing,
         "embedding_shape": list(shape),
         "max_failure_fraction": opts.max_failure_fraction,
         "outputs": {
@@ -172,5 +186,16 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         return None
     result.wait_until_finish()
     summary = read_summary(opts.output)
+    summary["metrics"] = counters(result)
     check(summary)
     return summary
+
+
+def counters(result) -> dict[str, int]:
+    """This pipeline's Beam counters, summed over steps."""
+    totals: dict[str, int] = {}
+    for counter_result in result.metrics().query()["counters"]:
+        if counter_result.key.metric.namespace == NAMESPACE:
+            name = counter_result.key.metric.name
+            totals[name] = totals.get(name, 0) + counter_result.committed
+    return dict(sorted(totals.items()))

@@ -119,6 +119,16 @@ class EmbeddingOptions(PipelineOptions):
             "(default: %(default)s)",
         )
         group.add_argument(
+            "--skip_existing",
+            type=parse_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="Skip images whose embeddings are already under --output (from the Parquet "
+            "uri column or the .npy index) and add to them instead of replacing them. "
+            "(default: %(default)s)",
+        )
+        group.add_argument(
             "--max_failure_fraction",
             type=float,
             default=0.05,

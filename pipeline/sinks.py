@@ -13,6 +13,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.metrics import counter
@@ -91,6 +92,38 @@ def _remove_other_runs(written, output: str, name: str, suffix: str, run_id: str
     )
 
 
+def _first_csv_field(line: str) -> str:
+    return next(csv.reader([line]))[0]
+
+
+class ReadEmbeddedUris(beam.PTransform):
+    """URIs already embedded under the output: the record of work an earlier run did."""
+
+    def __init__(self, output: str, output_format: str):
+        super().__init__()
+        self._output = output
+        self._format = output_format
+
+    def expand(self, pbegin):
+        if self._format == "parquet":
+            pattern, read = (
+                output_path(self._output, f"{EMBEDDINGS}-*.parquet"),
+                beam.io.ReadAllFromParquet(columns=["uri"]) | beam.Map(lambda row: row["uri"]),
+            )
+        else:
+            pattern, read = (
+                output_path(self._output, f"{NPY_INDEX}-*.csv"),
+                beam.io.ReadAllFromText(skip_header_lines=1) | beam.Map(_first_csv_field),
+            )
+        return (
+            pbegin
+            | "Match earlier outputs"
+            >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Read URIs" >> read
+        )
+
+
 def parquet_schema(shape: tuple[int, ...], metadata: dict[str, str]) -> pa.Schema:
     size = int(np.prod(shape))
     return pa.schema(
@@ -126,8 +159,11 @@ class CountEmbeddedFn(beam.DoFn):
 class WriteParquet(beam.PTransform):
     """Embeddings to sharded Parquet through Beam's sink; outputs embedded (int), failed."""
 
-    def __init__(self, output: str, run_id: str, schema: pa.Schema, num_shards: int):
+    def __init__(
+        self, output: str, run_id: str, schema: pa.Schema, num_shards: int, keep_earlier: bool
+    ):
         super().__init__()
+        self._keep_earlier = keep_earlier
         self._output = output
         self._run_id = run_id
         self._schema = schema
@@ -147,7 +183,8 @@ class WriteParquet(beam.PTransform):
             num_shards=self._num_shards,
             shard_name_template=SHARD_TEMPLATE,
         )
-        _remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
+        if not self._keep_earlier:
+            _remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),
@@ -184,8 +221,9 @@ def _index_line(key: ImageKey, name: str) -> str:
 class WriteNpy(beam.PTransform):
     """Embeddings to one .npy each plus an index CSV; outputs embedded (int), failed."""
 
-    def __init__(self, output: str, run_id: str, num_shards: int):
+    def __init__(self, output: str, run_id: str, num_shards: int, keep_earlier: bool):
         super().__init__()
+        self._keep_earlier = keep_earlier
         self._output = output
         self._run_id = run_id
         self._num_shards = num_shards
@@ -201,7 +239,8 @@ class WriteNpy(beam.PTransform):
             shard_name_template=SHARD_TEMPLATE,
             header="uri,file,width,height",
         )
-        _remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
+        if not self._keep_earlier:
+            _remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
         return {
             "embedded": written.index | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": written[FAILED],

@@ -14,6 +14,7 @@ from pipeline.metrics import counter
 from pipeline.records import Failure
 
 FAILED = "failed"
+SKIPPED = "skipped"
 URI_COLUMN = "uri"
 _GLOB_CHARACTERS = "*?["
 _SNIFF_LINES = 1000
@@ -97,17 +98,36 @@ class CountRepeatsFn(beam.DoFn):
         yield repeats
 
 
-class ReadImageUris(beam.PTransform):
-    """Reads URIs and drops repeats; outputs uris, failed, rows (int) and duplicates (int).
+class SplitDoneFn(beam.DoFn):
+    """(uri, {rows: [n], done: [...]}) to the URI if it still needs embedding, else `skipped`."""
 
+    def __init__(self):
+        self._skipped = counter("skipped_existing")
+
+    def process(self, joined):
+        uri, groups = joined
+        if not groups["rows"]:
+            return  # embedded earlier, not listed now
+        if groups["done"]:
+            self._skipped.inc()
+            yield pvalue.TaggedOutput(SKIPPED, 1)
+        else:
+            yield uri
+
+
+class ReadImageUris(beam.PTransform):
+    """Reads URIs and drops repeats (and, given `done`, URIs embedded before).
+
+    Outputs uris, failed, and the counts rows, duplicates and skipped (ints).
     CSV rule: if the first non-blank line has a column named `uri` it is a header and
     that column holds the URIs; otherwise every row's first column does. Other columns
     are ignored; blank lines and whitespace around fields are ignored.
     """
 
-    def __init__(self, input_path: str):
+    def __init__(self, input_path: str, done=None):
         super().__init__()
         self._input = input_path
+        self._done = done
 
     def expand(self, pbegin):
         if is_glob(self._input):
@@ -119,19 +139,29 @@ class ReadImageUris(beam.PTransform):
             failed = pbegin | "No read failures" >> beam.Create([])
         else:
             layout = sniff_layout(self._input)
-            parsed = (
-                pbegin
-                | "Read lines"
-                >> beam.io.ReadFromText(self._input, skip_header_lines=layout.skip_lines)
-                | "Parse rows"
-                >> beam.ParDo(ParseRowFn(layout.column)).with_outputs(FAILED, main="uris")
+            lines = pbegin | "Read lines" >> beam.io.ReadFromText(
+                self._input, skip_header_lines=layout.skip_lines
+            )
+            parsed = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout.column)).with_outputs(
+                FAILED, main="uris"
             )
             uris, failed = parsed.uris, parsed[FAILED]
         # Counting per URI groups by URI: besides dropping repeats, this shuffle spreads
         # the URIs over all workers (a small CSV is read as a single split).
         occurrences = uris | "Count occurrences" >> beam.combiners.Count.PerElement()
+        if self._done is None:
+            pending = occurrences | "Unique URIs" >> beam.Keys()
+            skipped = pbegin | "Nothing skipped" >> beam.Create([])
+        else:
+            done = self._done | "Mark done" >> beam.Map(lambda uri: (uri, True))
+            split = (
+                {"rows": occurrences, "done": done}
+                | "Join with done" >> beam.CoGroupByKey()
+                | "Drop done" >> beam.ParDo(SplitDoneFn()).with_outputs(SKIPPED, main="uris")
+            )
+            pending, skipped = split.uris, split[SKIPPED]
         return {
-            "uris": occurrences | "Unique URIs" >> beam.Keys(),
+            "uris": pending,
             "failed": failed,
             "rows": (
                 occurrences
@@ -143,4 +173,5 @@ class ReadImageUris(beam.PTransform):
                 | "Repeats" >> beam.ParDo(CountRepeatsFn())
                 | "Duplicates" >> beam.CombineGlobally(sum)
             ),
+            "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }

@@ -34,6 +34,7 @@ def summarise(
     *,
     rows_with_uri: int,
     duplicates: int,
+    skipped: int,
     embedded: int,
     failed_by_stage: dict[str, int],
     context: dict[str, Any],
@@ -43,16 +44,17 @@ def summarise(
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
     rows_read = rows_with_uri + failed["read"]
     total_failed = sum(failed.values())
-    inputs = rows_read - duplicates
+    inputs = rows_read - duplicates - skipped
     finished_at = time.time()
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "rows_read": rows_read,
         "duplicates_dropped": duplicates,
+        "skipped_existing": skipped,
         "embedded": embedded,
         "failed": total_failed,
         "failed_by_stage": failed,
-        "reconciled": rows_read == embedded + total_failed + duplicates,
+        "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
         **context,
         "started_at": _iso(started_at),
@@ -69,14 +71,15 @@ def check(summary: dict[str, Any]) -> None:
     if not summary["reconciled"]:
         raise RunFailedError(
             "counts do not reconcile: rows read != embedded + failed + duplicates dropped "
-            f"({summary['rows_read']} != {summary['embedded']} + {summary['failed']} + "
-            f"{summary['duplicates_dropped']})",
+            f"+ skipped ({summary['rows_read']} != {summary['embedded']} + {summary['failed']} + "
+            f"{summary['duplicates_dropped']} + {summary['skipped_existing']})",
             summary,
         )
     fraction, limit = summary["failure_fraction"], summary["max_failure_fraction"]
     if fraction is not None and fraction > limit:
         raise RunFailedError(
-            f"{summary['failed']} of {summary['rows_read'] - summary['duplicates_dropped']} "
+            f"{summary['failed']} of "
+            f"{summary['rows_read'] - summary['duplicates_dropped'] - summary['skipped_existing']} "
             f"inputs failed ({fraction:.1%} > --max_failure_fraction {limit}); reasons are in "
             f"{summary['outputs']['failures']}",
             summary,

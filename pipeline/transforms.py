@@ -22,8 +22,32 @@ FAILED = "failed"
 _LOG = logging.getLogger(__name__)
 
 
+REFUSED_SCHEMES = ("http", "https")
+
+
+class UnsupportedUriError(ValueError):
+    """A URI this pipeline will not read."""
+
+
+def check_uri(uri: str) -> None:
+    """Only storage that Beam's FileSystems serve; never a web URL a CSV row names."""
+    scheme = FileSystems.get_scheme(uri)
+    if scheme in REFUSED_SCHEMES:
+        # A row must not make a worker request an arbitrary URL, such as the cloud
+        # metadata server that holds the worker's credentials.
+        raise UnsupportedUriError(
+            f"{scheme}:// URIs are not fetched; copy the images to Cloud Storage "
+            "and list their gs:// URIs"
+        )
+    try:
+        FileSystems.get_filesystem(uri)
+    except ValueError:
+        raise UnsupportedUriError(f"no Beam filesystem serves {scheme}:// URIs") from None
+
+
 def read_bytes(uri: str) -> bytes:
     """The file's bytes, from any filesystem Beam serves (local, gs://, ...)."""
+    check_uri(uri)
     # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
     with FileSystems.open(
         uri, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
