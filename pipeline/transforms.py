@@ -11,6 +11,7 @@ from apache_beam import pvalue
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from google.api_core.exceptions import NotFound
 from PIL import Image
 
 from pipeline import images
@@ -48,11 +49,17 @@ def check_uri(uri: str) -> None:
 def read_bytes(uri: str) -> bytes:
     """The file's bytes, from any filesystem Beam serves (local, gs://, ...)."""
     check_uri(uri)
-    # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
-    with FileSystems.open(
-        uri, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
-    ) as handle:
-        return handle.read()
+    try:
+        # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
+        with FileSystems.open(
+            uri,
+            mime_type="application/octet-stream",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        ) as handle:
+            return handle.read()
+    except NotFound as error:
+        # The same error type for a missing gs:// object as for a missing local file.
+        raise FileNotFoundError(f"no such object: {uri}") from error
 
 
 class LoadImageFn(beam.DoFn):

@@ -40,3 +40,24 @@ def test_names_never_hold_a_path_or_hidden_name():
     ):
         name = npy_name(uri)
         assert "/" not in name and not name.startswith(".") and name.endswith(".npy"), name
+
+
+def test_hostile_uris_map_to_distinct_names_inside_the_output():
+    uris = [
+        "gs://b/../../escape.jpg",
+        "gs://b/a%2F..%2F..%2Fescape.jpg",
+        "/etc/passwd",
+        "//double/leading.jpg",
+        "gs://b/ünïcödé 写真.jpg",
+        "gs://b/with space.jpg",
+        "gs://b/hash#fragment.jpg",
+        "gs://b/query?x=1.jpg",
+        "gs://b/..",
+        "gs://b/.",
+    ]
+    names = [npy_name(uri) for uri in uris]
+    assert len(set(names)) == len(uris)
+    for name in names:
+        assert "/" not in name and "\\" not in name and name not in (".", "..")
+        assert not name.startswith(".") and name.isascii() and " " not in name
+        assert name.endswith(".npy")

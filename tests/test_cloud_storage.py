@@ -1,0 +1,156 @@
+"""gs:// end to end against a GCS JSON API emulator, incremental runs, URIs we refuse."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cloud import MetadataServer, storage_emulator
+from support import (
+    PHOTO_PATHS,
+    dead_letter,
+    keras_reference,
+    make_bad_inputs,
+    npy_embeddings,
+    parquet_embeddings,
+    relative_error,
+    run_cli,
+    summary,
+    write_csv,
+)
+
+pytestmark = pytest.mark.pipeline_run
+
+BUCKET = "photo-bucket"
+SEED = 4
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """An emulated bucket holding the photographs, some bad inputs and a CSV of them."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    metadata = MetadataServer()
+    with storage_emulator(BUCKET) as emulator:
+        client = storage.Client(
+            project="my-project",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": emulator},
+        )
+        bucket = client.bucket(BUCKET)
+        photos = {}
+        for path in PHOTO_PATHS:
+            name = f"photos/{os.path.basename(path)}"
+            bucket.blob(name).upload_from_filename(path)
+            photos[f"gs://{BUCKET}/{name}"] = path
+        bad = {}
+        local_bad = make_bad_inputs(tmp_path_factory.mktemp("bad"))
+        for name, (path, error_type) in local_bad.items():
+            if os.path.exists(path):
+                bucket.blob(f"bad/{name}").upload_from_filename(path)
+            bad[f"gs://{BUCKET}/bad/{name}"] = error_type
+        bad["https://169.254.169.254/computeMetadata/v1/token.jpg"] = "UnsupportedUriError"
+        csv_path = write_csv(tmp_path_factory.mktemp("csv") / "images.csv", [*photos, *bad])
+        bucket.blob("lists/images.csv").upload_from_filename(str(csv_path))
+        env = {
+            "STORAGE_EMULATOR_HOST": emulator,
+            "GCE_METADATA_HOST": metadata.address,
+            "GCE_METADATA_IP": metadata.address,
+        }
+        yield {"client": client, "bucket": bucket, "photos": photos, "bad": bad, "env": env}
+    metadata.close()
+
+
+def download(gcs, prefix: str, local: Path) -> Path:
+    """Mirrors gs://BUCKET/prefix/ into local, to read it with the local readers."""
+    for blob in gcs["client"].list_blobs(BUCKET, prefix=prefix + "/"):
+        target = local / blob.name[len(prefix) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(target)
+    return local
+
+
+def run_on_gcs(gcs, *args: str):
+    return run_cli(*args, "--weights", "random", "--seed", str(SEED), env=gcs["env"])
+
+
+@pytest.fixture(scope="module")
+def reference(gcs):
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    model = keras.applications.ResNet50(
+        weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+    )
+    return keras_reference(model, PHOTO_PATHS)
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "npy"])
+def test_gs_input_images_and_output_end_to_end(gcs, reference, output_format, tmp_path):
+    prefix = f"out-{output_format}"
+    result = run_on_gcs(
+        gcs,
+        "--input", f"gs://{BUCKET}/lists/images.csv",
+        "--output", f"gs://{BUCKET}/{prefix}",
+        "--output_format", output_format,
+        "--jpeg_draft", "false",
+        "--max_failure_fraction", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = download(gcs, prefix, tmp_path / prefix)
+    read = parquet_embeddings if output_format == "parquet" else npy_embeddings
+    embeddings = read(local)
+    assert set(embeddings) == set(gcs["photos"])
+    for uri, path in gcs["photos"].items():
+        assert relative_error(embeddings[uri], reference[path]) <= 1e-4, uri
+    records = {r["uri"]: r for r in dead_letter(local)}
+    assert {uri: r["error_type"] for uri, r in records.items()} == gcs["bad"]
+    got = summary(local)
+    assert got["reconciled"] and got["embedded"] == len(gcs["photos"])
+    assert got["failed"] == len(gcs["bad"])
+
+
+def test_gs_glob_input(gcs, tmp_path):
+    result = run_on_gcs(
+        gcs, "--input", f"gs://{BUCKET}/photos/**", "--output", f"gs://{BUCKET}/out-glob"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = download(gcs, "out-glob", tmp_path / "glob")
+    assert set(parquet_embeddings(local)) == set(gcs["photos"])
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "npy"])
+def test_skip_existing_embeds_only_new_rows(output_format, tmp_path):
+    first, second = PHOTO_PATHS[:10], PHOTO_PATHS[10:]
+    output = tmp_path / "out"
+    common = ("--output", str(output), "--output_format", output_format, "--weights", "random",
+              "--skip_existing")  # fmt: skip
+    result = run_cli("--input", str(write_csv(tmp_path / "10.csv", first)), *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(second) == 3  # the sample set has 13 photographs
+    extra = [f"{tmp_path}/../{os.path.basename(tmp_path)}/copy-{i}.png" for i in range(2)]
+    for path in extra:
+        Path(path).write_bytes(Path(PHOTO_PATHS[0]).read_bytes())
+    grown = write_csv(tmp_path / "15.csv", [*first, *second, *extra])
+    result = run_cli("--input", str(grown), *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = summary(output)
+    assert printed["skipped_existing"] == 10 and printed["embedded"] == 5
+    assert printed["reconciled"]
+    metrics = result.stdout[result.stdout.index('"metrics"') :]
+    assert '"images_loaded": 5' in metrics and '"skipped_existing": 10' in metrics
+    if output_format == "parquet":
+        table_uris = list(parquet_embeddings(output))
+        from support import read_parquet
+
+        table, _ = read_parquet(output)
+        all_uris = table.column("uri").to_pylist()
+    else:
+        from support import npy_index
+
+        all_uris = [row["uri"] for row in npy_index(output)]
+        table_uris = list(npy_embeddings(output))
+    assert len(all_uris) == len(set(all_uris)) == 15
+    assert set(table_uris) == {*first, *second, *extra}
