@@ -137,9 +137,12 @@ class MetadataServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 path = self.path.split("?")[0]
-                body = next((v for k, v in answers.items() if path.endswith(k)), "").encode()
+                body = next((v for k, v in answers.items() if path.endswith(k)), "")
+                kind = "application/json" if body.startswith("{") else "application/text"
+                body = body.encode()
                 self.send_response(200)
                 self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -212,3 +215,78 @@ def storage_emulator(bucket: str):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class FaultyProxy:
+    """Forwards HTTP to upstream, but answers some requests 503 or 429, or hangs up.
+
+    Decisions come from a seeded generator so a run's faults are repeatable in kind
+    and rate; `injected` counts what was done.
+    """
+
+    def __init__(self, upstream: str, rate: float = 0.2, seed: int = 7):
+        import http.client
+        import random
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        generator = random.Random(seed)
+        lock = threading.Lock()
+        self.injected = {"503": 0, "429": 0, "dropped": 0, "forwarded": 0}
+        injected = self.injected
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with lock:
+                    draw = generator.random()
+                if draw < rate / 2:
+                    kind = "503" if draw < rate / 4 else "429"
+                    with lock:
+                        injected[kind] += 1
+                    payload = json.dumps({"error": {"code": int(kind), "message": "injected"}})
+                    self.send_response(int(kind))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                    return
+                if draw < rate:
+                    with lock:
+                        injected["dropped"] += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                with lock:
+                    injected["forwarded"] += 1
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A hung-up connection makes the handler's last flush fail; that is the point.
+        self._server.handle_error = lambda request, address: None
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

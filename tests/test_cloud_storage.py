@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cloud import MetadataServer, storage_emulator
+from cloud import FaultyProxy, MetadataServer, storage_emulator
 from support import (
     PHOTO_PATHS,
     dead_letter,
@@ -14,6 +14,7 @@ from support import (
     make_bad_inputs,
     npy_embeddings,
     parquet_embeddings,
+    read_parquet,
     relative_error,
     run_cli,
     summary,
@@ -143,8 +144,6 @@ def test_skip_existing_embeds_only_new_rows(output_format, tmp_path):
     assert '"images_loaded": 5' in metrics and '"skipped_existing": 10' in metrics
     if output_format == "parquet":
         table_uris = list(parquet_embeddings(output))
-        from support import read_parquet
-
         table, _ = read_parquet(output)
         all_uris = table.column("uri").to_pylist()
     else:
@@ -154,3 +153,28 @@ def test_skip_existing_embeds_only_new_rows(output_format, tmp_path):
         table_uris = list(npy_embeddings(output))
     assert len(all_uris) == len(set(all_uris)) == 15
     assert set(table_uris) == {*first, *second, *extra}
+
+
+def test_a_run_through_injected_storage_faults_loses_nothing(gcs, tmp_path):
+    proxy = FaultyProxy(gcs["env"]["STORAGE_EMULATOR_HOST"], rate=0.15)
+    try:
+        result = run_cli(
+            "--input", f"gs://{BUCKET}/lists/images.csv",
+            "--output", f"gs://{BUCKET}/out-faults",
+            "--weights", "random",
+            "--max_failure_fraction", "0.5",
+            env={**gcs["env"], "STORAGE_EMULATOR_HOST": proxy.url},
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    faults = {kind: n for kind, n in proxy.injected.items() if kind != "forwarded"}
+    print(f"storage faults injected and survived: {faults}")
+    assert all(faults.values()), faults
+    local = download(gcs, "out-faults", tmp_path / "faults")
+    table, _ = read_parquet(local)
+    uris = table.column("uri").to_pylist()
+    assert sorted(uris) == sorted(gcs["photos"]), "every photograph embedded exactly once"
+    records = {r["uri"]: r["error_type"] for r in dead_letter(local)}
+    assert records == gcs["bad"], "faults must not turn into dead-letter entries"
+    assert summary(local)["reconciled"]
