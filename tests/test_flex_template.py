@@ -205,19 +205,30 @@ def check_embeddings_came_out(result: subprocess.CompletedProcess, output: Path)
     assert summary(output)["reconciled"] is True
 
 
-@needs_gcloud
-def test_readme_gcloud_run_command_launches_the_template(tmp_path):
-    dataflow = StandIn({"job": {"id": "2026-11-24_00_00_00-1", "projectId": PROJECT}})
+def run_readme_command(marker: str, api: str, response: dict, tmp_path: Path) -> dict:
+    """Runs the README block containing marker with gcloud's `api` sent to a stand-in.
+
+    Returns the one request the stand-in received.
+    """
+    stand_in = StandIn(response)
     try:
-        env = gcloud_config(tmp_path / "gcloud", PROJECT, {"dataflow": dataflow.url})
+        env = gcloud_config(tmp_path / "gcloud", PROJECT, {api: stand_in.url})
         env.update(PROJECT=PROJECT, REGION=REGION, BUCKET=BUCKET)
-        command = readme_block("gcloud dataflow flex-template run")
-        result = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True,
-                                text=True)  # fmt: skip
+        result = subprocess.run(["bash", "-c", readme_block(marker)], cwd=REPO, env=env,
+                                capture_output=True, text=True)  # fmt: skip
         assert result.returncode == 0, result.stderr
     finally:
-        dataflow.close()
-    [request] = dataflow.requests
+        stand_in.close()
+    [request] = stand_in.requests
+    return request
+
+
+@needs_gcloud
+def test_readme_gcloud_run_command_launches_the_template(tmp_path):
+    response = {"job": {"id": "2026-11-24_00_00_00-1", "projectId": PROJECT}}
+    request = run_readme_command(
+        "gcloud dataflow flex-template run", "dataflow", response, tmp_path
+    )
     assert request["path"].startswith(
         f"/v1b3/projects/{PROJECT}/locations/{REGION}/flexTemplates:launch"
     )
@@ -231,17 +242,8 @@ def test_readme_gcloud_run_command_launches_the_template(tmp_path):
 
 @needs_gcloud
 def test_readme_schedule_command_creates_a_job_that_launches_the_template(tmp_path):
-    scheduler = StandIn({"name": f"projects/{PROJECT}/locations/{REGION}/jobs/nightly"})
-    try:
-        env = gcloud_config(tmp_path / "gcloud", PROJECT, {"cloudscheduler": scheduler.url})
-        env.update(PROJECT=PROJECT, REGION=REGION, BUCKET=BUCKET)
-        command = readme_block("templates/schedule.sh")
-        result = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True,
-                                text=True)  # fmt: skip
-        assert result.returncode == 0, result.stderr
-    finally:
-        scheduler.close()
-    [request] = scheduler.requests
+    response = {"name": f"projects/{PROJECT}/locations/{REGION}/jobs/nightly"}
+    request = run_readme_command("templates/schedule.sh", "cloudscheduler", response, tmp_path)
     job = request["body"]
     target = job["httpTarget"]
     assert target["uri"] == (
