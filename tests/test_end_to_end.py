@@ -96,7 +96,11 @@ def test_every_row_is_accounted_for(corpus, parquet_run):
 def test_summary_is_printed_and_says_weights_are_random(parquet_run):
     output, result = parquet_run
     printed = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    metrics = printed.pop("metrics")  # a local run adds Beam's counters to what it prints
     assert printed == summary(output)
+    assert metrics["images_embedded"] == printed["embedded"]
+    assert metrics["failed_load"] == printed["failed_by_stage"]["load"]
+    assert metrics["duplicates_dropped"] == printed["duplicates_dropped"]
     assert printed["pretrained"] is False
     assert "NOT pretrained" in printed["weights"]
     assert "NOT pretrained" in result.stderr
