@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +72,7 @@ class CountFailuresFn(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) -> None:
     """Adds every step to p; fail_job makes the job itself fail on too many failures."""
     started_at = time.time()
-    run_id = new_run_id(started_at)
+    run_id = sinks.new_run_id(started_at)
     spec = ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
     if is_glob(opts.input):
         check_glob(opts.input)
@@ -132,12 +131,6 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         )
         | "Write summary" >> beam.ParDo(WriteSummaryFn(opts.output, fail_job))
     )
-
-
-def new_run_id(started_at: float) -> str:
-    """e.g. 20261124T011106-3fa2c1: sortable by start time, unique per run."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
-    return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:

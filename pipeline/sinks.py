@@ -7,6 +7,7 @@ import io
 import json
 import posixpath
 import re
+import time
 import uuid
 
 import apache_beam as beam
@@ -47,6 +48,15 @@ def write_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([partial], [path])
 
 
+RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
+
+
+def new_run_id(started_at: float) -> str:
+    """e.g. 20261124T011106-3fa2c1 (matches RUN_ID_PATTERN): sortable by start, unique."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
 def shard_prefix(output: str, name: str, run_id: str) -> str:
     """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
     return output_path(output, f"{name}-{run_id}")
@@ -68,7 +78,7 @@ class RemoveOtherRunsShardsFn(beam.DoFn):
     def process(self, unused_written):
         shard = re.compile(
             re.escape(self._base)
-            + r"-(?P<run>\d{8}T\d{6}-[0-9a-f]{6})-\d{5}-of-\d{5}"
+            + rf"-(?P<run>{RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}"
             + re.escape(self._suffix)
             + "$"
         )

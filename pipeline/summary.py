@@ -44,7 +44,7 @@ def summarise(
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
     rows_read = rows_with_uri + failed["read"]
     total_failed = sum(failed.values())
-    inputs = rows_read - duplicates - skipped
+    inputs = attempted(rows_read, duplicates, skipped)
     finished_at = time.time()
     elapsed = max(finished_at - started_at, 1e-9)
     return {
@@ -64,6 +64,11 @@ def summarise(
     }
 
 
+def attempted(rows_read: int, duplicates: int, skipped: int) -> int:
+    """Inputs this run tried to embed: the denominator of the failure fraction."""
+    return rows_read - duplicates - skipped
+
+
 def check(summary: dict[str, Any]) -> None:
     """Raises RunFailedError when the run must not be reported as a success."""
     if summary["rows_read"] == 0:
@@ -77,11 +82,13 @@ def check(summary: dict[str, Any]) -> None:
         )
     fraction, limit = summary["failure_fraction"], summary["max_failure_fraction"]
     if fraction is not None and fraction > limit:
+        inputs = attempted(
+            summary["rows_read"], summary["duplicates_dropped"], summary["skipped_existing"]
+        )
         raise RunFailedError(
-            f"{summary['failed']} of "
-            f"{summary['rows_read'] - summary['duplicates_dropped'] - summary['skipped_existing']} "
-            f"inputs failed ({fraction:.1%} > --max_failure_fraction {limit}); reasons are in "
-            f"{summary['outputs']['failures']}",
+            f"{summary['failed']} of {inputs} inputs failed "
+            f"({fraction:.1%} > --max_failure_fraction {limit}); "
+            f"reasons are in {summary['outputs']['failures']}",
             summary,
         )
 

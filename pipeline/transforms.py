@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from google.api_core.exceptions import NotFound
@@ -40,10 +41,14 @@ def check_uri(uri: str) -> None:
             f"{scheme}:// URIs are not fetched; copy the images to Cloud Storage "
             "and list their gs:// URIs"
         )
-    try:
-        FileSystems.get_filesystem(uri)
-    except ValueError:
-        raise UnsupportedUriError(f"no Beam filesystem serves {scheme}:// URIs") from None
+    if scheme not in served_schemes():
+        raise UnsupportedUriError(f"no Beam filesystem serves {scheme}:// URIs")
+
+
+@functools.cache
+def served_schemes() -> frozenset[str | None]:
+    """Schemes of Beam's registered filesystems (None: local paths), as FileSystems sees them."""
+    return frozenset(system.scheme() for system in FileSystem.get_all_subclasses())
 
 
 def read_bytes(uri: str) -> bytes:

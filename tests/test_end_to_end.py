@@ -30,6 +30,7 @@ from support import (
 )
 
 from pipeline.naming import npy_name
+from pipeline.sinks import RUN_ID_PATTERN
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -247,7 +248,7 @@ def test_npy_names_are_collision_free_and_documented(colliding_inputs, npy_run):
 
 
 def without_run_id(names: list[str]) -> list[str]:
-    return sorted(re.sub(r"-\d{8}T\d{6}-[0-9a-f]{6}-", "-RUN-", name) for name in names)
+    return sorted(re.sub(rf"-{RUN_ID_PATTERN}-", "-RUN-", name) for name in names)
 
 
 def test_a_rerun_rewrites_the_same_files_and_adds_none(weights_file, npy_run, tmp_path):
