@@ -10,19 +10,23 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test benchmark lint format clean
+.PHONY: help demo test benchmark benchmark-map lint format clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-demo: $(VENV)/.installed ## Embed the bundled sample photographs on the local runner
-	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS)
+demo: $(VENV)/.installed ## Embed the sample photographs locally; open out/demo/report.html
+	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS) --map
 
-test: $(VENV)/.installed lint ## Lint, then run the whole test suite
+test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs Chromium if it can)
+	tests/install_browser.sh
 	$(BIN)/python -m pytest
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
+
+benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
+	$(BIN)/python benchmarks/map_memory.py
 
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -1,4 +1,4 @@
-"""The pipeline: read URIs -> load images -> extract embeddings -> store, plus a summary."""
+"""The pipeline: read URIs -> load images -> extract embeddings -> store (+ map), and a summary."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import sinks
 from pipeline.backbones import ModelSpec, embedding_shape
+from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.metrics import NAMESPACE, counter
 from pipeline.model import KerasEmbeddingHandler
 from pipeline.options import EmbeddingOptions, parse_options
@@ -88,7 +89,11 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     )
     read = p | "Read URIs" >> ReadImageUris(opts.input, done)
     loaded = read["uris"] | "Load images" >> LoadImages(
-        spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels
+        spec.input_size,
+        opts.resize,
+        opts.jpeg_draft,
+        opts.max_image_pixels,
+        thumbnail_size=THUMBNAIL_SIZE if opts.map else 0,
     )
     handler = KerasEmbeddingHandler(
         spec, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size
@@ -115,7 +120,7 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         | "Count failures" >> beam.ParDo(CountFailuresFn())
         | "Per stage" >> beam.combiners.Count.PerElement()
     )
-    _ = (
+    summary = (
         p
         | "Start summary" >> beam.Create([None])
         | "Summarise"
@@ -131,6 +136,15 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         )
         | "Write summary" >> beam.ParDo(WriteSummaryFn(opts.output, fail_job))
     )
+    if opts.map:
+        _ = {
+            "embeddings": embeddings,
+            "files": stored["files"],
+            "failures": failures,
+            "summary": summary,
+        } | "Map embeddings" >> MapEmbeddings(
+            opts.output, opts.output_format, run_id, opts.map_sample_size, opts.seed
+        )
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -140,6 +154,17 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         if opts.output_format == "parquet"
         else sinks.output_path(opts.output, f"{sinks.NPY_DIRECTORY}/*.npy")
     )
+    outputs = {
+        "embeddings": output_files,
+        "failures": sinks.output_path(opts.output, f"{sinks.FAILURES}-*.jsonl"),
+        "summary": sinks.output_path(opts.output, sinks.SUMMARY),
+    }
+    if opts.map:
+        outputs |= {
+            "map_coordinates": sinks.output_path(opts.output, f"{COORDINATES}-*.csv"),
+            "map_png": sinks.output_path(opts.output, MAP_PNG),
+            "report": sinks.output_path(opts.output, REPORT_HTML),
+        }
     return {
         "input": opts.input,
         "output": opts.output,
@@ -153,11 +178,8 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         "skip_existing": opts.skip_existing,
         "embedding_shape": list(shape),
         "max_failure_fraction": opts.max_failure_fraction,
-        "outputs": {
-            "embeddings": output_files,
-            "failures": sinks.output_path(opts.output, f"{sinks.FAILURES}-*.jsonl"),
-            "summary": sinks.output_path(opts.output, sinks.SUMMARY),
-        },
+        "map": opts.map,
+        "outputs": outputs,
     }
 
 

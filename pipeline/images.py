@@ -1,4 +1,4 @@
-"""Image bytes to an RGB uint8 array of the model's input size."""
+"""Image bytes to an RGB uint8 array of the model's input size (and a thumbnail for the map)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ BACKGROUND = (255, 255, 255, 255)
 # pixel; README "Decoding" gives the measured effect on the output.
 DRAFT_OVERSAMPLE = 2
 
+THUMBNAIL_QUALITY = 75
+
 _ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -26,6 +28,7 @@ class DecodedImage:
     pixels: np.ndarray  # (size, size, 3) uint8
     width: int  # source size as displayed, after EXIF orientation
     height: int
+    thumbnail: bytes | None = None  # JPEG, longer side thumbnail_size pixels
 
 
 def _check_pixel_limit(image: Image.Image, max_pixels: int) -> None:
@@ -78,20 +81,36 @@ def resize(image: Image.Image, size: int, policy: str) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
+def thumbnail(image: Image.Image, size: int) -> bytes:
+    """A small JPEG of the whole image, aspect ratio kept, longer side size pixels."""
+    scale = size / max(image.size)
+    shape = tuple(max(1, round(side * scale)) for side in image.size)
+    small = image.resize(shape, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return buffer.getvalue()
+
+
 def decode(
     data: bytes,
     size: int,
     policy: str = "squash",
     jpeg_draft: bool = True,
     max_pixels: int = 100_000_000,
+    thumbnail_size: int = 0,
 ) -> DecodedImage:
-    """Decodes the first frame, applies EXIF orientation, converts and resizes."""
+    """Decodes the first frame, applies EXIF orientation, converts and resizes.
+
+    thumbnail_size > 0 also makes a JPEG thumbnail of the upright image.
+    """
     with Image.open(io.BytesIO(data)) as image:
         _check_pixel_limit(image, max_pixels)
         width, height = _displayed_size(image)
         if jpeg_draft and image.format == "JPEG":
-            image.draft(None, (size * DRAFT_OVERSAMPLE, size * DRAFT_OVERSAMPLE))
+            draft = max(size, thumbnail_size) * DRAFT_OVERSAMPLE
+            image.draft(None, (draft, draft))
         # Animated GIF/WebP and multi-page TIFF open on their first frame.
-        upright = ImageOps.exif_transpose(image)
-        pixels = np.asarray(resize(to_rgb(upright), size, policy), dtype=np.uint8)
-    return DecodedImage(pixels=pixels, width=width, height=height)
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+        pixels = np.asarray(resize(rgb, size, policy), dtype=np.uint8)
+        small = thumbnail(rgb, thumbnail_size) if thumbnail_size > 0 else None
+    return DecodedImage(pixels=pixels, width=width, height=height, thumbnail=small)

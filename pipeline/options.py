@@ -69,7 +69,8 @@ class EmbeddingOptions(PipelineOptions):
             "--seed",
             type=int,
             default=0,
-            help="Seed for --weights random. (default: %(default)s)",
+            help="Seed for --weights random and for the --map report's sample. "
+            "(default: %(default)s)",
         )
         group.add_argument(
             "--pooling",
@@ -127,6 +128,23 @@ class EmbeddingOptions(PipelineOptions):
             help="Skip images whose embeddings are already under --output (from the Parquet "
             "uri column or the .npy index) and add to them instead of replacing them. "
             "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--map",
+            type=parse_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
+            "map.png and report.html (a self-contained page of image thumbnails). "
+            "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--map_sample_size",
+            type=int,
+            default=5000,
+            help="Most points map.png and report.html draw; larger runs show a seeded sample, "
+            "while the coordinates file holds every image. (default: %(default)s)",
         )
         group.add_argument(
             "--max_failure_fraction",
@@ -200,5 +218,13 @@ def validate(opts: EmbeddingOptions) -> None:
         )
     if opts.max_image_pixels < 1:
         raise UsageError(f"--max_image_pixels must be positive, got {opts.max_image_pixels}")
+    if opts.map and opts.pooling == "none":
+        raise UsageError(
+            "--map needs pooled embeddings: with --pooling none each embedding has a whole "
+            "feature map (100352 values for resnet50), too many for PCA's covariance; "
+            "use --pooling avg or max"
+        )
+    if opts.map_sample_size < 1:
+        raise UsageError(f"--map_sample_size must be at least 1, got {opts.map_sample_size}")
     if opts.num_shards < 0:
         raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {opts.num_shards}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # Stages a failure can be recorded at, in pipeline order.
 STAGES = ("read", "load", "extract", "store")
@@ -13,11 +13,12 @@ _MAX_MESSAGE = 2000
 
 @dataclass(frozen=True)
 class ImageKey:
-    """Identifies an image through inference: its URI and its source size."""
+    """Identifies an image through inference: its URI, source size and, with --map, a thumbnail."""
 
     uri: str
     width: int
     height: int
+    thumbnail: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ class RemoveOtherRunsShardsFn(beam.DoFn):
         yield from stale
 
 
-def _remove_other_runs(written, output: str, name: str, suffix: str, run_id: str):
+def remove_other_runs(written, output: str, name: str, suffix: str, run_id: str):
+    """Once written (this run's final shard names) is complete, deletes other runs' shards."""
     return (
         written
         | f"List written {name}" >> beam.combiners.ToList()
@@ -167,7 +168,7 @@ class CountEmbeddedFn(beam.DoFn):
 
 
 class WriteParquet(beam.PTransform):
-    """Embeddings to sharded Parquet through Beam's sink; outputs embedded (int), failed."""
+    """Embeddings to sharded Parquet through Beam's sink; outputs embedded (int), failed, files."""
 
     def __init__(
         self, output: str, run_id: str, schema: pa.Schema, num_shards: int, keep_earlier: bool
@@ -194,10 +195,11 @@ class WriteParquet(beam.PTransform):
             shard_name_template=SHARD_TEMPLATE,
         )
         if not self._keep_earlier:
-            _remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
+            remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),
+            "files": written,
         }
 
 
@@ -229,7 +231,7 @@ def _index_line(key: ImageKey, name: str) -> str:
 
 
 class WriteNpy(beam.PTransform):
-    """Embeddings to one .npy each plus an index CSV; outputs embedded (int), failed."""
+    """Embeddings to one .npy each plus an index CSV; outputs embedded (int), failed, files."""
 
     def __init__(self, output: str, run_id: str, num_shards: int, keep_earlier: bool):
         super().__init__()
@@ -250,10 +252,11 @@ class WriteNpy(beam.PTransform):
             header="uri,file,width,height",
         )
         if not self._keep_earlier:
-            _remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
+            remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
         return {
             "embedded": written.index | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": written[FAILED],
+            "files": index_files,
         }
 
 
@@ -276,4 +279,4 @@ class WriteFailures(beam.PTransform):
                 shard_name_template=SHARD_TEMPLATE,
             )
         )
-        return _remove_other_runs(written, self._output, FAILURES, ".jsonl", self._run_id)
+        return remove_other_runs(written, self._output, FAILURES, ".jsonl", self._run_id)

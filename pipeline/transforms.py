@@ -70,11 +70,14 @@ def read_bytes(uri: str) -> bytes:
 class LoadImageFn(beam.DoFn):
     """URI to (ImageKey, uint8 pixels); unreadable or undecodable inputs to `failed`."""
 
-    def __init__(self, size: int, policy: str, jpeg_draft: bool, max_pixels: int):
+    def __init__(
+        self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0
+    ):
         self._size = size
         self._policy = policy
         self._jpeg_draft = jpeg_draft
         self._max_pixels = max_pixels
+        self._thumbnail_size = thumbnail_size
         self._loaded = counter("images_loaded")
 
     def setup(self):
@@ -85,21 +88,28 @@ class LoadImageFn(beam.DoFn):
     def process(self, uri: str):
         try:
             decoded = images.decode(
-                read_bytes(uri), self._size, self._policy, self._jpeg_draft, self._max_pixels
+                read_bytes(uri),
+                self._size,
+                self._policy,
+                self._jpeg_draft,
+                self._max_pixels,
+                self._thumbnail_size,
             )
         except Exception as error:
             yield pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", error))
         else:
             self._loaded.inc()
-            yield ImageKey(uri, decoded.width, decoded.height), decoded.pixels
+            yield ImageKey(uri, decoded.width, decoded.height, decoded.thumbnail), decoded.pixels
 
 
 class LoadImages(beam.PTransform):
     """URIs to model-sized RGB uint8 arrays; outputs images and failed."""
 
-    def __init__(self, size: int, policy: str, jpeg_draft: bool, max_pixels: int):
+    def __init__(
+        self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0
+    ):
         super().__init__()
-        self._fn = LoadImageFn(size, policy, jpeg_draft, max_pixels)
+        self._fn = LoadImageFn(size, policy, jpeg_draft, max_pixels, thumbnail_size)
 
     def expand(self, uris):
         loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")

@@ -149,3 +149,32 @@ def test_jpeg_draft_stays_within_the_documented_tolerance():
             assert difference > 0, f"{name}: draft decoding did not engage"
         assert difference <= DRAFT_MEAN_TOLERANCE, name
     assert worst > 0
+
+
+@pytest.mark.parametrize("name", ["chelsea.png", "rocket.jpg", "camera.png"])
+def test_thumbnail_is_a_small_jpeg_of_the_whole_upright_image(name):
+    source = photo(name)
+    decoded = decode(encode(source.convert("RGB"), "PNG"), SIZE, thumbnail_size=128)
+    with Image.open(io.BytesIO(decoded.thumbnail)) as thumbnail:
+        assert thumbnail.format == "JPEG"
+        assert max(thumbnail.size) == 128
+        assert thumbnail.width / thumbnail.height == pytest.approx(
+            source.width / source.height, abs=0.02
+        )
+        small = np.asarray(thumbnail.convert("RGB"), dtype=np.float64)
+    reference = np.asarray(source.convert("RGB").resize(thumbnail.size), dtype=np.float64)
+    assert np.abs(small - reference).mean() < 6  # JPEG quality 75 on a 128-pixel image
+    assert len(decoded.thumbnail) < 16_000
+    assert decode(encode(source.convert("RGB"), "PNG"), SIZE).thumbnail is None
+
+
+def test_thumbnail_follows_exif_orientation(awkward):
+    rotated = decode(read(awkward["exif_rotated.png"]), SIZE, thumbnail_size=64)
+    upright = decode(read(awkward["upright.png"]), SIZE, thumbnail_size=64)
+    with (
+        Image.open(io.BytesIO(rotated.thumbnail)) as a,
+        Image.open(io.BytesIO(upright.thumbnail)) as b,
+    ):
+        assert a.size == b.size == (64, 43)
+        difference = np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean()
+    assert difference < 3

@@ -46,6 +46,8 @@ def test_unknown_or_abbreviated_flags_are_errors_that_name_them(flag):
         ([*REQUIRED, "--min_batch_size", "64"], "--min_batch_size <= --max_batch_size"),
         ([*REQUIRED, "--max_failure_fraction", "1.5"], "between 0 and 1"),
         ([*REQUIRED, "--num_shards", "-1"], "--num_shards"),
+        ([*REQUIRED, "--map", "--pooling", "none"], "--map needs pooled embeddings"),
+        ([*REQUIRED, "--map_sample_size", "0"], "--map_sample_size must be at least 1"),
     ],
 )
 def test_invalid_values_are_explained(args, message):

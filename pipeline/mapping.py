@@ -1,0 +1,237 @@
+"""The map branch: PCA of the embeddings, 2-D coordinates, a PNG scatter and an HTML report."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import plot, report
+from pipeline.metrics import counter
+from pipeline.projection import PrincipalComponentsFn, Projection
+from pipeline.records import Failure, ImageKey
+from pipeline.sinks import (
+    NPY_DIRECTORY,
+    SHARD_TEMPLATE,
+    output_path,
+    remove_other_runs,
+    shard_prefix,
+    write_atomically,
+)
+
+THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
+REPORTED_FAILURES = 1000  # the report lists at most this many failures
+_PROJECT_ROWS = 1024
+COORDINATES = "map-coordinates"
+MAP_PNG = "map.png"
+REPORT_HTML = "report.html"
+
+
+def sample_rank(seed: int, uri: str) -> str:
+    """The sample is the points whose rank is smallest: the same for every run and runner."""
+    return hashlib.sha256(f"{seed}:{uri}".encode()).hexdigest()
+
+
+def _point_rank(seed: int, point: tuple[str, float, float]) -> str:
+    return sample_rank(seed, point[0])
+
+
+def _thumbnail_rank(seed: int, pair: tuple[str, bytes | None]) -> str:
+    return sample_rank(seed, pair[0])
+
+
+def _failure_order(failure: Failure) -> tuple[str, str]:
+    return failure.uri, failure.stage
+
+
+def _embedding(keyed: tuple[ImageKey, np.ndarray]) -> np.ndarray:
+    return keyed[1]
+
+
+def _thumbnail(keyed: tuple[ImageKey, np.ndarray]) -> tuple[str, bytes | None]:
+    return keyed[0].uri, keyed[0].thumbnail
+
+
+def _parquet_batch(table) -> tuple[list[str], np.ndarray]:
+    uris = table.column("uri").to_pylist()
+    embeddings = table.column("embedding").combine_chunks()
+    size = embeddings.type.list_size
+    matrix = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(len(uris), size)
+    return uris, matrix
+
+
+class ReadNpyFn(beam.DoFn):
+    """An index line (uri,file,...) to ([uri], its embedding as a 1 x d matrix)."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+
+    def process(self, line: str):
+        uri, name = next(csv.reader([line]))[:2]
+        with FileSystems.open(output_path(self._directory, name)) as handle:
+            embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        yield [uri], embedding.reshape(1, -1)
+
+
+class ReadStoredEmbeddings(beam.PTransform):
+    """Names of this run's embedding files (Parquet or .npy index) to (uris, matrix) batches.
+
+    The projection reads what was stored instead of holding the embeddings between the
+    two passes: a runner would otherwise keep every embedding until PCA is done (the
+    local runner in memory).
+    """
+
+    def __init__(self, output: str, output_format: str):
+        super().__init__()
+        self._output = output
+        self._format = output_format
+
+    def expand(self, file_names):
+        if self._format == "parquet":
+            return (
+                file_names
+                | "Read Parquet" >> beam.io.ReadAllFromParquetBatched(columns=["uri", "embedding"])
+                | "To matrices" >> beam.Map(_parquet_batch)
+            )
+        return (
+            file_names
+            | "Read index" >> beam.io.ReadAllFromText(skip_header_lines=1)
+            | "Read .npy" >> beam.ParDo(ReadNpyFn(output_path(self._output, NPY_DIRECTORY)))
+        )
+
+
+class ProjectFn(beam.DoFn):
+    """(uris, embeddings) to one (uri, x, y) per image, with the PCA as a side input."""
+
+    def __init__(self):
+        self._projected = counter("map_points")
+
+    def process(self, batch: tuple[list[str], np.ndarray], projection: Projection | None):
+        uris, matrix = batch
+        if projection is None or not uris:
+            return
+        # A Parquet row group can hold thousands of embeddings: project a slice at a time
+        # so that the float64 copies stay small.
+        for start in range(0, len(uris), _PROJECT_ROWS):
+            rows = slice(start, start + _PROJECT_ROWS)
+            coordinates = projection.apply(matrix[rows])
+            self._projected.inc(len(coordinates))
+            for uri, (x, y) in zip(uris[rows], coordinates, strict=True):
+                yield uri, float(x), float(y)
+
+
+def coordinates_line(point: tuple[str, float, float]) -> str:
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow([point[0], repr(point[1]), repr(point[2])])
+    return line.getvalue()
+
+
+class WriteMapFn(beam.DoFn):
+    """Writes the PNG scatter and the HTML report, both drawing the sampled points."""
+
+    def __init__(self, output: str, sample_size: int, seed: int):
+        self._output = output
+        self._sample_size = sample_size
+        self._seed = seed
+
+    def process(
+        self,
+        unused,
+        projection: Projection | None,
+        points: list[tuple[str, float, float]],
+        thumbnails: list[tuple[str, bytes | None]],
+        failures: list[Failure],
+        summary: dict[str, Any],
+    ):
+        png = plot.scatter_png(points, projection)
+        write_atomically(output_path(self._output, MAP_PNG), png)
+        page = report.render(
+            points,
+            dict(thumbnails),
+            projection,
+            summary,
+            failures,
+            sample_rule=f"the {len(points)} URIs with the smallest SHA-256 of "
+            f'"{self._seed}:<uri>" (--seed {self._seed}, --map_sample_size '
+            f"{self._sample_size})",
+        )
+        write_atomically(output_path(self._output, REPORT_HTML), page.encode())
+        yield output_path(self._output, REPORT_HTML)
+
+
+class MapEmbeddings(beam.PTransform):
+    """The map branch; input: a dict of embeddings, files, failures and summary PCollections.
+
+    embeddings: (ImageKey, embedding) as extracted, thumbnails riding in the keys;
+    files: the names of this run's stored embedding files; failures: every Failure;
+    summary: the run summary. Writes map-coordinates-*.csv (every image), map.png and
+    report.html under the output prefix.
+    """
+
+    def __init__(self, output: str, output_format: str, run_id: str, sample_size: int, seed: int):
+        super().__init__()
+        self._output = output
+        self._format = output_format
+        self._run_id = run_id
+        self._sample_size = sample_size
+        self._seed = seed
+
+    def expand(self, inputs: dict[str, beam.PCollection]):
+        embeddings = inputs["embeddings"]
+        projection = (
+            embeddings
+            | "Embeddings" >> beam.Map(_embedding)
+            | "PCA" >> beam.CombineGlobally(PrincipalComponentsFn())
+        )
+        points = (
+            inputs["files"]
+            | "Read stored embeddings" >> ReadStoredEmbeddings(self._output, self._format)
+            | "Project" >> beam.ParDo(ProjectFn(), projection=beam.pvalue.AsSingleton(projection))
+        )
+        written = (
+            points
+            | "To CSV lines" >> beam.Map(coordinates_line)
+            | "Write coordinates"
+            >> beam.io.WriteToText(
+                shard_prefix(self._output, COORDINATES, self._run_id),
+                file_name_suffix=".csv",
+                shard_name_template=SHARD_TEMPLATE,
+                header="uri,x,y",
+            )
+        )
+        # Coordinates from another run's PCA are in another basis: never keep them.
+        remove_other_runs(written, self._output, COORDINATES, ".csv", self._run_id)
+
+        sampled_points = points | "Sample points" >> beam.combiners.Top.Smallest(
+            self._sample_size, key=functools.partial(_point_rank, self._seed)
+        )
+        sampled_thumbnails = (
+            embeddings
+            | "Thumbnails" >> beam.Map(_thumbnail)
+            | "Sample thumbnails"
+            >> beam.combiners.Top.Smallest(
+                self._sample_size, key=functools.partial(_thumbnail_rank, self._seed)
+            )
+        )
+        listed_failures = inputs["failures"] | "Some failures" >> beam.combiners.Top.Smallest(
+            REPORTED_FAILURES, key=_failure_order
+        )
+        return (
+            embeddings.pipeline
+            | "Start map" >> beam.Create([None])
+            | "Write map and report"
+            >> beam.ParDo(
+                WriteMapFn(self._output, self._sample_size, self._seed),
+                projection=beam.pvalue.AsSingleton(projection),
+                points=beam.pvalue.AsSingleton(sampled_points),
+                thumbnails=beam.pvalue.AsSingleton(sampled_thumbnails),
+                failures=beam.pvalue.AsSingleton(listed_failures),
+                summary=beam.pvalue.AsSingleton(inputs["summary"]),
+            )
+        )

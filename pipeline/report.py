@@ -1,0 +1,152 @@
+"""The self-contained HTML report: a zoomable map of thumbnails and the run summary."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping, Sequence
+from html import escape
+from importlib import resources
+from typing import Any
+
+from pipeline.plot import axis_label
+from pipeline.projection import Projection
+from pipeline.records import STAGES, Failure
+
+
+def _template() -> str:
+    return resources.files("pipeline").joinpath("report.html").read_text(encoding="utf-8")
+
+
+def _script_json(value: Any) -> str:
+    # Inside <script>, only "</" could end the element early; \u003c cannot.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    cells = []
+    for name, value in rows:
+        css = ' class="number"' if isinstance(value, int | float) else ""
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        cells.append(f"<tr><th>{escape(name)}</th><td{css}>{escape(str(shown))}</td></tr>")
+    return "<table>" + "".join(cells) + "</table>"
+
+
+def _counts(summary: Mapping[str, Any]) -> str:
+    rows = [
+        ("Rows read", summary["rows_read"]),
+        ("Embedded", summary["embedded"]),
+        ("Failed", summary["failed"]),
+        *((f"Failed at {stage}", summary["failed_by_stage"][stage]) for stage in STAGES),
+        ("Duplicates dropped", summary["duplicates_dropped"]),
+        ("Skipped (already embedded)", summary["skipped_existing"]),
+    ]
+    verdict = (
+        '<p class="ok">Every row is accounted for.</p>'
+        if summary["reconciled"]
+        else '<p class="bad">Counts do not reconcile: some rows are unaccounted for.</p>'
+    )
+    return "<div><h2>Counts</h2>" + _table(rows) + verdict + "</div>"
+
+
+def _run(summary: Mapping[str, Any]) -> str:
+    rows = [
+        ("Model", summary["model"]),
+        ("Weights", summary["weights"]),
+        ("Pooling", summary["pooling"]),
+        ("Resize", summary["resize"]),
+        ("Embedding shape", " x ".join(str(n) for n in summary["embedding_shape"])),
+        ("Throughput", f"{summary['images_per_second']} images/s"),
+        ("Elapsed", f"{summary['elapsed_seconds']} s"),
+        ("Started", summary["started_at"]),
+        ("Input", summary["input"]),
+        ("Output", summary["output"]),
+    ]
+    return "<div><h2>Run</h2>" + _table(rows) + "</div>"
+
+
+def _map(projection: Projection | None, shown: int, sample_rule: str) -> str:
+    total = projection.count if projection else 0
+    rows = [("Images on the map", total), ("Thumbnails shown", shown)]
+    if projection is not None:
+        rows += [("Horizontal axis", axis_label(projection, 0))]
+        rows += [("Vertical axis", axis_label(projection, 1))]
+    note = (
+        f'<p class="muted">Shown: {escape(sample_rule)}. Every image\'s coordinates are in '
+        "map-coordinates-*.csv.</p>"
+        if shown < total
+        else ""
+    )
+    return "<div><h2>Map</h2>" + _table(rows) + note + "</div>"
+
+
+def _failures(summary: Mapping[str, Any], failures: Sequence[Failure]) -> str:
+    total = summary["failed"]
+    if total == 0:
+        return "<h2>Failures</h2><p>None.</p>"
+    listed = f"the first {len(failures):,} by URI" if len(failures) < total else f"all {total:,}"
+    rows = "".join(
+        "<tr>"
+        f"<td>{escape(failure.uri)}</td><td>{escape(failure.stage)}</td>"
+        f"<td>{escape(failure.error_type)}</td><td>{escape(failure.message)}</td>"
+        "</tr>"
+        for failure in failures
+    )
+    return (
+        f"<h2>Failures ({total:,})</h2>"
+        f'<p class="muted">Listed: {listed}. The dead letter has every one: '
+        f"{escape(summary['outputs']['failures'])}</p>"
+        '<table class="failures"><tr><th>URI</th><th>Stage</th><th>Error</th><th>Message</th></tr>'
+        f"{rows}</table>"
+    )
+
+
+def render(
+    points: Sequence[tuple[str, float, float]],
+    thumbnails: Mapping[str, bytes | None],
+    projection: Projection | None,
+    summary: Mapping[str, Any],
+    failures: Sequence[Failure],
+    sample_rule: str,
+) -> str:
+    """The report as one HTML document that needs nothing else to open."""
+    map_data = {
+        "axes": [axis_label(projection, 0), axis_label(projection, 1)],
+        "points": [
+            {
+                "uri": uri,
+                "x": x,
+                "y": y,
+                "thumbnail": (
+                    base64.b64encode(thumbnails[uri]).decode("ascii")
+                    if thumbnails.get(uri)
+                    else None
+                ),
+            }
+            for uri, x, y in points
+        ],
+    }
+    total = projection.count if projection else 0
+    headline = (
+        f"{summary['embedded']:,} embedded, {summary['failed']:,} failed of "
+        f"{summary['rows_read']:,} rows; {total:,} images on the map"
+        + (f", {len(points):,} thumbnails shown" if len(points) < total else "")
+        + f". {summary['model']} ({summary['weights']}), run finished {summary['finished_at']}."
+    )
+    sections = (
+        '<div class="columns">'
+        + _counts(summary)
+        + _run(summary)
+        + _map(projection, len(points), sample_rule)
+        + "</div>"
+        + _failures(summary, failures)
+    )
+    replacements = {
+        "{{TITLE}}": escape(f"Image embeddings: {summary['output']}"),
+        "{{HEADLINE}}": escape(headline),
+        "{{SUMMARY}}": sections,
+        "{{MAP_DATA}}": _script_json(map_data),
+    }
+    # One pass, so that a marker inside a URI or message is never replaced.
+    return re.sub(r"\{\{[A-Z_]+\}\}", lambda found: replacements[found[0]], _template())

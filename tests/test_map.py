@@ -1,0 +1,410 @@
+"""--map end to end: coordinates against numpy's PCA, the PNG, and report.html in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import glob
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import chromium, console_problems, save_screenshot
+from PIL import Image
+from support import (
+    PHOTO_PATHS,
+    make_bad_inputs,
+    npy_embeddings,
+    parquet_embeddings,
+    run_cli,
+    summary,
+    write_csv,
+)
+
+from pipeline import report
+from pipeline.images import THUMBNAIL_QUALITY
+from pipeline.mapping import THUMBNAIL_SIZE
+from pipeline.projection import Moments, principal_components
+
+SEED = 5
+SAMPLE = 8  # fewer than the 13 photos, so that the report shows a sample
+PCA_TOLERANCE = 1e-4
+
+
+def read_coordinates(output: Path) -> dict[str, tuple[float, float]]:
+    points: dict[str, tuple[float, float]] = {}
+    for path in sorted(glob.glob(str(output / "map-coordinates-*.csv"))):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                assert row["uri"] not in points, f"{row['uri']} has two rows"
+                points[row["uri"]] = (float(row["x"]), float(row["y"]))
+    return points
+
+
+def numpy_pca(embeddings: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """numpy's PCA of the same embeddings: coordinates per URI and explained variance ratio."""
+    uris = sorted(embeddings)
+    matrix = np.stack([embeddings[uri] for uri in uris]).astype(np.float64)
+    centred = matrix - matrix.mean(axis=0)
+    _, singular, rows = np.linalg.svd(centred, full_matrices=False)
+    coordinates = centred @ rows[:2].T
+    ratio = singular[:2] ** 2 / np.sum(singular**2)
+    return dict(zip(uris, coordinates, strict=True)), ratio
+
+
+def assert_equal_up_to_sign(actual: dict, expected: dict) -> None:
+    assert set(actual) == set(expected)
+    uris = sorted(expected)
+    ours = np.array([actual[uri] for uri in uris])
+    theirs = np.array([expected[uri] for uri in uris])
+    signs = np.sign(np.sum(ours * theirs, axis=0))
+    scale = np.abs(theirs).max()
+    error = np.abs(ours - theirs * signs).max() / scale
+    assert error <= PCA_TOLERANCE, f"coordinates differ from numpy's PCA by {error:.2e} of scale"
+
+
+def sample_rank(uri: str) -> str:
+    # The documented rule, written out independently of the pipeline's code.
+    return hashlib.sha256(f"{SEED}:{uri}".encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    """One --map run over the sample photos plus two bad inputs, Parquet output."""
+    root = tmp_path_factory.mktemp("mapped")
+    bad = make_bad_inputs(root / "bad")
+    csv_path = write_csv(
+        root / "images.csv", [*PHOTO_PATHS, bad["truncated.jpg"][0], bad["missing.jpg"][0]]
+    )
+    output = root / "out"
+    output.mkdir()
+    stale = output / "map-coordinates-20200101T000000-abcdef-00000-of-00001.csv"
+    stale.write_text("uri,x,y\nold.jpg,1.0,2.0\n")
+    result = run_cli(
+        "--input", str(csv_path),
+        "--output", str(output),
+        "--weights", "random",
+        "--seed", str(SEED),
+        "--map",
+        "--map_sample_size", str(SAMPLE),
+        "--max_failure_fraction", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return output, stale
+
+
+@pytest.mark.pipeline_run
+def test_coordinates_are_numpys_pca_of_the_stored_embeddings(mapped):
+    output, _ = mapped
+    coordinates = read_coordinates(output)
+    expected, _ = numpy_pca(parquet_embeddings(output))
+    assert set(coordinates) == set(PHOTO_PATHS)
+    assert_equal_up_to_sign(coordinates, expected)
+
+
+@pytest.mark.pipeline_run
+def test_the_earlier_runs_coordinates_are_removed(mapped):
+    output, stale = mapped
+    assert not stale.exists()
+    assert "old.jpg" not in read_coordinates(output)
+
+
+@pytest.mark.pipeline_run
+def test_summary_names_the_map_outputs(mapped):
+    output, _ = mapped
+    outputs = summary(output)["outputs"]
+    for name in ("map_png", "report"):
+        assert Path(outputs[name]).is_file()
+    assert glob.glob(outputs["map_coordinates"])
+
+
+@pytest.mark.pipeline_run
+def test_png_draws_the_sample_where_its_coordinates_say(mapped):
+    output, _ = mapped
+    coordinates = read_coordinates(output)
+    xy = np.array([coordinates[uri] for uri in sorted(coordinates, key=sample_rank)[:SAMPLE]])
+    with Image.open(output / "map.png") as image:
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    dots = pixels[:, :, 2] - pixels[:, :, 0] > 60  # blue dots; everything else is grey
+    left, top, right, bottom = _frame(pixels)
+    # The axes span the points plus 5% of their range on each side (README).
+    low = xy.min(axis=0) - 0.05 * np.ptp(xy, axis=0)
+    high = xy.max(axis=0) + 0.05 * np.ptp(xy, axis=0)
+    columns = np.rint(left + (xy[:, 0] - low[0]) / (high[0] - low[0]) * (right - left))
+    rows = np.rint(bottom - (xy[:, 1] - low[1]) / (high[1] - low[1]) * (bottom - top))
+    missing = [
+        (x, y)
+        for x, y in zip(columns.astype(int), rows.astype(int), strict=True)
+        if not dots[y - 1 : y + 2, x - 1 : x + 2].any()
+    ]
+    assert missing == [], f"no dot at {missing}"
+    # ...and nowhere else: every dot pixel lies within a dot's radius of some point.
+    dot_rows, dot_columns = np.nonzero(dots)
+    nearest = np.min(
+        np.hypot(dot_columns[:, None] - columns[None, :], dot_rows[:, None] - rows[None, :]),
+        axis=1,
+    )
+    assert nearest.max() <= 7
+
+
+def _frame(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """left, top, right, bottom of the plot's dark frame, found in the pixels."""
+    dark = (pixels < 80).all(axis=2)
+    rows = np.nonzero(dark.sum(axis=1) > pixels.shape[1] * 0.5)[0]
+    columns = np.nonzero(dark.sum(axis=0) > pixels.shape[0] * 0.5)[0]
+    return int(columns.min()), int(rows.min()), int(columns.max()), int(rows.max())
+
+
+def _photo_thumbnail(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        scale = THUMBNAIL_SIZE / max(rgb.size)
+        size = tuple(max(1, round(side * scale)) for side in rgb.size)
+        return np.asarray(rgb.resize(size, Image.Resampling.LANCZOS), dtype=float)
+
+
+def _closest_photo(thumbnail: np.ndarray) -> tuple[str, float]:
+    """The photo whose own thumbnail is nearest to thumbnail, and the mean difference."""
+    differences = {}
+    for path in PHOTO_PATHS:
+        reference = _photo_thumbnail(path)
+        if reference.shape == thumbnail.shape:
+            differences[path] = float(np.abs(reference - thumbnail).mean())
+    best = min(differences, key=differences.get)
+    return best, differences[best]
+
+
+def _centres(driver) -> list[tuple[float, float]]:
+    """Screen centres of the points, by index, once the page has drawn its next frame."""
+    driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#points .point')].map(node => {"
+        "  const box = node.getBoundingClientRect();"
+        "  return [box.x + box.width / 2, box.y + box.height / 2, Number(node.dataset.index)];"
+        "}).sort((a, b) => a[2] - b[2]).map(c => [c[0], c[1]]);"
+    )
+
+
+def visible_spot(driver, index: int, required: bool = True) -> tuple[int, int] | None:
+    """A pixel where point index is on top: neighbours' thumbnails may cover its centre."""
+    spot = driver.execute_script(
+        "const node = document.querySelector(`#points .point[data-index='${arguments[0]}']`);"
+        "const box = node.getBoundingClientRect();"
+        "const fractions = [0.5, 0.25, 0.75, 0.1, 0.9];"
+        "for (const fy of fractions) for (const fx of fractions) {"
+        "  const x = Math.round(box.x + box.width * fx), y = Math.round(box.y + box.height * fy);"
+        "  if (document.elementFromPoint(x, y) === node) return [x, y];"
+        "}"
+        "return null;",
+        index,
+    )
+    assert spot is not None or not required, f"point {index} is completely covered"
+    return spot
+
+
+def hover(driver, spot: tuple[int, int]) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(*spot)  # whole pixels, as visible_spot gives
+    actions.perform()
+
+
+@pytest.mark.pipeline_run
+def test_report_in_chromium_offline(mapped):
+    from selenium.webdriver.common.by import By
+
+    output, _ = mapped
+    coordinates = read_coordinates(output)
+    expected_sample = sorted(coordinates, key=sample_rank)[:SAMPLE]
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        assert driver.execute_script("return document.body.dataset.pointsDrawn") == str(SAMPLE)
+        nodes = driver.find_elements(By.CSS_SELECTOR, "#points .point")
+        assert len(nodes) == SAMPLE
+        assert all(node.tag_name == "image" for node in nodes), "a point lost its thumbnail"
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(entry => entry.name)"
+        )
+        assert [name for name in loaded if not name.startswith("data:")] == []
+
+        # Hover every point: the panel must show its URI and its image, at its place.
+        shown = {}
+        centres = _centres(driver)
+        for index, (x, y) in enumerate(centres):
+            hover(driver, visible_spot(driver, index))
+            uri = driver.find_element(By.ID, "detail-uri").text
+            source = driver.find_element(By.ID, "detail-thumbnail").get_attribute("src")
+            assert (
+                driver.execute_script(
+                    "return document.getElementById('detail-thumbnail').naturalWidth"
+                )
+                == _photo_thumbnail(uri).shape[1]
+            ), "the browser did not decode the thumbnail"
+            data = base64.b64decode(source.split(",", 1)[1])
+            thumbnail = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=float)
+            closest, difference = _closest_photo(thumbnail)
+            assert closest == uri and difference < 8, (uri, closest, difference)
+            shown[uri] = (x, y)
+        assert sorted(shown) == sorted(expected_sample)
+
+        # Screen positions are an axis-aligned affine image of the coordinates
+        # (y upwards), so each URI sits where its coordinates put it.
+        data_xy = np.array([coordinates[uri] for uri in shown])
+        screen_xy = np.array(list(shown.values()))
+        for axis, direction in ((0, 1), (1, -1)):
+            slope, intercept = np.polyfit(data_xy[:, axis], screen_xy[:, axis], 1)
+            assert np.sign(slope) == direction
+            residual = screen_xy[:, axis] - (slope * data_xy[:, axis] + intercept)
+            assert np.abs(residual).max() < 1.5, f"axis {axis}: {residual}"
+
+        screenshot = save_screenshot(driver, "report-sample-photos.png")
+        assert screenshot.stat().st_size > 10_000
+
+        # Summary: the counts and each failure with its reason.
+        text = driver.find_element(By.TAG_NAME, "main").text
+        record = summary(output)
+        assert f"Rows read {record['rows_read']}" in text
+        assert f"Embedded {record['embedded']}" in text
+        assert "truncated.jpg" in text and "FileNotFoundError" in text
+        assert f"Failures ({record['failed']})" in text
+        assert console_problems(driver) == []
+
+
+@pytest.mark.pipeline_run
+def test_report_zooms_and_pans(mapped):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+
+    output, _ = mapped
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        before = np.array(_centres(driver))
+        driver.find_element(By.ID, "zoom-in").click()
+        zoomed = np.array(_centres(driver))
+        spread = np.linalg.norm(before - before.mean(axis=0), axis=1).sum()
+        zoomed_spread = np.linalg.norm(zoomed - zoomed.mean(axis=0), axis=1).sum()
+        assert zoomed_spread / spread == pytest.approx(1.5, rel=1e-3)
+
+        svg = driver.find_element(By.ID, "map")
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(svg), 0, -300).perform()
+        wheeled = np.array(_centres(driver))
+        wheeled_spread = np.linalg.norm(wheeled - wheeled.mean(axis=0), axis=1).sum()
+        assert wheeled_spread > zoomed_spread * 1.2
+
+        # Drag from an empty corner of the map: every point moves by the drag.
+        corner = driver.execute_script(
+            "const box = document.getElementById('map').getBoundingClientRect();"
+            "return [box.x + 20, box.y + box.height - 20];"
+        )
+        ActionChains(driver).move_by_offset(*corner).click_and_hold().move_by_offset(
+            80, -40
+        ).release().perform()
+        panned = np.array(_centres(driver))
+        assert np.allclose(panned - wheeled, [80, -40], atol=1.0)
+
+        driver.find_element(By.ID, "reset").click()
+        assert np.allclose(np.array(_centres(driver)), before, atol=0.5)
+        assert console_problems(driver) == []
+
+
+def _synthetic_points(count: int) -> tuple[list, dict, object]:
+    """count points in ten overlapping clusters, each with one of the photographs' thumbnails."""
+    generator = np.random.default_rng(0)
+    centres = generator.normal(size=(10, 64)) * 1.5
+    matrix = centres[np.arange(count) % 10] + generator.normal(size=(count, 64))
+    moments = Moments()
+    for row in matrix:
+        moments.add(row)
+    projection = principal_components(moments)
+    photo_thumbnails = []
+    for path in PHOTO_PATHS:
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+        small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        photo_thumbnails.append(buffer.getvalue())
+    points, thumbnails = [], {}
+    for index, (x, y) in enumerate(projection.apply(matrix)):
+        uri = f"gs://bucket/synthetic/{index:06d}.jpg"
+        points.append((uri, float(x), float(y)))
+        thumbnails[uri] = photo_thumbnails[index % len(photo_thumbnails)]
+    return points, thumbnails, projection
+
+
+def test_report_with_5000_points_loads_and_responds(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    points, thumbnails, projection = _synthetic_points(5000)
+    record = {
+        "rows_read": 5000, "embedded": 5000, "failed": 0, "duplicates_dropped": 0,
+        "skipped_existing": 0, "reconciled": True,
+        "failed_by_stage": {"read": 0, "load": 0, "extract": 0, "store": 0},
+        "model": "resnet50", "weights": "imagenet", "pooling": "avg", "resize": "squash",
+        "embedding_shape": [64], "images_per_second": 100.0, "elapsed_seconds": 50.0,
+        "started_at": "2026-11-24T00:00:00+00:00", "finished_at": "2026-11-24T00:00:50+00:00",
+        "input": "gs://bucket/images.csv", "output": "gs://bucket/out",
+        "outputs": {"failures": "gs://bucket/out/failures-*.jsonl"},
+    }  # fmt: skip
+    page = report.render(points, thumbnails, projection, record, [], sample_rule="all")
+    path = tmp_path / "report.html"
+    path.write_text(page, encoding="utf-8")
+    with chromium() as driver:
+        started = time.monotonic()
+        driver.get(path.as_uri())
+        seconds = time.monotonic() - started
+        assert driver.execute_script("return document.body.dataset.pointsDrawn") == "5000"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#points image.point")) == 5000
+        driver.find_element(By.ID, "zoom-in").click()
+        _centres(driver)
+        # Thumbnails overlap in dense clusters: hover the ones on top at spots across the map.
+        on_top = driver.execute_script(
+            "const box = document.getElementById('map').getBoundingClientRect(); const found = {};"
+            "for (let i = 1; i < 60; i++) for (let j = 1; j < 60; j++) {"
+            "  const x = Math.round(box.x + box.width * i / 60);"
+            "  const y = Math.round(box.y + box.height * j / 60);"
+            "  const hit = document.elementFromPoint(x, y);"
+            "  if (hit && hit.classList.contains('point')) found[hit.dataset.index] = [x, y];"
+            "}"
+            "return Object.entries(found);"
+        )
+        named = set()
+        for _, spot in on_top[:20]:
+            hover(driver, spot)
+            # The hovered thumbnail comes to the front, so the pointer is over it now.
+            index = driver.execute_script(
+                "return document.elementFromPoint(arguments[0], arguments[1]).dataset.index", *spot
+            )
+            assert driver.find_element(By.ID, "detail-uri").text == points[int(index)][0]
+            named.add(index)
+        assert len(named) >= 10
+        save_screenshot(driver, "report-5000-synthetic.png")
+        assert console_problems(driver) == []
+    print(f"5000-point report: {path.stat().st_size / 2**20:.1f} MB, loaded in {seconds:.1f} s")
+
+
+@pytest.mark.pipeline_run
+def test_map_with_npy_output(tmp_path):
+    output = tmp_path / "out"
+    csv_path = write_csv(tmp_path / "images.csv", PHOTO_PATHS)
+    result = run_cli(
+        "--input", str(csv_path), "--output", str(output), "--output_format", "npy",
+        "--weights", "random", "--map",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    coordinates = read_coordinates(output)
+    expected, ratio = numpy_pca(npy_embeddings(output))
+    assert_equal_up_to_sign(coordinates, expected)
+    page = (output / "report.html").read_text()
+    assert f"PC1 ({ratio[0]:.1%} of variance)" in page
+    assert f"PC2 ({ratio[1]:.1%} of variance)" in page
+    data = page.split('<script type="application/json" id="map-data">', 1)[1]
+    points = json.loads(data.split("</script>", 1)[0])["points"]
+    assert sorted(point["uri"] for point in points) == sorted(PHOTO_PATHS)
