@@ -122,11 +122,12 @@ def measure(count: int, work: Path, design: str) -> dict:
     # RSS by +-100 MB between identical runs; glibc's malloc gives repeatable figures.
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    # wait4 rather than wait: it also gives the child's own peak RSS.
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with status {status}")
-    process.returncode = 0
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}")
     report = output / "report.html"
     return {
         "design": design,

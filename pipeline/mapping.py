@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import io
@@ -18,10 +17,10 @@ from pipeline.projection import PrincipalComponentsFn, Projection
 from pipeline.records import Failure, ImageKey
 from pipeline.sinks import (
     NPY_DIRECTORY,
-    SHARD_TEMPLATE,
+    WriteRunShards,
+    csv_fields,
+    csv_line,
     output_path,
-    remove_other_runs,
-    shard_prefix,
     write_atomically,
 )
 
@@ -38,12 +37,9 @@ def sample_rank(seed: int, uri: str) -> str:
     return hashlib.sha256(f"{seed}:{uri}".encode()).hexdigest()
 
 
-def _point_rank(seed: int, point: tuple[str, float, float]) -> str:
-    return sample_rank(seed, point[0])
-
-
-def _thumbnail_rank(seed: int, pair: tuple[str, bytes | None]) -> str:
-    return sample_rank(seed, pair[0])
+def _rank_by_uri(seed: int, element: tuple) -> str:
+    """sample_rank of an element whose first field is its URI (a point or a thumbnail)."""
+    return sample_rank(seed, element[0])
 
 
 def _failure_order(failure: Failure) -> tuple[str, str]:
@@ -73,7 +69,7 @@ class ReadNpyFn(beam.DoFn):
         self._directory = directory
 
     def process(self, line: str):
-        uri, name = next(csv.reader([line]))[:2]
+        uri, name = csv_fields(line)[:2]
         with FileSystems.open(output_path(self._directory, name)) as handle:
             embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
         yield [uri], embedding.reshape(1, -1)
@@ -127,9 +123,7 @@ class ProjectFn(beam.DoFn):
 
 
 def coordinates_line(point: tuple[str, float, float]) -> str:
-    line = io.StringIO()
-    csv.writer(line, lineterminator="").writerow([point[0], repr(point[1]), repr(point[2])])
-    return line.getvalue()
+    return csv_line([point[0], repr(point[1]), repr(point[2])])
 
 
 class WriteMapFn(beam.DoFn):
@@ -161,8 +155,9 @@ class WriteMapFn(beam.DoFn):
             f'"{self._seed}:<uri>" (--seed {self._seed}, --map_sample_size '
             f"{self._sample_size})",
         )
-        write_atomically(output_path(self._output, REPORT_HTML), page.encode())
-        yield output_path(self._output, REPORT_HTML)
+        report_path = output_path(self._output, REPORT_HTML)
+        write_atomically(report_path, page.encode())
+        yield report_path
 
 
 class MapEmbeddings(beam.PTransform):
@@ -194,29 +189,24 @@ class MapEmbeddings(beam.PTransform):
             | "Read stored embeddings" >> ReadStoredEmbeddings(self._output, self._format)
             | "Project" >> beam.ParDo(ProjectFn(), projection=beam.pvalue.AsSingleton(projection))
         )
-        written = (
+        # Coordinates from another run's PCA are in another basis: never keep them, even
+        # with --skip_existing.
+        _ = (
             points
             | "To CSV lines" >> beam.Map(coordinates_line)
             | "Write coordinates"
-            >> beam.io.WriteToText(
-                shard_prefix(self._output, COORDINATES, self._run_id),
-                file_name_suffix=".csv",
-                shard_name_template=SHARD_TEMPLATE,
-                header="uri,x,y",
-            )
+            >> WriteRunShards(self._output, COORDINATES, ".csv", self._run_id, header="uri,x,y")
         )
-        # Coordinates from another run's PCA are in another basis: never keep them.
-        remove_other_runs(written, self._output, COORDINATES, ".csv", self._run_id)
 
         sampled_points = points | "Sample points" >> beam.combiners.Top.Smallest(
-            self._sample_size, key=functools.partial(_point_rank, self._seed)
+            self._sample_size, key=functools.partial(_rank_by_uri, self._seed)
         )
         sampled_thumbnails = (
             embeddings
             | "Thumbnails" >> beam.Map(_thumbnail)
             | "Sample thumbnails"
             >> beam.combiners.Top.Smallest(
-                self._sample_size, key=functools.partial(_thumbnail_rank, self._seed)
+                self._sample_size, key=functools.partial(_rank_by_uri, self._seed)
             )
         )
         listed_failures = inputs["failures"] | "Some failures" >> beam.combiners.Top.Smallest(

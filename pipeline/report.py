@@ -33,6 +33,10 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return "<table>" + "".join(cells) + "</table>"
 
 
+def _section(title: str, rows: Sequence[tuple[str, Any]], after: str = "") -> str:
+    return f"<div><h2>{escape(title)}</h2>{_table(rows)}{after}</div>"
+
+
 def _counts(summary: Mapping[str, Any]) -> str:
     rows = [
         ("Rows read", summary["rows_read"]),
@@ -47,7 +51,7 @@ def _counts(summary: Mapping[str, Any]) -> str:
         if summary["reconciled"]
         else '<p class="bad">Counts do not reconcile: some rows are unaccounted for.</p>'
     )
-    return "<div><h2>Counts</h2>" + _table(rows) + verdict + "</div>"
+    return _section("Counts", rows, verdict)
 
 
 def _run(summary: Mapping[str, Any]) -> str:
@@ -63,7 +67,7 @@ def _run(summary: Mapping[str, Any]) -> str:
         ("Input", summary["input"]),
         ("Output", summary["output"]),
     ]
-    return "<div><h2>Run</h2>" + _table(rows) + "</div>"
+    return _section("Run", rows)
 
 
 def _map(projection: Projection | None, shown: int, sample_rule: str) -> str:
@@ -78,7 +82,7 @@ def _map(projection: Projection | None, shown: int, sample_rule: str) -> str:
         if shown < total
         else ""
     )
-    return "<div><h2>Map</h2>" + _table(rows) + note + "</div>"
+    return _section("Map", rows, note)
 
 
 def _failures(summary: Mapping[str, Any], failures: Sequence[Failure]) -> str:

@@ -103,8 +103,19 @@ def remove_other_runs(written, output: str, name: str, suffix: str, run_id: str)
     )
 
 
+def csv_line(fields) -> str:
+    """One CSV record without its line end, quoted as the csv module does."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(fields)
+    return line.getvalue()
+
+
+def csv_fields(line: str) -> list[str]:
+    return next(csv.reader([line]))
+
+
 def _first_csv_field(line: str) -> str:
-    return next(csv.reader([line]))[0]
+    return csv_fields(line)[0]
 
 
 class ReadEmbeddedUris(beam.PTransform):
@@ -225,9 +236,47 @@ class WriteNpyFn(beam.DoFn):
 
 
 def _index_line(key: ImageKey, name: str) -> str:
-    line = io.StringIO()
-    csv.writer(line, lineterminator="").writerow([key.uri, name, key.width, key.height])
-    return line.getvalue()
+    return csv_line([key.uri, name, key.width, key.height])
+
+
+class WriteRunShards(beam.PTransform):
+    """Text lines to NAME-RUNID-SSSSS-of-NNNNN.SUFFIX shards; outputs the final file names.
+
+    Once this run's shards are final, other runs' shards of the same name are deleted
+    unless keep_earlier.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        name: str,
+        suffix: str,
+        run_id: str,
+        *,
+        header: str | None = None,
+        num_shards: int = 0,
+        keep_earlier: bool = False,
+    ):
+        super().__init__()
+        self._output = output
+        self._name = name
+        self._suffix = suffix
+        self._run_id = run_id
+        self._header = header
+        self._num_shards = num_shards
+        self._keep_earlier = keep_earlier
+
+    def expand(self, lines):
+        written = lines | "Write shards" >> beam.io.WriteToText(
+            shard_prefix(self._output, self._name, self._run_id),
+            file_name_suffix=self._suffix,
+            num_shards=self._num_shards,
+            shard_name_template=SHARD_TEMPLATE,
+            header=self._header,
+        )
+        if not self._keep_earlier:
+            remove_other_runs(written, self._output, self._name, self._suffix, self._run_id)
+        return written
 
 
 class WriteNpy(beam.PTransform):
@@ -244,15 +293,15 @@ class WriteNpy(beam.PTransform):
         written = embeddings | "Write .npy" >> beam.ParDo(
             WriteNpyFn(output_path(self._output, NPY_DIRECTORY))
         ).with_outputs(FAILED, main="index")
-        index_files = written.index | "Write index" >> beam.io.WriteToText(
-            shard_prefix(self._output, NPY_INDEX, self._run_id),
-            file_name_suffix=".csv",
-            num_shards=self._num_shards,
-            shard_name_template=SHARD_TEMPLATE,
+        index_files = written.index | "Write index" >> WriteRunShards(
+            self._output,
+            NPY_INDEX,
+            ".csv",
+            self._run_id,
             header="uri,file,width,height",
+            num_shards=self._num_shards,
+            keep_earlier=self._keep_earlier,
         )
-        if not self._keep_earlier:
-            remove_other_runs(index_files, self._output, NPY_INDEX, ".csv", self._run_id)
         return {
             "embedded": written.index | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": written[FAILED],
@@ -269,14 +318,8 @@ class WriteFailures(beam.PTransform):
         self._run_id = run_id
 
     def expand(self, failures):
-        written = (
+        return (
             failures
             | "To JSON" >> beam.Map(Failure.to_json)
-            | "Write dead letter"
-            >> beam.io.WriteToText(
-                shard_prefix(self._output, FAILURES, self._run_id),
-                file_name_suffix=".jsonl",
-                shard_name_template=SHARD_TEMPLATE,
-            )
+            | "Write dead letter" >> WriteRunShards(self._output, FAILURES, ".jsonl", self._run_id)
         )
-        return remove_other_runs(written, self._output, FAILURES, ".jsonl", self._run_id)

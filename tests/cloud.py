@@ -79,40 +79,60 @@ def schema_errors(value, schema_name: str, document: dict | None = None) -> list
     return errors
 
 
-# --- A local stand-in for a Google API ------------------------------------------------
+# --- Local HTTP servers: an API stand-in, the metadata server, a faulty proxy --------
 
 
-class StandIn:
-    """Answers every POST like the API would on success, and keeps the requests."""
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that does not log, with one call to send a whole answer."""
 
-    def __init__(self, response: dict):
-        self.requests: list[dict] = []
-        stand_in = self
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | list[tuple]) -> None:
+        self.send_response(status)
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        for key, value in pairs:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                stand_in.requests.append({"path": self.path, "body": json.loads(body or b"{}")})
-                payload = json.dumps(response).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+    def log_message(self, *args):
+        pass
 
-            def log_message(self, *args):
-                pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/"
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1, serving from a daemon thread until close()."""
+
+    def _start(
+        self, handler: type[http.server.BaseHTTPRequestHandler], quiet_errors: bool = False
+    ) -> int:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if quiet_errors:
+            self._server.handle_error = lambda request, address: None
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self._server.server_port
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
 
-class MetadataServer:
+class StandIn(LoopbackServer):
+    """Answers every POST like the API would on success, and keeps the requests."""
+
+    def __init__(self, response: dict):
+        self.requests: list[dict] = []
+        stand_in = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                stand_in.requests.append({"path": self.path, "body": json.loads(body or b"{}")})
+                payload = json.dumps(response).encode()
+                self.reply(200, payload, {"Content-Type": "application/json"})
+
+        self.url = f"http://127.0.0.1:{self._start(Handler)}/"
+
+
+class MetadataServer(LoopbackServer):
     """A stand-in for the GCE metadata server, as Dataflow workers have one.
 
     google-auth (GCE_METADATA_HOST / GCE_METADATA_IP) then finds credentials at once
@@ -134,29 +154,14 @@ class MetadataServer:
             "/service-accounts/default/": json.dumps(account),
         }
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 path = self.path.split("?")[0]
                 body = next((v for k, v in answers.items() if path.endswith(k)), "")
                 kind = "application/json" if body.startswith("{") else "application/text"
-                body = body.encode()
-                self.send_response(200)
-                self.send_header("Metadata-Flavor", "Google")
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body.encode(), {"Metadata-Flavor": "Google", "Content-Type": kind})
 
-            def log_message(self, *args):
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.address = f"127.0.0.1:{self._start(Handler)}"
 
 
 def gcloud_config(directory: Path, project: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -217,7 +222,7 @@ def storage_emulator(bucket: str):
         process.wait(timeout=10)
 
 
-class FaultyProxy:
+class FaultyProxy(LoopbackServer):
     """Forwards HTTP to upstream, but answers some requests 503 or 429, or hangs up.
 
     Decisions come from a seeded generator so a run's faults are repeatable in kind
@@ -235,7 +240,7 @@ class FaultyProxy:
         self.injected = {"503": 0, "429": 0, "dropped": 0, "forwarded": 0}
         injected = self.injected
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _handle(self):
@@ -248,11 +253,7 @@ class FaultyProxy:
                     with lock:
                         injected[kind] += 1
                     payload = json.dumps({"error": {"code": int(kind), "message": "injected"}})
-                    self.send_response(int(kind))
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload.encode())
+                    self.reply(int(kind), payload.encode(), {"Content-Type": "application/json"})
                     return
                 if draw < rate:
                     with lock:
@@ -267,26 +268,15 @@ class FaultyProxy:
                 data = response.read()
                 with lock:
                     injected["forwarded"] += 1
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                passed = [
+                    (key, value)
+                    for key, value in response.getheaders()
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length")
+                ]
+                self.reply(response.status, data, passed)
                 connection.close()
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-            def log_message(self, *args):
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         # A hung-up connection makes the handler's last flush fail; that is the point.
-        self._server.handle_error = lambda request, address: None
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.url = f"http://127.0.0.1:{self._start(Handler, quiet_errors=True)}"
