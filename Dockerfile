@@ -6,7 +6,7 @@
 # Build it with Cloud Build (cloudbuild.yaml); it passes IMAGE, the tag it pushes.
 
 # The versions, stated once. tests/test_flex_template.py fails when they disagree
-# with requirements.txt and pyproject.toml.
+# with requirements.txt, requirements.lock and pyproject.toml.
 ARG PYTHON_VERSION=3.11
 ARG BEAM_VERSION=2.77.0
 ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-base:20230622_RC00
@@ -14,27 +14,37 @@ ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-ba
 # Only its launcher binary is used.
 FROM ${LAUNCHER_IMAGE} AS launcher
 
-# Beam's own SDK image: the worker boot program and the exact Beam version the
-# launcher will submit with (Dataflow requires the two to match).
-FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}
+# Only its worker boot program (/opt/apache/beam) is used: Beam's SDK image also
+# preinstalls about 150 Python packages of its own choosing, which could fight the lock.
+FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam
+
+# A plain Python, as in Google's own Python Flex Template sample, so that the lock
+# alone decides every installed package.
+FROM python:${PYTHON_VERSION}-slim
 
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+COPY --from=beam /opt/apache/beam /opt/apache/beam
 
 WORKDIR /template
 
-# Pinned requirements first, so that code changes reuse this layer.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt && pip check
+# The lock first, so that code changes reuse this layer. --require-hashes: every
+# package is the exact file that was tested; --no-deps: the lock names every package.
+# check_lock.py fails the build if anything else is installed.
+COPY requirements.lock templates/check_lock.py ./
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.lock \
+    && pip check \
+    && python check_lock.py requirements.lock --ignore wheel
 
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY templates/main.py ./main.py
-# --no-deps: everything it needs is already pinned above; a plain (not editable)
-# install so that workers import the copy in site-packages.
-RUN pip install --no-cache-dir --no-deps . && pip check
+# A plain (not editable) install, so that workers import the copy in site-packages;
+# --no-build-isolation builds it with the locked setuptools instead of fetching one.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 
-# Workers often have no public IP, so the default model's ImageNet weights are
-# downloaded now and found by Keras at run time under KERAS_HOME.
+# Workers often have no public IP, so the ImageNet weights of the default model are
+# fetched now, loaded once by Keras to prove them, and found by Keras at run time under
+# KERAS_HOME. The launcher never loads a model.
 ENV KERAS_HOME=/opt/keras
 RUN python -c "import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, input_shape=(224, 224, 3))"
 

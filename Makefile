@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Both build the
-# virtualenv from the pinned requirements first.
+# virtualenv from the lock file first (requirements-dev.lock: every package pinned,
+# with hashes), so it holds exactly what the Dataflow image holds, plus the test tools.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test benchmark benchmark-map lint format clean
+.PHONY: help demo test benchmark benchmark-map benchmark-launcher lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,20 +29,35 @@ benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and t
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py
 
+benchmark-launcher: $(VENV)/.installed ## Wall time and peak RSS of a Flex Template launch
+	$(BIN)/python benchmarks/launcher.py
+
 lint: $(VENV)/.installed ## ruff lint and format check
-	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check pipeline tests benchmarks templates
+	$(BIN)/ruff format --check pipeline tests benchmarks templates
 
 format: $(VENV)/.installed ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix pipeline tests benchmarks
-	$(BIN)/ruff format pipeline tests benchmarks
+	$(BIN)/ruff check --fix pipeline tests benchmarks templates
+	$(BIN)/ruff format pipeline tests benchmarks templates
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The same resolution for both locks: the Linux x86-64 wheels that the Dataflow image
+# (python:3.11-slim) and these machines install.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock" --quiet
+
+lock: $(VENV)/.installed ## Re-resolve requirements*.txt into requirements.lock and requirements-dev.lock
+	$(BIN)/uv pip compile requirements.txt $(LOCK_FLAGS) -o requirements.lock
+	$(BIN)/uv pip compile requirements-dev.txt -c requirements.lock $(LOCK_FLAGS) -o requirements-dev.lock
+
+# A new venv whenever the lock changes, so that it never keeps a package the lock dropped.
+# --no-deps: the lock already names every package; pip check proves they fit together.
+$(VENV)/.installed: requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=python3.11)")'
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+	$(BIN)/python -m pip check
 	touch $@
 
 clean: ## Remove the virtualenv and demo output

@@ -10,6 +10,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline.weights import ImagenetWeights, Layout, WeightsUnavailableError
+
 if TYPE_CHECKING:
     import keras
 
@@ -18,24 +20,53 @@ _LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backbone:
-    """Where to find a keras.applications model and its matching preprocess_input."""
+    """A keras.applications model: where to find it, and what is known without building it."""
 
     application: str  # constructor in keras.applications, e.g. "ResNet50"
     module: str  # keras.applications submodule holding preprocess_input
     input_size: int
+    channels: int  # of the last feature map: the length of a pooled embedding
+    imagenet: ImagenetWeights
+    layout: Layout  # of a weights file saved from this model without its top
 
+    @property
+    def feature_map_size(self) -> int:
+        # Every backbone here downsamples by 32: 224 -> 7.
+        return self.input_size // 32
+
+
+_RESNET = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+_EFFICIENTNET = "https://storage.googleapis.com/keras-applications/"
 
 # Kept to models that share the same shape of code path: add a line, not a branch.
+# The ImageNet files and hashes are keras.applications' own (keras/src/applications);
+# the layouts are what tests/test_weights.py reads from files Keras saves.
 BACKBONES: dict[str, Backbone] = {
-    "resnet50": Backbone("ResNet50", "resnet50", 224),
-    "resnet101": Backbone("ResNet101", "resnet", 224),
-    "resnet152": Backbone("ResNet152", "resnet", 224),
-    "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", 224),
-}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested weights cannot be obtained; the run must not start."""
+    "resnet50": Backbone(
+        "ResNet50", "resnet50", 224, 2048,
+        ImagenetWeights(_RESNET, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                        "4d473c1dd8becc155b73f8504c6f6626"),
+        Layout(318, 23_587_712, "4da50645313943ac391b3a2dabea9d03189e49ac1b8370115cf4391064ea84ce"),
+    ),
+    "resnet101": Backbone(
+        "ResNet101", "resnet", 224, 2048,
+        ImagenetWeights(_RESNET, "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                        "88cf7a10940856eca736dc7b7e228a21"),
+        Layout(624, 42_658_176, "aae78c3dea169f73ab064028c06fa2637c1f6c07bb7dd5be5775ae93ede2c3e9"),
+    ),
+    "resnet152": Backbone(
+        "ResNet152", "resnet", 224, 2048,
+        ImagenetWeights(_RESNET, "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                        "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+        Layout(930, 58_370_944, "f0502d2e08a14eb4c55bd4473b8a0272791488b49f659b38bbd8caa7332449ee"),
+    ),
+    "efficientnet_b0": Backbone(
+        "EfficientNetB0", "efficientnet", 224, 1280,
+        ImagenetWeights(_EFFICIENTNET, "efficientnetb0_notop.h5",
+                        "50bc09e76180e00e4465e1a485ddc09d"),
+        Layout(312, 4_049_571, "a349d0b3f8448e5b692b8f93e1c5a35001ef0265766ed705a87843c21e6186ed"),
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,11 +171,10 @@ def build_embedding_model(spec: ModelSpec) -> keras.Model:
 def embedding_shape(spec: ModelSpec) -> tuple[int, ...]:
     """Shape of one image's embedding, e.g. (2048,) or (7, 7, 2048) for pooling none.
 
-    Builds the model with the requested weights, so a run whose weights cannot be
-    downloaded or loaded stops here, before any work is scheduled.
+    Known from the table, so that the launching process never builds a model.
     """
-    import keras
-
-    shape = tuple(int(d) for d in build_backbone(spec).output_shape[1:])
-    keras.backend.clear_session()
-    return shape
+    backbone = spec.backbone
+    if spec.pooling == "none":
+        side = backbone.feature_map_size
+        return (side, side, backbone.channels)
+    return (backbone.channels,)

@@ -10,7 +10,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import sinks
+from pipeline import preflight, sinks
 from pipeline.backbones import ModelSpec, embedding_shape
 from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.metrics import NAMESPACE, counter
@@ -74,10 +74,8 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     """Adds every step to p; fail_job makes the job itself fail on too many failures."""
     started_at = time.time()
     run_id = sinks.new_run_id(started_at)
-    spec = ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
-    if is_glob(opts.input):
-        check_glob(opts.input)
-    shape = embedding_shape(spec)  # also proves the weights can be had, before any work
+    spec = model_spec(opts)
+    shape = embedding_shape(spec)
     context = {"run_id": run_id, **run_context(opts, spec, shape)}
     if not spec.pretrained:
         _LOG.warning("--weights random: %s", spec.describe_weights())
@@ -147,6 +145,18 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         )
 
 
+def model_spec(opts: EmbeddingOptions) -> ModelSpec:
+    return ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
+
+
+def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
+    """What would otherwise fail only once workers run: input glob, weights, output."""
+    if is_glob(opts.input):
+        check_glob(opts.input)
+    preflight.check_weights(model_spec(opts), local=local)
+    preflight.check_output(opts.output)
+
+
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
     """What the summary records about how the embeddings were made."""
     output_files = (
@@ -194,6 +204,7 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     use_local_runner_defaults(options, argv)
     local = is_local(options)
     opts = options.view_as(EmbeddingOptions)
+    check_before_work(opts, local=local)
     p = beam.Pipeline(options=options)
     build_pipeline(p, opts, fail_job=not local)
     result = p.run()

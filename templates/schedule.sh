@@ -24,10 +24,37 @@ if ! [[ $name =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
   echo "NAME must be lower-case letters, digits and hyphens, starting with a letter: $name" >&2
   exit 2
 fi
+python=$(command -v python3 || command -v python || true)
+if [ -z "$python" ]; then
+  echo "python3 is needed to write the request body (gcloud needs it too)" >&2
+  exit 2
+fi
 
+# The body is parsed and written by a JSON encoder, never pasted together as text: a
+# path may hold any character (&, |, \, ", spaces, unicode).
 here=$(cd "$(dirname "$0")" && pwd)
-body=$(sed -e "s|@JOB_NAME@|$name|g" -e "s|@BUCKET@|$BUCKET|g" \
-  -e "s|@INPUT@|$input|g" -e "s|@OUTPUT@|$output|g" "$here/launch-request.json")
+body=$(JOB_NAME=$name BUCKET=$BUCKET INPUT=$input OUTPUT=$output "$python" - "$here/launch-request.json" <<'PY'
+import json, os, re, sys
+
+values = {key: os.environ[key] for key in ("JOB_NAME", "BUCKET", "INPUT", "OUTPUT")}
+placeholder = re.compile(r"@(JOB_NAME|BUCKET|INPUT|OUTPUT)@")
+
+
+def fill(item):
+    if isinstance(item, dict):
+        return {key: fill(value) for key, value in item.items()}
+    if isinstance(item, list):
+        return [fill(value) for value in item]
+    if isinstance(item, str):
+        # One pass, so that a value holding "@BUCKET@" stays as it is.
+        return placeholder.sub(lambda found: values[found.group(1)], item)
+    return item
+
+
+with open(sys.argv[1], encoding="utf-8") as template:
+    print(json.dumps(fill(json.load(template)), ensure_ascii=False))
+PY
+)
 
 exec gcloud scheduler jobs create http "$name" \
   --project "$PROJECT" \

@@ -188,6 +188,54 @@ def decoded_scheduler_body(job: dict) -> dict:
     return json.loads(base64.b64decode(job["httpTarget"]["body"]))
 
 
+# --- Google's Python Flex Template launcher, as it runs the entry file ---------------------
+
+PROJECT, REGION, BUCKET = "my-project", "europe-west1", "my-bucket"
+IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/dataflow/image-embeddings:test"
+SERVICE_ACCOUNT = f"worker@{PROJECT}.iam.gserviceaccount.com"
+
+
+def launcher_argv(job_name: str, template_location: str, parameters: dict[str, str]) -> list[str]:
+    """The command line the launcher gives FLEX_TEMPLATE_PYTHON_PY_FILE.
+
+    Its own flags first (from the launch request's environment), then the template
+    parameters as --name=value; it writes the job description to template_location.
+    """
+    launcher_flags = {
+        "runner": "DataflowRunner",
+        "project": PROJECT,
+        "region": REGION,
+        "job_name": job_name,
+        "temp_location": f"gs://{BUCKET}/temp",
+        "staging_location": f"gs://{BUCKET}/staging",
+        "template_location": template_location,
+        "service_account_email": SERVICE_ACCOUNT,
+    }
+    flags = {**launcher_flags, **parameters}
+    return ["templates/main.py", *(f"--{name}={value}" for name, value in flags.items())]
+
+
+def launcher_environment(emulator: str, metadata: str) -> dict[str, str]:
+    """The image's environment (Dockerfile ENV lines), with Google's APIs on loopback."""
+    return {
+        **os.environ,
+        "FLEX_TEMPLATE_PYTHON_PY_FILE": "/template/main.py",
+        "PIPELINE_CONTAINER_IMAGE": IMAGE,
+        "STORAGE_EMULATOR_HOST": emulator,
+        "GCE_METADATA_HOST": metadata,
+        "GCE_METADATA_IP": metadata,
+    }
+
+
+def imported_packages(importtime_log: str) -> set[str]:
+    """Top-level packages a `python -X importtime` run imported, from its stderr."""
+    return {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:")
+    }
+
+
 # --- A GCS JSON API emulator ------------------------------------------------------------
 
 
@@ -220,6 +268,18 @@ def storage_emulator(bucket: str):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def emulator_client(emulator: str):
+    """A google-cloud-storage client of the emulator, without credentials."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": emulator},
+    )
 
 
 class FaultyProxy(LoopbackServer):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cloud import FaultyProxy, MetadataServer, storage_emulator
+from cloud import FaultyProxy, MetadataServer, emulator_client, storage_emulator
 from support import (
     PHOTO_PATHS,
     dead_letter,
@@ -30,16 +30,9 @@ SEED = 4
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """An emulated bucket holding the photographs, some bad inputs and a CSV of them."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     metadata = MetadataServer()
     with storage_emulator(BUCKET) as emulator:
-        client = storage.Client(
-            project="my-project",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": emulator},
-        )
+        client = emulator_client(emulator)
         bucket = client.bucket(BUCKET)
         photos = {}
         for path in PHOTO_PATHS:

@@ -13,10 +13,20 @@ from pathlib import Path
 import pytest
 import yaml
 from cloud import (
+    BUCKET,
     GCLOUD,
+    IMAGE,
+    PROJECT,
+    REGION,
+    SERVICE_ACCOUNT,
+    MetadataServer,
     StandIn,
     decoded_scheduler_body,
+    emulator_client,
     gcloud_config,
+    imported_packages,
+    launcher_argv,
+    launcher_environment,
     readme_block,
     schema_errors,
     storage_emulator,
@@ -24,13 +34,17 @@ from cloud import (
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
 from pipeline.backbones import BACKBONES
-from pipeline.options import OUTPUT_FORMATS, POOLINGS, RESIZE_POLICIES, parse_options
+from pipeline.options import (
+    OUTPUT_FORMATS,
+    POOLINGS,
+    RESIZE_POLICIES,
+    build_parser,
+    parse_options,
+)
 
 METADATA = json.loads((REPO / "metadata.json").read_text())
 PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
 BEAM_PARAMETERS = {"max_num_workers"}  # Beam's own flags offered on the form
-PROJECT, REGION, BUCKET = "my-project", "europe-west1", "my-bucket"
-IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/dataflow/image-embeddings:test"
 
 needs_gcloud = pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed")
 
@@ -165,11 +179,7 @@ def launch_locally(launch: dict, root: Path) -> subprocess.CompletedProcess:
     Parameters become --name=value flags of templates/main.py, as the launcher passes
     them; gs://BUCKET/ paths become paths under root; no --runner means the local one.
     """
-    environment = launch.get("environment", {})
-    parameters = dict(launch["parameters"])
-    if "maxWorkers" in environment:
-        parameters.setdefault("max_num_workers", str(environment["maxWorkers"]))
-    local = {k: v.replace(f"gs://{BUCKET}/", f"{root}/") for k, v in parameters.items()}
+    local = {k: v.replace(f"gs://{BUCKET}/", f"{root}/") for k, v in launch["parameters"].items()}
     return subprocess.run(
         [sys.executable, "templates/main.py", *(f"--{k}={v}" for k, v in local.items()),
          "--weights=random"],
@@ -196,6 +206,11 @@ def check_launch_request(launch_request: dict) -> dict:
         assert all(re.fullmatch(r, value) for r in PARAMETERS[name].get("regexes", [])), name
     missing = [n for n, p in PARAMETERS.items() if not p.get("isOptional")]
     assert set(missing) <= set(launch["parameters"])
+    environment = launch["environment"]
+    # Dataflow answers 400 when max workers is set both ways: one place only.
+    assert "max_num_workers" in launch["parameters"] and "maxWorkers" not in environment
+    assert environment["stagingLocation"] == f"gs://{BUCKET}/staging"
+    assert environment["tempLocation"] == f"gs://{BUCKET}/tmp"
     return launch
 
 
@@ -265,6 +280,37 @@ def test_readme_schedule_command_creates_a_job_that_launches_the_template(tmp_pa
     check_embeddings_came_out(result, bucket / "embeddings" / "nightly")
 
 
+HOSTILE_PATHS = {
+    "input": 'gs://my-bucket/lists/a&b|c\\d "quoted" été 写真.csv',
+    "output": 'gs://my-bucket/out/x&y|z\\w "q" ünï @BUCKET@',
+}
+
+
+@needs_gcloud
+def test_schedule_sh_sends_any_path_through_unchanged(tmp_path):
+    stand_in = StandIn({"name": f"projects/{PROJECT}/locations/{REGION}/jobs/odd"})
+    try:
+        env = gcloud_config(tmp_path / "gcloud", PROJECT, {"cloudscheduler": stand_in.url})
+        env.update(PROJECT=PROJECT, REGION=REGION, BUCKET=BUCKET,
+                   SERVICE_ACCOUNT=f"scheduler@{PROJECT}.iam.gserviceaccount.com")  # fmt: skip
+        result = subprocess.run(
+            ["templates/schedule.sh", "odd-paths", "0 3 * * *", HOSTILE_PATHS["input"],
+             HOSTILE_PATHS["output"]],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        stand_in.close()
+    [request] = stand_in.requests
+    body = decoded_scheduler_body(request["body"])
+    assert schema_errors(body, "LaunchFlexTemplateRequest") == []
+    launch = body["launchParameter"]
+    assert launch["parameters"]["input"] == HOSTILE_PATHS["input"]
+    assert launch["parameters"]["output"] == HOSTILE_PATHS["output"]
+    assert launch["jobName"] == "odd-paths"
+    assert launch["environment"]["stagingLocation"] == f"gs://{BUCKET}/staging"
+
+
 # --- 5. the pipeline translates for Dataflow -------------------------------------------
 
 
@@ -273,50 +319,94 @@ def dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, flags=re.MULTILINE))
 
 
-def test_pipeline_translates_into_a_dataflow_job_description(tmp_path):
+def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
+    """Google's launcher: DataflowRunner flags, the parameters, the image's environment.
+
+    The job description goes to --template_location, as the launcher has it; the
+    strict flag parser must accept every flag, and TensorFlow must not be imported.
+    """
     from apache_beam.portability.api import beam_runner_api_pb2
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
 
-    csv_path = write_csv(tmp_path / "images.csv", PHOTO_PATHS[:2])
-    job_file = tmp_path / "job.json"
+    job_object = "staging/template_launches/2026-11-25_launch/job_object"
+    parameters = {
+        "input": f"gs://{BUCKET}/lists/photos.csv",
+        "output": f"gs://{BUCKET}/embeddings/run1",
+        "max_num_workers": "7",
+    }
+    # Beam flags the launch environment may add (machine type, disk, network, labels).
+    extra = [
+        "--worker_machine_type=n1-standard-8",
+        "--disk_size_gb=50",
+        "--no_use_public_ips",
+        "--subnetwork=regions/europe-west1/subnetworks/default",
+        "--labels=team=vision",
+    ]
     with storage_emulator(BUCKET) as emulator:
-        env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator, "PIPELINE_CONTAINER_IMAGE": IMAGE}
-        result = subprocess.run(
-            [sys.executable, "templates/main.py",
-             f"--input={csv_path}", f"--output=gs://{BUCKET}/out", "--weights=random",
-             "--runner=DataflowRunner", f"--project={PROJECT}", f"--region={REGION}",
-             f"--temp_location=gs://{BUCKET}/temp", "--job_name=embed-test",
-             "--max_num_workers=7", f"--template_location={job_file}",
-             "--no_auth"],  # the supported way to skip the credential look-up
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = storage.Client(
-            project=PROJECT,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": emulator},
-        )
-        blobs = [b for b in client.list_blobs(BUCKET) if b.name.endswith("pipeline.pb")]
-        assert len(blobs) == 1
-        staged = beam_runner_api_pb2.Pipeline.FromString(blobs[0].download_as_bytes())
+        metadata = MetadataServer()
+        try:
+            client = emulator_client(emulator)
+            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri\n")
+            argv = launcher_argv("embed-test", f"gs://{BUCKET}/{job_object}", parameters)
+            result = subprocess.run(
+                [sys.executable, "-X", "importtime", *argv, *extra], cwd=REPO,
+                env=launcher_environment(emulator, metadata.address),
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
+            blobs = {blob.name: blob for blob in client.list_blobs(BUCKET)}
+            job = json.loads(blobs[job_object].download_as_bytes())
+            [staged_name] = [n for n in blobs if n.startswith("staging/embed-test.")
+                             and n.endswith("/pipeline.pb")]  # fmt: skip
+            staged = beam_runner_api_pb2.Pipeline.FromString(blobs[staged_name].download_as_bytes())
+        finally:
+            metadata.close()
 
-    job = json.loads(job_file.read_text())
+    imported = imported_packages(result.stderr)
+    assert "apache_beam" in imported  # the log is complete
+    assert not imported & {"tensorflow", "keras", "tf_keras"}
+    assert not [name for name in blobs if name.startswith("embeddings/")], "probe left behind"
     assert job["name"] == "embed-test" and job["type"] == "JOB_TYPE_BATCH"
-    [pool] = job["environment"]["workerPools"]
+    environment = job["environment"]
+    assert environment["serviceAccountEmail"] == SERVICE_ACCOUNT
+    assert environment["tempStoragePrefix"].startswith(f"storage.googleapis.com/{BUCKET}/temp/")
+    [pool] = environment["workerPools"]
     assert pool["autoscalingSettings"]["maxNumWorkers"] == 7
+    assert pool["machineType"] == "n1-standard-8" and pool["diskSizeGb"] == 50
+    assert pool["ipConfiguration"] == "WORKER_IP_PRIVATE"
+    assert all(p["location"].startswith(f"storage.googleapis.com/{BUCKET}/staging/")
+               for p in pool["packages"])  # fmt: skip
     [container] = pool["sdkHarnessContainerImages"]
     assert container["containerImage"] == IMAGE
     versions = dockerfile_args()
     sdk_base = f"beam:version:sdk_base:apache/beam_python{versions['PYTHON_VERSION']}_sdk:"
     assert sdk_base + versions["BEAM_VERSION"] in container["capabilities"]
-    options = job["environment"]["sdkPipelineOptions"]["options"]
-    assert options["output"] == f"gs://{BUCKET}/out"
+    options = environment["sdkPipelineOptions"]["options"]
+    assert options["output"] == parameters["output"]
     assert options["sdk_container_image"] == IMAGE
+    assert job["labels"] == {"team": "vision"}
     names = {t.unique_name for t in staged.components.transforms.values()}
     for step in ("Read URIs", "Load images", "Extract embeddings", "Store embeddings",
                  "Dead letter", "Write summary"):  # fmt: skip
         assert step in names
+
+
+def test_the_launcher_refuses_an_output_bucket_that_does_not_exist():
+    parameters = {"input": f"gs://{BUCKET}/lists/photos.csv", "output": "gs://no-such-bucket/out"}
+    with storage_emulator(BUCKET) as emulator:
+        metadata = MetadataServer()
+        try:
+            argv = launcher_argv("embed-test", f"gs://{BUCKET}/staging/job_object", parameters)
+            result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True,
+                                    env=launcher_environment(emulator, metadata.address),
+                                    text=True, timeout=300)  # fmt: skip
+        finally:
+            metadata.close()
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(
+        "error: --output gs://no-such-bucket/out: cannot write there (the bucket does not exist"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_the_launcher_refuses_to_run_without_knowing_the_worker_image():
@@ -351,6 +441,8 @@ def test_dockerfile_versions_agree_with_requirements_and_pyproject():
     )
     requirements = (REPO / "requirements.txt").read_text()
     assert re.search(rf"^apache-beam\[gcp\]=={re.escape(beam)}$", requirements, re.MULTILINE)
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(rf"^apache-beam=={re.escape(beam)} ", lock, re.MULTILINE)
     pyproject = (REPO / "pyproject.toml").read_text()
     major, minor = python.split(".")
     assert f'requires-python = ">={python},<{major}.{int(minor) + 1}"' in pyproject
@@ -360,3 +452,13 @@ def test_dockerfile_versions_agree_with_requirements_and_pyproject():
     assert "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE=" not in text
     assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=" not in text
     assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
+
+
+def test_the_image_holds_the_default_models_imagenet_weights():
+    """Baked at build time, loaded once by Keras there: workers need no download."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "ENV KERAS_HOME=/opt/keras" in text
+    default = BACKBONES[build_parser().get_default("model")]
+    [bake] = [run for run in text.splitlines() if "weights='imagenet'" in run]
+    assert f"keras.applications.{default.application}(weights='imagenet'" in bake
+    assert text.index("ENV KERAS_HOME") < text.index(bake)

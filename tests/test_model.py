@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from support import PHOTO_PATHS, relative_error
 
-from pipeline.backbones import BACKBONES, ModelSpec, WeightsUnavailableError, embedding_shape
+from pipeline.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
 from pipeline.images import decode
 from pipeline.model import KerasEmbeddingHandler
+from pipeline.preflight import check_weights
+from pipeline.weights import WeightsUnavailableError
 
 SEED = 5
 
@@ -75,7 +77,10 @@ def test_a_weights_file_of_another_model_is_refused_at_launch(tmp_path):
     other = keras.applications.EfficientNetB0(weights=None, include_top=False)
     path = tmp_path / "efficientnet.weights.h5"
     other.save_weights(path)
+    with pytest.raises(WeightsUnavailableError, match="does not fit resnet50"):
+        check_weights(ModelSpec("resnet50", str(path), "avg"), local=False)
+    with pytest.raises(WeightsUnavailableError, match="cannot read --weights"):
+        check_weights(ModelSpec("resnet50", str(tmp_path / "absent.weights.h5"), "avg"), local=True)
+    # A worker that is handed such a file anyway refuses it too, by Keras's own loading.
     with pytest.raises(WeightsUnavailableError, match="cannot load --weights"):
-        embedding_shape(ModelSpec("resnet50", str(path), "avg"))
-    with pytest.raises(WeightsUnavailableError):
-        embedding_shape(ModelSpec("resnet50", str(tmp_path / "absent.weights.h5"), "avg"))
+        build_backbone(ModelSpec("resnet50", str(path), "avg"))

@@ -9,6 +9,7 @@ import pytest
 from support import REPO, pipeline_flags, run_cli
 
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
+from pipeline.preflight import check_output
 
 REQUIRED = ["--input", "images.csv", "--output", "out"]
 
@@ -93,3 +94,24 @@ def test_readme_options_table_matches_the_flags():
         if isinstance(expected, bool):
             expected = str(expected).lower()
         assert rows[flag] == str(expected), flag
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [("/proc/forbidden", "No such file or directory"), ("{file}/below", "Not a directory")],
+)
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(output, reason, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    output = output.format(file=a_file)
+    result = run_cli("--input", "tests/data/photos.csv", "--output", output, "--weights", "random")
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: --output {output}: cannot write there (")
+    assert reason in line
+
+
+def test_a_writable_output_is_created_and_no_probe_is_left(tmp_path):
+    output = tmp_path / "new" / "out"
+    check_output(str(output))
+    assert output.is_dir() and list(output.iterdir()) == []

@@ -1,0 +1,75 @@
+"""Checks made before any work is scheduled: the weights can be had, the output written.
+
+Each failure is one line naming the option and the reason (exit 2), instead of a job
+that starts workers and fails at its first or last step.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.backbones import ModelSpec
+from pipeline.options import UsageError
+from pipeline.weights import check_weights_file, ensure_imagenet
+
+
+def check_weights(spec: ModelSpec, *, local: bool) -> None:
+    """Raises WeightsUnavailableError unless the workers will find the weights.
+
+    A weights file is checked by its HDF5 layout. ImageNet weights are fetched into
+    Keras's cache for a local run; a remote run's workers take them from the image,
+    whose build fetches them (Dockerfile).
+    """
+    if spec.weights == "random":
+        return
+    if spec.weights != "imagenet":
+        check_weights_file(spec.weights, spec.model, spec.backbone.layout)
+    elif local:
+        ensure_imagenet(spec.model, spec.backbone.imagenet)
+    # Otherwise the workers' image holds them: its build fetches and loads them.
+
+
+def check_output(output: str) -> None:
+    """Raises UsageError unless a file can be created and deleted under output.
+
+    A local folder is created if missing; a gs:// bucket must exist.
+    """
+    probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as handle:
+            handle.write(b"probe")
+        FileSystems.delete([probe])
+    except Exception as error:
+        raise UsageError(
+            f"--output {output}: cannot write there ({_reason(error)}); give a folder or "
+            "gs:// prefix in which you (or the job's service account) may create and "
+            "delete files"
+        ) from error
+
+
+# What an object store's refusal means for an output prefix.
+_HTTP_REASONS = {
+    401: "not authenticated",
+    403: "permission denied: the account may not create objects there",
+    404: "the bucket does not exist",
+}
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause in a few words (Beam wraps it in BeamIOError)."""
+    while True:
+        details = getattr(error, "exception_details", None)
+        if details:
+            error = next(iter(details.values()))
+        elif error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            break
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None) or getattr(error, "code", None)
+    if status in _HTTP_REASONS:
+        return f"{_HTTP_REASONS[status]}, HTTP {status}"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

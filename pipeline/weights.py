@@ -1,0 +1,187 @@
+"""Weights without a model: a file's HDF5 layout, and the ImageNet files in Keras's cache.
+
+The launching process checks weights here so that it never imports TensorFlow or
+builds a model (a Flex Template launcher VM is small, and a slow launch times out);
+the workers load the same files with Keras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+
+_LOG = logging.getLogger(__name__)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights cannot be obtained; the run must not start."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a weights file holds, independent of layer names: its arrays' shapes."""
+
+    arrays: int
+    values: int
+    digest: str  # SHA-256 of the sorted shapes, one "d1xd2x..." per line
+
+    @classmethod
+    def of_shapes(cls, shapes: list[tuple[int, ...]]) -> Layout:
+        lines = sorted("x".join(str(d) for d in shape) for shape in shapes)
+        values = 0
+        for shape in shapes:
+            size = 1
+            for d in shape:
+                size *= d
+            values += size
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        return cls(len(shapes), values, digest)
+
+    def describe(self) -> str:
+        return f"{self.arrays} arrays of {self.values:,} values"
+
+
+def _weight_shapes(h5) -> list[tuple[int, ...]]:
+    """Shapes of the weight arrays in an open h5py.File, in either Keras format."""
+    import h5py
+
+    if "layer_names" not in h5.attrs and "model_weights" in h5:
+        h5 = h5["model_weights"]  # a whole model saved in the legacy format
+    if "layer_names" in h5.attrs:
+        # Legacy .h5 (keras.applications' own ImageNet files): layers list their arrays.
+        shapes = []
+        for layer in h5.attrs["layer_names"]:
+            group = h5[_text(layer)]
+            for name in group.attrs.get("weight_names", []):
+                shapes.append(tuple(group[_text(name)].shape))
+        return shapes
+    # Keras 3 .weights.h5: one dataset per variable, under layers/<name>/vars/<i>.
+    shapes = []
+    h5.visititems(
+        lambda name, item: (
+            shapes.append(tuple(item.shape))
+            if isinstance(item, h5py.Dataset) and not name.startswith("optimizer")
+            else None
+        )
+    )
+    return shapes
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_layout(path: str) -> Layout:
+    """The layout of a Keras weights file, local or on any Beam filesystem.
+
+    Reads only the HDF5 metadata (h5py seeks to it), not the arrays.
+    """
+    import h5py
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with (
+        FileSystems.open(
+            path,
+            mime_type="application/octet-stream",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        ) as handle,
+        h5py.File(handle, "r") as h5,
+    ):
+        return Layout.of_shapes(_weight_shapes(h5))
+
+
+def check_weights_file(path: str, model: str, expected: Layout) -> None:
+    """Raises WeightsUnavailableError unless path holds the weights of `model` (no top)."""
+    try:
+        found = read_layout(path)
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"cannot read --weights {path} ({type(error).__name__}: {error}); give a Keras "
+            "weights file (.weights.h5 or .h5) saved from the same model with "
+            "include_top=False, or use imagenet or random"
+        ) from error
+    if found.digest != expected.digest:
+        raise WeightsUnavailableError(
+            f"--weights {path} does not fit {model}: the file has {found.describe()}, "
+            f"{model} without its top has {expected.describe()}; give a weights file saved "
+            "from the same model with include_top=False, or use imagenet or random"
+        )
+
+
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """A keras.applications ImageNet weights file: where Keras downloads it from, its md5."""
+
+    origin: str  # the folder URL
+    file_name: str
+    md5: str
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.file_name
+
+
+def keras_cache_directory() -> str:
+    """Where keras.applications caches weights, by Keras's own rule (backend/config.py,
+    utils/file_utils.py): KERAS_HOME, else ~/.keras (/tmp/.keras where ~ or it cannot be
+    written), then its models/ folder.
+    """
+    if "KERAS_HOME" in os.environ:
+        home = os.environ["KERAS_HOME"]
+    else:
+        user = os.path.expanduser("~")
+        home = os.path.join(user if os.access(user, os.W_OK) else "/tmp", ".keras")
+    home = os.path.expanduser(home)
+    with contextlib.suppress(OSError):
+        os.makedirs(home, exist_ok=True)  # as importing Keras does
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return os.path.join(home, "models")
+
+
+def cached_imagenet_path(weights: ImagenetWeights) -> str:
+    return os.path.join(keras_cache_directory(), weights.file_name)
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_imagenet(model: str, weights: ImagenetWeights) -> str:
+    """The cached ImageNet file, downloaded once if missing, as keras.utils.get_file would.
+
+    Done in the launching process of a local run, so that its workers find the file in
+    the cache instead of each downloading it.
+    """
+    path = cached_imagenet_path(weights)
+    if os.path.exists(path) and _md5(path) == weights.md5:
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _LOG.info("downloading the ImageNet weights of %s from %s", model, weights.url)
+    handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial")
+    os.close(handle)
+    try:
+        urllib.request.urlretrieve(weights.url, partial)
+        if _md5(partial) != weights.md5:
+            raise ValueError(f"the download's md5 is not {weights.md5}")
+        os.replace(partial, path)
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"cannot download the ImageNet weights for {model} ({type(error).__name__}: "
+            f"{error}); use --weights PATH for a weights file you have (local or gs://), "
+            "or --weights random for an offline smoke run"
+        ) from error
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+    return path

@@ -1,0 +1,97 @@
+"""One lock for the whole environment: the venv, the image and the tests hold the same versions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from support import REPO
+
+sys.path.insert(0, str(REPO / "templates"))
+from check_lock import normalise, pinned
+
+RUNTIME_LOCK = REPO / "requirements.lock"
+DEV_LOCK = REPO / "requirements-dev.lock"
+
+
+def check_lock(lock, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "templates" / "check_lock.py"), str(lock), *extra],
+        capture_output=True,
+        text=True,
+    )
+
+
+def top_level_pins(requirements: str) -> dict[str, str]:
+    found = re.findall(r"^([A-Za-z0-9._-]+)(?:\[[^\]]*\])?==(\S+)$", requirements, re.MULTILINE)
+    return {normalise(name): version for name, version in found}
+
+
+def test_the_venv_holds_exactly_the_dev_lock():
+    result = check_lock(DEV_LOCK)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_package_that_differs_from_the_lock_is_named(tmp_path):
+    pins = pinned(DEV_LOCK)
+    lock = tmp_path / "requirements.lock"
+    lines = [f"{name}=={version}" for name, version in pins.items() if name != "numpy"]
+    lock.write_text("\n".join([*lines, "numpy==0.0.1", "not-installed-anywhere==1.0"]) + "\n")
+    result = check_lock(lock)
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()[1:]
+    assert sorted(line.strip() for line in problems) == [
+        "not-installed-anywhere: lock 1.0, installed absent",
+        f"numpy: lock 0.0.1, installed {pins['numpy']}",
+    ]
+
+
+def test_every_lock_line_is_pinned_with_hashes():
+    for lock in (RUNTIME_LOCK, DEV_LOCK):
+        text = lock.read_text()
+        entries = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+        assert len(entries) == len(pinned(lock)) > 100
+        for entry in entries:
+            assert re.match(r"^[A-Za-z0-9._-]+(\[[^\]]*\])?==\S+ \\\n", entry), entry[:80]
+            assert "--hash=sha256:" in entry, entry[:80]
+
+
+def test_the_runtime_lock_is_the_dev_locks_runtime_part_and_keeps_the_top_level_pins():
+    runtime, dev = pinned(RUNTIME_LOCK), pinned(DEV_LOCK)
+    assert {name: dev.get(name) for name in runtime} == runtime
+    top = top_level_pins((REPO / "requirements.txt").read_text())
+    assert len(top) == 6
+    assert {name: runtime.get(name) for name in top} == top
+    dev_top = top_level_pins((REPO / "requirements-dev.txt").read_text())
+    assert {name: dev.get(name) for name in dev_top} == dev_top
+
+
+def dockerfile_runs() -> list[str]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line[4:] for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def test_the_image_installs_exactly_the_runtime_lock():
+    text = (REPO / "Dockerfile").read_text()
+    final_stage = text.rsplit("\nFROM ", 1)[1]
+    assert final_stage.startswith("python:${PYTHON_VERSION}-slim\n")
+    assert "COPY requirements.lock templates/check_lock.py ./" in final_stage
+    installs = [part for run in dockerfile_runs() for part in run.split("&&")
+                if "pip install" in part]  # fmt: skip
+    assert [" ".join(i.split()) for i in installs] == [
+        "pip install --no-cache-dir --no-deps --require-hashes -r requirements.lock",
+        "pip install --no-cache-dir --no-deps --no-build-isolation .",
+    ]
+    checks = [run for run in dockerfile_runs() if "check_lock.py requirements.lock" in run]
+    assert len(checks) == 1 and "pip check" in checks[0]
+
+
+def test_make_builds_the_venv_from_the_dev_lock():
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("$(VENV)/.installed: requirements-dev.lock", 1)[1].split("\n\n")[0]
+    assert "pip install --quiet --no-deps --require-hashes -r requirements-dev.lock" in recipe
+    assert "rm -rf $(VENV)" in recipe
+    lock = makefile.split("\nlock:", 1)[1].split("\n\n")[0]
+    assert "uv pip compile requirements.txt" in lock
+    assert "uv pip compile requirements-dev.txt -c requirements.lock" in lock

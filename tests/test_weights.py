@@ -1,0 +1,168 @@
+"""Weights checked without building a model, against files and models Keras makes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from cloud import BUCKET, LoopbackServer, QuietHandler, emulator_client, storage_emulator
+
+from pipeline.backbones import BACKBONES, ModelSpec, embedding_shape
+from pipeline.weights import (
+    ImagenetWeights,
+    Layout,
+    WeightsUnavailableError,
+    cached_imagenet_path,
+    check_weights_file,
+    ensure_imagenet,
+    read_layout,
+)
+
+
+def keras_backbone(name: str, pooling: str | None = None):
+    import keras
+
+    backbone = BACKBONES[name]
+    return getattr(keras.applications, backbone.application)(
+        weights=None, include_top=False, input_shape=(224, 224, 3), pooling=pooling
+    )
+
+
+def save_legacy_h5(model, path: Path) -> None:
+    """The format of keras.applications' own ImageNet files (Keras 3 saves it no more)."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+
+
+@pytest.fixture(scope="module")
+def resnet50_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    model = keras_backbone("resnet50")
+    model.save_weights(folder / "resnet50.weights.h5")
+    save_legacy_h5(model, folder / "resnet50.h5")
+    other = keras_backbone("efficientnet_b0")
+    other.save_weights(folder / "efficientnet.weights.h5")
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_the_table_matches_the_model_keras_builds(name):
+    model = keras_backbone(name)
+    backbone = BACKBONES[name]
+    shapes = [tuple(int(d) for d in w.shape) for w in model.weights]
+    assert backbone.layout == Layout.of_shapes(shapes)
+    assert tuple(model.output_shape[1:]) == embedding_shape(ModelSpec(name, "random", "none"))
+    assert embedding_shape(ModelSpec(name, "random", "avg")) == (model.output_shape[-1],)
+    assert embedding_shape(ModelSpec(name, "random", "max")) == (model.output_shape[-1],)
+
+
+def test_both_keras_file_formats_read_as_the_models_layout(resnet50_files):
+    expected = BACKBONES["resnet50"].layout
+    assert read_layout(str(resnet50_files / "resnet50.weights.h5")) == expected
+    assert read_layout(str(resnet50_files / "resnet50.h5")) == expected
+    for name in ("resnet50.weights.h5", "resnet50.h5"):
+        check_weights_file(str(resnet50_files / name), "resnet50", expected)
+
+
+def test_a_file_of_another_model_is_refused_with_both_layouts(resnet50_files):
+    path = str(resnet50_files / "efficientnet.weights.h5")
+    with pytest.raises(WeightsUnavailableError) as refused:
+        check_weights_file(path, "resnet50", BACKBONES["resnet50"].layout)
+    message = str(refused.value)
+    assert "does not fit resnet50" in message
+    assert BACKBONES["resnet50"].layout.describe() in message
+    assert BACKBONES["efficientnet_b0"].layout.describe() in message
+
+
+def test_unreadable_files_are_refused(resnet50_files, tmp_path):
+    whole = (resnet50_files / "resnet50.weights.h5").read_bytes()
+    (tmp_path / "truncated.weights.h5").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.weights.h5").write_text("not HDF5")
+    for name in ("truncated.weights.h5", "text.weights.h5", "absent.weights.h5"):
+        with pytest.raises(WeightsUnavailableError, match="cannot read --weights"):
+            check_weights_file(str(tmp_path / name), "resnet50", BACKBONES["resnet50"].layout)
+
+
+def test_a_gs_file_is_read_without_downloading_it_whole(resnet50_files):
+    local = resnet50_files / "efficientnet.weights.h5"
+    with storage_emulator(BUCKET) as emulator:
+        blob = emulator_client(emulator).bucket(BUCKET).blob("w/efficientnet.weights.h5")
+        blob.upload_from_filename(local)
+        code = (
+            "import sys; from pipeline.weights import read_layout; "
+            f"print(read_layout('gs://{BUCKET}/w/efficientnet.weights.h5'))"
+        )
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(read_layout(str(local)))
+    assert result.stdout.strip() == str(BACKBONES["efficientnet_b0"].layout)
+
+
+class FileServer(LoopbackServer):
+    """Serves one file's bytes at every path, counting the requests."""
+
+    def __init__(self, body: bytes):
+        self.requests = 0
+        server = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                server.requests += 1
+                self.reply(200, body, {"Content-Type": "application/octet-stream"})
+
+        self.url = f"http://127.0.0.1:{self._start(Handler)}/"
+
+
+def test_imagenet_weights_land_where_keras_looks_for_them(resnet50_files, tmp_path, monkeypatch):
+    body = (resnet50_files / "resnet50.h5").read_bytes()
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    server = FileServer(body)
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        weights = ImagenetWeights(server.url, "resnet50_notop.h5", md5)
+        path = ensure_imagenet("resnet50", weights)
+        assert ensure_imagenet("resnet50", weights) == path  # cached: no second download
+        assert server.requests == 1
+    finally:
+        server.close()
+    assert Path(path).read_bytes() == body
+    assert path == cached_imagenet_path(weights)
+    # Keras, with the same KERAS_HOME and an origin it cannot reach, finds that file.
+    code = (
+        "import keras, sys; print(keras.utils.get_file(sys.argv[1], "
+        "origin='http://127.0.0.1:9/unreachable', file_hash=sys.argv[2], cache_subdir='models'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, weights.file_name, md5],
+                            env={**os.environ, "KERAS_HOME": str(tmp_path / "keras")},
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == path
+
+
+def test_a_download_with_the_wrong_hash_is_refused_and_not_cached(tmp_path, monkeypatch):
+    server = FileServer(b"not the weights")
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        weights = ImagenetWeights(server.url, "resnet50_notop.h5", "0" * 32)
+        with pytest.raises(WeightsUnavailableError, match="cannot download the ImageNet weights"):
+            ensure_imagenet("resnet50", weights)
+    finally:
+        server.close()
+    assert os.listdir(tmp_path / "keras" / "models") == []
+
+
+def test_an_unreachable_origin_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    weights = ImagenetWeights("http://127.0.0.1:9/", "resnet50_notop.h5", "0" * 32)
+    with pytest.raises(WeightsUnavailableError) as refused:
+        ensure_imagenet("resnet50", weights)
+    assert "--weights PATH" in str(refused.value) and "--weights random" in str(refused.value)
