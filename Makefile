@@ -11,23 +11,34 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test benchmark benchmark-map benchmark-launcher lint format lock clean
+.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-startup lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 demo: $(VENV)/.installed ## Embed the sample photographs locally; open out/demo/report.html
 	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS) --map
 
+# Two test processes (pytest-xdist). The whole suite keeps each file's tests in one
+# process (--dist loadfile), so that the pipeline runs a file's fixtures share happen
+# once; the fast tier has no such fixtures and spreads its tests one by one.
+PYTEST := $(BIN)/python -m pytest -n 2
+
 test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs Chromium if it can)
 	tests/install_browser.sh
-	$(BIN)/python -m pytest
+	$(PYTEST) --dist loadfile
+
+test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in about a minute
+	$(PYTEST) --dist load -m "not pipeline_run"
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
 
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py
+
+benchmark-startup: $(VENV)/.installed ## A 13-photo local run against a plain Keras script
+	$(BIN)/python benchmarks/startup.py
 
 benchmark-launcher: $(VENV)/.installed ## Wall time and peak RSS of a Flex Template launch
 	$(BIN)/python benchmarks/launcher.py

@@ -57,9 +57,9 @@ def run_branch(count: int, output: Path, design: str) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import sinks
+    from pipeline import naming, sinks
     from pipeline.backbones import ModelSpec
-    from pipeline.embed import run_context
+    from pipeline.job import run_context
     from pipeline.mapping import MapEmbeddings, ProjectFn
     from pipeline.options import EmbeddingOptions
     from pipeline.projection import PrincipalComponentsFn
@@ -69,7 +69,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
     opts = PipelineOptions(flags).view_as(EmbeddingOptions)
     shape = (DIMENSIONS,)
     started = time.time()
-    run_id = sinks.new_run_id(started)
+    run_id = naming.new_run_id(started)
     context = {
         "run_id": run_id,
         **run_context(opts, ModelSpec("resnet50", "random", "avg", 0), shape),

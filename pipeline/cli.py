@@ -12,7 +12,7 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline import logs
-from pipeline.embed import run
+from pipeline.job import run
 from pipeline.options import UsageError, build_parser
 from pipeline.sources import InputError
 from pipeline.summary import RunFailedError

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline import plot, report
+from pipeline.atomic import write_atomically
+from pipeline.csvlines import csv_line
+from pipeline.formats import FORMATS
 from pipeline.metrics import counter
+from pipeline.naming import output_path
 from pipeline.projection import PrincipalComponentsFn, Projection
 from pipeline.records import Failure, ImageKey
-from pipeline.sinks import (
-    NPY_DIRECTORY,
-    WriteRunShards,
-    csv_fields,
-    csv_line,
-    output_path,
-    write_atomically,
-)
+from pipeline.sinks import WriteRunShards
 
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
 REPORTED_FAILURES = 1000  # the report lists at most this many failures
@@ -52,54 +47,6 @@ def _embedding(keyed: tuple[ImageKey, np.ndarray]) -> np.ndarray:
 
 def _thumbnail(keyed: tuple[ImageKey, np.ndarray]) -> tuple[str, bytes | None]:
     return keyed[0].uri, keyed[0].thumbnail
-
-
-def _parquet_batch(table) -> tuple[list[str], np.ndarray]:
-    uris = table.column("uri").to_pylist()
-    embeddings = table.column("embedding").combine_chunks()
-    size = embeddings.type.list_size
-    matrix = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(len(uris), size)
-    return uris, matrix
-
-
-class ReadNpyFn(beam.DoFn):
-    """An index line (uri,file,...) to ([uri], its embedding as a 1 x d matrix)."""
-
-    def __init__(self, directory: str):
-        self._directory = directory
-
-    def process(self, line: str):
-        uri, name = csv_fields(line)[:2]
-        with FileSystems.open(output_path(self._directory, name)) as handle:
-            embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-        yield [uri], embedding.reshape(1, -1)
-
-
-class ReadStoredEmbeddings(beam.PTransform):
-    """Names of this run's embedding files (Parquet or .npy index) to (uris, matrix) batches.
-
-    The projection reads what was stored instead of holding the embeddings between the
-    two passes: a runner would otherwise keep every embedding until PCA is done (the
-    local runner in memory).
-    """
-
-    def __init__(self, output: str, output_format: str):
-        super().__init__()
-        self._output = output
-        self._format = output_format
-
-    def expand(self, file_names):
-        if self._format == "parquet":
-            return (
-                file_names
-                | "Read Parquet" >> beam.io.ReadAllFromParquetBatched(columns=["uri", "embedding"])
-                | "To matrices" >> beam.Map(_parquet_batch)
-            )
-        return (
-            file_names
-            | "Read index" >> beam.io.ReadAllFromText(skip_header_lines=1)
-            | "Read .npy" >> beam.ParDo(ReadNpyFn(output_path(self._output, NPY_DIRECTORY)))
-        )
 
 
 class ProjectFn(beam.DoFn):
@@ -186,7 +133,10 @@ class MapEmbeddings(beam.PTransform):
         )
         points = (
             inputs["files"]
-            | "Read stored embeddings" >> ReadStoredEmbeddings(self._output, self._format)
+            # The projection reads what was stored instead of holding the embeddings
+            # between the two passes: a runner would otherwise keep every embedding
+            # until PCA is done (the local runner in memory).
+            | "Read stored embeddings" >> FORMATS[self._format].read_batches(self._output)
             | "Project" >> beam.ParDo(ProjectFn(), projection=beam.pvalue.AsSingleton(projection))
         )
         # Coordinates from another run's PCA are in another basis: never keep them, even

@@ -1,12 +1,39 @@
-"""Deterministic, collision-free file names for per-image outputs."""
+"""Output names: where each output lives, run ids in shard names, and .npy file names."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+EMBEDDINGS = "embeddings"  # Parquet shards: embeddings-RUN-SSSSS-of-NNNNN.parquet
+NPY_DIRECTORY = "embeddings"  # one .npy per image in this folder
+NPY_INDEX = "embeddings-index"  # and their index: embeddings-index-RUN-*.csv
+FAILURES = "failures"
+SUMMARY = "summary.json"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 80
+
+
+def output_path(output: str, name: str) -> str:
+    return FileSystems.join(output, name)
+
+
+def new_run_id(started_at: float) -> str:
+    """e.g. 20261124T011106-3fa2c1 (matches RUN_ID_PATTERN): sortable by start, unique."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def shard_prefix(output: str, name: str, run_id: str) -> str:
+    """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
+    return output_path(output, f"{name}-{run_id}")
 
 
 def npy_name(uri: str) -> str:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backbones import BACKBONES
+from pipeline.formats import FORMATS
 
-OUTPUT_FORMATS = ("parquet", "npy")
+OUTPUT_FORMATS = tuple(FORMATS)
 POOLINGS = ("avg", "max", "none")
 RESIZE_POLICIES = ("squash", "center_crop")
 NAMED_WEIGHTS = ("imagenet", "random")

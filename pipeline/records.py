@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 # Stages a failure can be recorded at, in pipeline order.
 STAGES = ("read", "load", "extract", "store")
+# The tag of every step's dead-letter output (Failure records).
+FAILED = "failed"
 
 _MAX_MESSAGE = 2000
 

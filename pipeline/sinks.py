@@ -1,65 +1,32 @@
-"""Where results go: Parquet or .npy embeddings, the dead letter, and the summary."""
+"""Writers: Parquet shards, one .npy per image with its index, text shards, the dead letter."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import posixpath
 import re
-import time
-import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.atomic import write_atomically
+from pipeline.csvlines import csv_line
 from pipeline.metrics import counter
-from pipeline.naming import npy_name
-from pipeline.records import Failure, ImageKey
-
-FAILED = "failed"
-SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
-EMBEDDINGS = "embeddings"
-NPY_DIRECTORY = "embeddings"
-NPY_INDEX = "embeddings-index"
-FAILURES = "failures"
-SUMMARY = "summary.json"
-
-
-def output_path(output: str, name: str) -> str:
-    return FileSystems.join(output, name)
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes data so that path shows either the old file or the whole new one."""
-    if FileSystems.get_scheme(path) not in (None, "file"):
-        # Object stores (gs://) publish an object only when its upload completes.
-        with FileSystems.create(path) as handle:
-            handle.write(data)
-        return
-    directory, name = posixpath.split(path)
-    partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
-    with FileSystems.create(partial) as handle:
-        handle.write(data)
-    FileSystems.rename([partial], [path])
-
-
-RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
-
-
-def new_run_id(started_at: float) -> str:
-    """e.g. 20261124T011106-3fa2c1 (matches RUN_ID_PATTERN): sortable by start, unique."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
-    return f"{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def shard_prefix(output: str, name: str, run_id: str) -> str:
-    """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
-    return output_path(output, f"{name}-{run_id}")
+from pipeline.naming import (
+    EMBEDDINGS,
+    FAILURES,
+    NPY_DIRECTORY,
+    NPY_INDEX,
+    RUN_ID_PATTERN,
+    SHARD_TEMPLATE,
+    npy_name,
+    output_path,
+    shard_prefix,
+)
+from pipeline.records import FAILED, Failure, ImageKey
 
 
 class RemoveOtherRunsShardsFn(beam.DoFn):
@@ -101,49 +68,6 @@ def remove_other_runs(written, output: str, name: str, suffix: str, run_id: str)
         | f"Remove earlier {name}"
         >> beam.ParDo(RemoveOtherRunsShardsFn(output, name, suffix, run_id))
     )
-
-
-def csv_line(fields) -> str:
-    """One CSV record without its line end, quoted as the csv module does."""
-    line = io.StringIO()
-    csv.writer(line, lineterminator="").writerow(fields)
-    return line.getvalue()
-
-
-def csv_fields(line: str) -> list[str]:
-    return next(csv.reader([line]))
-
-
-def _first_csv_field(line: str) -> str:
-    return csv_fields(line)[0]
-
-
-class ReadEmbeddedUris(beam.PTransform):
-    """URIs already embedded under the output: the record of work an earlier run did."""
-
-    def __init__(self, output: str, output_format: str):
-        super().__init__()
-        self._output = output
-        self._format = output_format
-
-    def expand(self, pbegin):
-        if self._format == "parquet":
-            pattern, read = (
-                output_path(self._output, f"{EMBEDDINGS}-*.parquet"),
-                beam.io.ReadAllFromParquet(columns=["uri"]) | beam.Map(lambda row: row["uri"]),
-            )
-        else:
-            pattern, read = (
-                output_path(self._output, f"{NPY_INDEX}-*.csv"),
-                beam.io.ReadAllFromText(skip_header_lines=1) | beam.Map(_first_csv_field),
-            )
-        return (
-            pbegin
-            | "Match earlier outputs"
-            >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "Read URIs" >> read
-        )
 
 
 def parquet_schema(shape: tuple[int, ...], metadata: dict[str, str]) -> pa.Schema:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -10,10 +9,11 @@ from apache_beam import pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.csvlines import csv_fields
+from pipeline.formats import FORMATS
 from pipeline.metrics import counter
-from pipeline.records import Failure
+from pipeline.records import FAILED, Failure
 
-FAILED = "failed"
 SKIPPED = "skipped"
 URI_COLUMN = "uri"
 _GLOB_CHARACTERS = "*?["
@@ -38,7 +38,7 @@ class CsvLayout:
 
 
 def _fields(line: str) -> list[str]:
-    return next(csv.reader([line.lstrip(_BOM)]), [])
+    return csv_fields(line.lstrip(_BOM))
 
 
 def sniff_layout(path: str) -> CsvLayout:
@@ -57,6 +57,22 @@ def sniff_layout(path: str) -> CsvLayout:
                 return CsvLayout(column=names.index(URI_COLUMN), skip_lines=number)
             return CsvLayout()
     return CsvLayout()
+
+
+def count_inputs(path: str, limit: int) -> int | None:
+    """How many images path lists or matches, or None if more than limit (read no further)."""
+    if is_glob(path):
+        matched = FileSystems.match([path], limits=[limit + 1])[0].metadata_list
+        return len(matched) if len(matched) <= limit else None
+    layout = sniff_layout(path)
+    rows = 0
+    with FileSystems.open(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number > layout.skip_lines and raw.strip():
+                rows += 1
+                if rows > limit:
+                    return None
+    return rows
 
 
 def check_glob(pattern: str) -> None:
@@ -175,3 +191,22 @@ class ReadImageUris(beam.PTransform):
             ),
             "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }
+
+
+class ReadEmbeddedUris(beam.PTransform):
+    """URIs already embedded under the output: the record of work an earlier run did."""
+
+    def __init__(self, output: str, output_format: str):
+        super().__init__()
+        self._output = output
+        self._format = FORMATS[output_format]
+
+    def expand(self, pbegin):
+        pattern = self._format.record_files(self._output)
+        return (
+            pbegin
+            | "Match earlier outputs"
+            >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Read URIs" >> self._format.read_uris()
+        )

@@ -10,8 +10,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.atomic import write_atomically
+from pipeline.metrics import counter
+from pipeline.naming import SUMMARY, output_path
 from pipeline.records import STAGES
-from pipeline.sinks import SUMMARY, output_path, write_atomically
 
 
 class RunFailedError(RuntimeError):
@@ -106,6 +108,53 @@ class WriteSummaryFn(beam.DoFn):
             # Nobody waits for a templated job: a failed job is how the verdict shows.
             check(summary)
         yield summary
+
+
+class CountFailuresFn(beam.DoFn):
+    """Counts each failure under failed_<stage> and passes on its stage."""
+
+    def process(self, failure):
+        counter(f"failed_{failure.stage}").inc()
+        yield failure.stage
+
+
+class Summarise(beam.PTransform):
+    """The run's independently counted parts to summary.json; outputs the summary.
+
+    Input: a dict of PCollections: rows (rows with a URI), duplicates, skipped and
+    embedded (one int each), and failures (every Failure). With fail_job, a summary
+    that check() rejects fails the job: nobody waits for a templated job's result.
+    """
+
+    def __init__(self, output: str, context: dict[str, Any], started_at: float, fail_job: bool):
+        super().__init__()
+        self._output = output
+        self._context = context
+        self._started_at = started_at
+        self._fail_job = fail_job
+
+    def expand(self, parts: dict[str, beam.PCollection]):
+        failed_by_stage = (
+            parts["failures"]
+            | "Count failures" >> beam.ParDo(CountFailuresFn())
+            | "Per stage" >> beam.combiners.Count.PerElement()
+        )
+        return (
+            parts["rows"].pipeline
+            | "Start" >> beam.Create([None])
+            | "Add up"
+            >> beam.Map(
+                summarise,
+                rows_with_uri=beam.pvalue.AsSingleton(parts["rows"]),
+                duplicates=beam.pvalue.AsSingleton(parts["duplicates"]),
+                skipped=beam.pvalue.AsSingleton(parts["skipped"]),
+                embedded=beam.pvalue.AsSingleton(parts["embedded"]),
+                failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
+                context=self._context,
+                started_at=self._started_at,
+            )
+            | "Write summary" >> beam.ParDo(WriteSummaryFn(self._output, self._fail_job))
+        )
 
 
 def read_summary(output: str) -> dict[str, Any]:

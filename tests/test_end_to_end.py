@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,7 @@ from support import (
     write_csv,
 )
 
-from pipeline.naming import npy_name
-from pipeline.sinks import RUN_ID_PATTERN
+from pipeline.naming import RUN_ID_PATTERN, npy_name
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -319,28 +317,3 @@ def test_glob_input_embeds_every_matching_file(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     expected = {str(folder / os.path.basename(p)) for p in JPEG_PHOTOS}
     assert set(parquet_embeddings(output)) == expected
-
-
-def _network_reachable() -> bool:
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
-
-
-def test_imagenet_weights_offline_stop_the_run_with_one_clear_line(tmp_path):
-    if _network_reachable():
-        pytest.skip("the network is reachable here, so the offline error cannot be provoked")
-    csv_path = write_csv(tmp_path / "one.csv", PHOTO_PATHS[:1])
-    # An empty Keras cache: a weights file cached earlier must not hide the error.
-    result = run_cli(
-        "--input", str(csv_path), "--output", str(tmp_path / "out"),
-        env={"KERAS_HOME": str(tmp_path / "keras")},
-    )  # fmt: skip
-    assert result.returncode == 2
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1
-    assert "ImageNet weights" in error_lines[0]
-    assert "--weights PATH" in error_lines[0] and "--weights random" in error_lines[0]
-    assert not (tmp_path / "out").exists()

@@ -239,6 +239,7 @@ def run_readme_command(marker: str, api: str, response: dict, tmp_path: Path) ->
 
 
 @needs_gcloud
+@pytest.mark.pipeline_run
 def test_readme_gcloud_run_command_launches_the_template(tmp_path):
     response = {"job": {"id": "2026-11-24_00_00_00-1", "projectId": PROJECT}}
     request = run_readme_command(
@@ -256,6 +257,7 @@ def test_readme_gcloud_run_command_launches_the_template(tmp_path):
 
 
 @needs_gcloud
+@pytest.mark.pipeline_run
 def test_readme_schedule_command_creates_a_job_that_launches_the_template(tmp_path):
     response = {"name": f"projects/{PROJECT}/locations/{REGION}/jobs/nightly"}
     request = run_readme_command("templates/schedule.sh", "cloudscheduler", response, tmp_path)
@@ -386,7 +388,7 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     assert job["labels"] == {"team": "vision"}
     names = {t.unique_name for t in staged.components.transforms.values()}
     for step in ("Read URIs", "Load images", "Extract embeddings", "Store embeddings",
-                 "Dead letter", "Write summary"):  # fmt: skip
+                 "Dead letter", "Summarise"):  # fmt: skip
         assert step in names
 
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import h5py
 import pytest
-from cloud import BUCKET, LoopbackServer, QuietHandler, emulator_client, storage_emulator
+from cloud import (
+    BUCKET,
+    LoopbackServer,
+    MetadataServer,
+    QuietHandler,
+    emulator_client,
+    launcher_environment,
+    storage_emulator,
+)
+from support import PHOTO_PATHS, run_cli, write_csv
 
 from pipeline.backbones import BACKBONES, ModelSpec, embedding_shape
 from pipeline.weights import (
@@ -92,16 +102,20 @@ def test_unreadable_files_are_refused(resnet50_files, tmp_path):
 
 def test_a_gs_file_is_read_without_downloading_it_whole(resnet50_files):
     local = resnet50_files / "efficientnet.weights.h5"
-    with storage_emulator(BUCKET) as emulator:
-        blob = emulator_client(emulator).bucket(BUCKET).blob("w/efficientnet.weights.h5")
-        blob.upload_from_filename(local)
-        code = (
-            "import sys; from pipeline.weights import read_layout; "
-            f"print(read_layout('gs://{BUCKET}/w/efficientnet.weights.h5'))"
-        )
-        env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator}
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+    metadata = MetadataServer()  # credentials at once, as on a Dataflow worker
+    try:
+        with storage_emulator(BUCKET) as emulator:
+            blob = emulator_client(emulator).bucket(BUCKET).blob("w/efficientnet.weights.h5")
+            blob.upload_from_filename(local)
+            code = (
+                "from pipeline.weights import read_layout; "
+                f"print(read_layout('gs://{BUCKET}/w/efficientnet.weights.h5'))"
+            )
+            env = launcher_environment(emulator, metadata.address)
+            result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                    text=True, timeout=120)  # fmt: skip
+    finally:
+        metadata.close()
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(read_layout(str(local)))
     assert result.stdout.strip() == str(BACKBONES["efficientnet_b0"].layout)
@@ -166,3 +180,28 @@ def test_an_unreachable_origin_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailableError) as refused:
         ensure_imagenet("resnet50", weights)
     assert "--weights PATH" in str(refused.value) and "--weights random" in str(refused.value)
+
+
+def _network_reachable() -> bool:
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_imagenet_weights_offline_stop_the_run_with_one_clear_line(tmp_path):
+    if _network_reachable():
+        pytest.skip("the network is reachable here, so the offline error cannot be provoked")
+    csv_path = write_csv(tmp_path / "one.csv", PHOTO_PATHS[:1])
+    # An empty Keras cache: a weights file cached earlier must not hide the error.
+    result = run_cli(
+        "--input", str(csv_path), "--output", str(tmp_path / "out"),
+        env={"KERAS_HOME": str(tmp_path / "keras")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "ImageNet weights" in error_lines[0]
+    assert "--weights PATH" in error_lines[0] and "--weights random" in error_lines[0]
+    assert not (tmp_path / "out").exists()

@@ -1,28 +1,20 @@
-"""The load and extract steps as composite transforms, each with its dead letter."""
+"""The load step: a URI to model-sized RGB uint8 pixels, with a dead letter for what fails."""
 
 from __future__ import annotations
 
 import functools
-import logging
-import os
-import time
+import importlib.util
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from google.api_core.exceptions import NotFound
 from PIL import Image
 
 from pipeline import images
 from pipeline.metrics import counter
-from pipeline.model import KerasEmbeddingHandler
-from pipeline.records import Failure, ImageKey
-
-FAILED = "failed"
-_LOG = logging.getLogger(__name__)
-
+from pipeline.records import FAILED, Failure, ImageKey
 
 REFUSED_SCHEMES = ("http", "https")
 
@@ -42,13 +34,26 @@ def check_uri(uri: str) -> None:
             "and list their gs:// URIs"
         )
     if scheme not in served_schemes():
-        raise UnsupportedUriError(f"no Beam filesystem serves {scheme}:// URIs")
+        raise UnsupportedUriError(
+            f"no Beam filesystem can read {scheme}:// URIs here (its client library is not "
+            "installed); copy the images to Cloud Storage and list their gs:// URIs"
+        )
+
+
+# Beam registers these filesystems whether or not their client library is installed;
+# without it, opening a file fails with an error that names neither (AssertionError).
+_CLIENT_LIBRARIES = {"s3": "boto3", "azfs": "azure.storage.blob", "hdfs": "hdfs"}
 
 
 @functools.cache
 def served_schemes() -> frozenset[str | None]:
-    """Schemes of Beam's registered filesystems (None: local paths), as FileSystems sees them."""
-    return frozenset(system.scheme() for system in FileSystem.get_all_subclasses())
+    """Schemes of Beam's registered filesystems that can be used here (None: local paths)."""
+    schemes = set()
+    for system in FileSystem.get_all_subclasses():
+        library = _CLIENT_LIBRARIES.get(system.scheme())
+        if library is None or importlib.util.find_spec(library.split(".")[0]) is not None:
+            schemes.add(system.scheme())
+    return frozenset(schemes)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -114,52 +119,3 @@ class LoadImages(beam.PTransform):
     def expand(self, uris):
         loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")
         return {"images": loaded.images, "failed": loaded[FAILED]}
-
-
-def _batch_failures(batch_and_error):
-    """A failed inference batch to one Failure per image in it."""
-    batch, (error_type, error_repr, _traceback) = batch_and_error
-    name = getattr(error_type, "__name__", str(error_type))
-    for key, _pixels in batch:
-        yield Failure(key.uri, "extract", name, error_repr[:2000])
-
-
-class ExtractEmbeddings(beam.PTransform):
-    """(ImageKey, pixels) to (ImageKey, embedding) in batches; outputs embeddings and failed."""
-
-    def __init__(self, handler: KerasEmbeddingHandler):
-        super().__init__()
-        self._handler = handler
-
-    def expand(self, images_):
-        embeddings, errors = (
-            images_
-            | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
-        )
-        failed = errors.failed_inferences | "Failed batches" >> beam.FlatMap(_batch_failures)
-        return {"embeddings": embeddings, "failed": failed}
-
-
-class ReportProgressFn(beam.DoFn):
-    """Passes elements through; logs this worker's progress every `interval` seconds."""
-
-    def __init__(self, interval: float = 20.0):
-        self._interval = interval
-
-    def setup(self):
-        self._count = 0
-        self._started = time.monotonic()
-        self._last_report = self._started
-
-    def process(self, element):
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last_report >= self._interval:
-            self._last_report = now
-            _LOG.info(
-                "worker %d: %d images embedded, %.1f images/s",
-                os.getpid(),
-                self._count,
-                self._count / (now - self._started),
-            )
-        yield element

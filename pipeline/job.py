@@ -1,4 +1,4 @@
-"""The pipeline: read URIs -> load images -> extract embeddings -> store (+ map), and a summary."""
+"""The embedding job: read URIs -> load -> extract -> store (+ map), summarised; run(argv)."""
 
 from __future__ import annotations
 
@@ -8,77 +8,48 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import preflight, sinks
+from pipeline import preflight
 from pipeline.backbones import ModelSpec, embedding_shape
+from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
+from pipeline.formats import FORMATS
+from pipeline.loading import LoadImages
+from pipeline.local_runner import SMALL_INPUT_ROWS, is_local, use_local_runner_defaults
 from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
-from pipeline.metrics import NAMESPACE, counter
+from pipeline.metrics import NAMESPACE
 from pipeline.model import KerasEmbeddingHandler
+from pipeline.naming import FAILURES, SUMMARY, new_run_id, output_path
 from pipeline.options import EmbeddingOptions, parse_options
-from pipeline.sinks import (
+from pipeline.sinks import WriteFailures
+from pipeline.sources import (
     ReadEmbeddedUris,
-    WriteFailures,
-    WriteNpy,
-    WriteParquet,
-    parquet_schema,
+    ReadImageUris,
+    check_glob,
+    count_inputs,
+    is_glob,
 )
-from pipeline.sources import ReadImageUris, check_glob, is_glob
-from pipeline.summary import WriteSummaryFn, check, read_summary, summarise
-from pipeline.transforms import ExtractEmbeddings, LoadImages, ReportProgressFn
+from pipeline.summary import Summarise, check, read_summary
 
 _LOG = logging.getLogger(__name__)
-
-LOCAL_RUNNER = "FnApiRunner"
-LOCAL_RUNNERS = {
-    "FnApiRunner",
-    "DirectRunner",
-    "SwitchingDirectRunner",
-    "BundleBasedDirectRunner",
-    "PrismRunner",
-    "TestDirectRunner",
-}
-
-
-def use_local_runner_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
-    """With no --runner: Beam's FnApiRunner, one worker process per core.
-
-    Beam's DirectRunner would first try to download the Prism runner; FnApiRunner runs
-    offline, and in multi_processing mode each process has its own model and GIL.
-    """
-    standard = options.view_as(StandardOptions)
-    if standard.runner is not None:
-        return
-    standard.runner = LOCAL_RUNNER
-    direct = options.view_as(DirectOptions)
-    if not any(flag.startswith("--direct_running_mode") for flag in argv):
-        direct.direct_running_mode = "multi_processing"
-    if not any(flag.startswith("--direct_num_workers") for flag in argv):
-        direct.direct_num_workers = 0  # 0: one per CPU core
-
-
-def is_local(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner or LOCAL_RUNNER
-    return runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
-
-
-class CountFailuresFn(beam.DoFn):
-    """Counts each failure under failed_<stage> and passes on its stage."""
-
-    def process(self, failure):
-        counter(f"failed_{failure.stage}").inc()
-        yield failure.stage
 
 
 def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) -> None:
     """Adds every step to p; fail_job makes the job itself fail on too many failures."""
     started_at = time.time()
-    run_id = sinks.new_run_id(started_at)
+    run_id = new_run_id(started_at)
     spec = model_spec(opts)
     shape = embedding_shape(spec)
     context = {"run_id": run_id, **run_context(opts, spec, shape)}
     if not spec.pretrained:
         _LOG.warning("--weights random: %s", spec.describe_weights())
+    thumbnail_size = THUMBNAIL_SIZE if opts.map else 0
+    handler = KerasEmbeddingHandler(
+        spec, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size
+    )
+    metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
+    store = FORMATS[opts.output_format].store(
+        opts.output, run_id, shape, metadata, opts.num_shards, opts.skip_existing
+    )
 
     done = (
         p | "Read embedded URIs" >> ReadEmbeddedUris(opts.output, opts.output_format)
@@ -87,24 +58,11 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     )
     read = p | "Read URIs" >> ReadImageUris(opts.input, done)
     loaded = read["uris"] | "Load images" >> LoadImages(
-        spec.input_size,
-        opts.resize,
-        opts.jpeg_draft,
-        opts.max_image_pixels,
-        thumbnail_size=THUMBNAIL_SIZE if opts.map else 0,
-    )
-    handler = KerasEmbeddingHandler(
-        spec, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size
+        spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels, thumbnail_size
     )
     extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(handler)
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
-    if opts.output_format == "parquet":
-        metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
-        schema = parquet_schema(shape, metadata)
-        sink = WriteParquet(opts.output, run_id, schema, opts.num_shards, opts.skip_existing)
-    else:
-        sink = WriteNpy(opts.output, run_id, opts.num_shards, opts.skip_existing)
-    stored = embeddings | "Store embeddings" >> sink
+    stored = embeddings | "Store embeddings" >> store
 
     failures = (
         read["failed"],
@@ -113,27 +71,14 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         stored["failed"],
     ) | "All failures" >> beam.Flatten()
     _ = failures | "Dead letter" >> WriteFailures(opts.output, run_id)
-    failed_by_stage = (
-        failures
-        | "Count failures" >> beam.ParDo(CountFailuresFn())
-        | "Per stage" >> beam.combiners.Count.PerElement()
-    )
-    summary = (
-        p
-        | "Start summary" >> beam.Create([None])
-        | "Summarise"
-        >> beam.Map(
-            summarise,
-            rows_with_uri=beam.pvalue.AsSingleton(read["rows"]),
-            duplicates=beam.pvalue.AsSingleton(read["duplicates"]),
-            skipped=beam.pvalue.AsSingleton(read["skipped"]),
-            embedded=beam.pvalue.AsSingleton(stored["embedded"]),
-            failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
-            context=context,
-            started_at=started_at,
-        )
-        | "Write summary" >> beam.ParDo(WriteSummaryFn(opts.output, fail_job))
-    )
+    parts = {
+        "rows": read["rows"],
+        "duplicates": read["duplicates"],
+        "skipped": read["skipped"],
+        "embedded": stored["embedded"],
+        "failures": failures,
+    }
+    summary = parts | "Summarise" >> Summarise(opts.output, context, started_at, fail_job)
     if opts.map:
         _ = {
             "embeddings": embeddings,
@@ -159,21 +104,16 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
     """What the summary records about how the embeddings were made."""
-    output_files = (
-        sinks.output_path(opts.output, f"{sinks.EMBEDDINGS}-*.parquet")
-        if opts.output_format == "parquet"
-        else sinks.output_path(opts.output, f"{sinks.NPY_DIRECTORY}/*.npy")
-    )
     outputs = {
-        "embeddings": output_files,
-        "failures": sinks.output_path(opts.output, f"{sinks.FAILURES}-*.jsonl"),
-        "summary": sinks.output_path(opts.output, sinks.SUMMARY),
+        "embeddings": FORMATS[opts.output_format].embedding_files(opts.output),
+        "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
+        "summary": output_path(opts.output, SUMMARY),
     }
     if opts.map:
         outputs |= {
-            "map_coordinates": sinks.output_path(opts.output, f"{COORDINATES}-*.csv"),
-            "map_png": sinks.output_path(opts.output, MAP_PNG),
-            "report": sinks.output_path(opts.output, REPORT_HTML),
+            "map_coordinates": output_path(opts.output, f"{COORDINATES}-*.csv"),
+            "map_png": output_path(opts.output, MAP_PNG),
+            "report": output_path(opts.output, REPORT_HTML),
         }
     return {
         "input": opts.input,
@@ -201,10 +141,18 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     remote runner returns None as soon as the job is submitted.
     """
     options = parse_options(argv)
-    use_local_runner_defaults(options, argv)
-    local = is_local(options)
     opts = options.view_as(EmbeddingOptions)
+    local = is_local(options)
     check_before_work(opts, local=local)
+    if local:
+        count = count_inputs(opts.input, SMALL_INPUT_ROWS)
+        mode = use_local_runner_defaults(options, argv, small_input=count is not None)
+        if mode:
+            _LOG.info(
+                "local run, %s input rows: %s",
+                count if count is not None else f"over {SMALL_INPUT_ROWS}",
+                "in this process" if mode == "in_memory" else "one worker process per core",
+            )
     p = beam.Pipeline(options=options)
     build_pipeline(p, opts, fail_job=not local)
     result = p.run()

@@ -1,0 +1,121 @@
+"""The embedding file formats, each described in one place: how embeddings are written,
+which files hold them, and how later steps (--skip_existing, --map) read them back."""
+
+from __future__ import annotations
+
+import io
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.csvlines import csv_fields
+from pipeline.naming import EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
+from pipeline.sinks import WriteNpy, WriteParquet, parquet_schema
+
+
+class EmbeddingFormat:
+    """What the pipeline needs to know of a format; one subclass per --output_format."""
+
+    def store(
+        self,
+        output: str,
+        run_id: str,
+        shape: tuple[int, ...],
+        metadata: dict[str, str],
+        num_shards: int,
+        keep_earlier: bool,
+    ) -> beam.PTransform:
+        """(ImageKey, embedding) to stored files; outputs embedded (int), failed, files."""
+        raise NotImplementedError
+
+    def embedding_files(self, output: str) -> str:
+        """A glob of the files that hold the embeddings (what the summary names)."""
+        raise NotImplementedError
+
+    def record_files(self, output: str) -> str:
+        """A glob of the files that list every URI embedded under output."""
+        raise NotImplementedError
+
+    def read_uris(self) -> beam.PTransform:
+        """Names of record files to the URIs they list."""
+        raise NotImplementedError
+
+    def read_batches(self, output: str) -> beam.PTransform:
+        """Names of this run's stored files (the store's `files`) to (uris, matrix) batches."""
+        raise NotImplementedError
+
+
+def _uri_of_row(row: dict) -> str:
+    return row["uri"]
+
+
+def _first_field(line: str) -> str:
+    return csv_fields(line)[0]
+
+
+def _parquet_batch(table) -> tuple[list[str], np.ndarray]:
+    uris = table.column("uri").to_pylist()
+    embeddings = table.column("embedding").combine_chunks()
+    size = embeddings.type.list_size
+    matrix = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(len(uris), size)
+    return uris, matrix
+
+
+class ParquetFormat(EmbeddingFormat):
+    """Sharded Parquet: uri, embedding (fixed-size list of float32), width, height."""
+
+    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier):
+        schema = parquet_schema(shape, metadata)
+        return WriteParquet(output, run_id, schema, num_shards, keep_earlier)
+
+    def embedding_files(self, output):
+        return output_path(output, f"{EMBEDDINGS}-*.parquet")
+
+    def record_files(self, output):
+        return self.embedding_files(output)
+
+    def read_uris(self):
+        return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)
+
+    def read_batches(self, output):
+        return beam.io.ReadAllFromParquetBatched(
+            columns=["uri", "embedding"]
+        ) | "To matrices" >> beam.Map(_parquet_batch)
+
+
+class ReadNpyFn(beam.DoFn):
+    """An index line (uri,file,...) to ([uri], its embedding as a 1 x d matrix)."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+
+    def process(self, line: str):
+        uri, name = csv_fields(line)[:2]
+        with FileSystems.open(output_path(self._directory, name)) as handle:
+            embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        yield [uri], embedding.reshape(1, -1)
+
+
+class NpyFormat(EmbeddingFormat):
+    """One .npy per image under embeddings/, and an index CSV: uri,file,width,height."""
+
+    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier):
+        return WriteNpy(output, run_id, num_shards, keep_earlier)
+
+    def embedding_files(self, output):
+        return output_path(output, f"{NPY_DIRECTORY}/*.npy")
+
+    def record_files(self, output):
+        return output_path(output, f"{NPY_INDEX}-*.csv")
+
+    def read_uris(self):
+        return beam.io.ReadAllFromText(skip_header_lines=1) | "URI field" >> beam.Map(_first_field)
+
+    def read_batches(self, output):
+        return beam.io.ReadAllFromText(skip_header_lines=1) | "Read .npy" >> beam.ParDo(
+            ReadNpyFn(output_path(output, NPY_DIRECTORY))
+        )
+
+
+FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFormat()}
