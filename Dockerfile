@@ -19,7 +19,7 @@ FROM ${LAUNCHER_IMAGE} AS launcher
 FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam
 
 # A plain Python, as in Google's own Python Flex Template sample, so that the lock
-# alone decides every installed package.
+# alone decides every installed package (but pip itself, the base image's).
 FROM python:${PYTHON_VERSION}-slim
 
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
@@ -33,7 +33,7 @@ WORKDIR /template
 COPY requirements.lock templates/check_lock.py ./
 RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.lock \
     && pip check \
-    && python check_lock.py requirements.lock --ignore wheel
+    && python check_lock.py requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline

@@ -3,8 +3,8 @@
 The launcher VM runs the image's FLEX_TEMPLATE_PYTHON_PY_FILE with DataflowRunner flags
 and --template_location, and the job description it writes is what Dataflow starts.
 Here that file runs the same way, against a GCS API emulator and a metadata-server
-stand-in on loopback, with a ResNet50 weights file (the size of the ImageNet one) as
---weights. Each launch is a child process; its peak RSS comes from wait4.
+stand-in on loopback, with a ResNet50 weights file (the size of the ImageNet one) in the
+emulated bucket as --weights. Each launch is a child process; its peak RSS comes from wait4.
 See README "Run on Dataflow".
 """
 
@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from cloud import (  # noqa: E402  (the test helpers: emulator, stand-ins, launcher flags)
     BUCKET,
     MetadataServer,
+    emulator_client,
     imported_packages,
     launcher_argv,
     launcher_environment,
@@ -82,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     save_weights(weights)
     rows = []
     with storage_emulator(BUCKET) as emulator:
+        # On gs://, as a remote run needs it: the launcher reads its layout from there.
+        emulator_client(emulator).bucket(BUCKET).blob(weights.name).upload_from_filename(weights)
+        remote_weights = f"gs://{BUCKET}/{weights.name}"
         metadata = MetadataServer()
         try:
             for attempt in range(args.runs):
-                rows.append(launch(args.work, str(weights), emulator, metadata.address, attempt))
+                rows.append(launch(args.work, remote_weights, emulator, metadata.address, attempt))
         finally:
             metadata.close()
     for row in rows:

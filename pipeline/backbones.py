@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.weights import ImagenetWeights, Layout, WeightsUnavailableError
+from pipeline.weights import ImagenetWeights, Layout, WeightsUnavailableError, local_copy
 
 if TYPE_CHECKING:
     import keras
@@ -96,20 +93,6 @@ class ModelSpec:
         return self.weights
 
 
-def _local_copy(path: str) -> str:
-    """Returns a local file with the contents of path (local or any Beam filesystem)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(path) in (None, "file"):
-        return path
-    # Keras reads weights by file name, so the suffix (.weights.h5 / .h5) must survive.
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), name)
-    with FileSystems.open(path) as src, open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst, length=16 << 20)
-    return local
-
-
 def build_backbone(spec: ModelSpec) -> keras.Model:
     """The bare keras.applications model, without top, with the requested weights."""
     import keras
@@ -138,7 +121,7 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = constructor(weights=_local_copy(spec.weights), **kwargs)
+            model = constructor(weights=local_copy(spec.weights), **kwargs)
         # Keras may skip parts of a file it cannot match and only warn about it.
         skipped = [w for w in caught if "freshly-initialized" in str(w.message)]
         if skipped:

@@ -41,7 +41,9 @@ def use_local_runner_defaults(
     if not any(flag.startswith("--direct_running_mode") for flag in argv):
         chosen = direct.direct_running_mode = "in_memory" if small_input else "multi_processing"
     if not any(flag.startswith("--direct_num_workers") for flag in argv):
-        direct.direct_num_workers = 0  # 0: one per CPU core
+        # in_memory runs one bundle at a time (Beam warns about any other count); 0 is one
+        # process per CPU core.
+        direct.direct_num_workers = 1 if direct.direct_running_mode == "in_memory" else 0
     return chosen
 
 

@@ -33,8 +33,21 @@ class WorkerLogFilter(logging.Filter):
         return True
 
 
+class BeamNoiseFilter(logging.Filter):
+    """Drops a warning Beam's RunInference logs for every batch in this process.
+
+    Beam 2.77 sets its `resource` module to None when an unrelated optional import
+    (its ModelManager) fails, then warns that memory usage cannot be fetched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Resource module is not available")
+
+
 def configure() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(BeamNoiseFilter())
     logging.getLogger("pipeline").setLevel(logging.INFO)
     worker = logging.getLogger(_WORKER_LOGGER)
     worker.setLevel(logging.INFO)

@@ -26,7 +26,6 @@ class EmbeddingFunction:
     def __init__(self, model: keras.Model):
         import tensorflow as tf
 
-        self.model = model
         size = model.input_shape[1]
         signature = [tf.TensorSpec([None, size, size, 3], tf.uint8)]
         self._embed = tf.function(

@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
 from pipeline.options import UsageError
-from pipeline.weights import check_weights_file, ensure_imagenet
+from pipeline.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
 
 
 def check_weights(spec: ModelSpec, *, local: bool) -> None:
@@ -25,6 +25,11 @@ def check_weights(spec: ModelSpec, *, local: bool) -> None:
     if spec.weights == "random":
         return
     if spec.weights != "imagenet":
+        if not local and FileSystems.get_scheme(spec.weights) in (None, "file"):
+            raise WeightsUnavailableError(
+                f"--weights {spec.weights} is a file on this machine, which a remote run's "
+                "workers cannot read; copy it to Cloud Storage and give its gs:// path"
+            )
         check_weights_file(spec.weights, spec.model, spec.backbone.layout)
     elif local:
         ensure_imagenet(spec.model, spec.backbone.imagenet)
@@ -40,12 +45,20 @@ def check_output(output: str) -> None:
     try:
         with FileSystems.create(probe) as handle:
             handle.write(b"probe")
-        FileSystems.delete([probe])
     except Exception as error:
         raise UsageError(
             f"--output {output}: cannot write there ({_reason(error)}); give a folder or "
             "gs:// prefix in which you (or the job's service account) may create and "
             "delete files"
+        ) from error
+    try:
+        FileSystems.delete([probe])
+    except Exception as error:
+        # Re-runs delete earlier runs' shards, so an output that keeps files cannot work.
+        raise UsageError(
+            f"--output {output}: files can be created there but not deleted "
+            f"({_reason(error)}; the probe {probe} is left behind); the pipeline replaces "
+            "earlier runs' files, so it needs delete permission (and no retention policy)"
         ) from error
 
 

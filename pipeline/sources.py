@@ -41,12 +41,18 @@ def _fields(line: str) -> list[str]:
     return csv_fields(line.lstrip(_BOM))
 
 
+def _lines(handle):
+    """The lines of an open Beam file; readline() also works on a .gz one (CompressedFile)."""
+    while line := handle.readline():
+        yield line
+
+
 def sniff_layout(path: str) -> CsvLayout:
     """Finds a header naming a `uri` column in the first non-blank line, if there is one."""
     if not FileSystems.exists(path):
         raise InputError(f"--input {path}: no such file (give a CSV of image URIs or a glob)")
     with FileSystems.open(path) as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(handle), start=1):
             line = raw.decode("utf-8", errors="replace").lstrip(_BOM).strip()
             if not line:
                 if number >= _SNIFF_LINES:
@@ -67,8 +73,9 @@ def count_inputs(path: str, limit: int) -> int | None:
     layout = sniff_layout(path)
     rows = 0
     with FileSystems.open(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number > layout.skip_lines and raw.strip():
+        for number, raw in enumerate(_lines(handle), start=1):
+            line = raw.decode("utf-8", errors="replace")
+            if number > layout.skip_lines and any(field.strip() for field in _fields(line)):
                 rows += 1
                 if rows > limit:
                     return None

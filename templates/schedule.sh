@@ -24,7 +24,7 @@ if ! [[ $name =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
   echo "NAME must be lower-case letters, digits and hyphens, starting with a letter: $name" >&2
   exit 2
 fi
-python=$(command -v python3 || command -v python || true)
+python=$(command -v python3 || true)
 if [ -z "$python" ]; then
   echo "python3 is needed to write the request body (gcloud needs it too)" >&2
   exit 2

@@ -203,7 +203,7 @@ def colliding_inputs(tmp_path_factory):
     return paths
 
 
-def run_npy(csv_path: Path, output: Path, weights: Path):
+def run_npy(csv_path: Path, output: Path, weights: Path, *extra: str):
     return run_cli(
         "--input", str(csv_path),
         "--output", str(output),
@@ -211,7 +211,12 @@ def run_npy(csv_path: Path, output: Path, weights: Path):
         "--weights", str(weights),
         "--resize", "center_crop",
         "--jpeg_draft", "false",
+        *extra,
     )  # fmt: skip
+
+
+# The mode of runs over 500 rows: a worker process per core, each loading the file.
+NPY_RUN_MODE = ("--direct_running_mode", "multi_processing")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +224,7 @@ def npy_run(weights_file, colliding_inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("npy_run")
     csv_path = write_csv(root / "images.csv", [*PHOTO_PATHS, *colliding_inputs], header=False)
     output = root / "out"
-    result = run_npy(csv_path, output, weights_file[0])
+    result = run_npy(csv_path, output, weights_file[0], *NPY_RUN_MODE)
     assert result.returncode == 0, result.stderr[-3000:]
     return csv_path, output
 
@@ -256,7 +261,7 @@ def test_a_rerun_rewrites_the_same_files_and_adds_none(weights_file, npy_run, tm
         f: (output / "embeddings" / f).read_bytes() for f in os.listdir(output / "embeddings")
     }
     index_before = sorted(map(str, npy_index(output)))
-    result = run_npy(csv_path, output, weights_file[0])
+    result = run_npy(csv_path, output, weights_file[0], *NPY_RUN_MODE)
     assert result.returncode == 0, result.stderr[-3000:]
     names_after = os.listdir(output)
     assert without_run_id(names_after) == without_run_id(names_before)

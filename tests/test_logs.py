@@ -7,7 +7,7 @@ import logging
 from apache_beam.portability.api import beam_fn_api_pb2
 
 import pipeline.extraction
-from pipeline.logs import WorkerLogFilter
+from pipeline.logs import BeamNoiseFilter, WorkerLogFilter
 
 Severity = beam_fn_api_pb2.LogEntry.Severity.Enum
 
@@ -40,3 +40,12 @@ def test_other_worker_chatter_is_dropped_but_errors_are_kept():
     error = forwarded("bundle failed", "/x/sdk_worker.py:1", Severity.ERROR, logging.ERROR)
     assert WorkerLogFilter().filter(error)
     assert error.getMessage() == "bundle failed"
+
+
+def test_beams_memory_warning_is_dropped_and_other_warnings_are_kept():
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("root", logging.WARNING, __file__, 1, message, (), None)
+
+    noise = record("Resource module is not available for current platform, memory usage ...")
+    assert not BeamNoiseFilter().filter(noise)
+    assert BeamNoiseFilter().filter(record("Resource exhausted: OOM when allocating tensor"))

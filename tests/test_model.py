@@ -100,7 +100,7 @@ def test_a_weights_file_of_another_model_is_refused_at_launch(tmp_path):
     path = tmp_path / "efficientnet.weights.h5"
     other.save_weights(path)
     with pytest.raises(WeightsUnavailableError, match="does not fit resnet50"):
-        check_weights(ModelSpec("resnet50", str(path), "avg"), local=False)
+        check_weights(ModelSpec("resnet50", str(path), "avg"), local=True)
     with pytest.raises(WeightsUnavailableError, match="cannot read --weights"):
         check_weights(ModelSpec("resnet50", str(tmp_path / "absent.weights.h5"), "avg"), local=True)
     # A worker that is handed such a file anyway refuses it too, by Keras's own loading.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+
 import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.sources import InputError, ReadImageUris, sniff_layout
+from pipeline.local_runner import use_local_runner_defaults
+from pipeline.sources import InputError, ReadImageUris, count_inputs, sniff_layout
 
 
 def run_read(path, expected_uris, rows, duplicates, failed_lines):
@@ -52,3 +56,42 @@ def test_without_header_the_first_column_is_the_uri(tmp_path):
 def test_a_missing_input_file_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         sniff_layout(str(tmp_path / "nope.csv"))
+
+
+def test_count_inputs_counts_rows_as_the_reader_does_and_stops_past_the_limit(tmp_path):
+    def csv_file(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    rows = "".join(f"gs://b/{i}.jpg\n" for i in range(500))
+    assert count_inputs(csv_file("500.csv", "uri\n" + rows), 500) == 500
+    assert count_inputs(csv_file("501.csv", "uri\n" + rows + "gs://b/x.jpg\n"), 500) is None
+    assert count_inputs(csv_file("empty.csv", ""), 500) == 0
+    assert count_inputs(csv_file("header.csv", "label,uri\n"), 500) == 0
+    # Blank lines and all-empty rows are not rows; a header-less file counts its first line.
+    assert count_inputs(csv_file("sparse.csv", "a.jpg\n\n , \nb.jpg,x\n"), 500) == 2
+    with gzip.open(tmp_path / "rows.csv.gz", "wt") as handle:
+        handle.write("uri\n" + rows[:300])
+    assert count_inputs(str(tmp_path / "rows.csv.gz"), 500) == len(rows[:300].splitlines())
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    assert count_inputs(str(tmp_path / "*.png"), 500) == 3
+    assert count_inputs(str(tmp_path / "*.png"), 2) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "small", "mode", "workers"),
+    [
+        ([], True, "in_memory", 1),
+        ([], False, "multi_processing", 0),
+        (["--direct_running_mode=multi_threading"], True, "multi_threading", 0),
+        (["--direct_num_workers=3"], False, "multi_processing", 3),
+    ],
+)
+def test_the_local_runner_mode_follows_the_input_size_unless_set(argv, small, mode, workers):
+    options = PipelineOptions(argv)
+    use_local_runner_defaults(options, argv, small_input=small)
+    direct = options.view_as(DirectOptions)
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert (direct.direct_running_mode, direct.direct_num_workers) == (mode, workers)

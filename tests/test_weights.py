@@ -23,6 +23,7 @@ from cloud import (
 from support import PHOTO_PATHS, run_cli, write_csv
 
 from pipeline.backbones import BACKBONES, ModelSpec, embedding_shape
+from pipeline.preflight import check_weights
 from pipeline.weights import (
     ImagenetWeights,
     Layout,
@@ -91,6 +92,13 @@ def test_a_file_of_another_model_is_refused_with_both_layouts(resnet50_files):
     assert BACKBONES["efficientnet_b0"].layout.describe() in message
 
 
+def test_a_remote_run_refuses_a_weights_file_on_this_machine(resnet50_files):
+    spec = ModelSpec("resnet50", str(resnet50_files / "resnet50.weights.h5"), "avg")
+    check_weights(spec, local=True)
+    with pytest.raises(WeightsUnavailableError, match="a remote run's workers cannot read"):
+        check_weights(spec, local=False)
+
+
 def test_unreadable_files_are_refused(resnet50_files, tmp_path):
     whole = (resnet50_files / "resnet50.weights.h5").read_bytes()
     (tmp_path / "truncated.weights.h5").write_bytes(whole[: len(whole) // 2])
@@ -100,7 +108,7 @@ def test_unreadable_files_are_refused(resnet50_files, tmp_path):
             check_weights_file(str(tmp_path / name), "resnet50", BACKBONES["resnet50"].layout)
 
 
-def test_a_gs_file_is_read_without_downloading_it_whole(resnet50_files):
+def test_a_gs_files_layout_is_read_through_beams_filesystem(resnet50_files):
     local = resnet50_files / "efficientnet.weights.h5"
     metadata = MetadataServer()  # credentials at once, as on a Dataflow worker
     try:
