@@ -221,6 +221,7 @@ def launcher_environment(emulator: str, metadata: str) -> dict[str, str]:
         **os.environ,
         "FLEX_TEMPLATE_PYTHON_PY_FILE": "/template/main.py",
         "PIPELINE_CONTAINER_IMAGE": IMAGE,
+        "KERAS_HOME": "/opt/keras",
         "STORAGE_EMULATOR_HOST": emulator,
         "GCE_METADATA_HOST": metadata,
         "GCE_METADATA_IP": metadata,

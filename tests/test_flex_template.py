@@ -363,6 +363,8 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
         finally:
             metadata.close()
 
+    image_variables = re.findall(r"^ENV (\w+)=", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert set(image_variables) <= set(launcher_environment("", ""))
     imported = imported_packages(result.stderr)
     assert "apache_beam" in imported  # the log is complete
     assert not imported & {"tensorflow", "keras", "tf_keras"}
