@@ -31,6 +31,14 @@ def top_level_pins(requirements: str) -> dict[str, str]:
 def test_the_venv_holds_exactly_the_dev_lock():
     result = check_lock(DEV_LOCK)
     assert result.returncode == 0, result.stderr
+    # pip's own view agrees: `pip freeze` lists exactly the lock's pins (and pip itself).
+    frozen = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    listed = top_level_pins(frozen)
+    listed.pop("pip")
+    assert listed == pinned(DEV_LOCK)
 
 
 def test_a_package_that_differs_from_the_lock_is_named(tmp_path):
