@@ -35,35 +35,45 @@ class Backbone:
 _RESNET = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 _EFFICIENTNET = "https://storage.googleapis.com/keras-applications/"
 
+
+def _resnet(depth: int, imagenet_md5: str, layout: Layout) -> Backbone:
+    """keras.applications.ResNet<depth>: its names follow from the depth."""
+    file_name = f"resnet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    module = "resnet50" if depth == 50 else "resnet"
+    weights = ImagenetWeights(_RESNET, file_name, imagenet_md5)
+    return Backbone(f"ResNet{depth}", module, 224, 2048, weights, layout)
+
+
 # Kept to models that share the same shape of code path: add a line, not a branch.
 # The ImageNet files and hashes are keras.applications' own (keras/src/applications);
 # the layouts are what tests/test_weights.py reads from files Keras saves.
 BACKBONES: dict[str, Backbone] = {
-    "resnet50": Backbone(
-        "ResNet50", "resnet50", 224, 2048,
-        ImagenetWeights(_RESNET, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                        "4d473c1dd8becc155b73f8504c6f6626"),
+    "resnet50": _resnet(
+        50,
+        "4d473c1dd8becc155b73f8504c6f6626",
         Layout(318, 23_587_712, "4da50645313943ac391b3a2dabea9d03189e49ac1b8370115cf4391064ea84ce"),
     ),
-    "resnet101": Backbone(
-        "ResNet101", "resnet", 224, 2048,
-        ImagenetWeights(_RESNET, "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                        "88cf7a10940856eca736dc7b7e228a21"),
+    "resnet101": _resnet(
+        101,
+        "88cf7a10940856eca736dc7b7e228a21",
         Layout(624, 42_658_176, "aae78c3dea169f73ab064028c06fa2637c1f6c07bb7dd5be5775ae93ede2c3e9"),
     ),
-    "resnet152": Backbone(
-        "ResNet152", "resnet", 224, 2048,
-        ImagenetWeights(_RESNET, "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                        "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+    "resnet152": _resnet(
+        152,
+        "ee4c566cf9a93f14d82f913c2dc6dd0c",
         Layout(930, 58_370_944, "f0502d2e08a14eb4c55bd4473b8a0272791488b49f659b38bbd8caa7332449ee"),
     ),
     "efficientnet_b0": Backbone(
-        "EfficientNetB0", "efficientnet", 224, 1280,
-        ImagenetWeights(_EFFICIENTNET, "efficientnetb0_notop.h5",
-                        "50bc09e76180e00e4465e1a485ddc09d"),
+        "EfficientNetB0",
+        "efficientnet",
+        224,
+        1280,
+        ImagenetWeights(
+            _EFFICIENTNET, "efficientnetb0_notop.h5", "50bc09e76180e00e4465e1a485ddc09d"
+        ),
         Layout(312, 4_049_571, "a349d0b3f8448e5b692b8f93e1c5a35001ef0265766ed705a87843c21e6186ed"),
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

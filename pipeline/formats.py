@@ -3,6 +3,7 @@ which files hold them, and how later steps (--skip_existing, --map) read them ba
 
 from __future__ import annotations
 
+import abc
 import io
 
 import apache_beam as beam
@@ -14,9 +15,10 @@ from pipeline.naming import EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
 from pipeline.sinks import WriteNpy, WriteParquet, parquet_schema
 
 
-class EmbeddingFormat:
+class EmbeddingFormat(abc.ABC):
     """What the pipeline needs to know of a format; one subclass per --output_format."""
 
+    @abc.abstractmethod
     def store(
         self,
         output: str,
@@ -27,23 +29,22 @@ class EmbeddingFormat:
         keep_earlier: bool,
     ) -> beam.PTransform:
         """(ImageKey, embedding) to stored files; outputs embedded (int), failed, files."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
         """A glob of the files that hold the embeddings (what the summary names)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def record_files(self, output: str) -> str:
         """A glob of the files that list every URI embedded under output."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_uris(self) -> beam.PTransform:
         """Names of record files to the URIs they list."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_batches(self, output: str) -> beam.PTransform:
         """Names of this run's stored files (the store's `files`) to (uris, matrix) batches."""
-        raise NotImplementedError
 
 
 def _uri_of_row(row: dict) -> str:

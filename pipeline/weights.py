@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -34,14 +35,8 @@ class Layout:
     @classmethod
     def of_shapes(cls, shapes: list[tuple[int, ...]]) -> Layout:
         lines = sorted("x".join(str(d) for d in shape) for shape in shapes)
-        values = 0
-        for shape in shapes:
-            size = 1
-            for d in shape:
-                size *= d
-            values += size
         digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-        return cls(len(shapes), values, digest)
+        return cls(len(shapes), sum(math.prod(shape) for shape in shapes), digest)
 
     def describe(self) -> str:
         return f"{self.arrays} arrays of {self.values:,} values"
