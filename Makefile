@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-startup lint format lock clean
+.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and t
 
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py
+
+benchmark-similarity: $(VENV)/.installed ## Time, memory and recall@10 of --neighbors, 50,000 to 200,000 embeddings
+	$(BIN)/python benchmarks/similarity.py
 
 benchmark-startup: $(VENV)/.installed ## A 13-photo local run against a plain Keras script
 	$(BIN)/python benchmarks/startup.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import io
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -13,6 +14,14 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.csvlines import csv_fields
 from pipeline.naming import EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
 from pipeline.sinks import WriteNpy, WriteParquet, parquet_schema
+
+
+class StoredBatch(NamedTuple):
+    """Stored embeddings read back: their URIs, the (n, d) matrix and (n, 2) width, height."""
+
+    uris: list[str]
+    embeddings: np.ndarray
+    sizes: np.ndarray
 
 
 class EmbeddingFormat(abc.ABC):
@@ -44,7 +53,7 @@ class EmbeddingFormat(abc.ABC):
 
     @abc.abstractmethod
     def read_batches(self, output: str) -> beam.PTransform:
-        """Names of this run's stored files (the store's `files`) to (uris, matrix) batches."""
+        """Names of stored files (the store's `files`, or record_files) to StoredBatches."""
 
 
 def _uri_of_row(row: dict) -> str:
@@ -55,12 +64,16 @@ def _first_field(line: str) -> str:
     return csv_fields(line)[0]
 
 
-def _parquet_batch(table) -> tuple[list[str], np.ndarray]:
+def _parquet_batch(table) -> StoredBatch:
     uris = table.column("uri").to_pylist()
     embeddings = table.column("embedding").combine_chunks()
     size = embeddings.type.list_size
     matrix = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(len(uris), size)
-    return uris, matrix
+    sizes = np.stack(
+        [table.column(name).to_numpy(zero_copy_only=False) for name in ("width", "height")],
+        axis=1,
+    )
+    return StoredBatch(uris, matrix, sizes)
 
 
 class ParquetFormat(EmbeddingFormat):
@@ -81,21 +94,21 @@ class ParquetFormat(EmbeddingFormat):
 
     def read_batches(self, output):
         return beam.io.ReadAllFromParquetBatched(
-            columns=["uri", "embedding"]
+            columns=["uri", "embedding", "width", "height"]
         ) | "To matrices" >> beam.Map(_parquet_batch)
 
 
 class ReadNpyFn(beam.DoFn):
-    """An index line (uri,file,...) to ([uri], its embedding as a 1 x d matrix)."""
+    """An index line (uri,file,width,height) to a StoredBatch of that one embedding."""
 
     def __init__(self, directory: str):
         self._directory = directory
 
     def process(self, line: str):
-        uri, name = csv_fields(line)[:2]
+        uri, name, width, height = csv_fields(line)[:4]
         with FileSystems.open(output_path(self._directory, name)) as handle:
             embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-        yield [uri], embedding.reshape(1, -1)
+        yield StoredBatch([uri], embedding.reshape(1, -1), np.array([[int(width), int(height)]]))
 
 
 class NpyFormat(EmbeddingFormat):

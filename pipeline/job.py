@@ -18,9 +18,10 @@ from pipeline.local_runner import SMALL_INPUT_ROWS, is_local, use_local_runner_d
 from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.metrics import NAMESPACE
 from pipeline.model import KerasEmbeddingHandler
-from pipeline.naming import FAILURES, SUMMARY, new_run_id, output_path
+from pipeline.naming import DUPLICATES, FAILURES, NEIGHBORS, SUMMARY, new_run_id, output_path
 from pipeline.options import EmbeddingOptions, parse_options
-from pipeline.sinks import WriteFailures
+from pipeline.similarity import FindSimilar, SimilaritySettings
+from pipeline.sinks import WriteFailures, remove_other_runs
 from pipeline.sources import (
     ReadEmbeddedUris,
     ReadImageUris,
@@ -71,6 +72,20 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         stored["failed"],
     ) | "All failures" >> beam.Flatten()
     _ = failures | "Dead letter" >> WriteFailures(opts.output, run_id)
+    similar = None
+    # Files a run does not rewrite would no longer describe the output: remove them.
+    if not opts.neighbors:
+        remove_other_runs(stored["files"], opts.output, NEIGHBORS, ".parquet", run_id)
+    if not opts.duplicate_threshold:
+        remove_other_runs(stored["files"], opts.output, DUPLICATES, ".csv", run_id)
+    if opts.neighbors or opts.duplicate_threshold:
+        similar = stored["files"] | "Find similar images" >> FindSimilar(
+            opts.output,
+            opts.output_format,
+            run_id,
+            opts.skip_existing,
+            similarity_settings(opts),
+        )
     parts = {
         "rows": read["rows"],
         "duplicates": read["duplicates"],
@@ -78,6 +93,8 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         "embedded": stored["embedded"],
         "failures": failures,
     }
+    if similar is not None:
+        parts["similarity"] = similar["description"]
     summary = parts | "Summarise" >> Summarise(opts.output, context, started_at, fail_job)
     if opts.map:
         _ = {
@@ -85,9 +102,21 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
             "files": stored["files"],
             "failures": failures,
             "summary": summary,
+            **({"neighbors": similar["neighbors"]} if similar and opts.neighbors else {}),
+            **({"groups": similar["groups"]} if similar and opts.duplicate_threshold else {}),
         } | "Map embeddings" >> MapEmbeddings(
             opts.output, opts.output_format, run_id, opts.map_sample_size, opts.seed
         )
+
+
+def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
+    return SimilaritySettings(
+        neighbors=opts.neighbors,
+        duplicate_threshold=opts.duplicate_threshold,
+        cell_size=opts.similarity_cell_size,
+        cells_per_image=opts.similarity_cells_per_image,
+        seed=opts.seed,
+    )
 
 
 def model_spec(opts: EmbeddingOptions) -> ModelSpec:
@@ -109,6 +138,10 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
         "summary": output_path(opts.output, SUMMARY),
     }
+    if opts.neighbors:
+        outputs["neighbors"] = output_path(opts.output, f"{NEIGHBORS}-*.parquet")
+    if opts.duplicate_threshold:
+        outputs["duplicates"] = output_path(opts.output, f"{DUPLICATES}-*.csv")
     if opts.map:
         outputs |= {
             "map_coordinates": output_path(opts.output, f"{COORDINATES}-*.csv"),
@@ -129,6 +162,8 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         "embedding_shape": list(shape),
         "max_failure_fraction": opts.max_failure_fraction,
         "map": opts.map,
+        "neighbors": opts.neighbors,
+        "duplicate_threshold": opts.duplicate_threshold,
         "outputs": outputs,
     }
 

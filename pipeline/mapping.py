@@ -12,11 +12,12 @@ import numpy as np
 from pipeline import plot, report
 from pipeline.atomic import write_atomically
 from pipeline.csvlines import csv_line
-from pipeline.formats import FORMATS
+from pipeline.formats import FORMATS, StoredBatch
 from pipeline.metrics import counter
 from pipeline.naming import output_path
 from pipeline.projection import PrincipalComponentsFn, Projection
 from pipeline.records import Failure, ImageKey
+from pipeline.report import GROUP_MEMBERS_SHOWN, REPORTED_GROUPS
 from pipeline.sinks import WriteRunShards
 
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
@@ -55,8 +56,8 @@ class ProjectFn(beam.DoFn):
     def __init__(self):
         self._projected = counter("map_points")
 
-    def process(self, batch: tuple[list[str], np.ndarray], projection: Projection | None):
-        uris, matrix = batch
+    def process(self, batch: StoredBatch, projection: Projection | None):
+        uris, matrix = batch.uris, batch.embeddings
         if projection is None or not uris:
             return
         # A Parquet row group can hold thousands of embeddings: project a slice at a time
@@ -71,6 +72,58 @@ class ProjectFn(beam.DoFn):
 
 def coordinates_line(point: tuple[str, float, float]) -> str:
     return csv_line([point[0], repr(point[1]), repr(point[2])])
+
+
+class _MembershipFn(beam.DoFn):
+    """A DoFn that asks whether a URI is in a set built once per side-input value."""
+
+    def setup(self):
+        self._source = None
+        self._members: frozenset[str] = frozenset()
+
+    def members(self, side) -> frozenset[str]:
+        if self._source is not side:
+            self._source = side
+            self._members = self.uris(side)
+        return self._members
+
+    def uris(self, side) -> frozenset[str]:
+        raise NotImplementedError
+
+
+class ShownNeighborsFn(_MembershipFn):
+    """A neighbours row of a sampled point to (uri, [(neighbour, similarity)]) in the sample."""
+
+    def uris(self, sample):
+        return frozenset(uri for uri, _, _ in sample)
+
+    def process(self, row: dict, sample: list[tuple[str, float, float]]):
+        shown = self.members(sample)
+        if row["uri"] in shown:
+            yield (
+                row["uri"],
+                [
+                    (name, float(similarity))
+                    for name, similarity in zip(row["neighbors"], row["similarities"], strict=True)
+                    if name in shown
+                ],
+            )
+
+
+class GroupThumbnailsFn(_MembershipFn):
+    """(uri, thumbnail) of each image the report shows in a near-duplicate group."""
+
+    def uris(self, groups):
+        return frozenset(uri for _, members in groups for uri, _ in members[:GROUP_MEMBERS_SHOWN])
+
+    def process(self, keyed: tuple[ImageKey, np.ndarray], groups: list):
+        key = keyed[0]
+        if key.uri in self.members(groups):
+            yield key.uri, key.thumbnail
+
+
+def largest_groups(groups: list) -> list:
+    return groups[:REPORTED_GROUPS]
 
 
 class WriteMapFn(beam.DoFn):
@@ -89,6 +142,9 @@ class WriteMapFn(beam.DoFn):
         thumbnails: list[tuple[str, bytes | None]],
         failures: list[Failure],
         summary: dict[str, Any],
+        neighbors: list[tuple[str, list]],
+        groups: list,
+        group_thumbnails: list[tuple[str, bytes | None]],
     ):
         png = plot.scatter_png(points, projection)
         write_atomically(output_path(self._output, MAP_PNG), png)
@@ -101,6 +157,9 @@ class WriteMapFn(beam.DoFn):
             sample_rule=f"the {len(points)} URIs with the smallest SHA-256 of "
             f'"{self._seed}:<uri>" (--seed {self._seed}, --map_sample_size '
             f"{self._sample_size})",
+            neighbors=dict(neighbors),
+            groups=groups,
+            group_thumbnails=dict(group_thumbnails),
         )
         report_path = output_path(self._output, REPORT_HTML)
         write_atomically(report_path, page.encode())
@@ -112,8 +171,9 @@ class MapEmbeddings(beam.PTransform):
 
     embeddings: (ImageKey, embedding) as extracted, thumbnails riding in the keys;
     files: the names of this run's stored embedding files; failures: every Failure;
-    summary: the run summary. Writes map-coordinates-*.csv (every image), map.png and
-    report.html under the output prefix.
+    summary: the run summary; optionally neighbors (neighbours rows) and groups (one list
+    of numbered near-duplicate groups). Writes map-coordinates-*.csv (every image), map.png
+    and report.html under the output prefix.
     """
 
     def __init__(self, output: str, output_format: str, run_id: str, sample_size: int, seed: int):
@@ -162,8 +222,21 @@ class MapEmbeddings(beam.PTransform):
         listed_failures = inputs["failures"] | "Some failures" >> beam.combiners.Top.Smallest(
             REPORTED_FAILURES, key=_failure_order
         )
+        pipeline = embeddings.pipeline
+        neighbors = pipeline | "No neighbours" >> beam.Create([])
+        if "neighbors" in inputs:
+            neighbors = inputs["neighbors"] | "Neighbours shown" >> beam.ParDo(
+                ShownNeighborsFn(), beam.pvalue.AsSingleton(sampled_points)
+            )
+        groups = pipeline | "No groups" >> beam.Create([[]])
+        group_thumbnails = pipeline | "No group thumbnails" >> beam.Create([])
+        if "groups" in inputs:
+            groups = inputs["groups"] | "Largest groups" >> beam.Map(largest_groups)
+            group_thumbnails = embeddings | "Group thumbnails" >> beam.ParDo(
+                GroupThumbnailsFn(), beam.pvalue.AsSingleton(groups)
+            )
         return (
-            embeddings.pipeline
+            pipeline
             | "Start map" >> beam.Create([None])
             | "Write map and report"
             >> beam.ParDo(
@@ -173,5 +246,8 @@ class MapEmbeddings(beam.PTransform):
                 thumbnails=beam.pvalue.AsSingleton(sampled_thumbnails),
                 failures=beam.pvalue.AsSingleton(listed_failures),
                 summary=beam.pvalue.AsSingleton(inputs["summary"]),
+                neighbors=beam.pvalue.AsList(neighbors),
+                groups=beam.pvalue.AsSingleton(groups),
+                group_thumbnails=beam.pvalue.AsList(group_thumbnails),
             )
         )

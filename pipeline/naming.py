@@ -13,6 +13,9 @@ EMBEDDINGS = "embeddings"  # Parquet shards: embeddings-RUN-SSSSS-of-NNNNN.parqu
 NPY_DIRECTORY = "embeddings"  # one .npy per image in this folder
 NPY_INDEX = "embeddings-index"  # and their index: embeddings-index-RUN-*.csv
 FAILURES = "failures"
+NEIGHBORS = "neighbors"  # neighbors-RUN-SSSSS-of-NNNNN.parquet
+DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
+SPILL = "_similarity"  # _similarity-RUN-*.spill: the similarity search's working files
 SUMMARY = "summary.json"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
@@ -34,6 +37,11 @@ def new_run_id(started_at: float) -> str:
 def shard_prefix(output: str, name: str, run_id: str) -> str:
     """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
     return output_path(output, f"{name}-{run_id}")
+
+
+def spill_prefix(output: str, run_id: str) -> str:
+    """Where the similarity search's working files go; dataset readers skip names with _."""
+    return output_path(output, f"{SPILL}-{run_id}")
 
 
 def npy_name(uri: str) -> str:

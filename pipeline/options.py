@@ -15,6 +15,11 @@ POOLINGS = ("avg", "max", "none")
 RESIZE_POLICIES = ("squash", "center_crop")
 NAMED_WEIGHTS = ("imagenet", "random")
 
+MAX_NEIGHBORS = 100
+DEFAULT_CELL_SIZE = 200
+DEFAULT_CELLS_PER_IMAGE = 3
+MAX_CELLS_PER_IMAGE = 16
+
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
 
 
@@ -70,7 +75,8 @@ class EmbeddingOptions(PipelineOptions):
             "--seed",
             type=int,
             default=0,
-            help="Seed for --weights random and for the --map report's sample. "
+            help="Seed for --weights random, the --map report's sample and the similarity "
+            "search's cells. "
             "(default: %(default)s)",
         )
         group.add_argument(
@@ -146,6 +152,36 @@ class EmbeddingOptions(PipelineOptions):
             default=5000,
             help="Most points map.png and report.html draw; larger runs show a seeded sample, "
             "while the coordinates file holds every image. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--neighbors",
+            type=int,
+            default=0,
+            help=f"Find every image's K most similar other images (cosine similarity of the "
+            f"mean-centred embeddings, all images under --output) and write "
+            f"neighbors-*.parquet; 0 for none, at most {MAX_NEIGHBORS}. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--duplicate_threshold",
+            type=float,
+            default=0,
+            help="Group images joined by similarities >= this value (for example 0.95) into "
+            "near-duplicate groups in duplicates-*.csv; 0 for none. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--similarity_cell_size",
+            type=int,
+            default=DEFAULT_CELL_SIZE,
+            help="Images per cell of the partitioned search for --neighbors and "
+            "--duplicate_threshold; up to this many images the search is exact. Larger: "
+            "better recall, slower. (default: %(default)s)",
+        )
+        group.add_argument(
+            "--similarity_cells_per_image",
+            type=int,
+            default=DEFAULT_CELLS_PER_IMAGE,
+            help="How many of its most similar cells each image joins. More: better "
+            "recall, slower (time grows as its square). (default: %(default)s)",
         )
         group.add_argument(
             "--max_failure_fraction",
@@ -224,6 +260,28 @@ def validate(opts: EmbeddingOptions) -> None:
             "--map needs pooled embeddings: with --pooling none each embedding has a whole "
             "feature map (100352 values for resnet50), too many for PCA's covariance; "
             "use --pooling avg or max"
+        )
+    if not 0 <= opts.neighbors <= MAX_NEIGHBORS:
+        raise UsageError(
+            f"--neighbors must be between 0 (none) and {MAX_NEIGHBORS}, got {opts.neighbors}"
+        )
+    if not 0.0 <= opts.duplicate_threshold <= 1.0:
+        raise UsageError(
+            "--duplicate_threshold must be between 0 (none) and 1 (a cosine similarity), "
+            f"got {opts.duplicate_threshold}"
+        )
+    if (opts.neighbors or opts.duplicate_threshold) and opts.pooling == "none":
+        raise UsageError(
+            "--neighbors and --duplicate_threshold need pooled embeddings: use --pooling avg or max"
+        )
+    if opts.similarity_cell_size < 2:
+        raise UsageError(
+            f"--similarity_cell_size must be at least 2, got {opts.similarity_cell_size}"
+        )
+    if not 1 <= opts.similarity_cells_per_image <= MAX_CELLS_PER_IMAGE:
+        raise UsageError(
+            f"--similarity_cells_per_image must be between 1 and {MAX_CELLS_PER_IMAGE}, "
+            f"got {opts.similarity_cells_per_image}"
         )
     if opts.map_sample_size < 1:
         raise UsageError(f"--map_sample_size must be at least 1, got {opts.map_sample_size}")

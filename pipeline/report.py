@@ -14,6 +14,9 @@ from pipeline.plot import axis_label
 from pipeline.projection import Projection
 from pipeline.records import STAGES, Failure
 
+REPORTED_GROUPS = 12  # the report shows this many of the largest near-duplicate groups
+GROUP_MEMBERS_SHOWN = 12  # and this many images of each
+
 
 def _template() -> str:
     return resources.files("pipeline").joinpath("report.html").read_text(encoding="utf-8")
@@ -85,6 +88,70 @@ def _map(projection: Projection | None, shown: int, sample_rule: str) -> str:
     return _section("Map", rows, note)
 
 
+def _similarity(summary: Mapping[str, Any]) -> str:
+    found = summary.get("similarity")
+    if not found:
+        return ""
+    rows = [("Images searched", found["images"])]
+    if found["images"]:
+        rows.append(
+            ("Search", f"{found['method']}: {found['cells']:,} cells, {found['cells_per_image']} "
+             "per image")
+        )  # fmt: skip
+    if found["neighbors"]["k"]:
+        rows.append(("Neighbours per image", found["neighbors"]["k"]))
+    duplicates = found.get("duplicates")
+    if duplicates:
+        rows += [
+            ("Duplicate threshold", duplicates["threshold"]),
+            ("Near-duplicate groups", duplicates["groups"]),
+            ("Images in groups", duplicates["images"]),
+        ]
+    return _section("Similarity", rows)
+
+
+def _thumbnail_figure(uri: str, similarity: float, thumbnail: bytes | None) -> str:
+    picture = (
+        f'<img src="data:image/jpeg;base64,{base64.b64encode(thumbnail).decode("ascii")}" '
+        f'alt="{escape(uri)}">'
+        if thumbnail
+        else '<div class="no-thumbnail">no thumbnail</div>'
+    )
+    return (
+        f'<figure title="{escape(uri)}">{picture}'
+        f'<figcaption><span class="similarity">{similarity:.4f}</span><br>'
+        f"{escape(uri.rsplit('/', 1)[-1])}</figcaption></figure>"
+    )
+
+
+def _groups(
+    summary: Mapping[str, Any],
+    groups: Sequence[tuple[int, Sequence[tuple[str, float]]]],
+    thumbnails: Mapping[str, bytes | None],
+) -> str:
+    duplicates = summary.get("similarity", {}).get("duplicates")
+    if duplicates is None:
+        return ""
+    if not groups:
+        return "<h2>Near-duplicate groups</h2><p>None.</p>"
+    shown = "".join(
+        f'<div class="group"><h3>Group {number} ({len(members):,} images)</h3>'
+        + "".join(
+            _thumbnail_figure(uri, similarity, thumbnails.get(uri))
+            for uri, similarity in members[:GROUP_MEMBERS_SHOWN]
+        )
+        + "</div>"
+        for number, members in groups
+    )
+    return (
+        f'<h2 id="duplicates">Near-duplicate groups ({duplicates["groups"]:,})</h2>'
+        f'<p class="muted">The {len(groups):,} largest, at most {GROUP_MEMBERS_SHOWN} images '
+        "each; the representative (the largest image, ties to the smallest URI) comes first, "
+        "the others with their similarity to it. Every group is in "
+        f"{escape(summary['outputs']['duplicates'])}</p>{shown}"
+    )
+
+
 def _failures(summary: Mapping[str, Any], failures: Sequence[Failure]) -> str:
     total = summary["failed"]
     if total == 0:
@@ -113,9 +180,19 @@ def render(
     summary: Mapping[str, Any],
     failures: Sequence[Failure],
     sample_rule: str,
+    neighbors: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+    groups: Sequence[tuple[int, Sequence[tuple[str, float]]]] = (),
+    group_thumbnails: Mapping[str, bytes | None] | None = None,
 ) -> str:
-    """The report as one HTML document that needs nothing else to open."""
+    """The report as one HTML document that needs nothing else to open.
+
+    neighbors: each shown point's nearest neighbours among the shown points, most similar
+    first; groups: the largest near-duplicate groups, with their members' thumbnails.
+    """
+    index = {uri: i for i, (uri, _, _) in enumerate(points)}
+    neighbors = neighbors or {}
     map_data = {
+        "neighbors": bool(summary.get("similarity", {}).get("neighbors", {}).get("k")),
         "axes": [axis_label(projection, 0), axis_label(projection, 1)],
         "points": [
             {
@@ -127,6 +204,11 @@ def render(
                     if thumbnails.get(uri)
                     else None
                 ),
+                "neighbors": [
+                    [index[name], round(similarity, 4)]
+                    for name, similarity in neighbors.get(uri, ())
+                    if name in index and thumbnails.get(name)
+                ],
             }
             for uri, x, y in points
         ],
@@ -143,7 +225,9 @@ def render(
         + _counts(summary)
         + _run(summary)
         + _map(projection, len(points), sample_rule)
+        + _similarity(summary)
         + "</div>"
+        + _groups(summary, groups, group_thumbnails or {})
         + _failures(summary, failures)
     )
     replacements = {

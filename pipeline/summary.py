@@ -41,6 +41,7 @@ def summarise(
     failed_by_stage: dict[str, int],
     context: dict[str, Any],
     started_at: float,
+    similarity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Builds the summary from independently counted parts, so that a lost input shows."""
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
@@ -59,6 +60,7 @@ def summarise(
         "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
         **context,
+        **({"similarity": similarity} if similarity is not None else {}),
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "elapsed_seconds": round(elapsed, 1),
@@ -122,7 +124,8 @@ class Summarise(beam.PTransform):
     """The run's independently counted parts to summary.json; outputs the summary.
 
     Input: a dict of PCollections: rows (rows with a URI), duplicates, skipped and
-    embedded (one int each), and failures (every Failure). With fail_job, a summary
+    embedded (one int each), failures (every Failure) and, optionally, similarity (one
+    dict describing the neighbour search). With fail_job, a summary
     that check() rejects fails the job: nobody waits for a templated job's result.
     """
 
@@ -152,6 +155,9 @@ class Summarise(beam.PTransform):
                 failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
                 context=self._context,
                 started_at=self._started_at,
+                similarity=(
+                    beam.pvalue.AsSingleton(parts["similarity"]) if "similarity" in parts else None
+                ),
             )
             | "Write summary" >> beam.ParDo(WriteSummaryFn(self._output, self._fail_job))
         )

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "tests" / "data" / "photos"
@@ -206,3 +206,21 @@ def pipeline_flags() -> dict:
     parser = argparse.ArgumentParser(add_help=False)
     EmbeddingOptions._add_argparse_args(parser)
     return {action.option_strings[0]: action for action in parser._actions}
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def altered_copies(image: Image.Image) -> dict[str, tuple[Image.Image, dict]]:
+    """Name suffix -> (altered image, save parameters). Lossless PNG except the JPEG copy,
+    so that each copy differs from its photograph by one alteration only."""
+    width, height = image.size
+    dx, dy = round(width * 0.05), round(height * 0.05)
+    return {
+        "jpeg30.jpg": (_rgb(image), {"quality": 30}),
+        "half.png": (image.resize((width // 2, height // 2), Image.Resampling.LANCZOS), {}),
+        "crop.png": (image.crop((dx, dy, width - dx, height - dy)), {}),
+        "bright.png": (ImageEnhance.Brightness(image).enhance(1.2), {}),
+        "border.png": (ImageOps.expand(image, border=8, fill=0), {}),
+    }

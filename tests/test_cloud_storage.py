@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from cloud import FaultyProxy, MetadataServer, emulator_client, storage_emulator
 from support import (
@@ -104,6 +106,45 @@ def test_gs_input_images_and_output_end_to_end(gcs, reference, output_format, tm
     got = summary(local)
     assert got["reconciled"] and got["embedded"] == len(gcs["photos"])
     assert got["failed"] == len(gcs["bad"])
+
+
+def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
+    # Five images a cell: three cells, each image in all three, so the search goes
+    # through the spill files, their ranged reads and the merge, and is still exact.
+    result = run_on_gcs(
+        gcs,
+        "--input", f"gs://{BUCKET}/lists/images.csv",
+        "--output", f"gs://{BUCKET}/out-similar",
+        "--neighbors", "4",
+        "--duplicate_threshold", "0.5",
+        "--similarity_cell_size", "5",
+        "--max_failure_fraction", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [blob.name for blob in gcs["client"].list_blobs(BUCKET, prefix="out-similar/")]
+    assert not [name for name in names if "/_similarity-" in name], "spill files were left"
+    local = download(gcs, "out-similar", tmp_path / "similar")
+    embeddings = parquet_embeddings(local)
+    uris = sorted(embeddings)
+    matrix = np.stack([embeddings[uri] for uri in uris]).astype(np.float64)
+    centred = matrix - matrix.mean(axis=0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    similarities = unit @ unit.T
+    np.fill_diagonal(similarities, -np.inf)
+    rows = pq.read_table([str(p) for p in local.glob("neighbors-*.parquet")]).to_pylist()
+    assert sorted(row["uri"] for row in rows) == uris
+    for row in rows:
+        i = uris.index(row["uri"])
+        expected = [uris[j] for j in np.argsort(-similarities[i], kind="stable")[:4]]
+        assert row["neighbors"] == expected
+        np.testing.assert_allclose(
+            row["similarities"], [similarities[i, uris.index(n)] for n in expected], atol=1e-5
+        )
+    described = summary(local)["similarity"]
+    assert described["method"] == "ivf" and described["cells"] == 3
+    assert described["neighbors"] == {"k": 4, "images": len(uris)}
+    grouped = (local / next(p.name for p in local.glob("duplicates-*.csv"))).read_text()
+    assert described["duplicates"]["images"] == len(grouped.splitlines()) - 1
 
 
 def test_gs_glob_input(gcs, tmp_path):

@@ -1,0 +1,221 @@
+"""Time, peak RSS and recall@10 of the similarity step on stored synthetic embeddings.
+
+For each size, synthetic 2048-value float32 embeddings are written as the pipeline's
+Parquet shards; a child process runs the similarity step alone (FindSimilar, --neighbors
+10, local runner, one worker process per core) and reports its wall time, the peak RSS
+of the launching process and of the largest Beam worker process it started, and the
+cells' sizes. Recall@10 is measured against exact brute force (numpy) on a seeded sample
+of queries. At the first size, the same step with one cell holding everything (exact
+brute force) is timed too.
+
+The embeddings have structure, as real ones do: overlapping clusters of about 200 images
+in a 64-dimensional latent space (noise as large as the centres' spread), mapped to 2048
+values through a random linear map and a ReLU, plus 0.5 (non-negative, like pooled ResNet
+features, with a shared component).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+DIMENSIONS = 2048
+LATENT = 64
+CLUSTER_SIZE = 200
+NOISE = 1.0  # latent noise as large as the centres' spread: clusters overlap
+ROWS_PER_FILE = 10_000
+K = 10
+QUERIES = 300
+RUN_ID = "20260101T000000-000000"
+
+
+def uri(index: int) -> str:
+    return f"gs://bucket/synthetic/{index:07d}.jpg"
+
+
+def synthetic(count: int, seed: int = 0):
+    """(start, (n, 2048) float32) blocks of clustered, non-negative embeddings."""
+    generator = np.random.default_rng(seed)
+    projection = generator.normal(size=(LATENT, DIMENSIONS)).astype(np.float32)
+    centres = generator.normal(size=(max(1, count // CLUSTER_SIZE), LATENT))
+    for start in range(0, count, ROWS_PER_FILE):
+        rows = min(ROWS_PER_FILE, count - start)
+        cluster = generator.integers(len(centres), size=rows)
+        noise = generator.normal(scale=NOISE, size=(rows, LATENT))
+        latent = centres[cluster] + noise
+        yield start, np.maximum(latent.astype(np.float32) @ projection, 0.0) + 0.5
+
+
+def write_embeddings(folder: Path, count: int) -> list[str]:
+    from pipeline.sinks import parquet_schema
+
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = parquet_schema((DIMENSIONS,), {"model": "synthetic"})
+    shards = (count + ROWS_PER_FILE - 1) // ROWS_PER_FILE
+    paths = []
+    for shard, (start, block) in enumerate(synthetic(count)):
+        path = folder / f"embeddings-{RUN_ID}-{shard:05d}-of-{shards:05d}.parquet"
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), DIMENSIONS)
+        table = pa.table(
+            {
+                "uri": [uri(i) for i in range(start, start + len(block))],
+                "embedding": flat,
+                "width": pa.array([640] * len(block), pa.int32()),
+                "height": pa.array([480] * len(block), pa.int32()),
+            },
+            schema=schema,
+        )
+        pq.write_table(table, path, compression="snappy")
+        paths.append(str(path))
+    return paths
+
+
+def measure(folder: Path, cell_size: int, cells_per_image: int) -> None:
+    """Child process: the similarity step alone; prints seconds and peak RSS as JSON."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.similarity import FindSimilar, SimilaritySettings
+
+    files = sorted(str(path) for path in folder.glob("embeddings-*.parquet"))
+    output = result_folder(folder, cell_size, cells_per_image)
+    settings = SimilaritySettings(K, 0.0, cell_size, cells_per_image, seed=0)
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
+    started = time.perf_counter()
+    p = beam.Pipeline(options=options)
+    _ = (
+        p
+        | beam.Create(files)
+        | FindSimilar(str(output), "parquet", "20260101T000001-000001", False, settings)
+    )
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    cells = result.metrics().query(MetricsFilter().with_name("cell_rows"))["distributions"]
+    rows = cells[0].committed
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "launcher_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                "cells": rows.count,
+                "mean_cell": rows.sum / rows.count,
+                "largest_cell": rows.max,
+            }
+        )
+    )
+
+
+def result_folder(folder: Path, cell_size: int, cells_per_image: int) -> Path:
+    """Where a measurement writes its neighbours: beside the embeddings, one per setting."""
+    return folder / f"cells-{cell_size}-{cells_per_image}"
+
+
+def run_measure(folder: Path, cell_size: int, cells_per_image: int) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        str(folder),
+        "--cell_size",
+        str(cell_size),
+        "--cells_per_image",
+        str(cells_per_image),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(done.stderr[-4000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def read_neighbors(folder: Path) -> dict[str, list[str]]:
+    table = pq.read_table([str(p) for p in sorted(folder.glob("neighbors-*.parquet"))])
+    uris, neighbors = table.column("uri").to_pylist(), table.column("neighbors").to_pylist()
+    return dict(zip(uris, neighbors, strict=True))
+
+
+def recall_at_k(count: int, found: dict[str, list[str]]) -> float:
+    """Mean fraction of each sampled query's exact top K that the step found."""
+    matrix = np.concatenate([block for _, block in synthetic(count)])
+    centred = matrix - matrix.mean(axis=0, dtype=np.float64).astype(np.float32)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    queries = np.random.default_rng(1).choice(count, QUERIES, replace=False)
+    scores = unit[queries] @ unit.T
+    scores[np.arange(QUERIES), queries] = -np.inf
+    exact = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+    hits = [len({uri(j) for j in exact[row]} & set(found[uri(q)])) for row, q in enumerate(queries)]
+    return float(np.mean(hits)) / K
+
+
+def main() -> None:
+    from pipeline.options import DEFAULT_CELL_SIZE, DEFAULT_CELLS_PER_IMAGE
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="50000,100000,200000")
+    parser.add_argument("--cell_size", type=int, default=DEFAULT_CELL_SIZE)
+    parser.add_argument("--cells_per_image", type=int, default=DEFAULT_CELLS_PER_IMAGE)
+    parser.add_argument("--work", default=str(REPO / "out" / "benchmark-similarity"))
+    parser.add_argument("--no_brute_force", action="store_true")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(Path(args.measure), args.cell_size, args.cells_per_image)
+        return
+
+    sizes = [int(size) for size in args.sizes.split(",")]
+    # Every measurement runs before this process loads anything large: a child's peak
+    # RSS counts the pages it shared with this process when it was forked.
+    rows = []
+    for count in sizes:
+        folder = Path(args.work) / str(count)
+        if not folder.exists():
+            write_embeddings(folder, count)
+        rows.append((count, run_measure(folder, args.cell_size, args.cells_per_image)))
+        print(f"{count}: {rows[-1][1]}", flush=True)
+    brute = None
+    if not args.no_brute_force:
+        folder = Path(args.work) / str(sizes[0])
+        brute = run_measure(folder, sizes[0] + 1, 1)
+        print(f"brute force {sizes[0]}: {brute}", flush=True)
+    for count, result in rows:
+        folder = Path(args.work) / str(count)
+        found = read_neighbors(result_folder(folder, args.cell_size, args.cells_per_image))
+        result["recall"] = recall_at_k(count, found)
+
+    print()
+    print(
+        f"--similarity_cell_size {args.cell_size}, --similarity_cells_per_image "
+        f"{args.cells_per_image}, --neighbors {K}, {DIMENSIONS} values, 2 processes"
+    )
+    print(
+        f"{'images':>8} {'seconds':>8} {'launcher MB':>12} {'worker MB':>10} {'cells':>6} "
+        f"{'mean cell':>10} {'largest':>8} {'recall@10':>10}"
+    )
+    for count, result in [*rows, *([(sizes[0], brute | {"recall": 1.0})] if brute else [])]:
+        print(
+            f"{count:>8,} {result['seconds']:>8.1f} {result['launcher_mb']:>12.0f} "
+            f"{result['worker_mb']:>10.0f} {result['cells']:>6,} {result['mean_cell']:>10.0f} "
+            f"{result['largest_cell']:>8,} {result['recall']:>10.3f}"
+        )
+    if brute:
+        print(f"the last row is exact brute force: one cell of all {sizes[0]:,} images")
+    if len(rows) > 1:
+        (n0, first), (n1, last) = rows[0], rows[-1]
+        exponent = np.log(last["seconds"] / first["seconds"]) / np.log(n1 / n0)
+        print(f"time grows as N^{exponent:.2f} from {n0:,} to {n1:,}")
+
+
+if __name__ == "__main__":
+    main()

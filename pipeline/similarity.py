@@ -1,0 +1,425 @@
+"""Every stored image's nearest neighbours and near-duplicate groups, as Beam transforms.
+
+The search is partitioned (IVF): after counting the stored URIs, one pass over the stored
+embeddings takes their mean and a fixed-size sample (in a random projection); spherical
+k-means on the sample learns the cells; a second pass puts each embedding in its few
+most similar cells; search inside a cell is exact; each image's candidates from its
+cells are merged into its top k. Up to one cell's worth of images the search is exact.
+No step holds more than a cell, a sample or a merge bucket of embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.duplicates import (
+    ComponentsFn,
+    GroupMembersFn,
+    group_lines,
+    group_rows,
+    number_groups,
+    only_if_grouped,
+)
+from pipeline.formats import FORMATS, StoredBatch
+from pipeline.metrics import NAMESPACE, counter
+from pipeline.naming import (
+    DUPLICATES,
+    NEIGHBORS,
+    SHARD_TEMPLATE,
+    shard_prefix,
+    spill_prefix,
+)
+from pipeline.neighbors import (
+    coarse_basis,
+    coarse_rows,
+    merge_neighbours,
+    nearest_cells,
+    search_cell,
+    train_centroids,
+    unit_rows,
+    uri_rank,
+)
+from pipeline.sinks import WriteRunShards, remove_other_runs
+from pipeline.spill import GroupThroughFiles, RemoveSpillFilesFn
+
+SAMPLE_ROWS = 65_536  # the k-means sample: 65,536 projected rows of 256 float32, 64 MiB
+MAX_CELLS = 2_048  # beyond this many cells, cells grow instead (k-means time)
+_MERGE_ENTRIES = 500_000  # candidate neighbours one merge bucket holds
+
+NEIGHBORS_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("neighbors", pa.list_(pa.string())),
+        ("similarities", pa.list_(pa.float32())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SimilaritySettings:
+    neighbors: int  # k; 0 for none
+    duplicate_threshold: float  # 0 for no groups
+    cell_size: int
+    cells_per_image: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What the second pass needs: the mean, the cells' centroids and the merge buckets."""
+
+    count: int
+    mean: np.ndarray
+    basis: np.ndarray  # (d, COARSE_DIMENSIONS): the projection the cells live in
+    centroids: np.ndarray  # (cells, COARSE_DIMENSIONS) unit rows; one row: exact search
+    cells_per_image: int
+    buckets: int
+
+    @property
+    def exact(self) -> bool:
+        return len(self.centroids) == 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "images": self.count,
+            "method": "exact" if self.exact else "ivf",
+            "cells": len(self.centroids),
+            "cells_per_image": self.cells_per_image,
+            "centred": True,
+        }
+
+
+class _Sample:
+    """Count and sum of every row, and the projections of the SAMPLE_ROWS rows whose URIs
+    rank smallest."""
+
+    def __init__(self):
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.ranks = np.empty(0, dtype=np.uint64)
+        self.rows: np.ndarray | None = None
+
+    def add(self, count: int, total: np.ndarray, ranks: np.ndarray, rows: np.ndarray) -> None:
+        if count == 0:
+            return
+        self.count += count
+        self.total = total if self.total is None else self.total + total
+        ranks = np.concatenate([self.ranks, ranks])
+        rows = rows if self.rows is None else np.concatenate([self.rows, rows])
+        if len(ranks) > SAMPLE_ROWS:
+            keep = np.argpartition(ranks, SAMPLE_ROWS - 1)[:SAMPLE_ROWS]
+            ranks, rows = ranks[keep], rows[keep]
+        self.ranks, self.rows = ranks, rows
+
+
+def sample_cutoff(count: int) -> int:
+    """The URI rank below which a row is a sample candidate: about 1.25 x SAMPLE_ROWS rows.
+
+    Each bundle sends its candidates to be combined; without the cutoff every bundle
+    smaller than the sample would send all its rows, and a local runner, which holds
+    what a combine receives in memory, would hold every row's projection.
+    """
+    if count <= SAMPLE_ROWS:
+        return 2**64
+    return int(2**64 * min(1.0, 1.25 * SAMPLE_ROWS / count))
+
+
+class SampleCandidatesFn(beam.DoFn):
+    """A StoredBatch to a _Sample of its count, its sum and its rows below the cutoff."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+        self._basis: np.ndarray | None = None
+
+    def process(self, batch: StoredBatch, count: int):
+        ranks = np.array([uri_rank(uri) for uri in batch.uris], dtype=np.uint64)
+        matrix = np.asarray(batch.embeddings, dtype=np.float32)
+        if not len(ranks):
+            return
+        if self._basis is None:
+            self._basis = coarse_basis(matrix.shape[1], self._seed)
+        chosen = ranks < np.uint64(min(sample_cutoff(count), 2**64 - 1))
+        sample = _Sample()
+        total = matrix.sum(axis=0, dtype=np.float64)
+        sample.add(len(ranks), total, ranks[chosen], matrix[chosen] @ self._basis)
+        yield sample
+
+
+class SampleFn(beam.CombineFn):
+    """_Samples to one: memory bounded by SAMPLE_ROWS, whatever the count."""
+
+    def create_accumulator(self) -> _Sample:
+        return _Sample()
+
+    def add_input(self, sample: _Sample, other: _Sample) -> _Sample:
+        sample.add(other.count, other.total, other.ranks, other.rows)
+        return sample
+
+    def merge_accumulators(self, samples) -> _Sample:
+        merged = _Sample()
+        for sample in samples:
+            merged.add(sample.count, sample.total, sample.ranks, sample.rows)
+        return merged
+
+    def extract_output(self, sample: _Sample) -> _Sample:
+        return sample
+
+
+def plan_search(sample: _Sample, settings: SimilaritySettings) -> SearchPlan | None:
+    """Cells for the stored embeddings: one (exact) up to cell_size images, else k-means."""
+    if sample.count == 0:
+        return None
+    mean = sample.total / sample.count
+    basis = coarse_basis(len(mean), settings.seed)
+    cells = min(math.ceil(sample.count / settings.cell_size), MAX_CELLS)
+    if cells <= 1:
+        centroids = np.zeros((1, basis.shape[1]), dtype=np.float32)
+    else:
+        rows = coarse_rows(sample.rows, mean.astype(np.float32) @ basis)
+        centroids = train_centroids(rows, cells, settings.seed)
+    per_image = min(settings.cells_per_image, len(centroids))
+    entries = sample.count * per_image * max(settings.neighbors, 1)
+    return SearchPlan(
+        count=sample.count,
+        mean=mean,
+        basis=basis,
+        centroids=centroids,
+        cells_per_image=per_image,
+        buckets=max(1, math.ceil(entries / _MERGE_ENTRIES)),
+    )
+
+
+class AssignCellsFn(beam.DoFn):
+    """A StoredBatch to (cell, (uris, unit rows)) for each cell its rows join."""
+
+    def process(self, batch: StoredBatch, plan: SearchPlan | None):
+        if plan is None or not batch.uris:
+            return
+        rows = unit_rows(batch.embeddings, plan.mean)
+        uris = np.asarray(batch.uris, dtype=object)
+        if plan.exact:
+            yield 0, (uris.tolist(), rows)
+            return
+        coarse = coarse_rows(rows @ plan.basis)
+        cells = nearest_cells(coarse, plan.centroids, plan.cells_per_image)
+        for cell in np.unique(cells):
+            members = np.flatnonzero((cells == cell).any(axis=1))
+            yield int(cell), (uris[members].tolist(), rows[members])
+
+
+class SearchCellFn(beam.DoFn):
+    """A cell's rows to (bucket, [neighbour candidates]) and, tagged `edges`, duplicate edges."""
+
+    EDGES = "edges"
+
+    def __init__(self, settings: SimilaritySettings):
+        self._settings = settings
+        self._cells = counter("similarity_cells")
+        self._cell_rows = beam.metrics.Metrics.distribution(NAMESPACE, "cell_rows")
+
+    def process(self, cell: tuple[int, list], plan: SearchPlan):
+        _, chunks = cell
+        uris = [uri for chunk_uris, _ in chunks for uri in chunk_uris]
+        rows = np.concatenate([chunk_rows for _, chunk_rows in chunks])
+        self._cells.inc()
+        self._cell_rows.update(len(uris))
+        candidates, edges = search_cell(
+            uris, rows, self._settings.neighbors, self._settings.duplicate_threshold
+        )
+        by_bucket: dict[int, list] = {}
+        for candidate in candidates:
+            by_bucket.setdefault(uri_rank(candidate[0]) % plan.buckets, []).append(candidate)
+        yield from by_bucket.items()
+        if edges:
+            yield beam.pvalue.TaggedOutput(self.EDGES, edges)
+
+
+def merge_bucket(bucket: tuple[int, list], k: int):
+    """A merge bucket's candidates to one neighbours row per image."""
+    _, lists = bucket
+    by_uri: dict[str, list] = {}
+    for candidates in lists:
+        for uri, names, similarities in candidates:
+            by_uri.setdefault(uri, []).append((names, similarities))
+    for uri in sorted(by_uri):
+        names, similarities = merge_neighbours(by_uri[uri], k)
+        yield {"uri": uri, "neighbors": names, "similarities": similarities}
+
+
+class ListStoredFilesFn(beam.DoFn):
+    """Every record file under the output, listed once this run's files (a side input) are
+    final: with --skip_existing the search covers earlier runs' embeddings too."""
+
+    def __init__(self, pattern: str):
+        self._pattern = pattern
+
+    def process(self, unused, this_run: list[str]):
+        del this_run  # a side input only so that the listing waits for this run's files
+        matched = FileSystems.match([self._pattern])[0].metadata_list
+        yield from sorted(metadata.path for metadata in matched)
+
+
+def _describe(
+    unused,
+    plan: SearchPlan | None,
+    neighbor_rows: int,
+    groups: list | None,
+    settings: SimilaritySettings,
+) -> dict[str, Any]:
+    """What the summary says of the search: its size and method, and what it found."""
+    described = plan.describe() if plan else {"images": 0}
+    described["neighbors"] = {"k": settings.neighbors, "images": neighbor_rows}
+    if groups is not None:
+        described["duplicates"] = {
+            "threshold": settings.duplicate_threshold,
+            "groups": len(groups),
+            "images": sum(len(members) for _, members in groups),
+        }
+    return described
+
+
+class FindSimilar(beam.PTransform):
+    """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv under the output.
+
+    Input: the names of this run's stored files; with keep_earlier, every stored file
+    under the output is searched. Outputs a dict: `neighbors` (one row dict per image),
+    `groups` (one list of (group number, [(uri, similarity)]), largest first) and
+    `description` (one dict for the summary).
+    """
+
+    def __init__(
+        self,
+        output: str,
+        output_format: str,
+        run_id: str,
+        keep_earlier: bool,
+        settings: SimilaritySettings,
+    ):
+        super().__init__()
+        self._output = output
+        self._format = FORMATS[output_format]
+        self._run_id = run_id
+        self._keep_earlier = keep_earlier
+        self._settings = settings
+
+    def expand(self, files):
+        settings = self._settings
+        spill = spill_prefix(self._output, self._run_id)
+        stored = files
+        if self._keep_earlier:
+            stored = (
+                files.pipeline
+                | "Start listing" >> beam.Create([None])
+                | "List stored files"
+                >> beam.ParDo(
+                    ListStoredFilesFn(self._format.record_files(self._output)),
+                    this_run=beam.pvalue.AsList(files),
+                )
+            )
+        count = (
+            stored
+            | "Read URIs" >> self._format.read_uris()
+            | "Count images" >> beam.combiners.Count.Globally()
+        )
+        plan = (
+            stored
+            | "Read for the sample" >> self._format.read_batches(self._output)
+            | "Sample candidates"
+            >> beam.ParDo(SampleCandidatesFn(settings.seed), beam.pvalue.AsSingleton(count))
+            | "Mean and sample" >> beam.CombineGlobally(SampleFn())
+            | "Learn cells" >> beam.Map(plan_search, settings)
+        )
+        plan_side = beam.pvalue.AsSingleton(plan)
+        searched = (
+            stored
+            | "Read for the search" >> self._format.read_batches(self._output)
+            | "Assign cells" >> beam.ParDo(AssignCellsFn(), plan=plan_side)
+            | "Group cells" >> GroupThroughFiles(f"{spill}-cells")
+            | "Search cells"
+            >> beam.ParDo(SearchCellFn(settings), plan=plan_side).with_outputs(
+                SearchCellFn.EDGES, main="candidates"
+            )
+        )
+        finished = []
+        neighbors = files.pipeline | "No neighbours" >> beam.Create([])
+        if settings.neighbors:
+            neighbors = (
+                searched.candidates
+                | "Group candidates" >> GroupThroughFiles(f"{spill}-merge")
+                | "Merge candidates" >> beam.FlatMap(merge_bucket, settings.neighbors)
+            )
+            written = neighbors | "Write neighbours" >> beam.io.WriteToParquet(
+                shard_prefix(self._output, NEIGHBORS, self._run_id),
+                NEIGHBORS_SCHEMA,
+                codec="snappy",
+                file_name_suffix=".parquet",
+                shard_name_template=SHARD_TEMPLATE,
+            )
+            remove_other_runs(written, self._output, NEIGHBORS, ".parquet", self._run_id)
+            finished.append(written)
+        neighbor_rows = neighbors | "Count neighbour rows" >> beam.combiners.Count.Globally()
+
+        groups = None
+        if settings.duplicate_threshold:
+            components = searched[SearchCellFn.EDGES] | "Components" >> beam.CombineGlobally(
+                ComponentsFn()
+            )
+            members = (
+                stored
+                | "Only if grouped"
+                >> beam.FlatMap(only_if_grouped, beam.pvalue.AsSingleton(components))
+                | "Read grouped" >> self._format.read_batches(self._output)
+                | "Grouped members"
+                >> beam.ParDo(
+                    GroupMembersFn(), components=beam.pvalue.AsSingleton(components), plan=plan_side
+                )
+                | "By group" >> beam.GroupByKey()
+                | "Similarity to representative" >> beam.Map(group_rows)
+            )
+            groups = (
+                members
+                | "All groups" >> beam.combiners.ToList()
+                | "Number groups" >> beam.Map(number_groups)
+            )
+            written = (
+                groups
+                | "Group lines" >> beam.FlatMap(group_lines)
+                | "Write duplicates"
+                >> WriteRunShards(
+                    self._output,
+                    DUPLICATES,
+                    ".csv",
+                    self._run_id,
+                    header="group,uri,similarity",
+                    num_shards=1,
+                )
+            )
+            finished.append(written)
+        _ = (
+            files.pipeline
+            | "Start clean-up" >> beam.Create([None])
+            | "Remove spill files"
+            >> beam.ParDo(
+                RemoveSpillFilesFn(self._output), *(beam.pvalue.AsList(f) for f in finished)
+            )
+        )
+        description = (
+            files.pipeline
+            | "Start description" >> beam.Create([None])
+            | "Describe"
+            >> beam.Map(
+                _describe,
+                plan_side,
+                beam.pvalue.AsSingleton(neighbor_rows),
+                beam.pvalue.AsSingleton(groups) if groups is not None else None,
+                settings,
+            )
+        )
+        return {"neighbors": neighbors, "groups": groups, "description": description}

@@ -1,0 +1,131 @@
+"""report.html with --neighbors and --duplicate_threshold, opened in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from browser import chromium, console_problems, save_screenshot
+from support import PHOTO_PATHS, run_cli, summary, write_csv
+from test_map import visible_spot
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """The photographs plus a byte-identical copy of one, with neighbours, groups and a map."""
+    root = tmp_path_factory.mktemp("similarity-report")
+    copy = root / "copies" / "brick-again.png"
+    copy.parent.mkdir()
+    shutil.copyfile(next(path for path in PHOTO_PATHS if path.endswith("brick.png")), copy)
+    output = root / "out"
+    result = run_cli(
+        "--input", str(write_csv(root / "images.csv", [*PHOTO_PATHS, str(copy)])),
+        "--output", str(output),
+        "--weights", "random",
+        "--neighbors", "3",
+        "--duplicate_threshold", "0.9999",
+        "--map",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(glob.glob(str(output / "neighbors-*.parquet")))
+    neighbors = {row["uri"]: row for row in table.to_pylist()}
+    groups: dict[int, list[tuple[str, float]]] = {}
+    for path in glob.glob(str(output / "duplicates-*.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                groups.setdefault(int(row["group"]), []).append(
+                    (row["uri"], float(row["similarity"]))
+                )
+    return output, neighbors, groups
+
+
+def click(driver, spot: tuple[int, int]) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(*spot)
+    actions.pointer_action.click()
+    actions.perform()
+
+
+def shown_neighbors(driver) -> list[tuple[str, str, int]]:
+    """(uri, caption, decoded width) of each neighbour the details panel lists."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#neighbor-list .neighbor')].map(figure => ["
+        "  figure.title, figure.querySelector('figcaption').textContent,"
+        "  figure.querySelector('img').naturalWidth]);"
+    )
+
+
+@pytest.mark.pipeline_run
+def test_clicking_a_thumbnail_lists_its_nearest_neighbours(reported):
+    from selenium.webdriver.common.by import By
+
+    output, neighbors, _ = reported
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        count = int(driver.execute_script("return document.body.dataset.pointsDrawn"))
+        assert count == len(neighbors) == len(PHOTO_PATHS) + 1
+        assert not driver.find_element(By.ID, "detail-neighbors").is_displayed()
+        clicked = 0
+        for index in range(count):
+            # The byte-identical copy sits exactly on its original: one of them is hidden.
+            spot = visible_spot(driver, index, required=False)
+            if spot is None:
+                continue
+            click(driver, spot)
+            clicked += 1
+            uri = driver.find_element(By.ID, "detail-uri").text
+            expected = neighbors[uri]
+            listed = shown_neighbors(driver)
+            # Every image is on the map here, so every neighbour is listed, in order.
+            assert [name for name, _, _ in listed] == expected["neighbors"]
+            assert [caption for _, caption, _ in listed] == [
+                f"{similarity:.4f}" for similarity in expected["similarities"]
+            ]
+            assert all(width > 0 for _, _, width in listed), "a thumbnail did not decode"
+        assert clicked >= count - 1
+
+        # Clicking a listed neighbour moves the panel to it.
+        first = shown_neighbors(driver)[0][0]
+        driver.find_element(By.CSS_SELECTOR, "#neighbor-list .neighbor").click()
+        assert driver.find_element(By.ID, "detail-uri").text == first
+        assert [name for name, _, _ in shown_neighbors(driver)] == neighbors[first]["neighbors"]
+        save_screenshot(driver, "report-neighbors.png")
+        assert console_problems(driver) == []
+
+
+@pytest.mark.pipeline_run
+def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
+    from selenium.webdriver.common.by import By
+
+    output, _, groups = reported
+    record = summary(output)["similarity"]["duplicates"]
+    assert record["groups"] == len(groups) >= 1
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        heading = driver.find_element(By.ID, "duplicates").text
+        assert heading == f"Near-duplicate groups ({record['groups']})"
+        shown = driver.execute_script(
+            "return [...document.querySelectorAll('.group')].map(group => ["
+            "  group.querySelector('h3').textContent,"
+            "  [...group.querySelectorAll('figure')].map(figure => [figure.title,"
+            "    figure.querySelector('.similarity').textContent,"
+            "    figure.querySelector('img') ? figure.querySelector('img').naturalWidth : 0])]);"
+        )
+        assert len(shown) == len(groups)
+        for (title, figures), number in zip(shown, sorted(groups), strict=True):
+            members = groups[number]
+            assert title == f"Group {number} ({len(members)} images)"
+            assert [name for name, _, _ in figures] == [uri for uri, _ in members]
+            assert [caption for _, caption, _ in figures] == [f"{s:.4f}" for _, s in members]
+            assert all(width > 0 for _, _, width in figures), "a group thumbnail did not decode"
+        brick = {uri for uri, _ in groups[1]}
+        assert any(uri.endswith("/brick.png") for uri in brick)
+        assert any(uri.endswith("/brick-again.png") for uri in brick)
+        text = driver.find_element(By.TAG_NAME, "main").text
+        assert f"Near-duplicate groups {record['groups']}" in text
+        assert console_problems(driver) == []
