@@ -334,6 +334,10 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
         "input": f"gs://{BUCKET}/lists/photos.csv",
         "output": f"gs://{BUCKET}/embeddings/run1",
         "max_num_workers": "7",
+        # Every branch, so that the whole graph is built and staged for Dataflow.
+        "map": "true",
+        "neighbors": "10",
+        "duplicate_threshold": "0.95",
     }
     # Beam flags the launch environment may add (machine type, disk, network, labels).
     extra = [
@@ -390,7 +394,9 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     assert job["labels"] == {"team": "vision"}
     names = {t.unique_name for t in staged.components.transforms.values()}
     for step in ("Read URIs", "Load images", "Extract embeddings", "Store embeddings",
-                 "Dead letter", "Summarise"):  # fmt: skip
+                 "Dead letter", "Summarise", "Find similar images", "Map embeddings",
+                 "Find similar images/Search cells",
+                 "Find similar images/Write duplicates"):  # fmt: skip
         assert step in names
 
 
