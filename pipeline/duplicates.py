@@ -10,8 +10,10 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
+from pipeline.atomic import write_atomically
 from pipeline.csvlines import csv_line
 from pipeline.formats import StoredBatch
+from pipeline.naming import DUPLICATES, shard_prefix
 from pipeline.neighbors import Forest, unit_rows
 
 Group = tuple[int, list[tuple[str, float]]]  # number, [(uri, similarity)], representative first
@@ -85,6 +87,22 @@ def group_lines(groups: list[Group]):
     for number, members in groups:
         for uri, similarity in members:
             yield csv_line([number, uri, f"{similarity:.6f}"])
+
+
+class WriteGroupsFn(beam.DoFn):
+    """The numbered groups (one list) to duplicates-RUN-00000-of-00001.csv; yields its path.
+
+    Written whole from the one list rather than through a sharded sink: a sink's shuffle
+    would not keep each group's rows together and its representative first.
+    """
+
+    def __init__(self, output: str, run_id: str):
+        self._path = f"{shard_prefix(output, DUPLICATES, run_id)}-00000-of-00001.csv"
+
+    def process(self, groups: list[Group]):
+        text = "".join(line + "\n" for line in ("group,uri,similarity", *group_lines(groups)))
+        write_atomically(self._path, text.encode("utf-8"))
+        yield self._path
 
 
 def only_if_grouped(element, components: list):

@@ -17,7 +17,7 @@ from pipeline.metrics import counter
 from pipeline.naming import output_path
 from pipeline.projection import PrincipalComponentsFn, Projection
 from pipeline.records import Failure, ImageKey
-from pipeline.report import GROUP_MEMBERS_SHOWN, REPORTED_GROUPS
+from pipeline.report import REPORTED_GROUPS
 from pipeline.sinks import WriteRunShards
 
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
@@ -74,52 +74,26 @@ def coordinates_line(point: tuple[str, float, float]) -> str:
     return csv_line([point[0], repr(point[1]), repr(point[2])])
 
 
-class _MembershipFn(beam.DoFn):
-    """A DoFn that asks whether a URI is in a set built once per side-input value."""
-
-    def setup(self):
-        self._source = None
-        self._members: frozenset[str] = frozenset()
-
-    def members(self, side) -> frozenset[str]:
-        if self._source is not side:
-            self._source = side
-            self._members = self.uris(side)
-        return self._members
-
-    def uris(self, side) -> frozenset[str]:
-        raise NotImplementedError
-
-
-class ShownNeighborsFn(_MembershipFn):
+class ShownNeighborsFn(beam.DoFn):
     """A neighbours row of a sampled point to (uri, [(neighbour, similarity)]) in the sample."""
 
-    def uris(self, sample):
-        return frozenset(uri for uri, _, _ in sample)
+    def setup(self):
+        self._sample = None
+        self._shown: frozenset[str] = frozenset()
 
     def process(self, row: dict, sample: list[tuple[str, float, float]]):
-        shown = self.members(sample)
-        if row["uri"] in shown:
+        if self._sample is not sample:  # the set is built once per side-input value
+            self._sample = sample
+            self._shown = frozenset(uri for uri, _, _ in sample)
+        if row["uri"] in self._shown:
             yield (
                 row["uri"],
                 [
                     (name, float(similarity))
                     for name, similarity in zip(row["neighbors"], row["similarities"], strict=True)
-                    if name in shown
+                    if name in self._shown
                 ],
             )
-
-
-class GroupThumbnailsFn(_MembershipFn):
-    """(uri, thumbnail) of each image the report shows in a near-duplicate group."""
-
-    def uris(self, groups):
-        return frozenset(uri for _, members in groups for uri, _ in members[:GROUP_MEMBERS_SHOWN])
-
-    def process(self, keyed: tuple[ImageKey, np.ndarray], groups: list):
-        key = keyed[0]
-        if key.uri in self.members(groups):
-            yield key.uri, key.thumbnail
 
 
 def largest_groups(groups: list) -> list:
@@ -144,7 +118,6 @@ class WriteMapFn(beam.DoFn):
         summary: dict[str, Any],
         neighbors: list[tuple[str, list]],
         groups: list,
-        group_thumbnails: list[tuple[str, bytes | None]],
     ):
         png = plot.scatter_png(points, projection)
         write_atomically(output_path(self._output, MAP_PNG), png)
@@ -159,7 +132,6 @@ class WriteMapFn(beam.DoFn):
             f"{self._sample_size})",
             neighbors=dict(neighbors),
             groups=groups,
-            group_thumbnails=dict(group_thumbnails),
         )
         report_path = output_path(self._output, REPORT_HTML)
         write_atomically(report_path, page.encode())
@@ -229,12 +201,8 @@ class MapEmbeddings(beam.PTransform):
                 ShownNeighborsFn(), beam.pvalue.AsSingleton(sampled_points)
             )
         groups = pipeline | "No groups" >> beam.Create([[]])
-        group_thumbnails = pipeline | "No group thumbnails" >> beam.Create([])
         if "groups" in inputs:
             groups = inputs["groups"] | "Largest groups" >> beam.Map(largest_groups)
-            group_thumbnails = embeddings | "Group thumbnails" >> beam.ParDo(
-                GroupThumbnailsFn(), beam.pvalue.AsSingleton(groups)
-            )
         return (
             pipeline
             | "Start map" >> beam.Create([None])
@@ -248,6 +216,5 @@ class MapEmbeddings(beam.PTransform):
                 summary=beam.pvalue.AsSingleton(inputs["summary"]),
                 neighbors=beam.pvalue.AsList(neighbors),
                 groups=beam.pvalue.AsSingleton(groups),
-                group_thumbnails=beam.pvalue.AsList(group_thumbnails),
             )
         )

@@ -18,6 +18,7 @@ import numpy as np
 # below 1, so a threshold admits pairs this close below it.
 SIMILARITY_TOLERANCE = 1e-6
 COARSE_DIMENSIONS = 256
+_DEGENERATE = 1e-5  # a centred row this much shorter than the mean: float32 noise
 _QUERY_ROWS = 1024  # rows of a cell compared at once: bounds the (rows x cell) block
 _KMEANS_ITERATIONS = 20
 
@@ -28,9 +29,18 @@ def uri_rank(uri: str) -> int:
 
 
 def unit_rows(matrix: np.ndarray, mean: np.ndarray | float) -> np.ndarray:
-    """Rows minus the mean, scaled to unit length (a row equal to the mean becomes zeros)."""
-    centred = np.asarray(matrix, dtype=np.float32) - np.asarray(mean, dtype=np.float32)
+    """Rows minus the mean, scaled to unit length.
+
+    A row equal to the mean has no direction of its own; it takes the mean's, so that
+    copies of one image still have similarity 1 when they are the whole collection.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    centred = np.asarray(matrix, dtype=np.float32) - mean
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    degenerate = norms[:, 0] <= _DEGENERATE * max(float(np.linalg.norm(mean)), 1e-30)
+    if degenerate.any() and mean.ndim:
+        centred[degenerate] = mean
+        norms[degenerate] = np.linalg.norm(mean)
     return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
 
 
@@ -119,6 +129,8 @@ def search_cell(
         stop = min(start + _QUERY_ROWS, count)
         block = rows[start:stop] @ rows.T
         block[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        if k > 0 and wanted == 0:
+            neighbours.extend((uri, [], []) for uri in uris[start:stop])
         if wanted > 0:
             top, similarities = _top(block, wanted, position)
             # Lists, not arrays: they are pickled per image on the way to the merge.

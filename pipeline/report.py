@@ -147,7 +147,8 @@ def _groups(
         f'<h2 id="duplicates">Near-duplicate groups ({duplicates["groups"]:,})</h2>'
         f'<p class="muted">The {len(groups):,} largest, at most {GROUP_MEMBERS_SHOWN} images '
         "each; the representative (the largest image, ties to the smallest URI) comes first, "
-        "the others with their similarity to it. Every group is in "
+        "the others with their similarity to it. Thumbnails are those of the map's sample. "
+        "Every group is in "
         f"{escape(summary['outputs']['duplicates'])}</p>{shown}"
     )
 
@@ -182,12 +183,11 @@ def render(
     sample_rule: str,
     neighbors: Mapping[str, Sequence[tuple[str, float]]] | None = None,
     groups: Sequence[tuple[int, Sequence[tuple[str, float]]]] = (),
-    group_thumbnails: Mapping[str, bytes | None] | None = None,
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 
     neighbors: each shown point's nearest neighbours among the shown points, most similar
-    first; groups: the largest near-duplicate groups, with their members' thumbnails.
+    first; groups: the largest near-duplicate groups, drawn with the sample's thumbnails.
     """
     index = {uri: i for i, (uri, _, _) in enumerate(points)}
     neighbors = neighbors or {}
@@ -227,7 +227,7 @@ def render(
         + _map(projection, len(points), sample_rule)
         + _similarity(summary)
         + "</div>"
-        + _groups(summary, groups, group_thumbnails or {})
+        + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )
     replacements = {

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.duplicates import (
     ComponentsFn,
     GroupMembersFn,
-    group_lines,
+    WriteGroupsFn,
     group_rows,
     number_groups,
     only_if_grouped,
@@ -46,7 +46,7 @@ from pipeline.neighbors import (
     unit_rows,
     uri_rank,
 )
-from pipeline.sinks import WriteRunShards, remove_other_runs
+from pipeline.sinks import remove_other_runs
 from pipeline.spill import GroupThroughFiles, RemoveSpillFilesFn
 
 SAMPLE_ROWS = 65_536  # the k-means sample: 65,536 projected rows of 256 float32, 64 MiB
@@ -182,7 +182,10 @@ def plan_search(sample: _Sample, settings: SimilaritySettings) -> SearchPlan | N
     if cells <= 1:
         centroids = np.zeros((1, basis.shape[1]), dtype=np.float32)
     else:
-        rows = coarse_rows(sample.rows, mean.astype(np.float32) @ basis)
+        # In rank order: the order rows arrive in depends on bundles, and k-means starts
+        # from rows picked by position.
+        projected = sample.rows[np.argsort(sample.ranks, kind="stable")]
+        rows = coarse_rows(projected, mean.astype(np.float32) @ basis)
         centroids = train_centroids(rows, cells, settings.seed)
     per_image = min(settings.cells_per_image, len(centroids))
     entries = sample.count * per_image * max(settings.neighbors, 1)
@@ -388,19 +391,10 @@ class FindSimilar(beam.PTransform):
                 | "All groups" >> beam.combiners.ToList()
                 | "Number groups" >> beam.Map(number_groups)
             )
-            written = (
-                groups
-                | "Group lines" >> beam.FlatMap(group_lines)
-                | "Write duplicates"
-                >> WriteRunShards(
-                    self._output,
-                    DUPLICATES,
-                    ".csv",
-                    self._run_id,
-                    header="group,uri,similarity",
-                    num_shards=1,
-                )
+            written = groups | "Write duplicates" >> beam.ParDo(
+                WriteGroupsFn(self._output, self._run_id)
             )
+            remove_other_runs(written, self._output, DUPLICATES, ".csv", self._run_id)
             finished.append(written)
         _ = (
             files.pipeline

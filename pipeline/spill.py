@@ -9,6 +9,7 @@ runner. A retried bundle leaves an unreferenced file, removed with the rest.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import uuid
@@ -67,10 +68,25 @@ class SpillFn(beam.DoFn):
         return ranges
 
 
+@functools.cache
+def _gcs():
+    from apache_beam.io.gcp import gcsio
+
+    return gcsio.GcsIO()
+
+
+def _open_for(path: str, length: int):
+    if path.startswith("gs://"):
+        # FileSystems.open reads gs:// in 16 MiB chunks whatever is asked, so a range of
+        # a few KB would download 16 MiB; GcsIO takes the chunk size.
+        return _gcs().open(path, "rb", read_buffer_size=max(length, 1))
+    return FileSystems.open(path, mime_type="application/octet-stream")
+
+
 def read_range(file_range: FileRange) -> list[Any]:
     """The values one SpillFn wrote for one key into one file, in the order written."""
     path, offset, length = file_range
-    with FileSystems.open(path, mime_type="application/octet-stream") as handle:
+    with _open_for(path, length) as handle:
         handle.seek(offset)
         data = io.BytesIO(handle.read(length))
     values = []

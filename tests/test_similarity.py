@@ -262,3 +262,24 @@ def test_grouping_through_files_equals_group_by_key(tmp_path):
 def test_similarity_flags_are_checked(flags, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_options(["--input", "in.csv", "--output", "out", *flags])
+
+
+def test_tiny_collections_are_still_answered(tmp_path):
+    generator = np.random.default_rng(5)
+    image = generator.normal(size=DIMENSIONS) + 3.0
+    cases = {
+        # Copies of one image are the whole collection: each equals the mean.
+        "copies": (np.stack([image, image]), [[uri(1)], [uri(0)]], [[1.0], [1.0]], 1),
+        # Two images: centred, they point in opposite directions.
+        "two": (np.stack([image, -image]), [[uri(1)], [uri(0)]], [[-1.0], [-1.0]], 0),
+        # One image: a row with no neighbours.
+        "one": (image[None, :], [[]], [[]], 0),
+    }
+    for name, (vectors, names, similarities, groups) in cases.items():
+        folder = tmp_path / name
+        find_similar(folder, store(folder, vectors), SimilaritySettings(3, 1.0, 200, 3, seed=0))
+        found = read_neighbors(folder)
+        assert [found[uri(i)][0] for i in range(len(vectors))] == names, name
+        for i, expected in enumerate(similarities):
+            np.testing.assert_allclose(found[uri(i)][1], expected, atol=1e-6, err_msg=name)
+        assert len(read_groups(folder)) == groups, name
