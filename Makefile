@@ -17,7 +17,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 demo: $(VENV)/.installed ## Embed the sample photographs locally; open out/demo/report.html
-	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS) --map
+	$(BIN)/python -m pipeline --input tests/data/photos.csv --output $(DEMO_OUTPUT) --weights $(WEIGHTS) --map --neighbors 5
 
 # Two test processes (pytest-xdist). The whole suite keeps each file's tests in one
 # process (--dist loadfile), so that the pipeline runs a file's fixtures share happen
