@@ -5,7 +5,7 @@ embeddings takes their mean and a fixed-size sample (in a random projection); sp
 k-means on the sample learns the cells; a second pass puts each embedding in its few
 most similar cells; search inside a cell is exact; each image's candidates from its
 cells are merged into its top k. Up to one cell's worth of images the search is exact.
-No step holds more than a cell, a sample or a merge bucket of embeddings.
+No step holds more embeddings than a cell, a sample, a merge bucket or a group.
 """
 
 from __future__ import annotations
@@ -383,7 +383,7 @@ class FindSimilar(beam.PTransform):
                 >> beam.ParDo(
                     GroupMembersFn(), components=beam.pvalue.AsSingleton(components), plan=plan_side
                 )
-                | "By group" >> beam.GroupByKey()
+                | "By group" >> GroupThroughFiles(f"{spill}-groups")
                 | "Similarity to representative" >> beam.Map(group_rows)
             )
             groups = (
