@@ -44,22 +44,24 @@ class ComponentsFn(beam.CombineFn):
 class GroupMembersFn(beam.DoFn):
     """A StoredBatch to (component, (uri, pixels, unit row)) for its grouped images."""
 
-    def __init__(self):
-        self._membership: dict[str, int] | None = None
-        self._source: int | None = None
+    def setup(self):
+        self._components = None
+        self._membership: dict[str, int] = {}
 
     def process(self, batch: StoredBatch, components: list[list[str]], plan):
-        if self._source != id(components):
+        if self._components is not components:  # built once per side-input value
+            self._components = components
             self._membership = {
                 uri: number for number, members in enumerate(components) for uri in members
             }
-            self._source = id(components)
-        for index, uri in enumerate(batch.uris):
-            component = self._membership.get(uri)
-            if component is not None:
-                width, height = (int(value) for value in batch.sizes[index])
-                row = unit_rows(batch.embeddings[index : index + 1], plan.mean)[0]
-                yield component, (uri, width * height, row)
+        grouped = [i for i, uri in enumerate(batch.uris) if uri in self._membership]
+        if not grouped:
+            return
+        rows = unit_rows(batch.embeddings[grouped], plan.mean)
+        for index, row in zip(grouped, rows, strict=True):
+            uri = batch.uris[index]
+            width, height = (int(value) for value in batch.sizes[index])
+            yield self._membership[uri], (uri, width * height, row)
 
 
 def group_rows(component: tuple[int, list]) -> tuple[str, list[tuple[str, float]]]:

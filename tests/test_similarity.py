@@ -28,6 +28,11 @@ def uri(index: int) -> str:
     return f"gs://bucket/planted/{index:05d}.jpg"
 
 
+def index_of(name: str) -> int:
+    """The index i of uri(i)."""
+    return int(name.rsplit("/", 1)[1].split(".")[0])
+
+
 def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) -> list[str]:
     """The vectors as the pipeline's Parquet shards (two files), URIs uri(0..n-1)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,7 @@ def test_partitioned_search_recalls_brute_forces_neighbours(tmp_path):
         names, values = found[uri(i)]
         assert len(names) == k and uri(i) not in names and len(set(names)) == k
         assert all(a >= b for a, b in itertools.pairwise(values))
-        indices = [int(name.rsplit("/", 1)[1].split(".")[0]) for name in names]
+        indices = [index_of(name) for name in names]
         np.testing.assert_allclose(values, similarities[i, indices], atol=2e-5)
         hits += len(set(expected) & set(indices))
     recall = hits / (k * len(vectors))
@@ -190,8 +195,7 @@ def test_planted_groups_are_recovered_exactly(tmp_path):
     find_similar(tmp_path, files, SimilaritySettings(3, threshold, 150, 3, seed=0))
 
     groups = read_groups(tmp_path)
-    found = [{int(name.rsplit("/", 1)[1].split(".")[0]) for name in members} for members in
-             groups.values()]  # fmt: skip
+    found = [{index_of(name) for name in members} for members in groups.values()]
     assert sorted(map(sorted, found)) == sorted(map(sorted, planted))
     # No pair below the threshold joins two images unless a chain of pairs above does.
     for members in found:
@@ -203,8 +207,7 @@ def test_planted_groups_are_recovered_exactly(tmp_path):
     # Numbered largest first; the representative leads with similarity 1; the others'
     # similarities are numpy's, to the representative.
     assert [len(groups[n]) for n in sorted(groups)] == sorted(map(len, planted), reverse=True)
-    by_members = {frozenset(int(u.rsplit("/", 1)[1].split(".")[0]) for u in g): g for g in
-                  groups.values()}  # fmt: skip
+    by_members = {frozenset(index_of(u) for u in g): g for g in groups.values()}
     three = by_members[frozenset({4, 5, 6})]
     assert next(iter(three)) == uri(5) and three[uri(5)] == 1.0
     for member in (4, 6):
@@ -220,7 +223,7 @@ def test_identical_vectors_group_at_a_threshold_of_one(tmp_path):
     find_similar(tmp_path, files, SimilaritySettings(0, 1.0, 150, 3, seed=0))
 
     groups = read_groups(tmp_path)
-    found = [{int(u.rsplit("/", 1)[1].split(".")[0]) for u in g} for g in groups.values()]
+    found = [{index_of(u) for u in g} for g in groups.values()]
     assert found == [planted[-1]]
     assert not glob.glob(str(tmp_path / "neighbors-*.parquet"))
 
