@@ -38,6 +38,14 @@ def synthetic(index: int, centres: np.ndarray, thumbnails: list[bytes]):
     return key, embedding.astype(np.float32)
 
 
+def in_flight_batch(keyed):
+    """One in-flight (ImageKey, embedding) as the StoredBatch that projection takes."""
+    from pipeline.formats import StoredBatch
+
+    key, embedding = keyed
+    return StoredBatch([key.uri], embedding[None, :], np.array([[key.width, key.height]]))
+
+
 def photo_thumbnails() -> list[bytes]:
     from PIL import Image
 
@@ -87,7 +95,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
             | "Indices" >> beam.Create(range(count))
             | "Synthesise" >> beam.Map(synthetic, centres, thumbnails)
         )
-        schema = sinks.parquet_schema(shape, {})
+        schema = sinks.parquet_schema(shape, {"model": "synthetic"})
         stored = embeddings | "Store" >> sinks.WriteParquet(str(output), run_id, schema, 0, False)
         if design == "store_only":
             pass
@@ -106,7 +114,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
             )
             _ = (
                 embeddings
-                | "Batches" >> beam.Map(lambda keyed: ([keyed[0].uri], keyed[1][None, :]))
+                | "Batches" >> beam.Map(in_flight_batch)
                 | "Project"
                 >> beam.ParDo(ProjectFn(), projection=beam.pvalue.AsSingleton(projection))
                 | "Count" >> beam.combiners.Count.Globally()

@@ -72,6 +72,9 @@ def write_embeddings(folder: Path, count: int) -> list[str]:
                 "embedding": flat,
                 "width": pa.array([640] * len(block), pa.int32()),
                 "height": pa.array([480] * len(block), pa.int32()),
+                "datapoint_id": [uri(i) for i in range(start, start + len(block))],
+                "model": ["synthetic"] * len(block),
+                "run_id": [RUN_ID] * len(block),
             },
             schema=schema,
         )

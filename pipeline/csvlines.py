@@ -13,5 +13,6 @@ def csv_line(fields) -> str:
     return line.getvalue()
 
 
-def csv_fields(line: str) -> list[str]:
-    return next(csv.reader([line]), [])
+def csv_fields(line: str, strict: bool = False) -> list[str]:
+    """The fields of one line; strict raises csv.Error on a stray or unclosed quote."""
+    return next(csv.reader([line], strict=strict), [])

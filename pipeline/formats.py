@@ -12,8 +12,14 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.csvlines import csv_fields
-from pipeline.naming import EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
-from pipeline.sinks import WriteNpy, WriteParquet, parquet_schema
+from pipeline.naming import EMBEDDINGS, LEGACY_EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
+from pipeline.sinks import (
+    NPY_INDEX_COLUMNS,
+    PARQUET_COLUMNS,
+    WriteNpy,
+    WriteParquet,
+    parquet_schema,
+)
 
 
 class StoredBatch(NamedTuple):
@@ -27,6 +33,8 @@ class StoredBatch(NamedTuple):
 class EmbeddingFormat(abc.ABC):
     """What the pipeline needs to know of a format; one subclass per --output_format."""
 
+    columns: tuple[str, ...] = ()  # the format's own columns, which kept ones may not reuse
+
     @abc.abstractmethod
     def store(
         self,
@@ -36,16 +44,18 @@ class EmbeddingFormat(abc.ABC):
         metadata: dict[str, str],
         num_shards: int,
         keep_earlier: bool,
+        keep_columns: tuple[str, ...],
     ) -> beam.PTransform:
-        """(ImageKey, embedding) to stored files; outputs embedded (int), failed, files."""
+        """(ImageKey, embedding) to stored files; outputs embedded (int), failed, files
+        (this run's final file names) and stored (the (ImageKey, embedding)s they hold)."""
 
     @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
         """A glob of the files that hold the embeddings (what the summary names)."""
 
     @abc.abstractmethod
-    def record_files(self, output: str) -> str:
-        """A glob of the files that list every URI embedded under output."""
+    def record_files(self, output: str) -> list[str]:
+        """Globs of the files that list every URI embedded under output."""
 
     @abc.abstractmethod
     def read_uris(self) -> beam.PTransform:
@@ -77,17 +87,21 @@ def _parquet_batch(table) -> StoredBatch:
 
 
 class ParquetFormat(EmbeddingFormat):
-    """Sharded Parquet: uri, embedding (fixed-size list of float32), width, height."""
+    """Sharded Parquet in the embeddings/ folder: uri, embedding (fixed-size list of
+    float32), width, height, datapoint_id, the kept columns, model, run_id."""
 
-    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier):
-        schema = parquet_schema(shape, metadata)
-        return WriteParquet(output, run_id, schema, num_shards, keep_earlier)
+    columns = PARQUET_COLUMNS
+
+    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier, keep_columns):
+        schema = parquet_schema(shape, metadata, keep_columns)
+        return WriteParquet(output, run_id, schema, num_shards, keep_earlier, keep_columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{EMBEDDINGS}-*.parquet")
 
     def record_files(self, output):
-        return self.embedding_files(output)
+        # Shards an earlier version left beside the other outputs still count.
+        return [self.embedding_files(output), output_path(output, f"{LEGACY_EMBEDDINGS}-*.parquet")]
 
     def read_uris(self):
         return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)
@@ -112,16 +126,19 @@ class ReadNpyFn(beam.DoFn):
 
 
 class NpyFormat(EmbeddingFormat):
-    """One .npy per image under embeddings/, and an index CSV: uri,file,width,height."""
+    """One .npy per image under embeddings/, and an index CSV: uri, file, width, height,
+    datapoint_id and the kept columns."""
 
-    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier):
-        return WriteNpy(output, run_id, num_shards, keep_earlier)
+    columns = NPY_INDEX_COLUMNS
+
+    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier, keep_columns):
+        return WriteNpy(output, run_id, num_shards, keep_earlier, keep_columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{NPY_DIRECTORY}/*.npy")
 
     def record_files(self, output):
-        return output_path(output, f"{NPY_INDEX}-*.csv")
+        return [output_path(output, f"{NPY_INDEX}-*.csv")]
 
     def read_uris(self):
         return beam.io.ReadAllFromText(skip_header_lines=1) | "URI field" >> beam.Map(_first_field)

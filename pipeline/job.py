@@ -11,6 +11,7 @@ import apache_beam as beam
 
 from pipeline import preflight
 from pipeline.backbones import ModelSpec, embedding_shape
+from pipeline.bigquery import LoadIntoBigQuery, parse_table
 from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.formats import FORMATS
 from pipeline.loading import LoadImages
@@ -19,17 +20,19 @@ from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, 
 from pipeline.metrics import NAMESPACE
 from pipeline.model import KerasEmbeddingHandler
 from pipeline.naming import DUPLICATES, FAILURES, NEIGHBORS, SUMMARY, new_run_id, output_path
-from pipeline.options import EmbeddingOptions, parse_options
+from pipeline.options import EmbeddingOptions, kept_columns, parse_options
 from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.sinks import WriteFailures, remove_other_runs
+from pipeline.sinks import WriteFailures, parquet_schema, remove_other_runs
 from pipeline.sources import (
     ReadEmbeddedUris,
     ReadImageUris,
     check_glob,
     count_inputs,
     is_glob,
+    keep_columns_layout,
 )
 from pipeline.summary import Summarise, check, read_summary
+from pipeline.vectorsearch import DescribeVectorSearch, WriteVectorSearch, vector_files
 
 _LOG = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         spec, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size
     )
     metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
+    keep = kept_columns(opts)
     store = FORMATS[opts.output_format].store(
-        opts.output, run_id, shape, metadata, opts.num_shards, opts.skip_existing
+        opts.output, run_id, shape, metadata, opts.num_shards, opts.skip_existing, keep
     )
 
     done = (
@@ -57,7 +61,7 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         if opts.skip_existing
         else None
     )
-    read = p | "Read URIs" >> ReadImageUris(opts.input, done)
+    read = p | "Read URIs" >> ReadImageUris(opts.input, done, keep)
     loaded = read["uris"] | "Load images" >> LoadImages(
         spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels, thumbnail_size
     )
@@ -95,6 +99,28 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     }
     if similar is not None:
         parts["similarity"] = similar["description"]
+    if opts.vector_search_output:
+        vectors = stored["stored"] | "Vector Search files" >> WriteVectorSearch(
+            opts.vector_search_output,
+            run_id,
+            keep,
+            opts.vector_search_crowding_column,
+            opts.num_shards,
+        )
+        parts["vector_search"] = {
+            "files": vectors,
+            "datapoints": stored["embedded"],
+        } | "Describe Vector Search files" >> DescribeVectorSearch(opts.vector_search_output)
+    if opts.bigquery_table:
+        earlier_rows = done | "Count earlier" >> beam.combiners.Count.Globally() if done else None
+        parts["bigquery"] = stored["files"] | "Load into BigQuery" >> LoadIntoBigQuery(
+            parse_table(opts.bigquery_table),
+            opts.output,
+            run_id,
+            parquet_schema(shape, metadata, keep).names,
+            opts.bigquery_vector_index,
+            earlier_rows,
+        )
     summary = parts | "Summarise" >> Summarise(opts.output, context, started_at, fail_job)
     if opts.map:
         _ = {
@@ -124,11 +150,22 @@ def model_spec(opts: EmbeddingOptions) -> ModelSpec:
 
 
 def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
-    """What would otherwise fail only once workers run: input glob, weights, output."""
+    """What would otherwise fail only once workers run: input glob and columns, weights,
+    the outputs, the BigQuery dataset."""
     if is_glob(opts.input):
         check_glob(opts.input)
+    keep = kept_columns(opts)
     preflight.check_weights(model_spec(opts), local=local)
     preflight.check_output(opts.output)
+    if keep:
+        keep_columns_layout(opts.input, keep)
+    if opts.skip_existing and opts.output_format == "parquet":
+        preflight.check_earlier_columns(opts.output, keep)
+    if opts.vector_search_output:
+        preflight.check_output(opts.vector_search_output, "--vector_search_output")
+        preflight.check_vector_search_folder(opts.vector_search_output)
+    if opts.bigquery_table:
+        preflight.check_bigquery_dataset(parse_table(opts.bigquery_table))
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -142,6 +179,10 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         outputs["neighbors"] = output_path(opts.output, f"{NEIGHBORS}-*.parquet")
     if opts.duplicate_threshold:
         outputs["duplicates"] = output_path(opts.output, f"{DUPLICATES}-*.csv")
+    if opts.vector_search_output:
+        outputs["vector_search"] = vector_files(opts.vector_search_output)
+    if opts.bigquery_table:
+        outputs["bigquery_table"] = parse_table(opts.bigquery_table).id
     if opts.map:
         outputs |= {
             "map_coordinates": output_path(opts.output, f"{COORDINATES}-*.csv"),
@@ -164,6 +205,7 @@ def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...])
         "map": opts.map,
         "neighbors": opts.neighbors,
         "duplicate_threshold": opts.duplicate_threshold,
+        "keep_columns": list(kept_columns(opts)),
         "outputs": outputs,
     }
 

@@ -73,7 +73,8 @@ def read_bytes(uri: str) -> bytes:
 
 
 class LoadImageFn(beam.DoFn):
-    """URI to (ImageKey, uint8 pixels); unreadable or undecodable inputs to `failed`."""
+    """A URI, or a (uri, kept columns) row, to (ImageKey, uint8 pixels); unreadable or
+    undecodable inputs to `failed`."""
 
     def __init__(
         self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0
@@ -90,7 +91,8 @@ class LoadImageFn(beam.DoFn):
         # agrees with ours.
         Image.MAX_IMAGE_PIXELS = self._max_pixels
 
-    def process(self, uri: str):
+    def process(self, row: str | tuple[str, tuple[str, ...]]):
+        uri, columns = (row, ()) if isinstance(row, str) else row
         try:
             decoded = images.decode(
                 read_bytes(uri),
@@ -104,11 +106,13 @@ class LoadImageFn(beam.DoFn):
             yield pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", error))
         else:
             self._loaded.inc()
-            yield ImageKey(uri, decoded.width, decoded.height, decoded.thumbnail), decoded.pixels
+            key = ImageKey(uri, decoded.width, decoded.height, decoded.thumbnail, columns)
+            yield key, decoded.pixels
 
 
 class LoadImages(beam.PTransform):
-    """URIs to model-sized RGB uint8 arrays; outputs images and failed."""
+    """URIs (or (uri, kept columns) rows) to model-sized RGB uint8 arrays; outputs images
+    and failed."""
 
     def __init__(
         self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0

@@ -9,15 +9,22 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-EMBEDDINGS = "embeddings"  # Parquet shards: embeddings-RUN-SSSSS-of-NNNNN.parquet
-NPY_DIRECTORY = "embeddings"  # one .npy per image in this folder
+EMBEDDINGS_DIRECTORY = "embeddings"  # the embeddings' own folder, for either format
+# Parquet shards: embeddings/embeddings-RUN-SSSSS-of-NNNNN.parquet
+EMBEDDINGS = f"{EMBEDDINGS_DIRECTORY}/embeddings"
+LEGACY_EMBEDDINGS = "embeddings"  # where earlier versions put the shards: beside the rest
+NPY_DIRECTORY = EMBEDDINGS_DIRECTORY  # one .npy per image in this folder
 NPY_INDEX = "embeddings-index"  # and their index: embeddings-index-RUN-*.csv
 FAILURES = "failures"
 NEIGHBORS = "neighbors"  # neighbors-RUN-SSSSS-of-NNNNN.parquet
 DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
 SPILL = "_similarity"  # _similarity-RUN-*.spill: the similarity search's working files
+VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json
 SUMMARY = "summary.json"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+# Google's Vector Search pages state no id length limit; URIs up to this many bytes are
+# kept as ids, longer ones hashed (datapoint_id), so that no id is unreasonably long.
+MAX_DATAPOINT_ID_BYTES = 128
 RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -26,6 +33,12 @@ _MAX_STEM = 80
 
 def output_path(output: str, name: str) -> str:
     return FileSystems.join(output, name)
+
+
+def matching_files(patterns: list[str]) -> list[str]:
+    """The sorted paths that any of the globs match, each once."""
+    matched = FileSystems.match(patterns)
+    return sorted({metadata.path for result in matched for metadata in result.metadata_list})
 
 
 def new_run_id(started_at: float) -> str:
@@ -55,3 +68,14 @@ def npy_name(uri: str) -> str:
     base = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = _UNSAFE.sub("_", base)[:_MAX_STEM].strip("._") or "image"
     return f"{stem}.{digest}.npy"
+
+
+def datapoint_id(uri: str) -> str:
+    """The image's id in Vector Search: its URI, or, for a URI longer than an id may be,
+    `sha256:` and the 64 hex digits of the URI's SHA-256.
+
+    Every output records it beside the URI (the datapoint_id column), so results map back.
+    """
+    if len(uri.encode("utf-8")) <= MAX_DATAPOINT_ID_BYTES:
+        return uri
+    return "sha256:" + hashlib.sha256(uri.encode("utf-8")).hexdigest()

@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backbones import BACKBONES
+from pipeline.bigquery import COLUMN as BIGQUERY_COLUMN
+from pipeline.bigquery import parse_table
 from pipeline.formats import FORMATS
+from pipeline.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
 
 OUTPUT_FORMATS = tuple(FORMATS)
 POOLINGS = ("avg", "max", "none")
@@ -184,6 +187,42 @@ class EmbeddingOptions(PipelineOptions):
             "recall, slower (time grows as its square). (default: %(default)s)",
         )
         group.add_argument(
+            "--keep_columns",
+            default="",
+            help="Comma-separated columns of the input CSV's header to keep with each image, "
+            "as string columns of the Parquet output and the .npy index, BigQuery columns "
+            "and Vector Search restricts. (default: none)",
+        )
+        group.add_argument(
+            "--vector_search_output",
+            default="",
+            help="A folder (gs:// or local) to write this run's embeddings to as Vertex AI "
+            "Vector Search input: vectors-*.json, with the kept columns as restricts. "
+            "(default: none)",
+        )
+        group.add_argument(
+            "--vector_search_crowding_column",
+            default="",
+            help="A kept column whose value becomes each datapoint's crowding_tag in "
+            "--vector_search_output. (default: none)",
+        )
+        group.add_argument(
+            "--bigquery_table",
+            default="",
+            help="PROJECT.DATASET.TABLE to load the Parquet embeddings into with a load job "
+            "once they are written (created if missing; a re-run replaces its rows, "
+            "--skip_existing appends). Needs a gs:// --output. (default: none)",
+        )
+        group.add_argument(
+            "--bigquery_vector_index",
+            type=parse_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="Also create an IVF vector index (cosine distance) on the table's embedding "
+            "column once the table is large enough for one. (default: %(default)s)",
+        )
+        group.add_argument(
             "--max_failure_fraction",
             type=float,
             default=0.05,
@@ -215,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in _beam_options_classes():
         cls._add_argparse_args(beam_group)
     return parser
+
+
+def kept_columns(opts: EmbeddingOptions) -> tuple[str, ...]:
+    """--keep_columns as a tuple of names, in the order given."""
+    return tuple(name.strip() for name in opts.keep_columns.split(",")) if opts.keep_columns else ()
 
 
 def _require_choice(flag: str, value: str, choices: Sequence[str]) -> None:
@@ -287,3 +331,66 @@ def validate(opts: EmbeddingOptions) -> None:
         raise UsageError(f"--map_sample_size must be at least 1, got {opts.map_sample_size}")
     if opts.num_shards < 0:
         raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {opts.num_shards}")
+    _validate_destinations(opts)
+
+
+def _validate_destinations(opts: EmbeddingOptions) -> None:
+    keep = kept_columns(opts)
+    reserved = {name.lower(): name for name in FORMATS[opts.output_format].columns}
+    seen: set[str] = set()
+    for name in keep:
+        if not name:
+            raise UsageError(f"--keep_columns {opts.keep_columns!r} has an empty name")
+        if name.lower() in reserved:
+            raise UsageError(
+                f"--keep_columns: {name!r} would clash with the output's own column "
+                f"{reserved[name.lower()]!r}; rename it in the CSV header"
+            )
+        if name.lower() in seen:
+            raise UsageError(f"--keep_columns names {name!r} twice (names ignore case)")
+        seen.add(name.lower())
+    if opts.vector_search_crowding_column:
+        if not opts.vector_search_output:
+            raise UsageError("--vector_search_crowding_column needs --vector_search_output")
+        if opts.vector_search_crowding_column not in keep:
+            raise UsageError(
+                f"--vector_search_crowding_column {opts.vector_search_crowding_column!r} must "
+                "also be one of --keep_columns"
+            )
+    if opts.vector_search_output and opts.num_shards > MAX_VECTOR_FILES:
+        raise UsageError(
+            f"--num_shards {opts.num_shards}: Vector Search reads at most {MAX_VECTOR_FILES} "
+            "files from one folder"
+        )
+    if opts.vector_search_output and _same_folder(opts.vector_search_output, opts.output):
+        raise UsageError(
+            "--vector_search_output must be a folder of its own, not --output: Vector Search "
+            "reads every file in it"
+        )
+    if opts.bigquery_vector_index and not opts.bigquery_table:
+        raise UsageError("--bigquery_vector_index needs --bigquery_table")
+    if opts.bigquery_table:
+        if opts.output_format != "parquet":
+            raise UsageError(
+                "--bigquery_table loads the Parquet shards: use --output_format parquet"
+            )
+        if not opts.output.startswith("gs://"):
+            raise UsageError(
+                f"--bigquery_table loads from Cloud Storage, so --output must be a gs:// "
+                f"prefix, not {opts.output}"
+            )
+        try:
+            parse_table(opts.bigquery_table)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        bad = [name for name in keep if not BIGQUERY_COLUMN.fullmatch(name)]
+        if bad:
+            raise UsageError(
+                f"--keep_columns: {', '.join(bad)} cannot be BigQuery column names "
+                "(letters, digits and underscores, not starting with a digit, at most 300 "
+                "characters); rename them in the CSV header"
+            )
+
+
+def _same_folder(first: str, second: str) -> bool:
+    return first.rstrip("/") == second.rstrip("/")

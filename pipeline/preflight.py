@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import uuid
 
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
+from pipeline.bigquery import TableName, check_dataset
+from pipeline.formats import FORMATS
+from pipeline.naming import matching_files
 from pipeline.options import UsageError
+from pipeline.sinks import PARQUET_COLUMNS
+from pipeline.vectorsearch import foreign_files
 from pipeline.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
 
 
@@ -36,7 +42,7 @@ def check_weights(spec: ModelSpec, *, local: bool) -> None:
     # Otherwise the workers' image holds them: its build fetches and loads them.
 
 
-def check_output(output: str) -> None:
+def check_output(output: str, flag: str = "--output") -> None:
     """Raises UsageError unless a file can be created and deleted under output.
 
     A local folder is created if missing; a gs:// bucket must exist.
@@ -47,7 +53,7 @@ def check_output(output: str) -> None:
             handle.write(b"probe")
     except Exception as error:
         raise UsageError(
-            f"--output {output}: cannot write there ({_reason(error)}); give a folder or "
+            f"{flag} {output}: cannot write there ({_reason(error)}); give a folder or "
             "gs:// prefix in which you (or the job's service account) may create and "
             "delete files"
         ) from error
@@ -56,10 +62,47 @@ def check_output(output: str) -> None:
     except Exception as error:
         # Re-runs delete earlier runs' shards, so an output that keeps files cannot work.
         raise UsageError(
-            f"--output {output}: files can be created there but not deleted "
+            f"{flag} {output}: files can be created there but not deleted "
             f"({_reason(error)}; the probe {probe} is left behind); the pipeline replaces "
             "earlier runs' files, so it needs delete permission (and no retention policy)"
         ) from error
+
+
+def check_earlier_columns(output: str, keep_columns: tuple[str, ...]) -> None:
+    """With --skip_existing, raises UsageError unless the Parquet shards already there
+    keep the same columns as this run would: one folder must hold one table."""
+    shards = matching_files(FORMATS["parquet"].record_files(output))
+    if not shards:
+        return
+    with FileSystems.open(shards[-1]) as handle:
+        names = pq.read_schema(handle).names
+    earlier = tuple(name for name in names if name not in PARQUET_COLUMNS)
+    if earlier != keep_columns:
+        raise UsageError(
+            f"--skip_existing: the embeddings under {output} keep the columns "
+            f"{list(earlier)}, this run would keep {list(keep_columns)}; give the same "
+            "--keep_columns, or run without --skip_existing to replace them"
+        )
+
+
+def check_vector_search_folder(folder: str) -> None:
+    """Raises UsageError if the folder holds files Vector Search would read as input
+    that this pipeline did not write."""
+    listed = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
+    foreign = foreign_files(folder, [metadata.path for metadata in listed])
+    if foreign:
+        raise UsageError(
+            f"--vector_search_output {folder}: holds {len(foreign)} file(s) this pipeline "
+            f"did not write, such as {foreign[0]}; Vector Search reads every file there, so "
+            "give an empty folder or one earlier runs wrote"
+        )
+
+
+def check_bigquery_dataset(table: TableName) -> None:
+    try:
+        check_dataset(table)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
 
 
 # What an object store's refusal means for an output prefix.

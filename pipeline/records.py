@@ -15,12 +15,14 @@ _MAX_MESSAGE = 2000
 
 @dataclass(frozen=True)
 class ImageKey:
-    """Identifies an image through inference: its URI, source size and, with --map, a thumbnail."""
+    """Identifies an image through inference: its URI, source size, the input's kept
+    columns (--keep_columns, in that order) and, with --map, a thumbnail."""
 
     uri: str
     width: int
     height: int
     thumbnail: bytes | None = field(default=None, compare=False, repr=False)
+    columns: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

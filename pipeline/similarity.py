@@ -17,7 +17,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline.duplicates import (
     ComponentsFn,
@@ -33,6 +32,7 @@ from pipeline.naming import (
     DUPLICATES,
     NEIGHBORS,
     SHARD_TEMPLATE,
+    matching_files,
     shard_prefix,
     spill_prefix,
 )
@@ -260,13 +260,12 @@ class ListStoredFilesFn(beam.DoFn):
     """Every record file under the output, listed once this run's files (a side input) are
     final: with --skip_existing the search covers earlier runs' embeddings too."""
 
-    def __init__(self, pattern: str):
-        self._pattern = pattern
+    def __init__(self, patterns: list[str]):
+        self._patterns = patterns
 
     def process(self, unused, this_run: list[str]):
         del this_run  # a side input only so that the listing waits for this run's files
-        matched = FileSystems.match([self._pattern])[0].metadata_list
-        yield from sorted(metadata.path for metadata in matched)
+        yield from matching_files(self._patterns)
 
 
 def _describe(

@@ -18,10 +18,12 @@ from pipeline.metrics import counter
 from pipeline.naming import (
     EMBEDDINGS,
     FAILURES,
+    LEGACY_EMBEDDINGS,
     NPY_DIRECTORY,
     NPY_INDEX,
     RUN_ID_PATTERN,
     SHARD_TEMPLATE,
+    datapoint_id,
     npy_name,
     output_path,
     shard_prefix,
@@ -60,17 +62,68 @@ class RemoveOtherRunsShardsFn(beam.DoFn):
         yield from stale
 
 
-def remove_other_runs(written, output: str, name: str, suffix: str, run_id: str):
-    """Once written (this run's final shard names) is complete, deletes other runs' shards."""
+def remove_other_runs(
+    written, output: str, name: str, suffix: str, run_id: str, label: str | None = None
+):
+    """Once written (this run's final shard names) is complete, deletes other runs' shards
+    NAME-RUN-SSSSS-of-NNNNN.SUFFIX (name may hold a folder: embeddings/embeddings)."""
+    label = label or name
     return (
         written
-        | f"List written {name}" >> beam.combiners.ToList()
-        | f"Remove earlier {name}"
+        | f"List written {label}" >> beam.combiners.ToList()
+        | f"Remove earlier {label}"
         >> beam.ParDo(RemoveOtherRunsShardsFn(output, name, suffix, run_id))
     )
 
 
-def parquet_schema(shape: tuple[int, ...], metadata: dict[str, str]) -> pa.Schema:
+class RemoveStaleTempFn(beam.DoFn):
+    """Deletes the temporary folders that Beam's sink left for NAME in killed runs.
+
+    They sit in the shards' own folder (beam-temp-NAME-RUN-HEX/), where a tool that
+    reads the folder as one dataset would find their partial files.
+    """
+
+    def __init__(self, output: str, name: str, run_id: str):
+        self._folder, self._stem = FileSystems.split(output_path(output, name))
+        self._run_id = run_id
+
+    def process(self, unused_written):
+        temp = re.compile(
+            re.escape(FileSystems.join(self._folder, f"beam-temp-{self._stem}-"))
+            + rf"(?P<run>{RUN_ID_PATTERN})-[0-9a-f]+/"
+        )
+        listed = FileSystems.match([FileSystems.join(self._folder, "beam-temp-**")])[0]
+        stale = set()
+        for metadata in listed.metadata_list:
+            found = temp.match(metadata.path)
+            if found and found["run"] != self._run_id:
+                stale.add(found.group(0))
+        # A filesystem with directories deletes the folder itself, an object store
+        # everything under the prefix.
+        has_dirs = FileSystems.get_filesystem(self._folder).has_dirs()
+        stale = sorted(path.rstrip("/") if has_dirs else path for path in stale)
+        if stale:
+            FileSystems.delete(stale)
+        yield from stale
+
+
+def remove_stale_temp(written, output: str, name: str, run_id: str, label: str):
+    """Once written is complete, deletes killed runs' temporary folders of NAME."""
+    return (
+        written
+        | f"Wait for {label}" >> beam.combiners.ToList()
+        | f"Remove killed runs' {label}" >> beam.ParDo(RemoveStaleTempFn(output, name, run_id))
+    )
+
+
+# Columns every Parquet shard has besides the kept ones; --keep_columns may not reuse them.
+PARQUET_COLUMNS = ("uri", "embedding", "width", "height", "datapoint_id", "model", "run_id")
+
+
+def parquet_schema(
+    shape: tuple[int, ...], metadata: dict[str, str], keep_columns: tuple[str, ...] = ()
+) -> pa.Schema:
+    """uri, embedding, width, height, datapoint_id, the kept columns, model, run_id."""
     size = int(np.prod(shape))
     return pa.schema(
         [
@@ -78,18 +131,28 @@ def parquet_schema(shape: tuple[int, ...], metadata: dict[str, str]) -> pa.Schem
             ("embedding", pa.list_(pa.float32(), size)),
             ("width", pa.int32()),
             ("height", pa.int32()),
+            ("datapoint_id", pa.string()),
+            *((name, pa.string()) for name in keep_columns),
+            ("model", pa.string()),
+            ("run_id", pa.string()),
         ],
         metadata={**metadata, "embedding_shape": json.dumps(list(shape))},
     )
 
 
-def _parquet_row(keyed: tuple[ImageKey, np.ndarray]) -> dict:
+def parquet_row(
+    keyed: tuple[ImageKey, np.ndarray], keep_columns: tuple[str, ...], model: str, run_id: str
+) -> dict:
     key, embedding = keyed
     return {
         "uri": key.uri,
         "embedding": embedding.reshape(-1),
         "width": key.width,
         "height": key.height,
+        "datapoint_id": datapoint_id(key.uri),
+        **dict(zip(keep_columns, key.columns, strict=True)),
+        "model": model,
+        "run_id": run_id,
     }
 
 
@@ -103,10 +166,17 @@ class CountEmbeddedFn(beam.DoFn):
 
 
 class WriteParquet(beam.PTransform):
-    """Embeddings to sharded Parquet through Beam's sink; outputs embedded (int), failed, files."""
+    """Embeddings to sharded Parquet through Beam's sink, in the output's embeddings/
+    folder; outputs embedded (int), failed, files and stored (what the files hold)."""
 
     def __init__(
-        self, output: str, run_id: str, schema: pa.Schema, num_shards: int, keep_earlier: bool
+        self,
+        output: str,
+        run_id: str,
+        schema: pa.Schema,
+        num_shards: int,
+        keep_earlier: bool,
+        keep_columns: tuple[str, ...] = (),
     ):
         super().__init__()
         self._keep_earlier = keep_earlier
@@ -114,12 +184,15 @@ class WriteParquet(beam.PTransform):
         self._run_id = run_id
         self._schema = schema
         self._num_shards = num_shards
+        self._keep_columns = keep_columns
 
     def expand(self, embeddings):
-        rows = (
-            embeddings
-            | "Count embedded" >> beam.ParDo(CountEmbeddedFn())
-            | "To rows" >> beam.Map(_parquet_row)
+        counted = embeddings | "Count embedded" >> beam.ParDo(CountEmbeddedFn())
+        rows = counted | "To rows" >> beam.Map(
+            parquet_row,
+            self._keep_columns,
+            self._schema.metadata[b"model"].decode(),
+            self._run_id,
         )
         written = rows | "Write Parquet" >> beam.io.WriteToParquet(
             shard_prefix(self._output, EMBEDDINGS, self._run_id),
@@ -131,15 +204,24 @@ class WriteParquet(beam.PTransform):
         )
         if not self._keep_earlier:
             remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
+            remove_other_runs(
+                written, self._output, LEGACY_EMBEDDINGS, ".parquet", self._run_id, "legacy"
+            )
+        remove_stale_temp(written, self._output, EMBEDDINGS, self._run_id, "temporary files")
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),
             "files": written,
+            "stored": counted,
         }
 
 
+STORED = "stored"
+
+
 class WriteNpyFn(beam.DoFn):
-    """One .npy per image under a name derived from its URI; write errors to `failed`."""
+    """One .npy per image under a name derived from its URI; outputs index lines, what was
+    stored (tagged `stored`) and write errors (`failed`)."""
 
     def __init__(self, directory: str):
         self._directory = directory
@@ -157,10 +239,14 @@ class WriteNpyFn(beam.DoFn):
         else:
             self._embedded.inc()
             yield _index_line(key, name)
+            yield pvalue.TaggedOutput(STORED, keyed)
+
+
+NPY_INDEX_COLUMNS = ("uri", "file", "width", "height", "datapoint_id")
 
 
 def _index_line(key: ImageKey, name: str) -> str:
-    return csv_line([key.uri, name, key.width, key.height])
+    return csv_line([key.uri, name, key.width, key.height, datapoint_id(key.uri), *key.columns])
 
 
 class WriteRunShards(beam.PTransform):
@@ -204,25 +290,34 @@ class WriteRunShards(beam.PTransform):
 
 
 class WriteNpy(beam.PTransform):
-    """Embeddings to one .npy each plus an index CSV; outputs embedded (int), failed, files."""
+    """Embeddings to one .npy each plus an index CSV (uri, file, width, height,
+    datapoint_id, the kept columns); outputs embedded (int), failed, files and stored."""
 
-    def __init__(self, output: str, run_id: str, num_shards: int, keep_earlier: bool):
+    def __init__(
+        self,
+        output: str,
+        run_id: str,
+        num_shards: int,
+        keep_earlier: bool,
+        keep_columns: tuple[str, ...] = (),
+    ):
         super().__init__()
         self._keep_earlier = keep_earlier
         self._output = output
         self._run_id = run_id
         self._num_shards = num_shards
+        self._keep_columns = keep_columns
 
     def expand(self, embeddings):
         written = embeddings | "Write .npy" >> beam.ParDo(
             WriteNpyFn(output_path(self._output, NPY_DIRECTORY))
-        ).with_outputs(FAILED, main="index")
+        ).with_outputs(FAILED, STORED, main="index")
         index_files = written.index | "Write index" >> WriteRunShards(
             self._output,
             NPY_INDEX,
             ".csv",
             self._run_id,
-            header="uri,file,width,height",
+            header=csv_line([*NPY_INDEX_COLUMNS, *self._keep_columns]),
             num_shards=self._num_shards,
             keep_earlier=self._keep_earlier,
         )
@@ -230,6 +325,7 @@ class WriteNpy(beam.PTransform):
             "embedded": written.index | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": written[FAILED],
             "files": index_files,
+            "stored": written[STORED],
         }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -15,6 +17,7 @@ from pipeline.metrics import counter
 from pipeline.records import FAILED, Failure
 
 SKIPPED = "skipped"
+REPEATS = "repeats"
 URI_COLUMN = "uri"
 _GLOB_CHARACTERS = "*?["
 _SNIFF_LINES = 1000
@@ -31,14 +34,17 @@ def is_glob(path: str) -> bool:
 
 @dataclass(frozen=True)
 class CsvLayout:
-    """Where the URI sits in each row, and how many leading lines to skip."""
+    """Where the URI sits in each row, how many leading lines to skip, the header's names
+    (if there is a header) and the positions of the columns kept with each image."""
 
     column: int = 0
     skip_lines: int = 0
+    header: tuple[str, ...] = ()
+    kept: tuple[int, ...] = ()
 
 
-def _fields(line: str) -> list[str]:
-    return csv_fields(line.lstrip(_BOM))
+def _fields(line: str, strict: bool = False) -> list[str]:
+    return csv_fields(line.lstrip(_BOM), strict)
 
 
 def _lines(handle):
@@ -58,11 +64,38 @@ def sniff_layout(path: str) -> CsvLayout:
                 if number >= _SNIFF_LINES:
                     break
                 continue
-            names = [name.strip().lower() for name in _fields(line)]
+            header = tuple(name.strip() for name in _fields(line))
+            names = [name.lower() for name in header]
             if URI_COLUMN in names:
-                return CsvLayout(column=names.index(URI_COLUMN), skip_lines=number)
+                return CsvLayout(names.index(URI_COLUMN), skip_lines=number, header=header)
             return CsvLayout()
     return CsvLayout()
+
+
+def keep_columns_layout(path: str, keep_columns: tuple[str, ...]) -> CsvLayout:
+    """The input's layout with the positions of keep_columns; InputError if the input
+    cannot carry them (a glob, no header, a name the header lacks)."""
+    if not keep_columns:
+        return sniff_layout(path) if not is_glob(path) else CsvLayout()
+    if is_glob(path):
+        raise InputError(
+            f"--keep_columns needs a CSV input with a header row; --input {path} is a glob "
+            "of images, which has no columns"
+        )
+    layout = sniff_layout(path)
+    if not layout.header:
+        raise InputError(
+            f"--keep_columns needs a header row naming a {URI_COLUMN} column; the first "
+            f"line of {path} is not one"
+        )
+    missing = [name for name in keep_columns if name not in layout.header]
+    if missing:
+        raise InputError(
+            f"--keep_columns: {', '.join(missing)} not in the header of {path} "
+            f"(its columns: {', '.join(layout.header)})"
+        )
+    kept = tuple(layout.header.index(name) for name in keep_columns)
+    return CsvLayout(layout.column, layout.skip_lines, layout.header, kept)
 
 
 def count_inputs(path: str, limit: int) -> int | None:
@@ -88,41 +121,94 @@ def check_glob(pattern: str) -> None:
 
 
 class ParseRowFn(beam.DoFn):
-    """One CSV line to its URI; a non-blank row without one is a read failure."""
+    """One CSV line to (uri, kept values); a non-blank row without a URI is a read failure.
 
-    def __init__(self, column: int):
-        self._column = column
+    Kept values are the fields exactly as the CSV holds them. With kept columns, a row
+    whose fields do not line up with the header (a stray quote, an unquoted comma)
+    is a read failure too: its values could not be told apart.
+    """
+
+    def __init__(self, layout: CsvLayout):
+        self._column = layout.column
+        self._kept = layout.kept
+        self._width = len(layout.header)
         self._rows = counter("rows_read")
 
     def process(self, line: str):
-        fields = [field.strip() for field in _fields(line)]
-        if any(fields):  # blank lines and all-empty rows are not rows
-            self._rows.inc()
-            uri = fields[self._column] if self._column < len(fields) else ""
-            if uri:
-                yield uri
-            else:
-                yield pvalue.TaggedOutput(
-                    FAILED,
-                    Failure(line.strip(), "read", "MissingUri", f"no URI in column {self._column}"),
-                )
+        try:
+            raw = _fields(line, strict=bool(self._kept))
+        except csv.Error as error:
+            raw, malformed = _fields(line), f"not a well-formed CSV row ({error})"
+        else:
+            malformed = None
+        fields = [field.strip() for field in raw]
+        if not any(fields):  # blank lines and all-empty rows are not rows
+            return
+        self._rows.inc()
+        uri = fields[self._column] if self._column < len(fields) else ""
+        if self._kept and malformed is None and len(raw) != self._width:
+            malformed = f"the row has {len(raw)} fields, the header {self._width}"
+        if not uri:
+            message = f"no URI in column {self._column}"
+            yield pvalue.TaggedOutput(FAILED, Failure(line.strip(), "read", "MissingUri", message))
+        elif malformed:
+            failure = Failure(uri, "read", "MalformedRow", f"{malformed}: {line.strip()}")
+            yield pvalue.TaggedOutput(FAILED, failure)
+        else:
+            yield uri, tuple(raw[index] for index in self._kept)
 
 
-class CountRepeatsFn(beam.DoFn):
-    """(uri, occurrences) to the number of rows dropped as repeats."""
+class CountValuesFn(beam.CombineFn):
+    """A URI's rows to how many times each tuple of kept values occurs."""
 
-    def __init__(self):
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, counts, values):
+        counts[values] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts):
+        return dict(counts)
+
+
+class ChooseRowFn(beam.DoFn):
+    """(uri, {kept values: rows}) to one (uri, values); the other rows are repeats, or,
+    when their kept values differ, read failures that say which values were kept."""
+
+    def __init__(self, keep_columns: tuple[str, ...]):
+        self._keep_columns = keep_columns
         self._duplicates = counter("duplicates_dropped")
 
-    def process(self, uri_and_count: tuple[str, int]):
-        repeats = uri_and_count[1] - 1
+    def process(self, uri_and_counts: tuple[str, dict[tuple[str, ...], int]]):
+        uri, counts = uri_and_counts
+        chosen = min(counts)  # the same choice on every run, whatever the row order
+        repeats = counts[chosen] - 1
         if repeats:
             self._duplicates.inc(repeats)
-        yield repeats
+        yield pvalue.TaggedOutput(REPEATS, repeats)
+        for values, rows in sorted(counts.items()):
+            if values != chosen:
+                message = (
+                    f"listed again with other values of {', '.join(self._keep_columns)}: "
+                    f"{list(values)}; the embedding keeps {list(chosen)}"
+                )
+                for _ in range(rows):
+                    yield pvalue.TaggedOutput(
+                        FAILED, Failure(uri, "read", "ConflictingDuplicate", message)
+                    )
+        yield uri, chosen
 
 
 class SplitDoneFn(beam.DoFn):
-    """(uri, {rows: [n], done: [...]}) to the URI if it still needs embedding, else `skipped`."""
+    """(uri, {rows: [values], done: [...]}) to the row if it still needs embedding, else
+    `skipped`."""
 
     def __init__(self):
         self._skipped = counter("skipped_existing")
@@ -135,50 +221,60 @@ class SplitDoneFn(beam.DoFn):
             self._skipped.inc()
             yield pvalue.TaggedOutput(SKIPPED, 1)
         else:
-            yield uri
+            yield uri, groups["rows"][0]
 
 
 class ReadImageUris(beam.PTransform):
-    """Reads URIs and drops repeats (and, given `done`, URIs embedded before).
+    """Reads (uri, kept values) rows and drops repeats (and, given `done`, URIs embedded
+    before).
 
-    Outputs uris, failed, and the counts rows, duplicates and skipped (ints).
+    Outputs uris (the rows), failed, and the counts rows, duplicates and skipped (ints).
     CSV rule: if the first non-blank line has a column named `uri` it is a header and
-    that column holds the URIs; otherwise every row's first column does. Other columns
-    are ignored; blank lines and whitespace around fields are ignored.
+    that column holds the URIs; otherwise every row's first column does. Only the
+    keep_columns travel on; blank lines and whitespace around URIs are ignored.
     """
 
-    def __init__(self, input_path: str, done=None):
+    def __init__(self, input_path: str, done=None, keep_columns: tuple[str, ...] = ()):
         super().__init__()
         self._input = input_path
         self._done = done
+        self._keep_columns = tuple(keep_columns)
 
     def expand(self, pbegin):
         if is_glob(self._input):
-            uris = (
+            rows = (
                 pbegin
                 | "Match files" >> fileio.MatchFiles(self._input)
-                | "Take paths" >> beam.Map(lambda metadata: metadata.path)
+                | "Take paths" >> beam.Map(lambda metadata: (metadata.path, ()))
             )
             failed = pbegin | "No read failures" >> beam.Create([])
         else:
-            layout = sniff_layout(self._input)
+            layout = keep_columns_layout(self._input, self._keep_columns)
             lines = pbegin | "Read lines" >> beam.io.ReadFromText(
                 self._input, skip_header_lines=layout.skip_lines
             )
-            parsed = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout.column)).with_outputs(
-                FAILED, main="uris"
+            parsed = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout)).with_outputs(
+                FAILED, main="rows"
             )
-            uris, failed = parsed.uris, parsed[FAILED]
-        # Counting per URI groups by URI: besides dropping repeats, this shuffle spreads
-        # the URIs over all workers (a small CSV is read as a single split).
-        occurrences = uris | "Count occurrences" >> beam.combiners.Count.PerElement()
+            rows, failed = parsed.rows, parsed[FAILED]
+        # Grouping per URI drops repeats and also spreads the URIs over all workers (a
+        # small CSV is read as a single split).
+        chosen = (
+            rows
+            | "Count values per URI" >> beam.CombinePerKey(CountValuesFn())
+            | "Choose one row"
+            >> beam.ParDo(ChooseRowFn(self._keep_columns)).with_outputs(
+                REPEATS, FAILED, main="rows"
+            )
+        )
+        failed = (failed, chosen[FAILED]) | "Read failures" >> beam.Flatten()
         if self._done is None:
-            pending = occurrences | "Unique URIs" >> beam.Keys()
+            pending = chosen.rows
             skipped = pbegin | "Nothing skipped" >> beam.Create([])
         else:
             done = self._done | "Mark done" >> beam.Map(lambda uri: (uri, True))
             split = (
-                {"rows": occurrences, "done": done}
+                {"rows": chosen.rows, "done": done}
                 | "Join with done" >> beam.CoGroupByKey()
                 | "Drop done" >> beam.ParDo(SplitDoneFn()).with_outputs(SKIPPED, main="uris")
             )
@@ -187,15 +283,11 @@ class ReadImageUris(beam.PTransform):
             "uris": pending,
             "failed": failed,
             "rows": (
-                occurrences
-                | "Occurrences" >> beam.Values()
+                chosen[REPEATS]
+                | "Rows of each URI" >> beam.Map(lambda repeats: repeats + 1)
                 | "Rows with a URI" >> beam.CombineGlobally(sum)
             ),
-            "duplicates": (
-                occurrences
-                | "Repeats" >> beam.ParDo(CountRepeatsFn())
-                | "Duplicates" >> beam.CombineGlobally(sum)
-            ),
+            "duplicates": chosen[REPEATS] | "Duplicates" >> beam.CombineGlobally(sum),
             "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }
 
@@ -209,11 +301,11 @@ class ReadEmbeddedUris(beam.PTransform):
         self._format = FORMATS[output_format]
 
     def expand(self, pbegin):
-        pattern = self._format.record_files(self._output)
         return (
             pbegin
+            | "Record file patterns" >> beam.Create(self._format.record_files(self._output))
             | "Match earlier outputs"
-            >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "Read URIs" >> self._format.read_uris()
         )

@@ -15,6 +15,9 @@ from pipeline.metrics import counter
 from pipeline.naming import SUMMARY, output_path
 from pipeline.records import STAGES
 
+# Optional steps whose description the summary records under their name.
+DESCRIBED_STEPS = ("similarity", "vector_search", "bigquery")
+
 
 class RunFailedError(RuntimeError):
     """The run finished, but its result must not count as a success."""
@@ -42,8 +45,14 @@ def summarise(
     context: dict[str, Any],
     started_at: float,
     similarity: dict[str, Any] | None = None,
+    vector_search: dict[str, Any] | None = None,
+    bigquery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Builds the summary from independently counted parts, so that a lost input shows."""
+    """Builds the summary from independently counted parts, so that a lost input shows.
+
+    similarity, vector_search, bigquery: what those optional steps report, if they ran.
+    """
+    described = {"similarity": similarity, "vector_search": vector_search, "bigquery": bigquery}
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
     rows_read = rows_with_uri + failed["read"]
     total_failed = sum(failed.values())
@@ -60,7 +69,7 @@ def summarise(
         "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
         **context,
-        **({"similarity": similarity} if similarity is not None else {}),
+        **{name: value for name, value in described.items() if value is not None},
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "elapsed_seconds": round(elapsed, 1),
@@ -124,8 +133,8 @@ class Summarise(beam.PTransform):
     """The run's independently counted parts to summary.json; outputs the summary.
 
     Input: a dict of PCollections: rows (rows with a URI), duplicates, skipped and
-    embedded (one int each), failures (every Failure) and, optionally, similarity (one
-    dict describing the neighbour search). With fail_job, a summary
+    embedded (one int each), failures (every Failure) and, optionally, similarity,
+    bigquery and vector_search (one dict each, describing that step). With fail_job, a summary
     that check() rejects fails the job: nobody waits for a templated job's result.
     """
 
@@ -155,9 +164,11 @@ class Summarise(beam.PTransform):
                 failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
                 context=self._context,
                 started_at=self._started_at,
-                similarity=(
-                    beam.pvalue.AsSingleton(parts["similarity"]) if "similarity" in parts else None
-                ),
+                **{
+                    name: beam.pvalue.AsSingleton(parts[name])
+                    for name in DESCRIBED_STEPS
+                    if name in parts
+                },
             )
             | "Write summary" >> beam.ParDo(WriteSummaryFn(self._output, self._fail_job))
         )

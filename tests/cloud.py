@@ -21,14 +21,14 @@ from support import REPO
 GCLOUD = shutil.which("gcloud")
 
 
-# --- The Dataflow API's own schema -------------------------------------------------
+# --- Google APIs' own schemas (Dataflow, BigQuery) ---------------------------------
 
 
-def discovery_document() -> dict:
-    """dataflow.v1b3 as shipped inside google-api-python-client."""
+def discovery_document(api: str = "dataflow.v1b3") -> dict:
+    """An API's discovery document as shipped inside google-api-python-client."""
     import googleapiclient
 
-    path = Path(googleapiclient.__file__).parent / "discovery_cache/documents/dataflow.v1b3.json"
+    path = Path(googleapiclient.__file__).parent / f"discovery_cache/documents/{api}.json"
     return json.loads(path.read_text())
 
 

@@ -130,7 +130,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def read_parquet(output: Path):
     import pyarrow.parquet as pq
 
-    files = sorted(glob.glob(str(output / "embeddings-*.parquet")))
+    files = sorted(glob.glob(str(output / "embeddings" / "embeddings-*.parquet")))
     return pq.ParquetDataset(files).read(), files
 
 
@@ -224,3 +224,7 @@ def altered_copies(image: Image.Image) -> dict[str, tuple[Image.Image, dict]]:
         "bright.png": (ImageEnhance.Brightness(image).enhance(1.2), {}),
         "border.png": (ImageOps.expand(image, border=8, fill=0), {}),
     }
+
+
+def summary_on_gcs(client, bucket: str, prefix: str) -> dict:
+    return json.loads(client.bucket(bucket).blob(f"{prefix}/summary.json").download_as_bytes())

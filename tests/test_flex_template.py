@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bigquery_standin import BigQueryStandIn
 from cloud import (
     BUCKET,
     GCLOUD,
@@ -74,6 +75,9 @@ def test_parameters_are_exactly_the_pipeline_flags():
             assert not parameter.get("isOptional"), f"{flag} has no default: it must be required"
             continue
         assert parameter.get("isOptional") is True, flag
+        if action.default == "":  # none: the launcher passes nothing, the flag stays unset
+            assert "defaultValue" not in parameter, flag
+            continue
         default = (
             str(action.default).lower() if isinstance(action.default, bool) else action.default
         )
@@ -101,6 +105,9 @@ MALFORMED = {
     "max_failure_fraction": ["1.5", "-0.1", "half"],
     "max_num_workers": ["0", "-3", "ten"],
     "seed": ["-1", "1.5"],
+    "bigquery_table": ["images.embeddings", "my-project.my-dataset.embeddings", "p.d.t.x"],
+    "vector_search_output": ["/local/folder", "s3://bucket/vectors"],
+    "keep_columns": ["label,", ",label", "a,,b"],
 }
 
 
@@ -118,10 +125,20 @@ def test_regexes_accept_the_examples_and_reject_malformed_values():
             assert not all(p.fullmatch(value) for p in patterns), (name, value)
 
 
+# Parameters that only mean something beside others.
+COMPANIONS = {
+    "vector_search_crowding_column": ("vector_search_output", "keep_columns"),
+    "bigquery_vector_index": ("bigquery_table",),
+}
+
+
 def test_every_example_is_a_value_the_pipeline_accepts():
     required = ["--input", example(PARAMETERS["input"]), "--output", example(PARAMETERS["output"])]
     for name, parameter in PARAMETERS.items():
-        options = parse_options([*required, f"--{name}={example(parameter)}"])
+        companions = [
+            f"--{other}={example(PARAMETERS[other])}" for other in COMPANIONS.get(name, ())
+        ]
+        options = parse_options([*required, *companions, f"--{name}={example(parameter)}"])
         assert options.get_all_options()[name] is not None
 
 
@@ -338,6 +355,11 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
         "map": "true",
         "neighbors": "10",
         "duplicate_threshold": "0.95",
+        "keep_columns": "label",
+        "vector_search_output": f"gs://{BUCKET}/vector-search/run1",
+        "vector_search_crowding_column": "label",
+        "bigquery_table": f"{PROJECT}.images.embeddings",
+        "bigquery_vector_index": "true",
     }
     # Beam flags the launch environment may add (machine type, disk, network, labels).
     extra = [
@@ -349,14 +371,16 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     ]
     with storage_emulator(BUCKET) as emulator:
         metadata = MetadataServer()
+        bigquery = BigQueryStandIn(PROJECT, [f"{PROJECT}.images"], emulator)
         try:
             client = emulator_client(emulator)
-            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri\n")
+            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri,label\n")
             argv = launcher_argv("embed-test", f"gs://{BUCKET}/{job_object}", parameters)
+            env = launcher_environment(emulator, metadata.address)
+            env["BIGQUERY_EMULATOR_HOST"] = bigquery.address
             result = subprocess.run(
                 [sys.executable, "-X", "importtime", *argv, *extra], cwd=REPO,
-                env=launcher_environment(emulator, metadata.address),
-                capture_output=True, text=True, timeout=300,
+                env=env, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr[-3000:]
             blobs = {blob.name: blob for blob in client.list_blobs(BUCKET)}
@@ -365,14 +389,19 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
                              and n.endswith("/pipeline.pb")]  # fmt: skip
             staged = beam_runner_api_pb2.Pipeline.FromString(blobs[staged_name].download_as_bytes())
         finally:
+            bigquery.close()
             metadata.close()
 
+    # The launch looked the dataset up, with requests BigQuery's schema allows.
+    assert ("GET", f"/bigquery/v2/projects/{PROJECT}/datasets/images") in bigquery.requests
+    assert bigquery.invalid == []
     image_variables = re.findall(r"^ENV (\w+)=", (REPO / "Dockerfile").read_text(), re.MULTILINE)
     assert set(image_variables) <= set(launcher_environment("", ""))
     imported = imported_packages(result.stderr)
     assert "apache_beam" in imported  # the log is complete
     assert not imported & {"tensorflow", "keras", "tf_keras"}
-    assert not [name for name in blobs if name.startswith("embeddings/")], "probe left behind"
+    probes = [name for name in blobs if name.startswith(("embeddings/", "vector-search/"))]
+    assert not probes, "probe left behind"
     assert job["name"] == "embed-test" and job["type"] == "JOB_TYPE_BATCH"
     environment = job["environment"]
     assert environment["serviceAccountEmail"] == SERVICE_ACCOUNT
@@ -396,7 +425,8 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     for step in ("Read URIs", "Load images", "Extract embeddings", "Store embeddings",
                  "Dead letter", "Summarise", "Find similar images", "Map embeddings",
                  "Find similar images/Search cells",
-                 "Find similar images/Write duplicates"):  # fmt: skip
+                 "Find similar images/Write duplicates", "Vector Search files",
+                 "Load into BigQuery/Load job"):  # fmt: skip
         assert step in names
 
 

@@ -73,7 +73,8 @@ def test_help_lists_every_option_with_its_default():
     for flag, action in pipeline_flags().items():
         assert flag in text
         if action.default is not None:
-            assert f"(default: {action.default})" in text, flag
+            shown = "none" if action.default == "" else action.default
+            assert f"(default: {shown})" in text, flag
     assert "--runner" in text and "--max_num_workers" in text
 
 
@@ -91,6 +92,8 @@ def test_readme_options_table_matches_the_flags():
     assert set(rows) == set(flags)
     for flag, action in flags.items():
         expected = "required" if action.default is None else action.default
+        if expected == "":
+            expected = "none"
         if isinstance(expected, bool):
             expected = str(expected).lower()
         assert rows[flag] == str(expected), flag

@@ -35,14 +35,14 @@ def index_of(name: str) -> int:
 
 def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) -> list[str]:
     """The vectors as the pipeline's Parquet shards (two files), URIs uri(0..n-1)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "embeddings").mkdir(parents=True, exist_ok=True)
     count = len(vectors)
     sizes = np.full((count, 2), 100) if sizes is None else sizes
     schema = parquet_schema((vectors.shape[1],), {})
     paths = []
     halves = np.array_split(np.arange(count), 2)
     for shard, rows in enumerate(halves):
-        path = folder / f"embeddings-{RUN}-{shard:05d}-of-00002.parquet"
+        path = folder / "embeddings" / f"embeddings-{RUN}-{shard:05d}-of-00002.parquet"
         flat = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors[rows].astype(np.float32).reshape(-1)), vectors.shape[1]
         )
@@ -52,6 +52,9 @@ def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) ->
                 "embedding": flat,
                 "width": pa.array(sizes[rows, 0], pa.int32()),
                 "height": pa.array(sizes[rows, 1], pa.int32()),
+                "datapoint_id": [uri(i) for i in rows],
+                "model": ["synthetic"] * len(rows),
+                "run_id": [RUN] * len(rows),
             },
             schema=schema,
         )

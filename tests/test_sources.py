@@ -11,13 +11,19 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.local_runner import use_local_runner_defaults
-from pipeline.sources import InputError, ReadImageUris, count_inputs, sniff_layout
+from pipeline.sources import (
+    InputError,
+    ReadImageUris,
+    count_inputs,
+    keep_columns_layout,
+    sniff_layout,
+)
 
 
 def run_read(path, expected_uris, rows, duplicates, failed_lines):
     with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadImageUris(str(path))
-        assert_that(result["uris"], equal_to(expected_uris), label="uris")
+        assert_that(result["uris"] | beam.Keys(), equal_to(expected_uris), label="uris")
         assert_that(result["rows"], equal_to([rows]), label="rows")
         assert_that(result["duplicates"], equal_to([duplicates]), label="duplicates")
         failed = result["failed"] | beam.Map(lambda f: (f.uri, f.stage, f.error_type))
@@ -51,6 +57,62 @@ def test_without_header_the_first_column_is_the_uri(tmp_path):
     path.write_text("\ufeff/data/a.png\n  /data/b.png  \n\n/data/a.png\n/data/a.png\n")
     assert sniff_layout(str(path)).skip_lines == 0
     run_read(path, ["/data/a.png", "/data/b.png"], rows=4, duplicates=2, failed_lines=[])
+
+
+# Values a catalogue really holds: commas, quotes, unicode, leading spaces, nothing.
+AWKWARD = {
+    "gs://b/1.jpg": ("a, b", 'say "cheese"'),
+    "gs://b/2.jpg": ("Zürich — 東京 🚀", ""),
+    "gs://b/3.jpg": ("  padded  ", "line\\n"),
+}
+
+
+def test_kept_columns_travel_exactly_and_repeats_that_disagree_are_dead_lettered(tmp_path):
+    import csv
+
+    path = tmp_path / "catalogue.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "uri", "note"])
+        for uri, (label, note) in AWKWARD.items():
+            writer.writerow([label, uri, note])
+        writer.writerow(["a, b", "gs://b/1.jpg", 'say "cheese"'])  # a true repeat
+        writer.writerow(["other", "gs://b/2.jpg", ""])  # the same URI, another label
+        handle.write('x,gs://b/4.jpg,"unclosed\n')  # a stray quote
+        handle.write("x,gs://b/5.jpg,one,too many\n")  # an unquoted comma
+    layout = keep_columns_layout(str(path), ("note", "label"))
+    assert (layout.column, layout.kept) == (1, (2, 0))
+    with TestPipeline(runner="FnApiRunner") as p:
+        result = p | ReadImageUris(str(path), keep_columns=("note", "label"))
+        expected = [(uri, (note, label)) for uri, (label, note) in AWKWARD.items()]
+        assert_that(result["uris"], equal_to(expected), label="rows")
+        assert_that(result["rows"], equal_to([4]), label="rows with a URI")
+        assert_that(result["duplicates"], equal_to([1]), label="duplicates")
+        failed = result["failed"] | beam.Map(lambda f: (f.uri, f.error_type, f.message[:30]))
+        assert_that(
+            failed,
+            equal_to(
+                [
+                    ("gs://b/2.jpg", "ConflictingDuplicate", "listed again with other values"),
+                    ("gs://b/4.jpg", "MalformedRow", "not a well-formed CSV row (une"),
+                    ("gs://b/5.jpg", "MalformedRow", "the row has 4 fields, the head"),
+                ]
+            ),
+            label="failed",
+        )
+
+
+def test_kept_columns_need_a_header_that_names_them(tmp_path):
+    with_header = tmp_path / "with_header.csv"
+    with_header.write_text("uri,label\ngs://b/1.jpg,cat\n")
+    with pytest.raises(InputError, match=r"colour not in the header .*\(its columns: uri, label\)"):
+        keep_columns_layout(str(with_header), ("label", "colour"))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("gs://b/1.jpg,cat\n")
+    with pytest.raises(InputError, match="needs a header row"):
+        keep_columns_layout(str(plain), ("label",))
+    with pytest.raises(InputError, match="is a glob of images"):
+        keep_columns_layout(str(tmp_path / "*.jpg"), ("label",))
 
 
 def test_a_missing_input_file_is_a_clear_error(tmp_path):

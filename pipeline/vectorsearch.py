@@ -1,0 +1,129 @@
+"""--vector_search_output: this run's embeddings as Vertex AI Vector Search input files.
+
+The batch-index input format: a folder whose top level holds only the data files
+(`.json` here; a `delete/` folder is the one subfolder allowed), one JSON object per
+line with `id`, `embedding`, optional `restricts` and `crowding_tag`
+(https://cloud.google.com/vertex-ai/docs/vector-search/setup/format-structure).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import apache_beam as beam
+import numpy as np
+
+from pipeline.naming import (
+    RUN_ID_PATTERN,
+    SHARD_TEMPLATE,
+    VECTORS,
+    datapoint_id,
+    output_path,
+    shard_prefix,
+)
+from pipeline.records import ImageKey
+from pipeline.sinks import remove_other_runs, remove_stale_temp
+
+# Besides this pipeline's own files, what may sit in the folder: the delete/ list that
+# Vector Search reads, and the temporary folder of a write that was interrupted.
+_OWN_FILE = re.compile(rf"{VECTORS}-{RUN_ID_PATTERN}-\d{{5}}-of-\d{{5}}\.json")
+_ALLOWED_PREFIXES = ("delete/", f"beam-temp-{VECTORS}-")
+# "There is a limit of 5000 objects (files) in the batch root directory."
+MAX_FILES = 5000
+
+
+def datapoint_line(
+    keyed: tuple[ImageKey, np.ndarray], keep_columns: tuple[str, ...], crowding_column: str
+) -> str:
+    """One datapoint: id, embedding, a restrict per kept column, the crowding tag."""
+    key, embedding = keyed
+    # 9 significant digits give back every float32 exactly, at half the length of a
+    # float64's shortest form.
+    values = ",".join(map("{:.9g}".format, embedding.reshape(-1).tolist()))
+    fields = [
+        f'"id":{json.dumps(datapoint_id(key.uri), ensure_ascii=False)}',
+        f'"embedding":[{values}]',
+    ]
+    if keep_columns:
+        restricts = [
+            {"namespace": name, "allow": [value]}
+            for name, value in zip(keep_columns, key.columns, strict=True)
+        ]
+        fields.append(f'"restricts":{json.dumps(restricts, ensure_ascii=False)}')
+    if crowding_column:
+        tag = key.columns[keep_columns.index(crowding_column)]
+        fields.append(f'"crowding_tag":{json.dumps(tag, ensure_ascii=False)}')
+    return "{" + ",".join(fields) + "}"
+
+
+def foreign_files(folder: str, paths: list[str]) -> list[str]:
+    """Paths under folder that Vector Search would read but this pipeline did not write."""
+    prefix = folder.rstrip("/") + "/"
+    foreign = []
+    for path in paths:
+        relative = path[len(prefix) :] if path.startswith(prefix) else path
+        if not (_OWN_FILE.fullmatch(relative) or relative.startswith(_ALLOWED_PREFIXES)):
+            foreign.append(path)
+    return foreign
+
+
+class WriteVectorSearch(beam.PTransform):
+    """(ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json; once they are
+    final, earlier runs' files there are deleted. Outputs the final file names."""
+
+    def __init__(
+        self,
+        folder: str,
+        run_id: str,
+        keep_columns: tuple[str, ...],
+        crowding_column: str,
+        num_shards: int,
+    ):
+        super().__init__()
+        self._folder = folder
+        self._run_id = run_id
+        self._keep_columns = keep_columns
+        self._crowding_column = crowding_column
+        self._num_shards = num_shards
+
+    def expand(self, stored):
+        lines = stored | "To datapoints" >> beam.Map(
+            datapoint_line, self._keep_columns, self._crowding_column
+        )
+        written = lines | "Write JSON lines" >> beam.io.WriteToText(
+            shard_prefix(self._folder, VECTORS, self._run_id),
+            file_name_suffix=".json",
+            num_shards=self._num_shards,
+            shard_name_template=SHARD_TEMPLATE,
+        )
+        remove_other_runs(written, self._folder, VECTORS, ".json", self._run_id)
+        remove_stale_temp(written, self._folder, VECTORS, self._run_id, "temporary files")
+        return written
+
+
+def _describe(files: list[str], datapoints: int, folder: str) -> dict:
+    if len(files) > MAX_FILES:
+        raise ValueError(
+            f"--vector_search_output {folder}: {len(files)} files, more than the {MAX_FILES} "
+            "Vector Search reads from one folder; set --num_shards"
+        )
+    return {"folder": folder, "files": len(files), "datapoints": datapoints}
+
+
+class DescribeVectorSearch(beam.PTransform):
+    """{files: the written names, datapoints: one int} to what the summary records."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self._folder = folder
+
+    def expand(self, parts):
+        listed = parts["files"] | "List files" >> beam.combiners.ToList()
+        return listed | "Describe" >> beam.Map(
+            _describe, beam.pvalue.AsSingleton(parts["datapoints"]), self._folder
+        )
+
+
+def vector_files(folder: str) -> str:
+    return output_path(folder, f"{VECTORS}-*.json")

@@ -1,0 +1,311 @@
+"""--bigquery_table and --vector_search_output on gs://: a load job from the Parquet shards
+in the GCS emulator into the BigQuery stand-in (held to BigQuery's discovery document),
+read back row by row; Vector Search files written through the emulator."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from bigquery_standin import BigQueryStandIn
+from cloud import PROJECT, MetadataServer, emulator_client, storage_emulator
+from support import PHOTO_PATHS, run_cli, summary_on_gcs
+from vector_format import check_vector_search_folder
+
+from pipeline.naming import datapoint_id
+
+pytestmark = pytest.mark.pipeline_run
+
+BUCKET = "catalogue-bucket"
+DATASET = "images"
+SEED = 5
+# Awkward values a catalogue holds: commas, quotes, unicode, padding, nothing.
+LABELS = ["a, b", 'say "cheese"', "Zürich — 東京 🚀", "  padded  ", "", "plain"]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """The photographs and a catalogue CSV in an emulated bucket; a BigQuery stand-in
+    with one dataset; the environment that points the pipeline at both."""
+    metadata = MetadataServer()
+    try:
+        with storage_emulator(BUCKET) as emulator:
+            standin = BigQueryStandIn(PROJECT, [f"{PROJECT}.{DATASET}"], emulator)
+            try:
+                client = emulator_client(emulator)
+                bucket = client.bucket(BUCKET)
+                catalogue = {}
+                for index, path in enumerate(PHOTO_PATHS):
+                    name = f"photos/{os.path.basename(path)}"
+                    bucket.blob(name).upload_from_filename(path)
+                    uri = f"gs://{BUCKET}/{name}"
+                    catalogue[uri] = {
+                        "label": LABELS[index % len(LABELS)],
+                        "sku": f"SKU-{index:03d}",
+                    }
+                env = {
+                    "STORAGE_EMULATOR_HOST": emulator,
+                    "GCE_METADATA_HOST": metadata.address,
+                    "GCE_METADATA_IP": metadata.address,
+                    "BIGQUERY_EMULATOR_HOST": standin.address,
+                }
+                yield {
+                    "bucket": bucket,
+                    "client": client,
+                    "catalogue": catalogue,
+                    "standin": standin,
+                    "env": env,
+                }
+            finally:
+                standin.close()
+    finally:
+        metadata.close()
+
+
+def upload_csv(cloud, name: str, uris: list[str]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["sku", "uri", "label"])
+    for uri in uris:
+        row = cloud["catalogue"][uri]
+        writer.writerow([row["sku"], uri, row["label"]])
+    cloud["bucket"].blob(name).upload_from_string(text.getvalue(), content_type="text/csv")
+    return f"gs://{BUCKET}/{name}"
+
+
+def run(cloud, csv_uri: str, output: str, table: str, *extra: str):
+    return run_cli(
+        "--input", csv_uri, "--output", f"gs://{BUCKET}/{output}",
+        "--weights", "random", "--seed", str(SEED), "--keep_columns", "label,sku",
+        "--bigquery_table", f"{PROJECT}.{DATASET}.{table}", *extra,
+        env=cloud["env"],
+    )  # fmt: skip
+
+
+def parquet_rows(cloud, output: str) -> dict[str, dict]:
+    """Every row of the output's Parquet folder, by URI, read from the emulator."""
+    tables = []
+    for blob in cloud["client"].list_blobs(BUCKET, prefix=f"{output}/embeddings/"):
+        tables.append(pq.read_table(io.BytesIO(blob.download_as_bytes())))
+    rows = pa.concat_tables(tables).to_pylist()
+    return {row["uri"]: row for row in rows}
+
+
+def table_rows(cloud, table: str) -> tuple[list[dict], list]:
+    """The table's rows as the google-cloud-bigquery client reads them (tabledata.list)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": cloud["standin"].address},
+    )
+    resource = client.get_table(f"{PROJECT}.{DATASET}.{table}")
+    rows = [dict(row.items()) for row in client.list_rows(resource, page_size=5)]
+    return rows, resource.schema
+
+
+def assert_table_equals_output(cloud, table: str, output: str) -> list[dict]:
+    rows, schema = table_rows(cloud, table)
+    expected = parquet_rows(cloud, output)
+    assert sorted(row["uri"] for row in rows) == sorted(expected)
+    for row in rows:
+        stored = expected[row["uri"]]
+        # float32 in Parquet, FLOAT64 in BigQuery: the same numbers, exactly.
+        assert row["embedding"] == [float(np.float32(v)) for v in stored["embedding"]]
+        for column in ("width", "height", "datapoint_id", "label", "sku", "model", "run_id"):
+            assert row[column] == stored[column], column
+        assert row["label"] == cloud["catalogue"][row["uri"]]["label"]
+    kinds = {field.name: (field.field_type, field.mode) for field in schema}
+    assert kinds == {
+        "uri": ("STRING", "NULLABLE"),
+        "embedding": ("FLOAT", "REPEATED"),
+        "width": ("INTEGER", "NULLABLE"),
+        "height": ("INTEGER", "NULLABLE"),
+        "datapoint_id": ("STRING", "NULLABLE"),
+        "label": ("STRING", "NULLABLE"),
+        "sku": ("STRING", "NULLABLE"),
+        "model": ("STRING", "NULLABLE"),
+        "run_id": ("STRING", "NULLABLE"),
+    }
+    assert cloud["standin"].invalid == []
+    return rows
+
+
+def test_bigquery_table_and_vector_search_files_equal_the_parquet_output(cloud):
+    uris = list(cloud["catalogue"])
+    csv_uri = upload_csv(cloud, "lists/all.csv", uris)
+    result = run(
+        cloud, csv_uri, "full", "photos", "--bigquery_vector_index",
+        "--vector_search_output", f"gs://{BUCKET}/vector-search/photos",
+        "--vector_search_crowding_column", "sku",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = assert_table_equals_output(cloud, "photos", "full")
+    assert len(rows) == len(uris)
+    described = summary_on_gcs(cloud["client"], BUCKET, "full")["bigquery"]
+    assert described["rows_loaded"] == described["table_rows"] == len(uris)
+    assert described["write"] == "replace"
+    # 13 rows of 2,048 floats are far below the 10 MB BigQuery needs for an index.
+    assert described["vector_index"]["created"] is False
+    assert "10 MB" in described["vector_index"]["reason"]
+    assert cloud["standin"].vector_indexes == {}
+
+    files = {
+        blob.name: blob.download_as_bytes()
+        for blob in cloud["client"].list_blobs(BUCKET, prefix="vector-search/photos/")
+    }
+    parquet = parquet_rows(cloud, "full")
+    datapoints = check_vector_search_folder(files, "vector-search/photos/", dimensions=2048)
+    assert len(datapoints) == len(uris)
+    for uri, row in parquet.items():
+        point = datapoints[datapoint_id(uri)]
+        assert np.array_equal(np.array(point["embedding"], np.float32), row["embedding"])
+        assert point["restricts"] == [
+            {"namespace": "label", "allow": [row["label"]]},
+            {"namespace": "sku", "allow": [row["sku"]]},
+        ]
+        assert point["crowding_tag"] == row["sku"]
+
+
+def test_bigquery_skip_existing_appends_and_a_rerun_replaces(cloud):
+    uris = list(cloud["catalogue"])
+    first = run(cloud, upload_csv(cloud, "lists/first.csv", uris[:8]), "grow", "grow")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(assert_table_equals_output(cloud, "grow", "grow")) == 8
+
+    all_uris = upload_csv(cloud, "lists/all.csv", uris)
+    appended = run(cloud, all_uris, "grow", "grow", "--skip_existing")
+    assert appended.returncode == 0, appended.stderr[-3000:]
+    described = summary_on_gcs(cloud["client"], BUCKET, "grow")["bigquery"]
+    assert (described["write"], described["rows_loaded"]) == ("append", len(uris) - 8)
+    rows = assert_table_equals_output(cloud, "grow", "grow")
+    assert len(rows) == len(uris) and len({row["run_id"] for row in rows}) == 2
+
+    # A table that does not hold the earlier rows is rebuilt from every shard.
+    into_new = run(cloud, all_uris, "grow", "fresh", "--skip_existing")
+    assert into_new.returncode == 0, into_new.stderr[-3000:]
+    described = summary_on_gcs(cloud["client"], BUCKET, "grow")["bigquery"]
+    assert (described["write"], described["rows_loaded"]) == ("replace", len(uris))
+    assert described["why"] == "the table did not exist"
+    assert_table_equals_output(cloud, "fresh", "grow")
+
+    replaced = run(cloud, upload_csv(cloud, "lists/few.csv", uris[:3]), "grow", "grow")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    described = summary_on_gcs(cloud["client"], BUCKET, "grow")["bigquery"]
+    assert (described["write"], described["rows_loaded"]) == ("replace", 3)
+    assert len(assert_table_equals_output(cloud, "grow", "grow")) == 3
+
+
+def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):
+    message = "Error while reading data, error message: Parquet file is truncated (stand-in)"
+    cloud["standin"].fail_loads_with = message
+    try:
+        result = run(cloud, upload_csv(cloud, "lists/two.csv", list(cloud["catalogue"])[:2]),
+                     "failing", "failing")  # fmt: skip
+    finally:
+        cloud["standin"].fail_loads_with = None
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert f"{PROJECT}.{DATASET}.failing" not in cloud["standin"].tables
+    # No summary: nothing claims the run, or the table, is complete.
+    assert not cloud["bucket"].blob("failing/summary.json").exists()
+
+
+def test_bigquery_missing_dataset_stops_the_run_before_any_work(cloud):
+    result = run_cli(
+        "--input", upload_csv(cloud, "lists/one.csv", list(cloud["catalogue"])[:1]),
+        "--output", f"gs://{BUCKET}/nowhere", "--weights", "random",
+        "--bigquery_table", f"{PROJECT}.missing.photos", env=cloud["env"],
+    )  # fmt: skip
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"error: --bigquery_table {PROJECT}.missing.photos: dataset {PROJECT}.missing "
+        "does not exist; create it first (bq mk --dataset)"
+    )
+    assert not list(cloud["client"].list_blobs(BUCKET, prefix="nowhere/"))
+
+
+def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
+    """A Parquet shard in the pipeline's schema with seeded random embeddings."""
+    from pipeline.sinks import parquet_schema
+
+    generator = np.random.default_rng(start)
+    vectors = generator.random((rows, 2048), dtype=np.float32)
+    uris = [f"gs://{BUCKET}/synthetic/{i}.jpg" for i in range(start, start + rows)]
+    table = pa.table(
+        {
+            "uri": uris,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 2048),
+            "width": pa.array([64] * rows, pa.int32()),
+            "height": pa.array([48] * rows, pa.int32()),
+            "datapoint_id": uris,
+            "model": ["resnet50"] * rows,
+            "run_id": [run_id] * rows,
+        },
+        schema=parquet_schema((2048,), {"model": "resnet50"}),
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    cloud["bucket"].blob(name).upload_from_string(buffer.getvalue())
+    return f"gs://{BUCKET}/{name}"
+
+
+def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubled(
+    cloud, monkeypatch
+):
+    from pipeline.bigquery import LoadIntoBigQueryFn, TableName
+    from pipeline.sinks import parquet_schema
+
+    for key, value in cloud["env"].items():
+        monkeypatch.setenv(key, value)
+    table = TableName(PROJECT, DATASET, "large")
+    columns = parquet_schema((2048,), {}).names
+    first_run, second_run = "20260101T000000-aaaaaa", "20260101T000001-bbbbbb"
+    # 700 rows of 2,048 FLOAT64s: 11.5 MB, past BigQuery's 10 MB for a vector index.
+    first = write_shard(
+        cloud, f"large/embeddings/embeddings-{first_run}-00000-of-00001.parquet", 700, 0, first_run
+    )
+    [described] = LoadIntoBigQueryFn(table, f"gs://{BUCKET}/large", first_run, columns, True)\
+        .process([first])  # fmt: skip
+    assert described["rows_loaded"] == described["table_rows"] == 700
+    assert described["vector_index"]["created"] is True
+    index = cloud["standin"].vector_indexes[table.id]
+    assert (index["column"], index["type"], index["distance"]) == ("embedding", "IVF", "COSINE")
+
+    second = write_shard(
+        cloud, f"large/embeddings/embeddings-{second_run}-00000-of-00001.parquet", 50, 700,
+        second_run,
+    )  # fmt: skip
+    append = LoadIntoBigQueryFn(table, f"gs://{BUCKET}/large", second_run, columns, True)
+    [described] = append.process([second], earlier_rows=700)
+    assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
+        "append", 50, 750,
+    )  # fmt: skip
+    # A retried bundle: BigQuery refuses the job id it already has; the rows stay 750.
+    jobs = len(cloud["standin"].jobs)
+    [retried] = append.process([second], earlier_rows=700)
+    assert retried["table_rows"] == 750 and len(cloud["standin"].jobs) == jobs
+    assert cloud["standin"].invalid == []
+
+
+def test_bigquery_standin_refuses_what_bigquery_would(cloud):
+    """The check can fail: a misspelled field and an unknown parameter are refused."""
+    import requests
+
+    base = f"{cloud['standin'].address}/bigquery/v2/projects/{PROJECT}"
+    bad_body = {"configuration": {"load": {"parquetOption": {"enableListInference": True}}}}
+    response = requests.post(f"{base}/jobs", data=json.dumps(bad_body), timeout=10)
+    assert response.status_code == 400 and "unknown field 'parquetOption'" in response.text
+    response = requests.get(f"{base}/datasets/{DATASET}?verbose=true", timeout=10)
+    assert response.status_code == 400 and "unknown query parameter 'verbose'" in response.text
+    assert len(cloud["standin"].invalid) == 2
+    cloud["standin"].invalid.clear()
