@@ -16,7 +16,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.formats import FORMATS
-from pipeline.naming import matching_files
+from pipeline.naming import EMBEDDINGS, matching_files, shard_prefix
 
 _LOG = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ _TABLE = re.compile(r"[\w\- ]+")
 # Column names in the form every loader accepts (flexible names allow more, not all
 # loaders and tools do).
 COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,299}")
+# Prefixes no column name may start with (loading-data-cloud-storage-parquet), upper case.
+RESERVED_PREFIXES = (
+    "_TABLE_", "_FILE_", "_PARTITION", "_ROW_TIMESTAMP", "__ROOT__", "_COLIDENTIFIER",
+    "_CHANGE_SEQUENCE_NUMBER", "_CHANGE_TYPE", "_CHANGE_TIMESTAMP",
+)  # fmt: skip
 
 INDEX_NAME = "embedding_index"
 # "If you create a vector index on a table that is smaller than 10 MB, then the vector
@@ -96,7 +101,8 @@ def check_dataset(table: TableName) -> None:
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """One load job: where from, and whether it replaces the table or adds to it."""
+    """One load job: where from (Cloud Storage wildcards), and whether it replaces the
+    table or adds to it."""
 
     sources: list[str]
     replace: bool
@@ -104,35 +110,42 @@ class LoadPlan:
 
 
 def plan_load(
-    table, this_run: list[str], earlier_rows: int | None, all_shards: list[str], columns: list[str]
+    table,
+    this_run: list[str],
+    earlier_rows: int | None,
+    this_run_shards: str,
+    all_shards: str,
+    columns: list[str],
 ) -> LoadPlan:
     """Which shards to load so that the table equals the output afterwards.
 
     earlier_rows is None when the run replaces the output; otherwise it is how many
     embeddings earlier runs left, and only this run's shards are appended when the
     table (None if missing) already holds exactly those, with this run's columns.
+    A wildcard keeps each job within BigQuery's 10,000 source URIs.
     """
+    ours = [this_run_shards] if this_run else []
     if earlier_rows is None:
-        return LoadPlan(sorted(this_run), True, "the run replaced the output")
+        return LoadPlan(ours, True, "the run replaced the output")
     if table is None:
-        return LoadPlan(all_shards, True, "the table did not exist")
+        return LoadPlan([all_shards], True, "the table did not exist")
     table_columns = [field.name for field in table.schema]
     if table_columns != columns:
-        return LoadPlan(all_shards, True, f"the table's columns were {table_columns}")
+        return LoadPlan([all_shards], True, f"the table's columns were {table_columns}")
     if table.num_rows != earlier_rows:
         return LoadPlan(
-            all_shards,
+            [all_shards],
             True,
             f"the table held {table.num_rows} rows, the output {earlier_rows} before this run",
         )
-    return LoadPlan(sorted(this_run), False, "the table held the earlier runs' rows")
+    return LoadPlan(ours, False, "the table held the earlier runs' rows")
 
 
 class LoadIntoBigQueryFn(beam.DoFn):
     """This run's final shard names to a load job; outputs what the summary records.
 
     Job ids derive from the run id, so a retried bundle finds the job it already
-    started (BigQuery refuses a second job with the same id) instead of loading twice.
+    started and reports that one, instead of loading twice.
     """
 
     def __init__(
@@ -150,45 +163,49 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._vector_index = vector_index
 
     def process(self, this_run: list[str], earlier_rows: int | None = None):
-        from google.api_core import exceptions
-
         bq = client(self._table.project)
-        try:
-            existing = bq.get_table(self._table.id)
-        except exceptions.NotFound:
-            existing = None
-        all_shards = matching_files(FORMATS["parquet"].record_files(self._output))
-        plan = plan_load(existing, this_run, earlier_rows, all_shards, self._columns)
-        _LOG.info(
-            "BigQuery: %s %d shard(s) into %s (%s)",
-            "loading" if plan.replace else "appending",
-            len(plan.sources),
-            self._table.id,
-            plan.reason,
-        )
-        loaded = self._load(bq, plan, existing is not None)
-        table = bq.get_table(self._table.id) if loaded["job_id"] or existing else None
+        # Jobs live in the dataset's location; looking one up elsewhere finds nothing.
+        location = bq.get_dataset(f"{self._table.project}.{self._table.dataset}").location
+        job = self._find_job(bq, "load", location)
+        if job is None:
+            job, why = self._plan_and_load(bq, this_run, earlier_rows, location)
+        else:
+            why = "a retried step found this run's load job"
+        self._wait(job, f"loading Parquet files into {self._table.id}")
+        table = self._get_table(bq)
         described = {
             "table": self._table.id,
-            "write": "replace" if plan.replace else "append",
-            "why": plan.reason,
-            **loaded,
+            "write": _write_mode(job),
+            "why": why,
+            "job_id": job.job_id if job else None,
+            "sources": list(job.source_uris) if job and job.job_type == "load" else [],
+            "rows_loaded": job.output_rows if job and job.job_type == "load" else 0,
             "table_rows": table.num_rows if table else 0,
         }
         if self._vector_index:
-            described["vector_index"] = self._create_index(bq, table.num_bytes if table else 0)
+            size = table.num_bytes if table else 0
+            described["vector_index"] = self._create_index(bq, size, location)
         yield described
 
-    def _job_id(self, step: str) -> str:
-        return f"image_embeddings_{self._run_id.replace('T', '_')}_{step}"
-
-    def _load(self, bq, plan: LoadPlan, table_exists: bool) -> dict[str, Any]:
+    def _plan_and_load(self, bq, this_run, earlier_rows, location):
         from google.cloud import bigquery
 
+        parquet = FORMATS["parquet"]
+        this_run_shards = shard_prefix(self._output, EMBEDDINGS, self._run_id) + "-*.parquet"
+        all_shards = parquet.embedding_files(self._output)
+        existing = self._get_table(bq)
+        plan = plan_load(
+            existing, this_run, earlier_rows, this_run_shards, all_shards, self._columns
+        )
+        if plan.sources and not matching_files(plan.sources):
+            plan = LoadPlan([], plan.replace, plan.reason)
+        mode = "replacing with" if plan.replace else "appending"
+        _LOG.info("BigQuery %s: %s %s (%s)", self._table.id, mode, plan.sources, plan.reason)
         if not plan.sources:
-            if plan.replace and table_exists:
-                self._run_query(bq, f"TRUNCATE TABLE {self._table.sql}", "truncate")
-            return {"job_id": None, "source_files": 0, "rows_loaded": 0}
+            if plan.replace and existing is not None:
+                statement = f"TRUNCATE TABLE {self._table.sql}"
+                return self._run_query(bq, statement, "truncate", location), plan.reason
+            return None, plan.reason
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
             write_disposition=(
@@ -203,18 +220,35 @@ class LoadIntoBigQueryFn(beam.DoFn):
         options = bigquery.ParquetOptions()
         options.enable_list_inference = True
         config.parquet_options = options
-        job_id = self._job_id("load")
-        job = self._start(
-            lambda: bq.load_table_from_uri(
-                plan.sources, self._table.id, job_id=job_id, job_config=config
-            ),
-            bq,
-            job_id,
+        job = bq.load_table_from_uri(
+            plan.sources,
+            self._table.id,
+            job_id=self._job_id("load"),
+            job_config=config,
+            location=location,
         )
-        self._wait(job, f"loading {len(plan.sources)} Parquet file(s) into {self._table.id}")
-        return {"job_id": job_id, "source_files": len(plan.sources), "rows_loaded": job.output_rows}
+        return job, plan.reason
 
-    def _create_index(self, bq, table_bytes: int) -> dict[str, Any]:
+    def _get_table(self, bq):
+        from google.api_core import exceptions
+
+        try:
+            return bq.get_table(self._table.id)
+        except exceptions.NotFound:
+            return None
+
+    def _find_job(self, bq, step: str, location: str):
+        from google.api_core import exceptions
+
+        try:
+            return bq.get_job(self._job_id(step), location=location)
+        except exceptions.NotFound:
+            return None
+
+    def _job_id(self, step: str) -> str:
+        return f"image_embeddings_{self._run_id.replace('T', '_')}_{step}"
+
+    def _create_index(self, bq, table_bytes: int, location: str) -> dict[str, Any]:
         """IF NOT EXISTS: a later run keeps the index, or recreates it if a replacing
         load dropped it (Google's pages do not say which happens)."""
         if table_bytes < MIN_INDEX_BYTES:
@@ -228,28 +262,23 @@ class LoadIntoBigQueryFn(beam.DoFn):
             f"CREATE VECTOR INDEX IF NOT EXISTS {INDEX_NAME} ON {self._table.sql}(embedding) "
             "OPTIONS(index_type = 'IVF', distance_type = 'COSINE')"
         )
-        self._run_query(bq, statement, "vector_index")
+        self._wait(self._run_query(bq, statement, "vector_index", location), statement)
         return {"name": INDEX_NAME, "created": True, "statement": statement}
 
-    def _run_query(self, bq, statement: str, step: str) -> None:
-        job_id = self._job_id(step)
-        job = self._start(lambda: bq.query(statement, job_id=job_id, job_retry=None), bq, job_id)
-        self._wait(job, statement)
-
-    @staticmethod
-    def _start(begin, bq, job_id: str):
-        from google.api_core import exceptions
-
-        try:
-            return begin()
-        except exceptions.Conflict:
-            # This bundle ran before and started the job: wait for that one.
-            return bq.get_job(job_id)
+    def _run_query(self, bq, statement: str, step: str, location: str):
+        """The step's query job: the one a retried bundle started, or a new one."""
+        job = self._find_job(bq, step, location)
+        if job is None:
+            job_id = self._job_id(step)
+            job = bq.query(statement, job_id=job_id, location=location, job_retry=None)
+        return job
 
     @staticmethod
     def _wait(job, what: str) -> None:
         from google.api_core import exceptions
 
+        if job is None:
+            return
         try:
             job.result()
         except exceptions.GoogleAPICallError as error:
@@ -262,21 +291,22 @@ class LoadIntoBigQueryFn(beam.DoFn):
             ) from error
 
 
+def _write_mode(job) -> str:
+    """replace or append, as the job did it (nothing to load: nothing appended)."""
+    if job is None:
+        return "append"
+    if job.job_type == "query":  # TRUNCATE TABLE
+        return "replace"
+    return "replace" if job.write_disposition == "WRITE_TRUNCATE" else "append"
+
+
 class LoadIntoBigQuery(beam.PTransform):
     """This run's final Parquet shard names (and, for --skip_existing, how many embeddings
-    earlier runs left) to one dict describing the load."""
+    earlier runs left) to one dict describing the load that load_fn made."""
 
-    def __init__(
-        self,
-        table: TableName,
-        output: str,
-        run_id: str,
-        columns: list[str],
-        vector_index: bool,
-        earlier_rows=None,
-    ):
+    def __init__(self, load_fn: LoadIntoBigQueryFn, earlier_rows=None):
         super().__init__()
-        self._fn = LoadIntoBigQueryFn(table, output, run_id, columns, vector_index)
+        self._fn = load_fn
         self._earlier_rows = earlier_rows
 
     def expand(self, files):

@@ -11,7 +11,7 @@ import apache_beam as beam
 
 from pipeline import preflight
 from pipeline.backbones import ModelSpec, embedding_shape
-from pipeline.bigquery import LoadIntoBigQuery, parse_table
+from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table
 from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.formats import FORMATS
 from pipeline.loading import LoadImages
@@ -31,7 +31,7 @@ from pipeline.sources import (
     is_glob,
     keep_columns_layout,
 )
-from pipeline.summary import Summarise, check, read_summary
+from pipeline.summary import Summarise, check, read_summary, remove_summary
 from pipeline.vectorsearch import DescribeVectorSearch, WriteVectorSearch, vector_files
 
 _LOG = logging.getLogger(__name__)
@@ -113,13 +113,15 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         } | "Describe Vector Search files" >> DescribeVectorSearch(opts.vector_search_output)
     if opts.bigquery_table:
         earlier_rows = done | "Count earlier" >> beam.combiners.Count.Globally() if done else None
-        parts["bigquery"] = stored["files"] | "Load into BigQuery" >> LoadIntoBigQuery(
+        load = LoadIntoBigQueryFn(
             parse_table(opts.bigquery_table),
             opts.output,
             run_id,
             parquet_schema(shape, metadata, keep).names,
             opts.bigquery_vector_index,
-            earlier_rows,
+        )
+        parts["bigquery"] = stored["files"] | "Load into BigQuery" >> LoadIntoBigQuery(
+            load, earlier_rows
         )
     summary = parts | "Summarise" >> Summarise(opts.output, context, started_at, fail_job)
     if opts.map:
@@ -155,17 +157,18 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
     if is_glob(opts.input):
         check_glob(opts.input)
     keep = kept_columns(opts)
-    preflight.check_weights(model_spec(opts), local=local)
-    preflight.check_output(opts.output)
     if keep:
         keep_columns_layout(opts.input, keep)
-    if opts.skip_existing and opts.output_format == "parquet":
-        preflight.check_earlier_columns(opts.output, keep)
+    if opts.bigquery_table:
+        preflight.check_bigquery_dataset(parse_table(opts.bigquery_table))
+    # Before any folder is created; for a local run it may download the ImageNet weights.
+    preflight.check_weights(model_spec(opts), local=local)
+    preflight.check_output(opts.output)
+    if opts.skip_existing:
+        preflight.check_earlier_outputs(opts.output, opts.output_format, keep, opts.bigquery_table)
     if opts.vector_search_output:
         preflight.check_output(opts.vector_search_output, "--vector_search_output")
         preflight.check_vector_search_folder(opts.vector_search_output)
-    if opts.bigquery_table:
-        preflight.check_bigquery_dataset(parse_table(opts.bigquery_table))
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -221,6 +224,8 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     opts = options.view_as(EmbeddingOptions)
     local = is_local(options)
     check_before_work(opts, local=local)
+    # From here the output changes: an earlier summary would describe what is gone.
+    remove_summary(opts.output)
     if local:
         count = count_inputs(opts.input, SMALL_INPUT_ROWS)
         mode = use_local_runner_defaults(options, argv, small_input=count is not None)

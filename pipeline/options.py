@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backbones import BACKBONES
 from pipeline.bigquery import COLUMN as BIGQUERY_COLUMN
-from pipeline.bigquery import parse_table
+from pipeline.bigquery import RESERVED_PREFIXES, parse_table
 from pipeline.formats import FORMATS
 from pipeline.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
 
@@ -362,10 +362,10 @@ def _validate_destinations(opts: EmbeddingOptions) -> None:
             f"--num_shards {opts.num_shards}: Vector Search reads at most {MAX_VECTOR_FILES} "
             "files from one folder"
         )
-    if opts.vector_search_output and _same_folder(opts.vector_search_output, opts.output):
+    if opts.vector_search_output and _nested(opts.vector_search_output, opts.output):
         raise UsageError(
-            "--vector_search_output must be a folder of its own, not --output: Vector Search "
-            "reads every file in it"
+            "--vector_search_output must be a folder of its own, neither --output nor a "
+            "folder inside or around it: Vector Search reads every file in it"
         )
     if opts.bigquery_vector_index and not opts.bigquery_table:
         raise UsageError("--bigquery_vector_index needs --bigquery_table")
@@ -383,14 +383,20 @@ def _validate_destinations(opts: EmbeddingOptions) -> None:
             parse_table(opts.bigquery_table)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        bad = [name for name in keep if not BIGQUERY_COLUMN.fullmatch(name)]
+        bad = [
+            name
+            for name in keep
+            if not BIGQUERY_COLUMN.fullmatch(name) or name.upper().startswith(RESERVED_PREFIXES)
+        ]
         if bad:
             raise UsageError(
                 f"--keep_columns: {', '.join(bad)} cannot be BigQuery column names "
-                "(letters, digits and underscores, not starting with a digit, at most 300 "
-                "characters); rename them in the CSV header"
+                "(letters, digits and underscores, not starting with a digit or a reserved "
+                "prefix such as _TABLE_, at most 300 characters); rename them in the CSV header"
             )
 
 
-def _same_folder(first: str, second: str) -> bool:
-    return first.rstrip("/") == second.rstrip("/")
+def _nested(first: str, second: str) -> bool:
+    """Whether one folder is the other or holds it."""
+    first, second = first.rstrip("/") + "/", second.rstrip("/") + "/"
+    return first.startswith(second) or second.startswith(first)

@@ -13,10 +13,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
 from pipeline.bigquery import TableName, check_dataset
+from pipeline.csvlines import csv_fields
 from pipeline.formats import FORMATS
 from pipeline.naming import matching_files
 from pipeline.options import UsageError
-from pipeline.sinks import PARQUET_COLUMNS
 from pipeline.vectorsearch import foreign_files
 from pipeline.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
 
@@ -68,15 +68,31 @@ def check_output(output: str, flag: str = "--output") -> None:
         ) from error
 
 
-def check_earlier_columns(output: str, keep_columns: tuple[str, ...]) -> None:
-    """With --skip_existing, raises UsageError unless the Parquet shards already there
-    keep the same columns as this run would: one folder must hold one table."""
-    shards = matching_files(FORMATS["parquet"].record_files(output))
-    if not shards:
+def check_earlier_outputs(
+    output: str, output_format: str, keep_columns: tuple[str, ...], bigquery_table: str
+) -> None:
+    """With --skip_existing, raises UsageError unless the embeddings already there keep
+    the same columns as this run would (one folder must hold one table), and, for a
+    BigQuery load, are all in the current layout."""
+    parquet = FORMATS["parquet"]
+    if output_format == "parquet":
+        legacy = matching_files(parquet.record_files(output)[1:])
+        if legacy and bigquery_table:
+            raise UsageError(
+                f"--bigquery_table with --skip_existing: {output} holds shards in the earlier "
+                f"layout, such as {legacy[0]}, which lack the columns the table has; run "
+                "once without --skip_existing (or without --bigquery_table) first"
+            )
+    records = matching_files(FORMATS[output_format].record_files(output))
+    if not records:
         return
-    with FileSystems.open(shards[-1]) as handle:
-        names = pq.read_schema(handle).names
-    earlier = tuple(name for name in names if name not in PARQUET_COLUMNS)
+    with FileSystems.open(records[-1]) as handle:
+        if output_format == "parquet":
+            names = pq.read_schema(handle).names
+        else:
+            names = csv_fields(handle.readline().decode("utf-8").rstrip("\r\n"))
+    own = FORMATS[output_format].columns
+    earlier = tuple(name for name in names if name not in own)
     if earlier != keep_columns:
         raise UsageError(
             f"--skip_existing: the embeddings under {output} keep the columns "

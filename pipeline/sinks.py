@@ -203,7 +203,7 @@ class WriteParquet(beam.PTransform):
             shard_name_template=SHARD_TEMPLATE,
         )
         if not self._keep_earlier:
-            remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id)
+            remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id, "shards")
             remove_other_runs(
                 written, self._output, LEGACY_EMBEDDINGS, ".parquet", self._run_id, "legacy"
             )

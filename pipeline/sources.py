@@ -241,6 +241,7 @@ class ReadImageUris(beam.PTransform):
         self._keep_columns = tuple(keep_columns)
 
     def expand(self, pbegin):
+        layout = keep_columns_layout(self._input, self._keep_columns)
         if is_glob(self._input):
             rows = (
                 pbegin
@@ -249,7 +250,6 @@ class ReadImageUris(beam.PTransform):
             )
             failed = pbegin | "No read failures" >> beam.Create([])
         else:
-            layout = keep_columns_layout(self._input, self._keep_columns)
             lines = pbegin | "Read lines" >> beam.io.ReadFromText(
                 self._input, skip_header_lines=layout.skip_lines
             )

@@ -174,6 +174,13 @@ class Summarise(beam.PTransform):
         )
 
 
+def remove_summary(output: str) -> None:
+    """Deletes an earlier run's summary.json, if there is one."""
+    path = output_path(output, SUMMARY)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 def read_summary(output: str) -> dict[str, Any]:
     with FileSystems.open(output_path(output, SUMMARY)) as handle:
         return json.loads(handle.read())

@@ -97,17 +97,29 @@ class WriteVectorSearch(beam.PTransform):
             num_shards=self._num_shards,
             shard_name_template=SHARD_TEMPLATE,
         )
-        remove_other_runs(written, self._folder, VECTORS, ".json", self._run_id)
-        remove_stale_temp(written, self._folder, VECTORS, self._run_id, "temporary files")
-        return written
+        # Checked before earlier runs' files go, so that a folder over the limit still
+        # holds the last usable set.
+        checked = (
+            written
+            | "List files" >> beam.combiners.ToList()
+            | "At most 5,000 files" >> beam.Map(_within_limit, self._folder)
+            | "Each file" >> beam.FlatMap(lambda names: names)
+        )
+        remove_other_runs(checked, self._folder, VECTORS, ".json", self._run_id)
+        remove_stale_temp(checked, self._folder, VECTORS, self._run_id, "temporary files")
+        return checked
 
 
-def _describe(files: list[str], datapoints: int, folder: str) -> dict:
+def _within_limit(files: list[str], folder: str) -> list[str]:
     if len(files) > MAX_FILES:
         raise ValueError(
             f"--vector_search_output {folder}: {len(files)} files, more than the {MAX_FILES} "
             "Vector Search reads from one folder; set --num_shards"
         )
+    return files
+
+
+def _describe(files: list[str], datapoints: int, folder: str) -> dict:
     return {"folder": folder, "files": len(files), "datapoints": datapoints}
 
 

@@ -191,9 +191,9 @@ class BigQueryStandIn(LoopbackServer):
         if method_id == "bigquery.jobs.insert":
             return 200, self._insert_job(path["projectId"], request)
         if method_id == "bigquery.jobs.get":
-            return 200, self._job(path["jobId"])
+            return 200, self._job(path["jobId"], query.get("location"))
         if method_id == "bigquery.jobs.getQueryResults":
-            job = self._job(path["jobId"])
+            job = self._job(path["jobId"], query.get("location"))
             return 200, {
                 "kind": "bigquery#getQueryResultsResponse",
                 "jobReference": job["jobReference"],
@@ -255,14 +255,17 @@ class BigQueryStandIn(LoopbackServer):
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def _job(self, job_id: str) -> dict:
-        if job_id not in self.jobs:
-            raise BigQueryError("notFound", f"Not found: Job {self.project}:{LOCATION}.{job_id}")
-        return self.jobs[job_id]
+    def _job(self, job_id: str, location: str | None) -> dict:
+        """A job is found only in its own location (or when none is given)."""
+        job = self.jobs.get(job_id)
+        if job is None or location not in (None, job["jobReference"]["location"]):
+            raise BigQueryError("notFound", f"Not found: Job {self.project}:{location}.{job_id}")
+        return job
 
     def _insert_job(self, project: str, job: dict) -> dict:
         reference = job.get("jobReference") or {}
         job_id = reference.get("jobId") or f"job_{len(self.jobs)}"
+        location = reference.get("location") or LOCATION
         if job_id in self.jobs:
             raise BigQueryError("duplicate", f"Already Exists: Job {project}:{LOCATION}.{job_id}")
         configuration = job["configuration"]
@@ -281,8 +284,8 @@ class BigQueryStandIn(LoopbackServer):
         now = str(int(time.time() * 1000))
         self.jobs[job_id] = {
             "kind": "bigquery#job",
-            "id": f"{project}:{LOCATION}.{job_id}",
-            "jobReference": {"projectId": project, "jobId": job_id, "location": LOCATION},
+            "id": f"{project}:{location}.{job_id}",
+            "jobReference": {"projectId": project, "jobId": job_id, "location": location},
             "configuration": configuration,
             "status": status,
             "statistics": {"creationTime": now, "startTime": now, "endTime": now, **statistics},

@@ -206,6 +206,8 @@ def test_bigquery_skip_existing_appends_and_a_rerun_replaces(cloud):
 
 def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):
     message = "Error while reading data, error message: Parquet file is truncated (stand-in)"
+    # An earlier run's summary must not stand for this run.
+    cloud["bucket"].blob("failing/summary.json").upload_from_string('{"run_id": "earlier"}')
     cloud["standin"].fail_loads_with = message
     try:
         result = run(cloud, upload_csv(cloud, "lists/two.csv", list(cloud["catalogue"])[:2]),
@@ -290,10 +292,14 @@ def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubl
     assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
         "append", 50, 750,
     )  # fmt: skip
+    assert described["sources"] == [
+        f"gs://{BUCKET}/large/embeddings/embeddings-{second_run}-*.parquet"
+    ]
     # A retried bundle: BigQuery refuses the job id it already has; the rows stay 750.
     jobs = len(cloud["standin"].jobs)
     [retried] = append.process([second], earlier_rows=700)
-    assert retried["table_rows"] == 750 and len(cloud["standin"].jobs) == jobs
+    assert len(cloud["standin"].jobs) == jobs
+    assert retried == {**described, "why": "a retried step found this run's load job"}
     assert cloud["standin"].invalid == []
 
 

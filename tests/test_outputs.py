@@ -18,6 +18,8 @@ from support import PHOTO_PATHS, REPO, dead_letter, npy_index, run_cli, summary
 from vector_format import check_vector_search_folder
 
 from pipeline.naming import MAX_DATAPOINT_ID_BYTES, datapoint_id
+from pipeline.options import UsageError
+from pipeline.preflight import check_earlier_outputs
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -194,6 +196,7 @@ def test_column_mistakes_stop_the_run_before_any_work(tmp_path):
         (["--keep_columns", "label,colour"], "colour not in the header"),
         (["--keep_columns", "label", "--input", photos_glob], "is a glob of images"),
         (["--keep_columns", "uri"], "would clash with the output's own column 'uri'"),
+        (["--vector_search_output", str(tmp_path / "never" / "vs")], "neither --output nor"),
         (
             ["--keep_columns", "label", "--vector_search_crowding_column", "sku",
              "--vector_search_output", vectors],
@@ -213,14 +216,17 @@ def test_skip_existing_reads_the_earlier_layout_and_a_rerun_moves_past_it(tmp_pa
     first_csv = catalogue(tmp_path, PHOTO_PATHS[:4], "first.csv")
     all_csv = catalogue(tmp_path, PHOTO_PATHS[:6], "all.csv")
     output = tmp_path / "out"
-    assert run(first_csv, output).returncode == 0
-    # The earlier layout: shards beside the dead letter and the summary.
+    assert run(first_csv, output, "--keep_columns", "").returncode == 0
+    # The earlier layout: shards beside the dead letter and the summary, with only
+    # uri, embedding, width and height.
     [shard] = glob.glob(str(output / "embeddings" / "*.parquet"))
     legacy = output / os.path.basename(shard)
-    os.rename(shard, legacy)
-    os.rmdir(output / "embeddings")
+    pq.write_table(pq.read_table(shard, columns=["uri", "embedding", "width", "height"]), legacy)
+    shutil.rmtree(output / "embeddings")
+    with pytest.raises(UsageError, match="holds shards in the earlier layout"):
+        check_earlier_outputs(str(output), "parquet", (), "my-project.images.embeddings")
 
-    result = run(all_csv, output, "--skip_existing", "--neighbors", "3")
+    result = run(all_csv, output, "--keep_columns", "", "--skip_existing", "--neighbors", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = summary(output)
     assert (counts["skipped_existing"], counts["embedded"]) == (4, 2)
@@ -229,7 +235,7 @@ def test_skip_existing_reads_the_earlier_layout_and_a_rerun_moves_past_it(tmp_pa
 
     different = run(all_csv, output, "--skip_existing", "--keep_columns", "sku")
     assert different.returncode == 2
-    assert "keep the columns ['label', 'sku'], this run would keep ['sku']" in different.stderr
+    assert "keep the columns [], this run would keep ['sku']" in different.stderr
 
     assert run(all_csv, output).returncode == 0
     assert not legacy.exists()
