@@ -110,12 +110,7 @@ class LoadPlan:
 
 
 def plan_load(
-    table,
-    this_run: list[str],
-    earlier_rows: int | None,
-    this_run_shards: str,
-    all_shards: str,
-    columns: list[str],
+    table, earlier_rows: int | None, this_run_shards: str, all_shards: str, columns: list[str]
 ) -> LoadPlan:
     """Which shards to load so that the table equals the output afterwards.
 
@@ -124,7 +119,7 @@ def plan_load(
     table (None if missing) already holds exactly those, with this run's columns.
     A wildcard keeps each job within BigQuery's 10,000 source URIs.
     """
-    ours = [this_run_shards] if this_run else []
+    ours = [this_run_shards]
     if earlier_rows is None:
         return LoadPlan(ours, True, "the run replaced the output")
     if table is None:
@@ -162,13 +157,13 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._columns = columns
         self._vector_index = vector_index
 
-    def process(self, this_run: list[str], earlier_rows: int | None = None):
+    def process(self, unused_this_run: list[str], earlier_rows: int | None = None):
         bq = client(self._table.project)
         # Jobs live in the dataset's location; looking one up elsewhere finds nothing.
         location = bq.get_dataset(f"{self._table.project}.{self._table.dataset}").location
         job = self._find_job(bq, "load", location)
         if job is None:
-            job, why = self._plan_and_load(bq, this_run, earlier_rows, location)
+            job, why = self._plan_and_load(bq, earlier_rows, location)
         else:
             why = "a retried step found this run's load job"
         self._wait(job, f"loading Parquet files into {self._table.id}")
@@ -187,17 +182,16 @@ class LoadIntoBigQueryFn(beam.DoFn):
             described["vector_index"] = self._create_index(bq, size, location)
         yield described
 
-    def _plan_and_load(self, bq, this_run, earlier_rows, location):
+    def _plan_and_load(self, bq, earlier_rows, location):
         from google.cloud import bigquery
 
         parquet = FORMATS["parquet"]
         this_run_shards = shard_prefix(self._output, EMBEDDINGS, self._run_id) + "-*.parquet"
         all_shards = parquet.embedding_files(self._output)
         existing = self._get_table(bq)
-        plan = plan_load(
-            existing, this_run, earlier_rows, this_run_shards, all_shards, self._columns
-        )
-        if plan.sources and not matching_files(plan.sources):
+        plan = plan_load(existing, earlier_rows, this_run_shards, all_shards, self._columns)
+        # A run that wrote no shards (or an output without any) has nothing to load.
+        if not matching_files(plan.sources):
             plan = LoadPlan([], plan.replace, plan.reason)
         mode = "replacing with" if plan.replace else "appending"
         _LOG.info("BigQuery %s: %s %s (%s)", self._table.id, mode, plan.sources, plan.reason)

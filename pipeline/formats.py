@@ -101,7 +101,11 @@ class ParquetFormat(EmbeddingFormat):
 
     def record_files(self, output):
         # Shards an earlier version left beside the other outputs still count.
-        return [self.embedding_files(output), output_path(output, f"{LEGACY_EMBEDDINGS}-*.parquet")]
+        return [self.embedding_files(output), self.legacy_files(output)]
+
+    def legacy_files(self, output: str) -> str:
+        """A glob of the shards in the earlier layout, beside the other outputs."""
+        return output_path(output, f"{LEGACY_EMBEDDINGS}-*.parquet")
 
     def read_uris(self):
         return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)

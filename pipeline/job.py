@@ -22,7 +22,7 @@ from pipeline.model import KerasEmbeddingHandler
 from pipeline.naming import DUPLICATES, FAILURES, NEIGHBORS, SUMMARY, new_run_id, output_path
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
 from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.sinks import WriteFailures, parquet_schema, remove_other_runs
+from pipeline.sinks import WriteFailures, parquet_schema, remove_other_runs_after
 from pipeline.sources import (
     ReadEmbeddedUris,
     ReadImageUris,
@@ -32,7 +32,8 @@ from pipeline.sources import (
     keep_columns_layout,
 )
 from pipeline.summary import Summarise, check, read_summary, remove_summary
-from pipeline.vectorsearch import DescribeVectorSearch, WriteVectorSearch, vector_files
+from pipeline.vectorsearch import WriteVectorSearch, vector_files
+from pipeline.vectorsearch import describe as describe_vectors
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,10 +79,12 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     _ = failures | "Dead letter" >> WriteFailures(opts.output, run_id)
     similar = None
     # Files a run does not rewrite would no longer describe the output: remove them.
-    if not opts.neighbors:
-        remove_other_runs(stored["files"], opts.output, NEIGHBORS, ".parquet", run_id)
-    if not opts.duplicate_threshold:
-        remove_other_runs(stored["files"], opts.output, DUPLICATES, ".csv", run_id)
+    unwritten = [(NEIGHBORS, ".parquet")] if not opts.neighbors else []
+    unwritten += [(DUPLICATES, ".csv")] if not opts.duplicate_threshold else []
+    if unwritten:
+        listed = stored["files"] | "List stored files" >> beam.combiners.ToList()
+        for name, suffix in unwritten:
+            remove_other_runs_after(listed, opts.output, name, suffix, run_id)
     if opts.neighbors or opts.duplicate_threshold:
         similar = stored["files"] | "Find similar images" >> FindSimilar(
             opts.output,
@@ -107,10 +110,11 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
             opts.vector_search_crowding_column,
             opts.num_shards,
         )
-        parts["vector_search"] = {
-            "files": vectors,
-            "datapoints": stored["embedded"],
-        } | "Describe Vector Search files" >> DescribeVectorSearch(opts.vector_search_output)
+        parts["vector_search"] = vectors | "Describe Vector Search files" >> beam.Map(
+            describe_vectors,
+            beam.pvalue.AsSingleton(stored["embedded"]),
+            opts.vector_search_output,
+        )
     if opts.bigquery_table:
         earlier_rows = done | "Count earlier" >> beam.combiners.Count.Globally() if done else None
         load = LoadIntoBigQueryFn(

@@ -74,10 +74,9 @@ def check_earlier_outputs(
     """With --skip_existing, raises UsageError unless the embeddings already there keep
     the same columns as this run would (one folder must hold one table), and, for a
     BigQuery load, are all in the current layout."""
-    parquet = FORMATS["parquet"]
-    if output_format == "parquet":
-        legacy = matching_files(parquet.record_files(output)[1:])
-        if legacy and bigquery_table:
+    if output_format == "parquet" and bigquery_table:
+        legacy = matching_files([FORMATS["parquet"].legacy_files(output)])
+        if legacy:
             raise UsageError(
                 f"--bigquery_table with --skip_existing: {output} holds shards in the earlier "
                 f"layout, such as {legacy[0]}, which lack the columns the table has; run "

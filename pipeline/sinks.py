@@ -67,12 +67,16 @@ def remove_other_runs(
 ):
     """Once written (this run's final shard names) is complete, deletes other runs' shards
     NAME-RUN-SSSSS-of-NNNNN.SUFFIX (name may hold a folder: embeddings/embeddings)."""
-    label = label or name
-    return (
-        written
-        | f"List written {label}" >> beam.combiners.ToList()
-        | f"Remove earlier {label}"
-        >> beam.ParDo(RemoveOtherRunsShardsFn(output, name, suffix, run_id))
+    listed = written | f"List written {label or name}" >> beam.combiners.ToList()
+    return remove_other_runs_after(listed, output, name, suffix, run_id, label)
+
+
+def remove_other_runs_after(
+    listed, output: str, name: str, suffix: str, run_id: str, label: str | None = None
+):
+    """remove_other_runs, given the written names already listed (one element)."""
+    return listed | f"Remove earlier {label or name}" >> beam.ParDo(
+        RemoveOtherRunsShardsFn(output, name, suffix, run_id)
     )
 
 
@@ -87,7 +91,7 @@ class RemoveStaleTempFn(beam.DoFn):
         self._folder, self._stem = FileSystems.split(output_path(output, name))
         self._run_id = run_id
 
-    def process(self, unused_written):
+    def process(self, unused_listed):
         temp = re.compile(
             re.escape(FileSystems.join(self._folder, f"beam-temp-{self._stem}-"))
             + rf"(?P<run>{RUN_ID_PATTERN})-[0-9a-f]+/"
@@ -105,15 +109,6 @@ class RemoveStaleTempFn(beam.DoFn):
         if stale:
             FileSystems.delete(stale)
         yield from stale
-
-
-def remove_stale_temp(written, output: str, name: str, run_id: str, label: str):
-    """Once written is complete, deletes killed runs' temporary folders of NAME."""
-    return (
-        written
-        | f"Wait for {label}" >> beam.combiners.ToList()
-        | f"Remove killed runs' {label}" >> beam.ParDo(RemoveStaleTempFn(output, name, run_id))
-    )
 
 
 # Columns every Parquet shard has besides the kept ones; --keep_columns may not reuse them.
@@ -202,12 +197,13 @@ class WriteParquet(beam.PTransform):
             num_shards=self._num_shards,
             shard_name_template=SHARD_TEMPLATE,
         )
+        listed = written | "List written shards" >> beam.combiners.ToList()
         if not self._keep_earlier:
-            remove_other_runs(written, self._output, EMBEDDINGS, ".parquet", self._run_id, "shards")
-            remove_other_runs(
-                written, self._output, LEGACY_EMBEDDINGS, ".parquet", self._run_id, "legacy"
-            )
-        remove_stale_temp(written, self._output, EMBEDDINGS, self._run_id, "temporary files")
+            for name, label in ((EMBEDDINGS, "shards"), (LEGACY_EMBEDDINGS, "legacy")):
+                remove_other_runs_after(listed, self._output, name, ".parquet", self._run_id, label)
+        _ = listed | "Remove killed runs' temporary files" >> beam.ParDo(
+            RemoveStaleTempFn(self._output, EMBEDDINGS, self._run_id)
+        )
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
             "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),

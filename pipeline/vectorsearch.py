@@ -23,7 +23,7 @@ from pipeline.naming import (
     shard_prefix,
 )
 from pipeline.records import ImageKey
-from pipeline.sinks import remove_other_runs, remove_stale_temp
+from pipeline.sinks import RemoveStaleTempFn, remove_other_runs_after
 
 # Besides this pipeline's own files, what may sit in the folder: the delete/ list that
 # Vector Search reads, and the temporary folder of a write that was interrupted.
@@ -70,7 +70,7 @@ def foreign_files(folder: str, paths: list[str]) -> list[str]:
 
 class WriteVectorSearch(beam.PTransform):
     """(ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json; once they are
-    final, earlier runs' files there are deleted. Outputs the final file names."""
+    final, earlier runs' files there are deleted. Outputs one list: the final names."""
 
     def __init__(
         self,
@@ -103,10 +103,11 @@ class WriteVectorSearch(beam.PTransform):
             written
             | "List files" >> beam.combiners.ToList()
             | "At most 5,000 files" >> beam.Map(_within_limit, self._folder)
-            | "Each file" >> beam.FlatMap(lambda names: names)
         )
-        remove_other_runs(checked, self._folder, VECTORS, ".json", self._run_id)
-        remove_stale_temp(checked, self._folder, VECTORS, self._run_id, "temporary files")
+        remove_other_runs_after(checked, self._folder, VECTORS, ".json", self._run_id)
+        _ = checked | "Remove killed runs' temporary files" >> beam.ParDo(
+            RemoveStaleTempFn(self._folder, VECTORS, self._run_id)
+        )
         return checked
 
 
@@ -119,22 +120,9 @@ def _within_limit(files: list[str], folder: str) -> list[str]:
     return files
 
 
-def _describe(files: list[str], datapoints: int, folder: str) -> dict:
+def describe(files: list[str], datapoints: int, folder: str) -> dict:
+    """What the summary records of the files WriteVectorSearch listed."""
     return {"folder": folder, "files": len(files), "datapoints": datapoints}
-
-
-class DescribeVectorSearch(beam.PTransform):
-    """{files: the written names, datapoints: one int} to what the summary records."""
-
-    def __init__(self, folder: str):
-        super().__init__()
-        self._folder = folder
-
-    def expand(self, parts):
-        listed = parts["files"] | "List files" >> beam.combiners.ToList()
-        return listed | "Describe" >> beam.Map(
-            _describe, beam.pvalue.AsSingleton(parts["datapoints"]), self._folder
-        )
 
 
 def vector_files(folder: str) -> str:

@@ -228,3 +228,18 @@ def altered_copies(image: Image.Image) -> dict[str, tuple[Image.Image, dict]]:
 
 def summary_on_gcs(client, bucket: str, prefix: str) -> dict:
     return json.loads(client.bucket(bucket).blob(f"{prefix}/summary.json").download_as_bytes())
+
+
+def embeddings_table(uris: list[str], vectors: np.ndarray, sizes, run_id: str, model: str):
+    """Rows as the pipeline's Parquet sink makes them (parquet_row, parquet_schema)."""
+    import pyarrow as pa
+
+    from pipeline.records import ImageKey
+    from pipeline.sinks import parquet_row, parquet_schema
+
+    rows = [
+        parquet_row((ImageKey(uri, int(width), int(height)), vector), (), model, run_id)
+        for uri, vector, (width, height) in zip(uris, vectors, sizes, strict=True)
+    ]
+    schema = parquet_schema((vectors.shape[1],), {"model": model})
+    return pa.Table.from_pylist(rows, schema=schema)

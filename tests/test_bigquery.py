@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from bigquery_standin import BigQueryStandIn
 from cloud import PROJECT, MetadataServer, emulator_client, storage_emulator
-from support import PHOTO_PATHS, run_cli, summary_on_gcs
+from support import PHOTO_PATHS, embeddings_table, run_cli, summary_on_gcs
 from vector_format import check_vector_search_folder
 
 from pipeline.naming import datapoint_id
@@ -238,23 +238,10 @@ def test_bigquery_missing_dataset_stops_the_run_before_any_work(cloud):
 
 def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
     """A Parquet shard in the pipeline's schema with seeded random embeddings."""
-    from pipeline.sinks import parquet_schema
-
     generator = np.random.default_rng(start)
     vectors = generator.random((rows, 2048), dtype=np.float32)
     uris = [f"gs://{BUCKET}/synthetic/{i}.jpg" for i in range(start, start + rows)]
-    table = pa.table(
-        {
-            "uri": uris,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 2048),
-            "width": pa.array([64] * rows, pa.int32()),
-            "height": pa.array([48] * rows, pa.int32()),
-            "datapoint_id": uris,
-            "model": ["resnet50"] * rows,
-            "run_id": [run_id] * rows,
-        },
-        schema=parquet_schema((2048,), {"model": "resnet50"}),
-    )
+    table = embeddings_table(uris, vectors, [(64, 48)] * rows, run_id, "resnet50")
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     cloud["bucket"].blob(name).upload_from_string(buffer.getvalue())

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from support import embeddings_table
 
 from pipeline.options import UsageError, parse_options
 from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.sinks import parquet_schema
 from pipeline.spill import SPILL_SUFFIX, GroupThroughFiles
 
 DIMENSIONS = 96
@@ -38,27 +37,13 @@ def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) ->
     (folder / "embeddings").mkdir(parents=True, exist_ok=True)
     count = len(vectors)
     sizes = np.full((count, 2), 100) if sizes is None else sizes
-    schema = parquet_schema((vectors.shape[1],), {})
     paths = []
     halves = np.array_split(np.arange(count), 2)
     for shard, rows in enumerate(halves):
         path = folder / "embeddings" / f"embeddings-{RUN}-{shard:05d}-of-00002.parquet"
-        flat = pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors[rows].astype(np.float32).reshape(-1)), vectors.shape[1]
-        )
-        table = pa.table(
-            {
-                "uri": [uri(i) for i in rows],
-                "embedding": flat,
-                "width": pa.array(sizes[rows, 0], pa.int32()),
-                "height": pa.array(sizes[rows, 1], pa.int32()),
-                "datapoint_id": [uri(i) for i in rows],
-                "model": ["synthetic"] * len(rows),
-                "run_id": [RUN] * len(rows),
-            },
-            schema=schema,
-        )
-        pq.write_table(table, path)
+        uris = [uri(i) for i in rows]
+        vectors32 = vectors[rows].astype(np.float32)
+        pq.write_table(embeddings_table(uris, vectors32, sizes[rows], RUN, "synthetic"), path)
         paths.append(str(path))
     return paths
 
