@@ -137,27 +137,40 @@ class MetadataServer(LoopbackServer):
 
     google-auth (GCE_METADATA_HOST / GCE_METADATA_IP) then finds credentials at once
     instead of Beam retrying the look-up for about 15 s in every process; the tokens
-    it hands out only ever reach the emulator.
+    it hands out only ever reach the emulator. Paths it does not know get a 404, as
+    on the real server.
     """
+
+    EMAIL = "worker@my-project.iam.gserviceaccount.com"
 
     def __init__(self):
         token = {"access_token": "offline", "expires_in": 3600, "token_type": "Bearer"}
         account = {
-            "email": "worker@my-project.iam.gserviceaccount.com",
+            "email": self.EMAIL,
             "aliases": ["default"],
             "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
         }
+        v1 = "/computeMetadata/v1"
         answers = {
-            "/project/project-id": "my-project",
-            "/universe/universe-domain": "googleapis.com",
-            "/token": json.dumps(token),
-            "/service-accounts/default/": json.dumps(account),
+            "/": "computeMetadata/",  # google-auth's ping reads only the Metadata-Flavor header
+            f"{v1}/project/project-id": "my-project",
+            f"{v1}/universe/universe-domain": "googleapis.com",
         }
+        # A refreshed credential asks by its email from then on, not by "default".
+        for name in ("default", self.EMAIL):
+            answers[f"{v1}/instance/service-accounts/{name}/"] = json.dumps(account)
+            answers[f"{v1}/instance/service-accounts/{name}/token"] = json.dumps(token)
+        self.paths: list[str] = []
+        stand_in = self
 
         class Handler(QuietHandler):
             def do_GET(self):
                 path = self.path.split("?")[0]
-                body = next((v for k, v in answers.items() if path.endswith(k)), "")
+                stand_in.paths.append(path)
+                body = answers.get(path)
+                if body is None:
+                    self.reply(404, b"Not Found", {"Content-Type": "text/html"})
+                    return
                 kind = "application/json" if body.startswith("{") else "application/text"
                 self.reply(200, body.encode(), {"Metadata-Flavor": "Google", "Content-Type": kind})
 

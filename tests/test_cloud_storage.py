@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +214,26 @@ def test_a_run_through_injected_storage_faults_loses_nothing(gcs, tmp_path):
     records = {r["uri"]: r["error_type"] for r in dead_letter(local)}
     assert records == gcs["bad"], "faults must not turn into dead-letter entries"
     assert summary(local)["reconciled"]
+
+
+def test_the_metadata_stand_in_serves_a_credential_refreshed_again():
+    """A refreshed credential asks by its email; threads sharing one in a worker do that."""
+    code = (
+        "from google.auth import compute_engine; "
+        "from google.auth.transport.requests import Request; "
+        "c = compute_engine.Credentials(); c.refresh(Request()); c.refresh(Request()); "
+        "print(c.service_account_email, c.token)"
+    )
+    metadata = MetadataServer()
+    try:
+        env = {**os.environ, "GCE_METADATA_HOST": metadata.address,
+               "GCE_METADATA_IP": metadata.address}  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+    finally:
+        metadata.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [MetadataServer.EMAIL, "offline"]
+    accounts = "/computeMetadata/v1/instance/service-accounts"
+    assert f"{accounts}/default/" in metadata.paths
+    assert f"{accounts}/{MetadataServer.EMAIL}/" in metadata.paths
