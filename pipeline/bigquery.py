@@ -168,13 +168,14 @@ class LoadIntoBigQueryFn(beam.DoFn):
             why = "a retried step found this run's load job"
         self._wait(job, f"loading Parquet files into {self._table.id}")
         table = self._get_table(bq)
+        loaded = job is not None and job.job_type == "load"
         described = {
             "table": self._table.id,
             "write": _write_mode(job),
             "why": why,
             "job_id": job.job_id if job else None,
-            "sources": list(job.source_uris) if job and job.job_type == "load" else [],
-            "rows_loaded": job.output_rows if job and job.job_type == "load" else 0,
+            "sources": list(job.source_uris) if loaded else [],
+            "rows_loaded": job.output_rows if loaded else 0,
             "table_rows": table.num_rows if table else 0,
         }
         if self._vector_index:
@@ -304,9 +305,8 @@ class LoadIntoBigQuery(beam.PTransform):
         self._earlier_rows = earlier_rows
 
     def expand(self, files):
+        earlier = {}
+        if self._earlier_rows is not None:
+            earlier["earlier_rows"] = beam.pvalue.AsSingleton(self._earlier_rows)
         listed = files | "List shards" >> beam.combiners.ToList()
-        if self._earlier_rows is None:
-            return listed | "Load job" >> beam.ParDo(self._fn)
-        return listed | "Load job" >> beam.ParDo(
-            self._fn, earlier_rows=beam.pvalue.AsSingleton(self._earlier_rows)
-        )
+        return listed | "Load job" >> beam.ParDo(self._fn, **earlier)

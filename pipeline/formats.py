@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.csvlines import csv_fields
@@ -56,6 +57,10 @@ class EmbeddingFormat(abc.ABC):
     @abc.abstractmethod
     def record_files(self, output: str) -> list[str]:
         """Globs of the files that list every URI embedded under output."""
+
+    @abc.abstractmethod
+    def column_names(self, record_file: str) -> list[str]:
+        """The columns one record file holds, kept ones included."""
 
     @abc.abstractmethod
     def read_uris(self) -> beam.PTransform:
@@ -107,6 +112,10 @@ class ParquetFormat(EmbeddingFormat):
         """A glob of the shards in the earlier layout, beside the other outputs."""
         return output_path(output, f"{LEGACY_EMBEDDINGS}-*.parquet")
 
+    def column_names(self, record_file):
+        with FileSystems.open(record_file) as handle:
+            return pq.read_schema(handle).names
+
     def read_uris(self):
         return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)
 
@@ -143,6 +152,10 @@ class NpyFormat(EmbeddingFormat):
 
     def record_files(self, output):
         return [output_path(output, f"{NPY_INDEX}-*.csv")]
+
+    def column_names(self, record_file):
+        with FileSystems.open(record_file) as handle:
+            return csv_fields(handle.readline().decode("utf-8").rstrip("\r\n"))
 
     def read_uris(self):
         return beam.io.ReadAllFromText(skip_header_lines=1) | "URI field" >> beam.Map(_first_field)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import uuid
 
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
 from pipeline.bigquery import TableName, check_dataset
-from pipeline.csvlines import csv_fields
 from pipeline.formats import FORMATS
 from pipeline.naming import matching_files
 from pipeline.options import UsageError
@@ -82,16 +80,12 @@ def check_earlier_outputs(
                 f"layout, such as {legacy[0]}, which lack the columns the table has; run "
                 "once without --skip_existing (or without --bigquery_table) first"
             )
-    records = matching_files(FORMATS[output_format].record_files(output))
+    stored_format = FORMATS[output_format]
+    records = matching_files(stored_format.record_files(output))
     if not records:
         return
-    with FileSystems.open(records[-1]) as handle:
-        if output_format == "parquet":
-            names = pq.read_schema(handle).names
-        else:
-            names = csv_fields(handle.readline().decode("utf-8").rstrip("\r\n"))
-    own = FORMATS[output_format].columns
-    earlier = tuple(name for name in names if name not in own)
+    names = stored_format.column_names(records[-1])
+    earlier = tuple(name for name in names if name not in stored_format.columns)
     if earlier != keep_columns:
         raise UsageError(
             f"--skip_existing: the embeddings under {output} keep the columns "
@@ -103,8 +97,7 @@ def check_earlier_outputs(
 def check_vector_search_folder(folder: str) -> None:
     """Raises UsageError if the folder holds files Vector Search would read as input
     that this pipeline did not write."""
-    listed = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
-    foreign = foreign_files(folder, [metadata.path for metadata in listed])
+    foreign = foreign_files(folder, matching_files([FileSystems.join(folder, "**")]))
     if foreign:
         raise UsageError(
             f"--vector_search_output {folder}: holds {len(foreign)} file(s) this pipeline "

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.naming import SPILL, output_path
+from pipeline.naming import SPILL, matching_files, output_path
 
 SPILL_SUFFIX = ".spill"
 SPILL_BYTES = 128 * 1024 * 1024  # most pickled bytes one worker buffers before writing
@@ -129,9 +129,7 @@ class RemoveSpillFilesFn(beam.DoFn):
         self._pattern = output_path(output, f"{SPILL}-*{SPILL_SUFFIX}")
 
     def process(self, unused, *unused_finished):
-        matched = [
-            metadata.path for metadata in FileSystems.match([self._pattern])[0].metadata_list
-        ]
+        matched = matching_files([self._pattern])
         if matched:
             FileSystems.delete(matched)
         yield len(matched)

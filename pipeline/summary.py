@@ -44,15 +44,12 @@ def summarise(
     failed_by_stage: dict[str, int],
     context: dict[str, Any],
     started_at: float,
-    similarity: dict[str, Any] | None = None,
-    vector_search: dict[str, Any] | None = None,
-    bigquery: dict[str, Any] | None = None,
+    **described,  # not annotated: Beam's type check refuses side inputs in a typed **kwargs
 ) -> dict[str, Any]:
     """Builds the summary from independently counted parts, so that a lost input shows.
 
-    similarity, vector_search, bigquery: what those optional steps report, if they ran.
+    described: what the optional steps that ran (DESCRIBED_STEPS) report, by step name.
     """
-    described = {"similarity": similarity, "vector_search": vector_search, "bigquery": bigquery}
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
     rows_read = rows_with_uri + failed["read"]
     total_failed = sum(failed.values())
@@ -69,7 +66,7 @@ def summarise(
         "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
         **context,
-        **{name: value for name, value in described.items() if value is not None},
+        **described,
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "elapsed_seconds": round(elapsed, 1),

@@ -14,16 +14,9 @@ import re
 import apache_beam as beam
 import numpy as np
 
-from pipeline.naming import (
-    RUN_ID_PATTERN,
-    SHARD_TEMPLATE,
-    VECTORS,
-    datapoint_id,
-    output_path,
-    shard_prefix,
-)
+from pipeline.naming import RUN_ID_PATTERN, VECTORS, datapoint_id, output_path
 from pipeline.records import ImageKey
-from pipeline.sinks import RemoveStaleTempFn, remove_other_runs_after
+from pipeline.sinks import RemoveStaleTempFn, WriteRunShards, remove_other_runs_after
 
 # Besides this pipeline's own files, what may sit in the folder: the delete/ list that
 # Vector Search reads, and the temporary folder of a write that was interrupted.
@@ -91,14 +84,16 @@ class WriteVectorSearch(beam.PTransform):
         lines = stored | "To datapoints" >> beam.Map(
             datapoint_line, self._keep_columns, self._crowding_column
         )
-        written = lines | "Write JSON lines" >> beam.io.WriteToText(
-            shard_prefix(self._folder, VECTORS, self._run_id),
-            file_name_suffix=".json",
+        # Earlier runs' files go only after the check below, so that a folder over the
+        # limit still holds the last usable set.
+        written = lines | "Write JSON lines" >> WriteRunShards(
+            self._folder,
+            VECTORS,
+            ".json",
+            self._run_id,
             num_shards=self._num_shards,
-            shard_name_template=SHARD_TEMPLATE,
+            keep_earlier=True,
         )
-        # Checked before earlier runs' files go, so that a folder over the limit still
-        # holds the last usable set.
         checked = (
             written
             | "List files" >> beam.combiners.ToList()

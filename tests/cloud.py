@@ -19,6 +19,9 @@ from pathlib import Path
 from support import REPO
 
 GCLOUD = shutil.which("gcloud")
+# The project, region and bucket of launches, and the job's service account.
+PROJECT, REGION, BUCKET = "my-project", "europe-west1", "my-bucket"
+SERVICE_ACCOUNT = f"worker@{PROJECT}.iam.gserviceaccount.com"
 
 
 # --- Google APIs' own schemas (Dataflow, BigQuery) ---------------------------------
@@ -141,23 +144,21 @@ class MetadataServer(LoopbackServer):
     on the real server.
     """
 
-    EMAIL = "worker@my-project.iam.gserviceaccount.com"
-
     def __init__(self):
         token = {"access_token": "offline", "expires_in": 3600, "token_type": "Bearer"}
         account = {
-            "email": self.EMAIL,
+            "email": SERVICE_ACCOUNT,
             "aliases": ["default"],
             "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
         }
         v1 = "/computeMetadata/v1"
         answers = {
             "/": "computeMetadata/",  # google-auth's ping reads only the Metadata-Flavor header
-            f"{v1}/project/project-id": "my-project",
+            f"{v1}/project/project-id": PROJECT,
             f"{v1}/universe/universe-domain": "googleapis.com",
         }
         # A refreshed credential asks by its email from then on, not by "default".
-        for name in ("default", self.EMAIL):
+        for name in ("default", SERVICE_ACCOUNT):
             answers[f"{v1}/instance/service-accounts/{name}/"] = json.dumps(account)
             answers[f"{v1}/instance/service-accounts/{name}/token"] = json.dumps(token)
         self.paths: list[str] = []
@@ -175,6 +176,15 @@ class MetadataServer(LoopbackServer):
                 self.reply(200, body.encode(), {"Metadata-Flavor": "Google", "Content-Type": kind})
 
         self.address = f"127.0.0.1:{self._start(Handler)}"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return metadata_environment(self.address)
+
+
+def metadata_environment(address: str) -> dict[str, str]:
+    """The variables that point google-auth at a metadata server."""
+    return {"GCE_METADATA_HOST": address, "GCE_METADATA_IP": address}
 
 
 def gcloud_config(directory: Path, project: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -203,9 +213,7 @@ def decoded_scheduler_body(job: dict) -> dict:
 
 # --- Google's Python Flex Template launcher, as it runs the entry file ---------------------
 
-PROJECT, REGION, BUCKET = "my-project", "europe-west1", "my-bucket"
 IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/dataflow/image-embeddings:test"
-SERVICE_ACCOUNT = f"worker@{PROJECT}.iam.gserviceaccount.com"
 
 
 def launcher_argv(job_name: str, template_location: str, parameters: dict[str, str]) -> list[str]:
@@ -236,8 +244,7 @@ def launcher_environment(emulator: str, metadata: str) -> dict[str, str]:
         "PIPELINE_CONTAINER_IMAGE": IMAGE,
         "KERAS_HOME": "/opt/keras",
         "STORAGE_EMULATOR_HOST": emulator,
-        "GCE_METADATA_HOST": metadata,
-        "GCE_METADATA_IP": metadata,
+        **metadata_environment(metadata),
     }
 
 

@@ -243,3 +243,27 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, sizes, run_id: str, m
     ]
     schema = parquet_schema((vectors.shape[1],), {"model": model})
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def read_neighbors(output: Path) -> dict[str, tuple[list[str], list[float]]]:
+    """neighbors-*.parquet by URI: (neighbour URIs, similarities); each URI has one row."""
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(str(output / "neighbors-*.parquet")))
+    assert files, "no neighbours were written"
+    rows = pq.read_table(files).to_pylist()
+    assert len({row["uri"] for row in rows}) == len(rows), "an image has two rows"
+    return {row["uri"]: (row["neighbors"], row["similarities"]) for row in rows}
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """numpy's reference: cosine similarities of the mean-centred vectors, float64."""
+    centred = vectors.astype(np.float64) - vectors.astype(np.float64).mean(axis=0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def centred_cosines(embeddings: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """The URIs in order and cosine_matrix of their embeddings."""
+    uris = sorted(embeddings)
+    return uris, cosine_matrix(np.stack([embeddings[uri] for uri in uris]))

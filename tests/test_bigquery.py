@@ -51,8 +51,7 @@ def cloud(tmp_path_factory):
                     }
                 env = {
                     "STORAGE_EMULATOR_HOST": emulator,
-                    "GCE_METADATA_HOST": metadata.address,
-                    "GCE_METADATA_IP": metadata.address,
+                    **metadata.environment,
                     "BIGQUERY_EMULATOR_HOST": standin.address,
                 }
                 yield {

@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from cloud import FaultyProxy, MetadataServer, emulator_client, storage_emulator
+from cloud import SERVICE_ACCOUNT, FaultyProxy, MetadataServer, emulator_client, storage_emulator
 from support import (
     PHOTO_PATHS,
+    centred_cosines,
     dead_letter,
     keras_reference,
     make_bad_inputs,
     npy_embeddings,
     parquet_embeddings,
+    read_neighbors,
     read_parquet,
     relative_error,
     run_cli,
@@ -54,8 +55,7 @@ def gcs(tmp_path_factory):
         bucket.blob("lists/images.csv").upload_from_filename(str(csv_path))
         env = {
             "STORAGE_EMULATOR_HOST": emulator,
-            "GCE_METADATA_HOST": metadata.address,
-            "GCE_METADATA_IP": metadata.address,
+            **metadata.environment,
         }
         yield {"client": client, "bucket": bucket, "photos": photos, "bad": bad, "env": env}
     metadata.close()
@@ -126,21 +126,16 @@ def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
     names = [blob.name for blob in gcs["client"].list_blobs(BUCKET, prefix="out-similar/")]
     assert not [name for name in names if "/_similarity-" in name], "spill files were left"
     local = download(gcs, "out-similar", tmp_path / "similar")
-    embeddings = parquet_embeddings(local)
-    uris = sorted(embeddings)
-    matrix = np.stack([embeddings[uri] for uri in uris]).astype(np.float64)
-    centred = matrix - matrix.mean(axis=0)
-    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
-    similarities = unit @ unit.T
+    uris, similarities = centred_cosines(parquet_embeddings(local))
     np.fill_diagonal(similarities, -np.inf)
-    rows = pq.read_table([str(p) for p in local.glob("neighbors-*.parquet")]).to_pylist()
-    assert sorted(row["uri"] for row in rows) == uris
-    for row in rows:
-        i = uris.index(row["uri"])
+    neighbors = read_neighbors(local)
+    assert sorted(neighbors) == uris
+    for uri, (names, found) in neighbors.items():
+        i = uris.index(uri)
         expected = [uris[j] for j in np.argsort(-similarities[i], kind="stable")[:4]]
-        assert row["neighbors"] == expected
+        assert names == expected
         np.testing.assert_allclose(
-            row["similarities"], [similarities[i, uris.index(n)] for n in expected], atol=1e-5
+            found, [similarities[i, uris.index(n)] for n in expected], atol=1e-5
         )
     described = summary(local)["similarity"]
     assert described["method"] == "ivf" and described["cells"] == 3
@@ -226,14 +221,12 @@ def test_the_metadata_stand_in_serves_a_credential_refreshed_again():
     )
     metadata = MetadataServer()
     try:
-        env = {**os.environ, "GCE_METADATA_HOST": metadata.address,
-               "GCE_METADATA_IP": metadata.address}  # fmt: skip
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                text=True, timeout=60)  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, **metadata.environment}, timeout=60)  # fmt: skip
     finally:
         metadata.close()
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == [MetadataServer.EMAIL, "offline"]
+    assert result.stdout.split() == [SERVICE_ACCOUNT, "offline"]
     accounts = "/computeMetadata/v1/instance/service-accounts"
     assert f"{accounts}/default/" in metadata.paths
-    assert f"{accounts}/{MetadataServer.EMAIL}/" in metadata.paths
+    assert f"{accounts}/{SERVICE_ACCOUNT}/" in metadata.paths

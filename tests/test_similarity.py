@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from support import embeddings_table
+from support import cosine_matrix, embeddings_table, read_neighbors
 
 from pipeline.options import UsageError, parse_options
 from pipeline.similarity import FindSimilar, SimilaritySettings
@@ -57,13 +57,6 @@ def find_similar(folder: Path, files: list[str], settings: SimilaritySettings) -
         )
 
 
-def read_neighbors(folder: Path) -> dict[str, tuple[list[str], list[float]]]:
-    table = pq.read_table(sorted(glob.glob(str(folder / "neighbors-*.parquet"))))
-    rows = table.to_pylist()
-    assert len({row["uri"] for row in rows}) == len(rows), "an image has two rows"
-    return {row["uri"]: (row["neighbors"], row["similarities"]) for row in rows}
-
-
 def read_groups(folder: Path) -> dict[int, dict[str, float]]:
     groups: dict[int, dict[str, float]] = {}
     for path in glob.glob(str(folder / "duplicates-*.csv")):
@@ -71,13 +64,6 @@ def read_groups(folder: Path) -> dict[int, dict[str, float]]:
             for row in csv.DictReader(handle):
                 groups.setdefault(int(row["group"]), {})[row["uri"]] = float(row["similarity"])
     return groups
-
-
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    """numpy's reference: cosine similarities of the mean-centred vectors, float64."""
-    centred = vectors.astype(np.float64) - vectors.astype(np.float64).mean(axis=0)
-    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
-    return unit @ unit.T
 
 
 def clustered(count: int, clusters: int, seed: int) -> np.ndarray:

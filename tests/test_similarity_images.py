@@ -16,14 +16,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from support import (
     PHOTOS,
     altered_copies,
+    centred_cosines,
     npy_embeddings,
     parquet_embeddings,
+    read_neighbors,
     run_cli,
     summary,
     write_csv,
@@ -84,14 +85,6 @@ def photo_of(family: dict[str, dict[str, str]]) -> dict[str, str]:
     return {uri: name for name, members in family.items() for uri in members.values()}
 
 
-def read_neighbors(output: Path) -> dict[str, tuple[list[str], list[float]]]:
-    files = sorted(glob.glob(str(output / "neighbors-*.parquet")))
-    assert files, "no neighbours were written"
-    rows = pq.read_table(files).to_pylist()
-    assert len({row["uri"] for row in rows}) == len(rows), "an image has two rows"
-    return {row["uri"]: (row["neighbors"], row["similarities"]) for row in rows}
-
-
 def read_groups(output: Path) -> list[tuple[int, str, float]]:
     rows = []
     for path in sorted(glob.glob(str(output / "duplicates-*.csv"))):
@@ -114,14 +107,6 @@ def run_ids(output: Path, name: str) -> set[str]:
     return {
         pattern.match(Path(path).name).group(1) for path in glob.glob(str(output / f"{name}-*"))
     }
-
-
-def centred_cosines(embeddings: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
-    uris = sorted(embeddings)
-    matrix = np.stack([embeddings[uri] for uri in uris]).astype(np.float64)
-    centred = matrix - matrix.mean(axis=0)
-    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
-    return uris, unit @ unit.T
 
 
 @pytest.fixture(scope="module")
