@@ -21,6 +21,9 @@ DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
 SPILL = "_similarity"  # _similarity-RUN-*.spill: the similarity search's working files
 VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json
 SUMMARY = "summary.json"
+# _runs/RUN/: a run's own folder (staged outputs, working files, a failed run's summary);
+# dataset readers (pyarrow, Spark, DuckDB's embeddings/ globs) never look there.
+RUNS = "_runs"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 # Google's Vector Search pages state no id length limit; URIs up to this many bytes are
 # kept as ids, longer ones hashed (datapoint_id), so that no id is unreasonably long.
@@ -50,6 +53,11 @@ def new_run_id(started_at: float) -> str:
 def shard_prefix(output: str, name: str, run_id: str) -> str:
     """Shard file prefix; the run id keeps a re-run from meeting the last run's names."""
     return output_path(output, f"{name}-{run_id}")
+
+
+def run_folder(output: str, run_id: str) -> str:
+    """The run's own folder under the output, which it alone writes."""
+    return output_path(output, f"{RUNS}/{run_id}")
 
 
 def spill_prefix(output: str, run_id: str) -> str:
