@@ -21,6 +21,7 @@ DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
 SPILL = "_similarity"  # _similarity-RUN-*.spill: the similarity search's working files
 VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json
 SUMMARY = "summary.json"
+LEASE = "_lease.json"  # held by the one run writing the output (pipeline/lease.py)
 # _runs/RUN/: a run's own folder (staged outputs, working files, a failed run's summary);
 # dataset readers (pyarrow, Spark, DuckDB's embeddings/ globs) never look there.
 RUNS = "_runs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -11,6 +12,7 @@ from pipeline.backbones import BACKBONES
 from pipeline.bigquery import COLUMN as BIGQUERY_COLUMN
 from pipeline.bigquery import RESERVED_PREFIXES, parse_table
 from pipeline.formats import FORMATS
+from pipeline.naming import RUN_ID_PATTERN
 from pipeline.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
 
 OUTPUT_FORMATS = tuple(FORMATS)
@@ -22,6 +24,9 @@ MAX_NEIGHBORS = 100
 DEFAULT_CELL_SIZE = 200
 DEFAULT_CELLS_PER_IMAGE = 3
 MAX_CELLS_PER_IMAGE = 16
+# Dataflow batch jobs of millions of images can run for a day; a lease twice that old is
+# a crashed run's.
+LEASE_STALE_AFTER_HOURS = 48
 
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
 
@@ -229,6 +234,20 @@ class EmbeddingOptions(PipelineOptions):
             help="The run fails when more than this fraction of unique URIs could not be "
             "embedded. (default: %(default)s)",
         )
+        group.add_argument(
+            "--break_lease",
+            default="",
+            help="The run id of a run that holds --output's lease (_lease.json) but is no "
+            "longer running, such as a cancelled job; this run breaks that run's lease, and "
+            "no other. (default: none)",
+        )
+        group.add_argument(
+            "--lease_stale_after_hours",
+            type=float,
+            default=LEASE_STALE_AFTER_HOURS,
+            help="Hours after its start when this run's lease counts as stale: a later run "
+            "then breaks it without --break_lease. (default: %(default)s)",
+        )
 
 
 def _beam_options_classes() -> list[type[PipelineOptions]]:
@@ -329,6 +348,15 @@ def validate(opts: EmbeddingOptions) -> None:
         )
     if opts.map_sample_size < 1:
         raise UsageError(f"--map_sample_size must be at least 1, got {opts.map_sample_size}")
+    if opts.break_lease and not re.fullmatch(RUN_ID_PATTERN, opts.break_lease):
+        raise UsageError(
+            f"--break_lease {opts.break_lease!r} is not a run id such as "
+            "20261124T011106-3fa2c1; give the run id the refusal named"
+        )
+    if not opts.lease_stale_after_hours > 0:
+        raise UsageError(
+            f"--lease_stale_after_hours must be positive, got {opts.lease_stale_after_hours}"
+        )
     if opts.num_shards < 0:
         raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {opts.num_shards}")
     _validate_destinations(opts)

@@ -361,3 +361,88 @@ class FaultyProxy(LoopbackServer):
 
         # A hung-up connection makes the handler's last flush fail; that is the point.
         self.url = f"http://127.0.0.1:{self._start(Handler, quiet_errors=True)}"
+
+
+_NOT_MET = "At least one of the pre-conditions you specified did not hold."
+_CONDITION_NOT_MET = json.dumps(
+    {"error": {"code": 412, "message": _NOT_MET, "errors": [{"reason": "conditionNotMet"}]}}
+).encode()
+
+
+class PreconditionProxy(LoopbackServer):
+    """Forwards HTTP to a GCS emulator, enforcing ifGenerationMatch as Cloud Storage does.
+
+    gcp-storage-emulator ignores generation preconditions: a second upload with
+    ifGenerationMatch=0 replaces the object, a delete with a wrong generation deletes
+    it. This proxy answers such requests 412, as Cloud Storage would; requests that
+    change objects pass one at a time, so a check and its write are one step. It
+    knows multipart uploads (the object name in their metadata part) and DELETE and
+    PATCH of an object; `refused` counts its 412s.
+    """
+
+    def __init__(self, upstream: str):
+        import http.client
+        from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+        target = urlsplit(upstream)
+        lock = threading.Lock()
+        self.refused = 0
+        proxy = self
+
+        def send(method: str, path: str, body: bytes | None, headers: dict):
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read(), response.getheaders()
+            finally:
+                connection.close()
+
+        def object_of(method: str, path: str, body: bytes | None) -> tuple[str, str] | None:
+            upload = re.fullmatch(r"/upload/storage/v1/b/([^/]+)/o", path)
+            if upload and method == "POST":
+                # The metadata part: one line of JSON between the part's headers and data.
+                parts = [line for line in (body or b"").splitlines() if line.startswith(b"{")]
+                return (upload.group(1), json.loads(parts[0])["name"]) if parts else None
+            named = re.fullmatch(r"/storage/v1/b/([^/]+)/o/([^/]+)", path)
+            if named and method in ("DELETE", "PATCH"):
+                return named.group(1), unquote(named.group(2))
+            return None
+
+        def generation(bucket: str, name: str) -> int:
+            status, data, _ = send("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}",
+                                   None, {})  # fmt: skip
+            return int(json.loads(data)["generation"]) if status == 200 else 0
+
+        class Handler(QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self, body: bytes | None):
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                status, data, answer = send(self.command, self.path, body, headers)
+                passed = [
+                    (key, value)
+                    for key, value in answer
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length")
+                ]
+                self.reply(status, data, passed)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "GET":
+                    self._forward(body)
+                    return
+                url = urlsplit(self.path)
+                wanted = parse_qs(url.query).get("ifGenerationMatch")
+                with lock:
+                    target_object = object_of(self.command, url.path, body)
+                    if wanted and target_object and generation(*target_object) != int(wanted[0]):
+                        proxy.refused += 1
+                        self.reply(412, _CONDITION_NOT_MET, {"Content-Type": "application/json"})
+                        return
+                    self._forward(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self.url = f"http://127.0.0.1:{self._start(Handler)}"

@@ -108,6 +108,8 @@ MALFORMED = {
     "bigquery_table": ["images.embeddings", "my-project.my-dataset.embeddings", "p.d.t.x"],
     "vector_search_output": ["/local/folder", "s3://bucket/vectors"],
     "keep_columns": ["label,", ",label", "a,,b"],
+    "break_lease": ["latest", "20261124T011106", "20261124T011106-3FA2C1"],
+    "lease_stale_after_hours": ["0", "0.0", "-1", "two"],
 }
 
 

@@ -49,6 +49,8 @@ def test_unknown_or_abbreviated_flags_are_errors_that_name_them(flag):
         ([*REQUIRED, "--num_shards", "-1"], "--num_shards"),
         ([*REQUIRED, "--map", "--pooling", "none"], "--map needs pooled embeddings"),
         ([*REQUIRED, "--map_sample_size", "0"], "--map_sample_size must be at least 1"),
+        ([*REQUIRED, "--break_lease", "latest"], "--break_lease 'latest' is not a run id"),
+        ([*REQUIRED, "--lease_stale_after_hours", "0"], "--lease_stale_after_hours must be"),
     ],
 )
 def test_invalid_values_are_explained(args, message):
