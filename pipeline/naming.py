@@ -18,7 +18,7 @@ NPY_INDEX = "embeddings-index"  # and their index: embeddings-index-RUN-*.csv
 FAILURES = "failures"
 NEIGHBORS = "neighbors"  # neighbors-RUN-SSSSS-of-NNNNN.parquet
 DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
-SPILL = "_similarity"  # _similarity-RUN-*.spill: the similarity search's working files
+SPILL = "similarity/spill"  # _runs/RUN/similarity/spill-*.arrow: the search's working files
 VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json
 SUMMARY = "summary.json"
 LEASE = "_lease.json"  # held by the one run writing the output (pipeline/lease.py)
@@ -62,8 +62,8 @@ def run_folder(output: str, run_id: str) -> str:
 
 
 def spill_prefix(output: str, run_id: str) -> str:
-    """Where the similarity search's working files go; dataset readers skip names with _."""
-    return output_path(output, f"{SPILL}-{run_id}")
+    """Where the similarity search's working files go: in the run's own folder."""
+    return output_path(run_folder(output, run_id), SPILL)
 
 
 def npy_name(uri: str) -> str:

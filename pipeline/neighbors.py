@@ -133,7 +133,7 @@ def search_cell(
             neighbours.extend((uri, [], []) for uri in uris[start:stop])
         if wanted > 0:
             top, similarities = _top(block, wanted, position)
-            # Lists, not arrays: they are pickled per image on the way to the merge.
+            # Lists, not arrays: small values, spilled per image on the way to the merge.
             neighbours.extend(
                 zip(uris[start:stop], names[top].tolist(), similarities.tolist(), strict=True)
             )

@@ -399,9 +399,7 @@ class FindSimilar(beam.PTransform):
             files.pipeline
             | "Start clean-up" >> beam.Create([None])
             | "Remove spill files"
-            >> beam.ParDo(
-                RemoveSpillFilesFn(self._output), *(beam.pvalue.AsList(f) for f in finished)
-            )
+            >> beam.ParDo(RemoveSpillFilesFn(spill), *(beam.pvalue.AsList(f) for f in finished))
         )
         description = (
             files.pipeline

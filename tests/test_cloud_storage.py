@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from cloud import SERVICE_ACCOUNT, FaultyProxy, MetadataServer, emulator_client, storage_emulator
 from support import (
     PHOTO_PATHS,
+    REPO,
     centred_cosines,
     dead_letter,
     keras_reference,
@@ -25,6 +28,9 @@ from support import (
     summary,
     write_csv,
 )
+
+from pipeline.naming import spill_prefix
+from pipeline.spill import SPILL_SUFFIX
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -124,7 +130,7 @@ def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     names = [blob.name for blob in gcs["client"].list_blobs(BUCKET, prefix="out-similar/")]
-    assert not [name for name in names if "/_similarity-" in name], "spill files were left"
+    assert not [name for name in names if "/similarity/spill-" in name], "spill files were left"
     local = download(gcs, "out-similar", tmp_path / "similar")
     uris, similarities = centred_cosines(parquet_embeddings(local))
     np.fill_diagonal(similarities, -np.inf)
@@ -142,6 +148,60 @@ def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
     assert described["neighbors"] == {"k": 4, "images": len(uris)}
     grouped = (local / next(p.name for p in local.glob("duplicates-*.csv"))).read_text()
     assert described["duplicates"]["images"] == len(grouped.splitlines()) - 1
+
+
+SPILL_CHECK = """
+import hashlib, pickle, sys
+import numpy as np
+from pipeline.spill import SpillFn, read_range, read_values
+prefix, planted, planted_length = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = np.random.default_rng(1).normal(size=(50, 2048)).astype(np.float32)
+uris = [f"gs://bücher/{i} 🐈.jpg" for i in range(50)]
+spill = SpillFn(prefix, spill_bytes=100_000)  # several objects, one ranged read each
+spill.start_bundle()
+ranges = [r for i in range(50) for _, r in spill.process((0, (uris[i], i, rows[i])))]
+ranges += [windowed.value[1] for windowed in spill.finish_bundle()]
+_, values = read_values((0, ranges))
+values.sort(key=lambda value: value[1])
+print(len({path for path, _, _ in ranges}), [u for u, _, _ in values] == uris)
+print(hashlib.sha256(np.stack([row for _, _, row in values]).tobytes()).hexdigest())
+try:
+    read_range((planted, 0, planted_length))
+except ValueError as error:
+    print(error)
+"""
+
+
+class Planted:
+    """Unpickling it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_spill_objects_round_trip_exactly_and_refuse_a_planted_pickle(gcs, tmp_path):
+    prefix = spill_prefix(f"gs://{BUCKET}/out-spill", "20260101T000000-aaaaaa")
+    planted = f"{prefix}-cells-0{SPILL_SUFFIX}"
+    marker = tmp_path / "unpickled"
+    data = pickle.dumps(Planted(marker))
+    gcs["bucket"].blob(planted.removeprefix(f"gs://{BUCKET}/")).upload_from_string(data)
+    result = subprocess.run(
+        [sys.executable, "-c", SPILL_CHECK, prefix, planted, str(len(data))],
+        cwd=REPO, env={**os.environ, **gcs["env"]}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout  # the last line: the planted pickle's refusal
+    files, digest, refusal = lines
+    count, uris_equal = files.split()
+    assert int(count) > 3 and uris_equal == "True"
+    rows = np.random.default_rng(1).normal(size=(50, 2048)).astype(np.float32)
+    assert digest == hashlib.sha256(rows.tobytes()).hexdigest()
+    assert refusal.startswith(f"{planted} (bytes 0 to {len(data)}) is not a record batch")
+    assert not marker.exists()
 
 
 def test_gs_glob_input(gcs, tmp_path):

@@ -55,6 +55,7 @@ def find_similar(folder: Path, files: list[str], settings: SimilaritySettings) -
             | beam.Create(files)
             | FindSimilar(str(folder), "parquet", "20260101T000001-bbbbbb", False, settings)
         )
+    assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
 
 
 def read_groups(folder: Path) -> dict[int, dict[str, float]]:
