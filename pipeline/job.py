@@ -64,8 +64,9 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     )
     read = p | "Read URIs" >> ReadImageUris(opts.input, done, keep)
     loaded = read["uris"] | "Load images" >> LoadImages(
-        spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels, thumbnail_size
-    )
+        spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels, thumbnail_size,
+        max_bytes=opts.max_image_bytes, local_paths=is_local(p.options),
+    )  # fmt: skip
     extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(handler)
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
     stored = embeddings | "Store embeddings" >> store

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
+import os
+import stat
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -17,15 +20,40 @@ from pipeline.metrics import counter
 from pipeline.records import FAILED, Failure, ImageKey
 
 REFUSED_SCHEMES = ("http", "https")
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+# What os.stat can say a path is, when it is not a regular file.
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class UnsupportedUriError(ValueError):
     """A URI this pipeline will not read."""
 
 
-def check_uri(uri: str) -> None:
-    """Only storage that Beam's FileSystems serve; never a web URL a CSV row names."""
+class ImageTooLargeError(ValueError):
+    """A file larger than --max_image_bytes."""
+
+
+class NotARegularFileError(ValueError):
+    """A local path naming a directory, a device, a pipe or a socket."""
+
+
+def check_uri(uri: str, local_paths: bool = True) -> None:
+    """Only storage that Beam's FileSystems serve; never a web URL a CSV row names, nor,
+    unless local_paths, a path on the worker's own disk."""
     scheme = FileSystems.get_scheme(uri)
+    if scheme is None and not local_paths:
+        raise UnsupportedUriError(
+            "a local path, which cannot be read on a remote runner (it would name a file "
+            "on the worker's own disk); copy the images to Cloud Storage and list their "
+            "gs:// URIs"
+        )
     if scheme in REFUSED_SCHEMES:
         # A row must not make a worker request an arbitrary URL, such as the cloud
         # metadata server that holds the worker's credentials.
@@ -56,9 +84,16 @@ def served_schemes() -> frozenset[str | None]:
     return frozenset(schemes)
 
 
-def read_bytes(uri: str) -> bytes:
-    """The file's bytes, from any filesystem Beam serves (local, gs://, ...)."""
-    check_uri(uri)
+def read_bytes(
+    uri: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, *, local_paths: bool = True
+) -> bytes:
+    """The file's bytes, from any filesystem Beam serves (local, gs://, ...); refused
+    unread if larger than max_bytes or, for a local path, not a regular file."""
+    check_uri(uri, local_paths)
+    if FileSystems.get_scheme(uri) is None:
+        # Before opening: opening a fifo blocks until a writer comes, and a device such
+        # as /dev/zero reports size 0 and never ends.
+        _check_size(uri, _regular_file_size(uri), max_bytes)
     try:
         # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
         with FileSystems.open(
@@ -66,10 +101,41 @@ def read_bytes(uri: str) -> bytes:
             mime_type="application/octet-stream",
             compression_type=CompressionTypes.UNCOMPRESSED,
         ) as handle:
-            return handle.read()
+            if handle.seekable():
+                _check_size(uri, _size(handle), max_bytes)
+            # At most one byte past the limit, should the file have grown since.
+            data = handle.read(max_bytes + 1)
     except NotFound as error:
         # The same error type for a missing gs:// object as for a missing local file.
         raise FileNotFoundError(f"no such object: {uri}") from error
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"{uri}: more than --max_image_bytes {max_bytes} bytes")
+    return data
+
+
+def _regular_file_size(path: str) -> int:
+    status = os.stat(path)  # follows links: a link to a device is the device
+    for is_kind, kind in _FILE_KINDS:
+        if is_kind(status.st_mode):
+            raise NotARegularFileError(f"{path} is {kind}, not a regular file")
+    return status.st_size
+
+
+def _size(handle) -> int:
+    """The size of the file an open handle reads, without reading it.
+
+    Beam's gs:// handle fetched the object's metadata when it opened (one request), so
+    seeking to the end costs no other request; FileSystems.match would be a second one,
+    and would take a name holding [ or * for a pattern.
+    """
+    size = handle.seek(0, io.SEEK_END)
+    handle.seek(0)
+    return size
+
+
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ImageTooLargeError(f"{uri}: {size} bytes, more than --max_image_bytes {max_bytes}")
 
 
 class LoadImageFn(beam.DoFn):
@@ -77,13 +143,23 @@ class LoadImageFn(beam.DoFn):
     undecodable inputs to `failed`."""
 
     def __init__(
-        self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0
+        self,
+        size: int,
+        policy: str,
+        jpeg_draft: bool,
+        max_pixels: int,
+        thumbnail_size: int = 0,
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        local_paths: bool = True,
     ):
         self._size = size
         self._policy = policy
         self._jpeg_draft = jpeg_draft
         self._max_pixels = max_pixels
         self._thumbnail_size = thumbnail_size
+        self._max_bytes = max_bytes
+        self._local_paths = local_paths
         self._loaded = counter("images_loaded")
 
     def setup(self):
@@ -95,7 +171,7 @@ class LoadImageFn(beam.DoFn):
         uri, columns = (row, ()) if isinstance(row, str) else row
         try:
             decoded = images.decode(
-                read_bytes(uri),
+                read_bytes(uri, self._max_bytes, local_paths=self._local_paths),
                 self._size,
                 self._policy,
                 self._jpeg_draft,
@@ -112,13 +188,34 @@ class LoadImageFn(beam.DoFn):
 
 class LoadImages(beam.PTransform):
     """URIs (or (uri, kept columns) rows) to model-sized RGB uint8 arrays; outputs images
-    and failed."""
+    and failed.
+
+    max_bytes: files larger than this are refused unread. local_paths: whether a URI
+    without a scheme may be read (on a local runner only: elsewhere it would name a file
+    on the worker's own disk).
+    """
 
     def __init__(
-        self, size: int, policy: str, jpeg_draft: bool, max_pixels: int, thumbnail_size: int = 0
+        self,
+        size: int,
+        policy: str,
+        jpeg_draft: bool,
+        max_pixels: int,
+        thumbnail_size: int = 0,
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        local_paths: bool = True,
     ):
         super().__init__()
-        self._fn = LoadImageFn(size, policy, jpeg_draft, max_pixels, thumbnail_size)
+        self._fn = LoadImageFn(
+            size,
+            policy,
+            jpeg_draft,
+            max_pixels,
+            thumbnail_size,
+            max_bytes=max_bytes,
+            local_paths=local_paths,
+        )
 
     def expand(self, uris):
         loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")

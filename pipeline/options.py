@@ -12,6 +12,7 @@ from pipeline.backbones import BACKBONES
 from pipeline.bigquery import COLUMN as BIGQUERY_COLUMN
 from pipeline.bigquery import RESERVED_PREFIXES, parse_table
 from pipeline.formats import FORMATS
+from pipeline.loading import DEFAULT_MAX_IMAGE_BYTES
 from pipeline.naming import RUN_ID_PATTERN
 from pipeline.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
 
@@ -114,6 +115,13 @@ class EmbeddingOptions(PipelineOptions):
             default=100_000_000,
             help="Images with more pixels go to the dead letter as decompression bombs. "
             "(default: %(default)s)",
+        )
+        group.add_argument(
+            "--max_image_bytes",
+            type=int,
+            default=DEFAULT_MAX_IMAGE_BYTES,
+            help="Image files larger than this many bytes go to the dead letter unread "
+            "(ImageTooLargeError). (default: %(default)s)",
         )
         group.add_argument(
             "--min_batch_size",
@@ -318,6 +326,8 @@ def validate(opts: EmbeddingOptions) -> None:
         )
     if opts.max_image_pixels < 1:
         raise UsageError(f"--max_image_pixels must be positive, got {opts.max_image_pixels}")
+    if opts.max_image_bytes < 1:
+        raise UsageError(f"--max_image_bytes must be positive, got {opts.max_image_bytes}")
     if opts.map and opts.pooling == "none":
         raise UsageError(
             "--map needs pooled embeddings: with --pooling none each embedding has a whole "

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam import pvalue
+from apache_beam import coders, pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
@@ -22,6 +22,7 @@ URI_COLUMN = "uri"
 _GLOB_CHARACTERS = "*?["
 _SNIFF_LINES = 1000
 _BOM = "\ufeff"
+_SHOWN_CHARACTERS = 200
 
 
 class InputError(ValueError):
@@ -47,6 +48,20 @@ def _fields(line: str, strict: bool = False) -> list[str]:
     return csv_fields(line.lstrip(_BOM), strict)
 
 
+def _loose_fields(line: str) -> list[str] | None:
+    """The fields as the lenient reader sees them, or None where even it cannot: a field
+    over the csv module's size limit, a carriage return inside an unquoted field."""
+    try:
+        return _fields(line)
+    except csv.Error:
+        return None
+
+
+def _shown(line: str) -> str:
+    line = line.strip()
+    return line if len(line) <= _SHOWN_CHARACTERS else f"{line[:_SHOWN_CHARACTERS]}..."
+
+
 def _lines(handle):
     """The lines of an open Beam file; readline() also works on a .gz one (CompressedFile)."""
     while line := handle.readline():
@@ -54,7 +69,11 @@ def _lines(handle):
 
 
 def sniff_layout(path: str) -> CsvLayout:
-    """Finds a header naming a `uri` column in the first non-blank line, if there is one."""
+    """Finds a header naming a `uri` column in the first non-blank line, if there is one.
+
+    A first line that is not UTF-8 text is a row (which the reader dead-letters), unless
+    it names a `uri` column: a header's names must be read exactly.
+    """
     if not FileSystems.exists(path):
         raise InputError(f"--input {path}: no such file (give a CSV of image URIs or a glob)")
     with FileSystems.open(path) as handle:
@@ -64,12 +83,27 @@ def sniff_layout(path: str) -> CsvLayout:
                 if number >= _SNIFF_LINES:
                     break
                 continue
-            header = tuple(name.strip() for name in _fields(line))
+            fields = _loose_fields(line)
+            if fields is None:
+                return CsvLayout()  # no header: the reader dead-letters the row
+            header = tuple(name.strip() for name in fields)
             names = [name.lower() for name in header]
             if URI_COLUMN in names:
+                _check_utf8(raw, number, path)
                 return CsvLayout(names.index(URI_COLUMN), skip_lines=number, header=header)
             return CsvLayout()
     return CsvLayout()
+
+
+def _check_utf8(raw: bytes, number: int, path: str) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"--input: line {number} of {path}, its header, is not UTF-8 text "
+            f"({error.reason} at byte {error.start}: "
+            f"{raw.decode('utf-8', errors='backslashreplace').strip()}); save the CSV as UTF-8"
+        ) from None
 
 
 def keep_columns_layout(path: str, keep_columns: tuple[str, ...]) -> CsvLayout:
@@ -107,8 +141,10 @@ def count_inputs(path: str, limit: int) -> int | None:
     rows = 0
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(_lines(handle), start=1):
-            line = raw.decode("utf-8", errors="replace")
-            if number > layout.skip_lines and any(field.strip() for field in _fields(line)):
+            fields = _loose_fields(raw.decode("utf-8", errors="replace"))
+            if number > layout.skip_lines and (
+                fields is None or any(field.strip() for field in fields)
+            ):
                 rows += 1
                 if rows > limit:
                     return None
@@ -121,7 +157,8 @@ def check_glob(pattern: str) -> None:
 
 
 class ParseRowFn(beam.DoFn):
-    """One CSV line to (uri, kept values); a non-blank row without a URI is a read failure.
+    """One CSV line (bytes) to (uri, kept values); a non-blank row without a URI, not
+    UTF-8 text or that the csv module cannot split is a read failure.
 
     Kept values are the fields exactly as the CSV holds them. With kept columns, a row
     whose fields do not line up with the header (a stray quote, an unquoted comma)
@@ -134,11 +171,21 @@ class ParseRowFn(beam.DoFn):
         self._width = len(layout.header)
         self._rows = counter("rows_read")
 
-    def process(self, line: str):
+    def process(self, encoded: bytes):
+        try:
+            line = encoded.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield from self._not_utf8(encoded, error)
+            return
         try:
             raw = _fields(line, strict=bool(self._kept))
         except csv.Error as error:
-            raw, malformed = _fields(line), f"not a well-formed CSV row ({error})"
+            raw, malformed = _loose_fields(line), f"not a well-formed CSV row ({error})"
+            if raw is None:
+                self._rows.inc()
+                failure = Failure(_shown(line), "read", "MalformedRow", malformed)
+                yield pvalue.TaggedOutput(FAILED, failure)
+                return
         else:
             malformed = None
         fields = [field.strip() for field in raw]
@@ -156,6 +203,30 @@ class ParseRowFn(beam.DoFn):
             yield pvalue.TaggedOutput(FAILED, failure)
         else:
             yield uri, tuple(raw[index] for index in self._kept)
+
+    def _not_utf8(self, encoded: bytes, error: UnicodeDecodeError):
+        # The row is shown with its bad bytes escaped: its URI cannot be known for sure.
+        self._rows.inc()
+        shown = _shown(encoded.decode("utf-8", errors="backslashreplace"))
+        message = f"the row is not UTF-8 text ({error.reason} at byte {error.start})"
+        yield pvalue.TaggedOutput(FAILED, Failure(shown, "read", "UnicodeDecodeError", message))
+
+
+class TakePathFn(beam.DoFn):
+    """A matched file to a (path, ()) row; a local file name that is not UTF-8 is a read
+    failure (no output could hold it, and Beam's coder would fail the job on it)."""
+
+    def process(self, metadata):
+        try:
+            metadata.path.encode("utf-8")
+        except UnicodeEncodeError as error:
+            shown = metadata.path.encode("utf-8", errors="surrogateescape").decode(
+                "utf-8", errors="backslashreplace"
+            )
+            message = f"the file name is not UTF-8 text (at character {error.start})"
+            yield pvalue.TaggedOutput(FAILED, Failure(shown, "read", "UnicodeDecodeError", message))
+        else:
+            yield metadata.path, ()
 
 
 class CountValuesFn(beam.CombineFn):
@@ -243,15 +314,17 @@ class ReadImageUris(beam.PTransform):
     def expand(self, pbegin):
         layout = keep_columns_layout(self._input, self._keep_columns)
         if is_glob(self._input):
-            rows = (
+            matched = (
                 pbegin
                 | "Match files" >> fileio.MatchFiles(self._input)
-                | "Take paths" >> beam.Map(lambda metadata: (metadata.path, ()))
+                | "Take paths" >> beam.ParDo(TakePathFn()).with_outputs(FAILED, main="rows")
             )
-            failed = pbegin | "No read failures" >> beam.Create([])
+            rows, failed = matched.rows, matched[FAILED]
         else:
+            # Bytes, decoded row by row: Beam's default coder would fail the whole job on
+            # one byte that is not UTF-8.
             lines = pbegin | "Read lines" >> beam.io.ReadFromText(
-                self._input, skip_header_lines=layout.skip_lines
+                self._input, skip_header_lines=layout.skip_lines, coder=coders.BytesCoder()
             )
             parsed = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout)).with_outputs(
                 FAILED, main="rows"

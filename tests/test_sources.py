@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import apache_beam as beam
 import pytest
@@ -12,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.local_runner import use_local_runner_defaults
 from pipeline.sources import (
+    CsvLayout,
     InputError,
     ReadImageUris,
     count_inputs,
@@ -118,6 +120,79 @@ def test_kept_columns_need_a_header_that_names_them(tmp_path):
 def test_a_missing_input_file_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         sniff_layout(str(tmp_path / "nope.csv"))
+
+
+def test_a_row_that_is_not_utf8_is_a_read_failure_and_the_others_are_read(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(
+        b"uri,label\ngs://b/a.jpg,cat\ngs://b/caf\xe9.jpg,caf\xe9\n\xff\xfe\ngs://b/b.jpg,dog\n"
+    )
+    assert sniff_layout(str(path)).skip_lines == 1
+    assert count_inputs(str(path), 500) == 4
+    run_read(
+        path,
+        ["gs://b/a.jpg", "gs://b/b.jpg"],
+        rows=2,
+        duplicates=0,
+        failed_lines=[
+            ("gs://b/caf\\xe9.jpg,caf\\xe9", "read", "UnicodeDecodeError"),
+            ("\\xff\\xfe", "read", "UnicodeDecodeError"),
+        ],
+    )
+
+
+def test_a_first_line_that_is_not_utf8_is_a_row_unless_it_is_the_header(tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(b"gs://b/caf\xe9.jpg\ngs://b/b.jpg\n")
+    assert sniff_layout(str(rows)).skip_lines == 0
+    assert count_inputs(str(rows), 500) == 2
+    run_read(
+        rows,
+        ["gs://b/b.jpg"],
+        rows=1,
+        duplicates=0,
+        failed_lines=[("gs://b/caf\\xe9.jpg", "read", "UnicodeDecodeError")],
+    )
+    header = tmp_path / "header.csv"
+    header.write_bytes(b"uri,caf\xe9\ngs://b/a.jpg,x\n")
+    with pytest.raises(InputError, match=r"line 1 of .*header.csv.* is not UTF-8.*byte 7"):
+        sniff_layout(str(header))
+    with pytest.raises(InputError, match="is not UTF-8"):
+        count_inputs(str(header), 500)
+
+
+def test_rows_the_csv_module_cannot_split_are_read_failures(tmp_path):
+    long_uri = "gs://b/" + "x" * 200_000 + ".jpg"
+    path = tmp_path / "awkward.csv"
+    path.write_bytes(f"uri\ngs://b/a.jpg\n{long_uri}\ngs://b/c\rd.jpg\ngs://b/b.jpg\n".encode())
+    assert count_inputs(str(path), 500) == 4
+    run_read(
+        path,
+        ["gs://b/a.jpg", "gs://b/b.jpg"],
+        rows=2,
+        duplicates=0,
+        failed_lines=[
+            (long_uri[:200] + "...", "read", "MalformedRow"),
+            ("gs://b/c\rd.jpg", "read", "MalformedRow"),
+        ],
+    )
+    # Old Mac line ends: one line, which is no header but a row the reader refuses.
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes(b"uri\rgs://b/a.jpg\rgs://b/b.jpg\r")
+    assert sniff_layout(str(mac)) == CsvLayout()
+    assert count_inputs(str(mac), 500) == 1
+
+
+def test_a_matched_file_name_that_is_not_utf8_is_a_read_failure(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    os.close(os.open(os.fsencode(tmp_path) + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))
+    run_read(
+        tmp_path / "*.png",
+        [str(tmp_path / "a.png")],
+        rows=1,
+        duplicates=0,
+        failed_lines=[(f"{tmp_path}/caf\\xe9.png", "read", "UnicodeDecodeError")],
+    )
 
 
 def test_count_inputs_counts_rows_as_the_reader_does_and_stops_past_the_limit(tmp_path):

@@ -67,6 +67,33 @@ def test_load_sends_each_bad_input_to_the_dead_letter_with_its_error_type(tmp_pa
         )
 
 
+def test_on_a_remote_runner_local_paths_go_to_the_dead_letter():
+    good = PHOTO_PATHS[:2]
+
+    def messages_say_why(failures: list[Failure]) -> None:
+        assert len(failures) == len(good)
+        for failure in failures:
+            assert "local path" in failure.message and "remote runner" in failure.message
+            assert "gs://" in failure.message
+
+    with local_pipeline() as p:
+        uris = p | beam.Create(good)
+        remote = uris | "Remote" >> LoadImages(SIZE, "squash", False, 10**8, local_paths=False)
+        local = uris | "Local" >> LoadImages(SIZE, "squash", False, 10**8, local_paths=True)
+        assert_that(remote["images"], equal_to([]), label="remote images")
+        assert_that(
+            remote["failed"] | "Remote fields" >> beam.Map(failure_fields),
+            equal_to([(uri, "load", "UnsupportedUriError") for uri in good]),
+            label="remote failed",
+        )
+        assert_that(remote["failed"], messages_say_why, label="remote messages")
+        assert_that(
+            local["images"] | "Local URIs" >> beam.Map(lambda keyed: keyed[0].uri),
+            equal_to(good),
+            label="local images",
+        )
+
+
 def test_loaded_pixels_are_the_decoders():
     def pixels_match(keyed: list[tuple[ImageKey, np.ndarray]]) -> None:
         [(key, pixels)] = keyed
