@@ -1,5 +1,6 @@
 """--bigquery_table: the run's Parquet shards loaded into a table by one load job, and
-an optional vector index on its embedding column.
+an optional vector index on its embedding column. The table's description records how
+its embeddings were made, so that a --skip_existing run never mixes two models in it.
 
 The google-cloud-bigquery client is used rather than Beam's WriteToBigQuery: a load
 job from the shards already written is one atomic step (no streaming inserts, no
@@ -8,15 +9,17 @@ second copy of the embeddings), and the client honours BIGQUERY_EMULATOR_HOST.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 
 from pipeline.formats import FORMATS
-from pipeline.naming import EMBEDDINGS, matching_files, shard_prefix
+from pipeline.naming import matching_files
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,6 +41,15 @@ INDEX_NAME = "embedding_index"
 # "If you create a vector index on a table that is smaller than 10 MB, then the vector
 # index isn't populated" (https://cloud.google.com/bigquery/docs/vector-index).
 MIN_INDEX_BYTES = 10 * 2**20
+# How a run makes its embeddings, as the table's description records it, and what to
+# call each in an error: embeddings that differ in any of them do not belong in one table.
+RECORDED = {
+    "model": "--model",
+    "weights": "--weights",
+    "pooling": "--pooling",
+    "resize": "--resize",
+    "embedding_shape": "the embedding shape",
+}
 
 
 class BigQueryLoadError(RuntimeError):
@@ -99,6 +111,71 @@ def check_dataset(table: TableName) -> None:
         raise ValueError(f"--bigquery_table {table.id}: {error.message}") from error
 
 
+def table_metadata(context: dict[str, Any]) -> dict[str, Any]:
+    """What the table records from a run's context (job.run_context): model, weights,
+    pooling and resize as the Parquet shards' metadata holds them, and the shape."""
+    made = {key: str(context[key]) for key in RECORDED if key != "embedding_shape"}
+    return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}
+
+
+def describe_table(metadata: dict[str, Any]) -> str:
+    """The table's description: the metadata as one JSON object."""
+    return json.dumps({key: metadata[key] for key in RECORDED})
+
+
+def recorded_metadata(table) -> dict[str, Any] | None:
+    """What a table's description records, or None for a table that records nothing
+    (one made by hand, or by an earlier version of the pipeline)."""
+    try:
+        recorded = json.loads(table.description or "")
+    except ValueError:
+        return None
+    if not isinstance(recorded, dict) or set(recorded) != set(RECORDED):
+        return None
+    return recorded
+
+
+def check_recorded(table_id: str, recorded: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Raises ValueError, naming each value that differs, unless the table's embeddings
+    were made as this run makes them."""
+    ours = json.loads(describe_table(metadata))
+    differ = [key for key in RECORDED if recorded[key] != ours[key]]
+    if not differ:
+        return
+
+    def named(values: dict) -> str:
+        return ", ".join(f"{RECORDED[key]} {_shown(values[key])}" for key in differ)
+
+    raise ValueError(
+        f"--bigquery_table {table_id} with --skip_existing: the table holds embeddings made "
+        f"with {named(recorded)}; this run makes them with {named(ours)}, and one table must "
+        "not mix the two. Run without --skip_existing to replace the table, or give another "
+        "--bigquery_table"
+    )
+
+
+def _shown(value) -> str:
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def check_table_matches(table: TableName | str, metadata: dict[str, Any]) -> None:
+    """For a --skip_existing run: raises ValueError, saying what differs, if the table
+    records embeddings made otherwise than metadata (table_metadata) says. A missing
+    table, or one that records nothing, passes: the load then replaces it."""
+    from google.api_core import exceptions
+
+    name = table if isinstance(table, TableName) else parse_table(table)
+    try:
+        found = client(name.project).get_table(name.id)
+    except exceptions.NotFound:
+        return
+    except exceptions.GoogleAPICallError as error:
+        raise ValueError(f"--bigquery_table {name.id}: {error.message}") from error
+    recorded = recorded_metadata(found)
+    if recorded is not None:
+        check_recorded(name.id, recorded, metadata)
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """One load job: where from (Cloud Storage wildcards), and whether it replaces the
@@ -110,37 +187,130 @@ class LoadPlan:
 
 
 def plan_load(
-    table, earlier_rows: int | None, this_run_shards: str, all_shards: str, columns: list[str]
+    table,
+    earlier_rows: int | None,
+    this_run_shards: str,
+    earlier_shards: str,
+    columns: list[str],
+    metadata: dict[str, Any],
 ) -> LoadPlan:
     """Which shards to load so that the table equals the output afterwards.
 
     earlier_rows is None when the run replaces the output; otherwise it is how many
     embeddings earlier runs left, and only this run's shards are appended when the
-    table (None if missing) already holds exactly those, with this run's columns.
-    A wildcard keeps each job within BigQuery's 10,000 source URIs.
+    table (None if missing) already holds exactly those, with this run's columns, made
+    as this run makes them (ValueError if it records another way). Otherwise the
+    earlier runs' published shards and this run's are loaded, replacing. Wildcards keep
+    each job within BigQuery's 10,000 source URIs.
     """
     ours = [this_run_shards]
+    everything = [earlier_shards, this_run_shards]
     if earlier_rows is None:
         return LoadPlan(ours, True, "the run replaced the output")
     if table is None:
-        return LoadPlan([all_shards], True, "the table did not exist")
+        return LoadPlan(everything, True, "the table did not exist")
+    recorded = recorded_metadata(table)
+    if recorded is None:
+        return LoadPlan(everything, True, "the table did not record how its rows were made")
+    check_recorded(f"{table.project}.{table.dataset_id}.{table.table_id}", recorded, metadata)
     table_columns = [field.name for field in table.schema]
     if table_columns != columns:
-        return LoadPlan([all_shards], True, f"the table's columns were {table_columns}")
+        return LoadPlan(everything, True, f"the table's columns were {table_columns}")
     if table.num_rows != earlier_rows:
         return LoadPlan(
-            [all_shards],
+            everything,
             True,
             f"the table held {table.num_rows} rows, the output {earlier_rows} before this run",
         )
     return LoadPlan(ours, False, "the table held the earlier runs' rows")
 
 
+def loadable(wildcards: list[str]) -> list[str]:
+    """The wildcards that name files, each file once: one that matches nothing, or only
+    files an earlier wildcard names (this run's shards while they are still among the
+    published ones), is left out. BigQuery would load a file named twice twice."""
+    kept: list[str] = []
+    named: set[str] = set()
+    for wildcard in wildcards:
+        files = set(matching_files([wildcard]))
+        if files <= named:
+            continue
+        if files & named:
+            raise BigQueryLoadError(
+                f"{wildcard} matches some, not all, of the files that {kept} match: loading "
+                "both would load those files twice"
+            )
+        kept.append(wildcard)
+        named |= files
+    return kept
+
+
+class _Attempts:
+    """One step's jobs: ID, then ID_2, ID_3, ... each started after the one before failed.
+
+    Job ids are fixed per run, so a retried bundle finds the jobs it started; one that
+    is pending, running or done without error is the step's job, a failed one is
+    followed by a new attempt (BigQuery keeps a failed job's id forever).
+    """
+
+    def __init__(self, bq, job_id: str, location: str):
+        from google.api_core import exceptions
+
+        self._bq, self._base, self._location = bq, job_id, location
+        self.jobs: list = []
+        while True:
+            try:
+                self.jobs.append(bq.get_job(self._id(len(self.jobs) + 1), location=location))
+            except exceptions.NotFound:
+                break
+
+    @property
+    def current(self):
+        """The job a retried step carries on with, or None if it must start one."""
+        if self.jobs and not _failed(self.jobs[-1]):
+            return self.jobs[-1]
+        return None
+
+    def start(self, insert: Callable[[str], Any]):
+        """insert(job_id) under the next attempt's id; a 409 means a concurrent attempt
+        of the same bundle started it first, so that job is the step's."""
+        from google.api_core import exceptions
+
+        job_id = self._id(len(self.jobs) + 1)
+        try:
+            job = insert(job_id)
+        except exceptions.Conflict:
+            job = self._bq.get_job(job_id, location=self._location)
+        self.jobs.append(job)
+        return job
+
+    def described(self) -> list[dict[str, Any]]:
+        """Each attempt's id, state and error, for the summary."""
+        return [
+            {
+                "job_id": job.job_id,
+                "state": job.state,
+                "error": (job.error_result or {}).get("message"),
+            }
+            for job in self.jobs
+        ]
+
+    def _id(self, attempt: int) -> str:
+        return self._base if attempt == 1 else f"{self._base}_{attempt}"
+
+
+def _failed(job) -> bool:
+    return job.state == "DONE" and job.error_result is not None
+
+
 class LoadIntoBigQueryFn(beam.DoFn):
     """This run's final shard names to a load job; outputs what the summary records.
 
-    Job ids derive from the run id, so a retried bundle finds the job it already
-    started and reports that one, instead of loading twice.
+    this_run_shards is a gs:// wildcard of the run's own Parquet shards; the output's
+    published ones are loaded too when the table must be rebuilt. Job ids derive from
+    the run id, so a retried bundle finds the job it already started and reports that
+    one instead of loading twice, or, if that job failed, starts the next attempt.
+    metadata (table_metadata) is recorded as the table's description.
     """
 
     def __init__(
@@ -150,30 +320,37 @@ class LoadIntoBigQueryFn(beam.DoFn):
         run_id: str,
         columns: list[str],
         vector_index: bool,
+        *,
+        this_run_shards: str,
+        metadata: dict[str, Any],
     ):
         self._table = table
         self._output = output
         self._run_id = run_id
         self._columns = columns
         self._vector_index = vector_index
+        self._this_run_shards = this_run_shards
+        self._metadata = json.loads(describe_table(metadata))
 
     def process(self, unused_this_run: list[str], earlier_rows: int | None = None):
         bq = client(self._table.project)
         # Jobs live in the dataset's location; looking one up elsewhere finds nothing.
         location = bq.get_dataset(f"{self._table.project}.{self._table.dataset}").location
-        job = self._find_job(bq, "load", location)
+        attempts = _Attempts(bq, self._job_id("load"), location)
+        job = attempts.current
         if job is None:
-            job, why = self._plan_and_load(bq, earlier_rows, location)
+            job, attempts, why = self._plan_and_load(bq, earlier_rows, location, attempts)
         else:
             why = "a retried step found this run's load job"
         self._wait(job, f"loading Parquet files into {self._table.id}")
-        table = self._get_table(bq)
+        table = self._record_metadata(bq, self._get_table(bq))
         loaded = job is not None and job.job_type == "load"
         described = {
             "table": self._table.id,
             "write": _write_mode(job),
             "why": why,
             "job_id": job.job_id if job else None,
+            "attempts": attempts.described() if job else [],
             "sources": list(job.source_uris) if loaded else [],
             "rows_loaded": job.output_rows if loaded else 0,
             "table_rows": table.num_rows if table else 0,
@@ -183,24 +360,30 @@ class LoadIntoBigQueryFn(beam.DoFn):
             described["vector_index"] = self._create_index(bq, size, location)
         yield described
 
-    def _plan_and_load(self, bq, earlier_rows, location):
+    def _plan_and_load(self, bq, earlier_rows, location, attempts: _Attempts):
+        """The plan's job (a load, a TRUNCATE, or None), its attempts, and why."""
         from google.cloud import bigquery
 
-        parquet = FORMATS["parquet"]
-        this_run_shards = shard_prefix(self._output, EMBEDDINGS, self._run_id) + "-*.parquet"
-        all_shards = parquet.embedding_files(self._output)
+        earlier_shards = FORMATS["parquet"].embedding_files(self._output)
         existing = self._get_table(bq)
-        plan = plan_load(existing, earlier_rows, this_run_shards, all_shards, self._columns)
+        plan = plan_load(
+            existing,
+            earlier_rows,
+            self._this_run_shards,
+            earlier_shards,
+            self._columns,
+            self._metadata,
+        )
         # A run that wrote no shards (or an output without any) has nothing to load.
-        if not matching_files(plan.sources):
-            plan = LoadPlan([], plan.replace, plan.reason)
+        plan = LoadPlan(loadable(plan.sources), plan.replace, plan.reason)
         mode = "replacing with" if plan.replace else "appending"
         _LOG.info("BigQuery %s: %s %s (%s)", self._table.id, mode, plan.sources, plan.reason)
         if not plan.sources:
             if plan.replace and existing is not None:
                 statement = f"TRUNCATE TABLE {self._table.sql}"
-                return self._run_query(bq, statement, "truncate", location), plan.reason
-            return None, plan.reason
+                query = self._run_query(bq, statement, "truncate", location)
+                return query.jobs[-1], query, plan.reason
+            return None, attempts, plan.reason
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
             write_disposition=(
@@ -215,28 +398,31 @@ class LoadIntoBigQueryFn(beam.DoFn):
         options = bigquery.ParquetOptions()
         options.enable_list_inference = True
         config.parquet_options = options
-        job = bq.load_table_from_uri(
-            plan.sources,
-            self._table.id,
-            job_id=self._job_id("load"),
-            job_config=config,
-            location=location,
+        # BigQuery sets this description on a table the job creates, and fails the job
+        # if an existing table's differs: an append thus refuses a table changed since
+        # the plan. A table being replaced records this run's once loaded instead.
+        if existing is None or recorded_metadata(existing) == self._metadata:
+            config.destination_table_description = describe_table(self._metadata)
+        job = attempts.start(
+            lambda job_id: bq.load_table_from_uri(
+                plan.sources, self._table.id, job_id=job_id, job_config=config, location=location
+            )
         )
-        return job, plan.reason
+        return job, attempts, plan.reason
+
+    def _record_metadata(self, bq, table):
+        """The table, its description made this run's if it held another (a replacing
+        load or TRUNCATE keeps a table's description)."""
+        if table is None or recorded_metadata(table) == self._metadata:
+            return table
+        table.description = describe_table(self._metadata)
+        return bq.update_table(table, ["description"])
 
     def _get_table(self, bq):
         from google.api_core import exceptions
 
         try:
             return bq.get_table(self._table.id)
-        except exceptions.NotFound:
-            return None
-
-    def _find_job(self, bq, step: str, location: str):
-        from google.api_core import exceptions
-
-        try:
-            return bq.get_job(self._job_id(step), location=location)
         except exceptions.NotFound:
             return None
 
@@ -257,16 +443,20 @@ class LoadIntoBigQueryFn(beam.DoFn):
             f"CREATE VECTOR INDEX IF NOT EXISTS {INDEX_NAME} ON {self._table.sql}(embedding) "
             "OPTIONS(index_type = 'IVF', distance_type = 'COSINE')"
         )
-        self._wait(self._run_query(bq, statement, "vector_index", location), statement)
-        return {"name": INDEX_NAME, "created": True, "statement": statement}
+        query = self._run_query(bq, statement, "vector_index", location)
+        self._wait(query.jobs[-1], statement)
+        described = {"name": INDEX_NAME, "created": True, "statement": statement}
+        return {**described, "attempts": query.described()}
 
-    def _run_query(self, bq, statement: str, step: str, location: str):
-        """The step's query job: the one a retried bundle started, or a new one."""
-        job = self._find_job(bq, step, location)
-        if job is None:
-            job_id = self._job_id(step)
-            job = bq.query(statement, job_id=job_id, location=location, job_retry=None)
-        return job
+    def _run_query(self, bq, statement: str, step: str, location: str) -> _Attempts:
+        """The step's query job, last of its attempts: the one a retried bundle started,
+        or a new one."""
+        attempts = _Attempts(bq, self._job_id(step), location)
+        if attempts.current is None:
+            attempts.start(
+                lambda job_id: bq.query(statement, job_id=job_id, location=location, job_retry=None)
+            )
+        return attempts
 
     @staticmethod
     def _wait(job, what: str) -> None:

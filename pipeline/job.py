@@ -11,7 +11,7 @@ import apache_beam as beam
 
 from pipeline import preflight
 from pipeline.backbones import ModelSpec, embedding_shape
-from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table
+from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table, table_metadata
 from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.formats import FORMATS
 from pipeline.loading import LoadImages
@@ -19,7 +19,16 @@ from pipeline.local_runner import SMALL_INPUT_ROWS, is_local, use_local_runner_d
 from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.metrics import NAMESPACE
 from pipeline.model import KerasEmbeddingHandler
-from pipeline.naming import DUPLICATES, FAILURES, NEIGHBORS, SUMMARY, new_run_id, output_path
+from pipeline.naming import (
+    DUPLICATES,
+    EMBEDDINGS,
+    FAILURES,
+    NEIGHBORS,
+    SUMMARY,
+    new_run_id,
+    output_path,
+    shard_prefix,
+)
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
 from pipeline.similarity import FindSimilar, SimilaritySettings
 from pipeline.sinks import WriteFailures, parquet_schema, remove_other_runs_after
@@ -124,6 +133,8 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
             run_id,
             parquet_schema(shape, metadata, keep).names,
             opts.bigquery_vector_index,
+            this_run_shards=shard_prefix(opts.output, EMBEDDINGS, run_id) + "-*.parquet",
+            metadata=table_metadata(context),
         )
         parts["bigquery"] = stored["files"] | "Load into BigQuery" >> LoadIntoBigQuery(
             load, earlier_rows
@@ -170,7 +181,11 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
     preflight.check_weights(model_spec(opts), local=local)
     preflight.check_output(opts.output)
     if opts.skip_existing:
-        preflight.check_earlier_outputs(opts.output, opts.output_format, keep, opts.bigquery_table)
+        spec = model_spec(opts)
+        made = table_metadata(run_context(opts, spec, embedding_shape(spec)))
+        preflight.check_earlier_outputs(
+            opts.output, opts.output_format, keep, opts.bigquery_table, made
+        )
     if opts.vector_search_output:
         preflight.check_output(opts.vector_search_output, "--vector_search_output")
         preflight.check_vector_search_folder(opts.vector_search_output)

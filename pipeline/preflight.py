@@ -11,7 +11,7 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
-from pipeline.bigquery import TableName, check_dataset
+from pipeline.bigquery import TableName, check_dataset, check_table_matches
 from pipeline.formats import FORMATS
 from pipeline.naming import matching_files
 from pipeline.options import UsageError
@@ -67,11 +67,21 @@ def check_output(output: str, flag: str = "--output") -> None:
 
 
 def check_earlier_outputs(
-    output: str, output_format: str, keep_columns: tuple[str, ...], bigquery_table: str
+    output: str,
+    output_format: str,
+    keep_columns: tuple[str, ...],
+    bigquery_table: str,
+    table_metadata: dict | None = None,
 ) -> None:
     """With --skip_existing, raises UsageError unless the embeddings already there keep
     the same columns as this run would (one folder must hold one table), and, for a
-    BigQuery load, are all in the current layout."""
+    BigQuery load, are all in the current layout and the table's were made as this
+    run's are (table_metadata: bigquery.table_metadata)."""
+    if bigquery_table and table_metadata is not None:
+        try:
+            check_table_matches(bigquery_table, table_metadata)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     if output_format == "parquet" and bigquery_table:
         legacy = matching_files([FORMATS["parquet"].legacy_files(output)])
         if legacy:

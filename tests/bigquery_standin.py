@@ -2,9 +2,11 @@
 
 No BigQuery emulator runs here and loads Parquet (see README, "What was proven
 offline"), so this server answers the calls the pipeline and the tests make: datasets,
-tables and tabledata reads, load jobs from gs:// Parquet files (read from the GCS
-emulator, with BigQuery's documented type mapping and list inference), and the two
-statements the pipeline runs (CREATE VECTOR INDEX, TRUNCATE TABLE). Every request is
+tables (read, and their description patched) and tabledata reads, load jobs from gs://
+Parquet files (read from the GCS emulator, with BigQuery's documented type mapping and
+list inference, and the destination table's description as jobs.insert documents it),
+and the two statements the pipeline runs (CREATE VECTOR INDEX, TRUNCATE TABLE). A test
+can make the next jobs fail as a transient backend error would. Every request is
 checked against the discovery document (method, path, query parameters, body fields,
 types, enums) and so is every answer it gives; a request that fails the check gets a
 400 and is kept in `invalid`, which tests assert is empty.
@@ -119,6 +121,7 @@ class BigQueryStandIn(LoopbackServer):
         self.requests: list[tuple[str, str]] = []
         self.invalid: list[str] = []
         self.fail_loads_with: str | None = None
+        self._failing: dict[str, list[str]] = {"load": [], "query": []}
         self._storage = emulator_client(storage_emulator)
         self._methods = _methods(self.document)
         self._lock = threading.Lock()
@@ -135,6 +138,12 @@ class BigQueryStandIn(LoopbackServer):
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
         self.address = f"http://127.0.0.1:{self._start(Handler)}"
+
+    def fail_next(self, kind: str, message: str) -> None:
+        """The next job of that kind ("load" or "query") ends DONE with a backendError,
+        changing nothing, as a job does that BigQuery's backend gives up on."""
+        with self._lock:
+            self._failing[kind].append(message)
 
     # --- requests, checked against the discovery document -----------------------------
 
@@ -185,6 +194,9 @@ class BigQueryStandIn(LoopbackServer):
         if method_id == "bigquery.tables.get":
             table_id = f"{path['projectId']}.{path['datasetId']}.{path['tableId']}"
             return 200, self._table_resource(self._table(table_id))
+        if method_id == "bigquery.tables.patch":
+            table_id = f"{path['projectId']}.{path['datasetId']}.{path['tableId']}"
+            return 200, self._patch_table(self._table(table_id), request)
         if method_id == "bigquery.tabledata.list":
             table_id = f"{path['projectId']}.{path['datasetId']}.{path['tableId']}"
             return 200, self._rows(self._table(table_id), query)
@@ -226,6 +238,7 @@ class BigQueryStandIn(LoopbackServer):
         project, dataset, name = table["id"].split(".")
         size = sum(_field_bytes(row.get(f["name"]), f) for row in table["rows"]
                    for f in table["schema"])  # fmt: skip
+        described = {"description": table["description"]} if "description" in table else {}
         return {
             "kind": "bigquery#table",
             "id": f"{project}:{dataset}.{name}",
@@ -235,7 +248,17 @@ class BigQueryStandIn(LoopbackServer):
             "numBytes": str(size),
             "type": "TABLE",
             "location": LOCATION,
+            **described,
         }
+
+    def _patch_table(self, table: dict, patch: dict) -> dict:
+        """tables.patch of the description, the one field the pipeline changes."""
+        unserved = set(patch) - {"description", "tableReference"}
+        if unserved:
+            raise BigQueryError("invalid", f"the stand-in does not patch {sorted(unserved)}")
+        if "description" in patch:
+            table["description"] = patch["description"]
+        return self._table_resource(table)
 
     def _rows(self, table: dict, query: dict) -> dict:
         start = int(query.get("pageToken") or query.get("startIndex") or 0)
@@ -270,6 +293,9 @@ class BigQueryStandIn(LoopbackServer):
             raise BigQueryError("duplicate", f"Already Exists: Job {project}:{LOCATION}.{job_id}")
         configuration = job["configuration"]
         try:
+            kind = "load" if "load" in configuration else "query"
+            if self._failing.get(kind) and kind in configuration:
+                raise BigQueryError("backendError", self._failing[kind].pop(0))
             if "load" in configuration:
                 statistics = {"load": self._load(configuration["load"])}
             elif "query" in configuration:
@@ -319,10 +345,23 @@ class BigQueryStandIn(LoopbackServer):
         existing = self.tables.get(table_id)
         project, dataset, _ = table_id.split(".")
         self._dataset(project, dataset)
+        # DestinationTableProperties: the description "will only be used if the destination
+        # table is newly created. If the table already exists and a value different than
+        # the current description is provided, the job will fail."
+        properties = load.get("destinationTableProperties", {})
         if existing is None:
             if load.get("createDisposition") == "CREATE_NEVER":
                 raise BigQueryError("notFound", f"Not found: Table {table_id}")
-            existing = self.tables[table_id] = {"id": table_id, "schema": schema, "rows": []}
+            existing = {"id": table_id, "schema": schema, "rows": []}
+            if "description" in properties:
+                existing["description"] = properties["description"]
+            self.tables[table_id] = existing
+        elif properties.get("description", existing.get("description")) != existing.get(
+            "description"
+        ):
+            raise BigQueryError(
+                "invalid", f"Provided description does not match the description of {table_id}."
+            )
         if write == "WRITE_TRUNCATE":
             existing.update(schema=schema, rows=rows)
         elif write == "WRITE_APPEND":

@@ -18,7 +18,7 @@ from cloud import PROJECT, MetadataServer, emulator_client, storage_emulator
 from support import PHOTO_PATHS, embeddings_table, run_cli, summary_on_gcs
 from vector_format import check_vector_search_folder
 
-from pipeline.naming import datapoint_id
+from pipeline.naming import EMBEDDINGS, datapoint_id, run_folder, shard_prefix
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -27,6 +27,14 @@ DATASET = "images"
 SEED = 5
 # Awkward values a catalogue holds: commas, quotes, unicode, padding, nothing.
 LABELS = ["a, b", 'say "cheese"', "Zürich — 東京 🚀", "  padded  ", "", "plain"]
+# How the synthetic shards' embeddings were made, as the table records it.
+MADE = {
+    "model": "resnet50",
+    "weights": "random (seed 5, NOT pretrained: embeddings carry no meaning)",
+    "pooling": "avg",
+    "resize": "squash",
+    "embedding_shape": [2048],
+}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,10 @@ def table_rows(cloud, table: str) -> tuple[list[dict], list]:
     return rows, resource.schema
 
 
+def table_description(cloud, table: str) -> dict:
+    return json.loads(cloud["standin"].tables[f"{PROJECT}.{DATASET}.{table}"]["description"])
+
+
 def assert_table_equals_output(cloud, table: str, output: str) -> list[dict]:
     rows, schema = table_rows(cloud, table)
     expected = parquet_rows(cloud, output)
@@ -152,6 +164,18 @@ def test_bigquery_table_and_vector_search_files_equal_the_parquet_output(cloud):
     described = summary_on_gcs(cloud["client"], BUCKET, "full")["bigquery"]
     assert described["rows_loaded"] == described["table_rows"] == len(uris)
     assert described["write"] == "replace"
+    assert described["attempts"] == [
+        {"job_id": described["job_id"], "state": "DONE", "error": None}
+    ]
+    # The table records how its embeddings were made, as the summary does.
+    summary = summary_on_gcs(cloud["client"], BUCKET, "full")
+    assert table_description(cloud, "photos") == {
+        "model": summary["model"],
+        "weights": summary["weights"],
+        "pooling": summary["pooling"],
+        "resize": summary["resize"],
+        "embedding_shape": summary["embedding_shape"],
+    }
     # 13 rows of 2,048 floats are far below the 10 MB BigQuery needs for an index.
     assert described["vector_index"]["created"] is False
     assert "10 MB" in described["vector_index"]["reason"]
@@ -247,33 +271,56 @@ def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
     return f"gs://{BUCKET}/{name}"
 
 
-def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubled(
-    cloud, monkeypatch
-):
+def load_fn(table: str, output: str, run_id: str, this_run_shards: str, **made):
+    """The pipeline's load step, as job.py builds it, for shards a test wrote."""
     from pipeline.bigquery import LoadIntoBigQueryFn, TableName
     from pipeline.sinks import parquet_schema
 
+    return LoadIntoBigQueryFn(
+        TableName(PROJECT, DATASET, table),
+        f"gs://{BUCKET}/{output}",
+        run_id,
+        parquet_schema((2048,), {}).names,
+        made.pop("vector_index", False),
+        this_run_shards=this_run_shards,
+        metadata={**MADE, **made},
+    )
+
+
+def published(output: str, run_id: str) -> str:
+    """The wildcard of a run's shards in the output's embeddings folder."""
+    return shard_prefix(f"gs://{BUCKET}/{output}", EMBEDDINGS, run_id) + "-*.parquet"
+
+
+def uris_and_embeddings(rows) -> dict[str, list[float]]:
+    return {row["uri"]: [float(np.float32(v)) for v in row["embedding"]] for row in rows}
+
+
+def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubled(
+    cloud, monkeypatch
+):
     for key, value in cloud["env"].items():
         monkeypatch.setenv(key, value)
-    table = TableName(PROJECT, DATASET, "large")
-    columns = parquet_schema((2048,), {}).names
+    table = f"{PROJECT}.{DATASET}.large"
     first_run, second_run = "20260101T000000-aaaaaa", "20260101T000001-bbbbbb"
     # 700 rows of 2,048 FLOAT64s: 11.5 MB, past BigQuery's 10 MB for a vector index.
     first = write_shard(
         cloud, f"large/embeddings/embeddings-{first_run}-00000-of-00001.parquet", 700, 0, first_run
     )
-    [described] = LoadIntoBigQueryFn(table, f"gs://{BUCKET}/large", first_run, columns, True)\
-        .process([first])  # fmt: skip
+    first_load = load_fn("large", "large", first_run, published("large", first_run),
+                         vector_index=True)  # fmt: skip
+    [described] = first_load.process([first])
     assert described["rows_loaded"] == described["table_rows"] == 700
     assert described["vector_index"]["created"] is True
-    index = cloud["standin"].vector_indexes[table.id]
+    index = cloud["standin"].vector_indexes[table]
     assert (index["column"], index["type"], index["distance"]) == ("embedding", "IVF", "COSINE")
 
     second = write_shard(
         cloud, f"large/embeddings/embeddings-{second_run}-00000-of-00001.parquet", 50, 700,
         second_run,
     )  # fmt: skip
-    append = LoadIntoBigQueryFn(table, f"gs://{BUCKET}/large", second_run, columns, True)
+    append = load_fn("large", "large", second_run, published("large", second_run),
+                     vector_index=True)  # fmt: skip
     [described] = append.process([second], earlier_rows=700)
     assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
         "append", 50, 750,
@@ -301,3 +348,141 @@ def test_bigquery_standin_refuses_what_bigquery_would(cloud):
     assert response.status_code == 400 and "unknown query parameter 'verbose'" in response.text
     assert len(cloud["standin"].invalid) == 2
     cloud["standin"].invalid.clear()
+
+
+def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
+    """A job that failed on a transient backend error keeps its id: the retried step
+    starts the next attempt, for the load and for a query job (TRUNCATE) alike."""
+    from pipeline.bigquery import BigQueryLoadError
+
+    for key, value in cloud["env"].items():
+        monkeypatch.setenv(key, value)
+    run_id = "20260102T000000-cccccc"
+    shard = write_shard(
+        cloud, f"retried/embeddings/embeddings-{run_id}-00000-of-00001.parquet", 5, 0, run_id
+    )
+    load = load_fn("retried", "retried", run_id, published("retried", run_id))
+    message = "Backend error: the job could not be completed (stand-in)"
+    cloud["standin"].fail_next("load", message)
+    with pytest.raises(BigQueryLoadError, match="Backend error"):
+        list(load.process([shard]))
+    assert f"{PROJECT}.{DATASET}.retried" not in cloud["standin"].tables
+
+    [described] = load.process([shard])  # the bundle, retried
+    first_id = "image_embeddings_20260102_000000-cccccc_load"
+    assert described["job_id"] == f"{first_id}_2"
+    assert described["attempts"] == [
+        {"job_id": first_id, "state": "DONE", "error": message},
+        {"job_id": f"{first_id}_2", "state": "DONE", "error": None},
+    ]
+    assert (described["rows_loaded"], described["table_rows"]) == (5, 5)
+    rows, _ = table_rows(cloud, "retried")
+    shard_rows = pq.read_table(io.BytesIO(cloud["bucket"].blob(shard[len(f"gs://{BUCKET}/") :])
+                               .download_as_bytes())).to_pylist()  # fmt: skip
+    assert uris_and_embeddings(rows) == uris_and_embeddings(shard_rows)
+    assert table_description(cloud, "retried") == MADE
+    # Retried once more: the attempt that succeeded is the step's job; nothing is loaded.
+    jobs = len(cloud["standin"].jobs)
+    [again] = load.process([shard])
+    assert len(cloud["standin"].jobs) == jobs
+    assert again == {**described, "why": "a retried step found this run's load job"}
+
+    # A later run that wrote nothing empties the table with TRUNCATE: the same for it.
+    empty_run = "20260102T000001-dddddd"
+    truncate = load_fn("retried", "retried", empty_run, published("retried", empty_run))
+    cloud["standin"].fail_next("query", message)
+    with pytest.raises(BigQueryLoadError, match="Backend error"):
+        list(truncate.process([]))
+    assert len(table_rows(cloud, "retried")[0]) == 5
+    [described] = truncate.process([])
+    truncate_id = "image_embeddings_20260102_000001-dddddd_truncate"
+    assert (described["write"], described["job_id"]) == ("replace", f"{truncate_id}_2")
+    assert described["attempts"] == [
+        {"job_id": truncate_id, "state": "DONE", "error": message},
+        {"job_id": f"{truncate_id}_2", "state": "DONE", "error": None},
+    ]
+    assert described["table_rows"] == 0 and table_rows(cloud, "retried")[0] == []
+    assert cloud["standin"].invalid == []
+
+
+def test_bigquery_loads_this_runs_shards_from_where_the_caller_says(cloud, monkeypatch):
+    """A run's shards still in its own folder: a new table gets the published earlier
+    shards and them, an append only them; a table made with other pooling is refused."""
+    for key, value in cloud["env"].items():
+        monkeypatch.setenv(key, value)
+    earlier_run, this_run, next_run = (
+        "20260103T000000-eeeeee", "20260103T000001-ffffff", "20260103T000002-aaaaaa",
+    )  # fmt: skip
+    output = f"gs://{BUCKET}/staged"
+    write_shard(cloud, f"staged/embeddings/embeddings-{earlier_run}-00000-of-00001.parquet",
+                3, 0, earlier_run)  # fmt: skip
+
+    def staged(run_id: str, rows: int, start: int) -> str:
+        folder = run_folder("staged", run_id)
+        write_shard(cloud, f"{folder}/embeddings/embeddings-{run_id}-00000-of-00001.parquet",
+                    rows, start, run_id)  # fmt: skip
+        return shard_prefix(run_folder(output, run_id), EMBEDDINGS, run_id) + "-*.parquet"
+
+    ours = staged(this_run, 4, 3)
+    [described] = load_fn("staged", "staged", this_run, ours).process([], earlier_rows=3)
+    assert described["why"] == "the table did not exist"
+    assert described["sources"] == [f"{output}/embeddings/embeddings-*.parquet", ours]
+    assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
+        "replace", 7, 7,
+    )  # fmt: skip
+    rows, _ = table_rows(cloud, "staged")
+    assert sorted(row["uri"] for row in rows) == [
+        f"gs://{BUCKET}/synthetic/{i}.jpg" for i in range(7)
+    ]
+
+    theirs = staged(next_run, 2, 7)
+    # Embeddings made with other pooling must not join the table's.
+    other = load_fn("staged", "staged", next_run, theirs, pooling="max")
+    with pytest.raises(ValueError, match="--pooling avg; this run makes them with --pooling max"):
+        list(other.process([], earlier_rows=7))
+    assert len(table_rows(cloud, "staged")[0]) == 7
+    [described] = load_fn("staged", "staged", next_run, theirs).process([], earlier_rows=7)
+    assert (described["write"], described["sources"], described["table_rows"]) == (
+        "append", [theirs], 9,
+    )  # fmt: skip
+    assert cloud["standin"].invalid == []
+
+
+def test_bigquery_skip_existing_refuses_a_table_made_with_other_pooling(cloud):
+    uris = list(cloud["catalogue"])
+    first = run(cloud, upload_csv(cloud, "lists/pooled.csv", uris[:3]), "pooled", "pooled")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = table_rows(cloud, "pooled")[0]
+    recorded = table_description(cloud, "pooled")
+    shards = [b.name for b in cloud["client"].list_blobs(BUCKET, prefix="pooled/embeddings/")]
+
+    result = run(cloud, upload_csv(cloud, "lists/pooled-all.csv", uris), "pooled", "pooled",
+                 "--skip_existing", "--pooling", "max")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"error: --bigquery_table {PROJECT}.{DATASET}.pooled with --skip_existing: the table "
+        "holds embeddings made with --pooling avg; this run makes them with --pooling max, "
+        "and one table must not mix the two. Run without --skip_existing to replace the "
+        "table, or give another --bigquery_table"
+    )
+    assert table_rows(cloud, "pooled")[0] == before
+    assert table_description(cloud, "pooled") == recorded
+    after = [b.name for b in cloud["client"].list_blobs(BUCKET, prefix="pooled/embeddings/")]
+    assert after == shards
+    assert cloud["standin"].invalid == []
+
+
+def test_bigquery_sources_name_each_file_once(tmp_path):
+    from pipeline.bigquery import BigQueryLoadError, loadable
+
+    for name in ("embeddings-a-1.parquet", "embeddings-a-2.parquet", "embeddings-b-1.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    every, run_a = str(tmp_path / "embeddings-*.parquet"), str(tmp_path / "embeddings-a-*")
+    # This run's shards still among the published ones: named once; nothing matched: left out.
+    assert loadable([every, run_a, str(tmp_path / "none-*")]) == [every]
+    assert loadable([run_a, str(tmp_path / "embeddings-b-*")]) == [
+        run_a, str(tmp_path / "embeddings-b-*"),
+    ]  # fmt: skip
+    with pytest.raises(BigQueryLoadError, match="would load those files twice"):
+        loadable([run_a, str(tmp_path / "embeddings-*-1.parquet")])
