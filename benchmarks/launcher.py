@@ -51,7 +51,12 @@ def launch(work: Path, weights: str, emulator: str, metadata: str, attempt: int)
     argv = launcher_argv(
         job_name=f"launch-benchmark-{attempt}",
         template_location=f"gs://{BUCKET}/staging/template_launches/{attempt}/job_object",
-        parameters={"input": str(csv_path), "output": f"gs://{BUCKET}/out", "weights": weights},
+        # An output per launch: each launch leaves its job the output's lease.
+        parameters={
+            "input": str(csv_path),
+            "output": f"gs://{BUCKET}/out/{attempt}",
+            "weights": weights,
+        },
     )
     env = launcher_environment(emulator, metadata)
     log = work / f"launch-{attempt}.log"

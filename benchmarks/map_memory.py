@@ -96,7 +96,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
             | "Synthesise" >> beam.Map(synthetic, centres, thumbnails)
         )
         schema = sinks.parquet_schema(shape, {"model": "synthetic"})
-        stored = embeddings | "Store" >> sinks.WriteParquet(str(output), run_id, schema, 0, False)
+        stored = embeddings | "Store" >> sinks.WriteParquet(str(output), run_id, schema, 0)
         if design == "store_only":
             pass
         elif design == "read_back":
@@ -105,7 +105,9 @@ def run_branch(count: int, output: Path, design: str) -> None:
                 "files": stored["files"],
                 "failures": p | "No failures" >> beam.Create([]),
                 "summary": p | "Summary" >> beam.Create([record]),
-            } | "Map embeddings" >> MapEmbeddings(str(output), "parquet", run_id, 5000, 0)
+            } | "Map embeddings" >> MapEmbeddings(
+                str(output), str(output), "parquet", run_id, 5000, 0
+            )
         else:
             projection = (
                 embeddings

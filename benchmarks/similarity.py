@@ -100,7 +100,9 @@ def measure(folder: Path, cell_size: int, cells_per_image: int) -> None:
     _ = (
         p
         | beam.Create(files)
-        | FindSimilar(str(output), "parquet", "20260101T000001-000001", False, settings)
+        | FindSimilar(
+            str(output), str(output), "parquet", "20260101T000001-000001", False, settings
+        )
     )
     result = p.run()
     result.wait_until_finish()

@@ -111,13 +111,6 @@ def check_dataset(table: TableName) -> None:
         raise ValueError(f"--bigquery_table {table.id}: {error.message}") from error
 
 
-def table_metadata(context: dict[str, Any]) -> dict[str, Any]:
-    """What the table records from a run's context (job.run_context): model, weights,
-    pooling and resize as the Parquet shards' metadata holds them, and the shape."""
-    made = {key: str(context[key]) for key in RECORDED if key != "embedding_shape"}
-    return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}
-
-
 def describe_table(metadata: dict[str, Any]) -> str:
     """The table's description: the metadata as one JSON object."""
     return json.dumps({key: metadata[key] for key in RECORDED})
@@ -160,7 +153,7 @@ def _shown(value) -> str:
 
 def check_table_matches(table: TableName | str, metadata: dict[str, Any]) -> None:
     """For a --skip_existing run: raises ValueError, saying what differs, if the table
-    records embeddings made otherwise than metadata (table_metadata) says. A missing
+    records embeddings made otherwise than metadata (formats.embedding_metadata) says. A missing
     table, or one that records nothing, passes: the load then replaces it."""
     from google.api_core import exceptions
 
@@ -310,7 +303,7 @@ class LoadIntoBigQueryFn(beam.DoFn):
     published ones are loaded too when the table must be rebuilt. Job ids derive from
     the run id, so a retried bundle finds the job it already started and reports that
     one instead of loading twice, or, if that job failed, starts the next attempt.
-    metadata (table_metadata) is recorded as the table's description.
+    metadata (formats.embedding_metadata) is recorded as the table's description.
     """
 
     def __init__(
@@ -332,7 +325,7 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._this_run_shards = this_run_shards
         self._metadata = json.loads(describe_table(metadata))
 
-    def process(self, unused_this_run: list[str], earlier_rows: int | None = None):
+    def process(self, unused_passed, earlier_rows: int | None = None):
         bq = client(self._table.project)
         # Jobs live in the dataset's location; looking one up elsewhere finds nothing.
         location = bq.get_dataset(f"{self._table.project}.{self._table.dataset}").location
@@ -486,17 +479,17 @@ def _write_mode(job) -> str:
 
 
 class LoadIntoBigQuery(beam.PTransform):
-    """This run's final Parquet shard names (and, for --skip_existing, how many embeddings
-    earlier runs left) to one dict describing the load that load_fn made."""
+    """One element when the run has passed and its shards are staged (and, for
+    --skip_existing, how many embeddings earlier runs left) to one dict describing the
+    load that load_fn made."""
 
     def __init__(self, load_fn: LoadIntoBigQueryFn, earlier_rows=None):
         super().__init__()
         self._fn = load_fn
         self._earlier_rows = earlier_rows
 
-    def expand(self, files):
+    def expand(self, passed):
         earlier = {}
         if self._earlier_rows is not None:
             earlier["earlier_rows"] = beam.pvalue.AsSingleton(self._earlier_rows)
-        listed = files | "List shards" >> beam.combiners.ToList()
-        return listed | "Load job" >> beam.ParDo(self._fn, **earlier)
+        return passed | "Load job" >> beam.ParDo(self._fn, **earlier)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import abc
 import io
-from typing import NamedTuple
+import json
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -13,7 +14,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.csvlines import csv_fields
-from pipeline.naming import EMBEDDINGS, LEGACY_EMBEDDINGS, NPY_DIRECTORY, NPY_INDEX, output_path
+from pipeline.naming import (
+    EMBEDDINGS,
+    LEGACY_EMBEDDINGS,
+    NPY_DIRECTORY,
+    NPY_INDEX,
+    NPY_METADATA,
+    SUMMARY,
+    output_path,
+)
 from pipeline.sinks import (
     NPY_INDEX_COLUMNS,
     PARQUET_COLUMNS,
@@ -21,6 +30,16 @@ from pipeline.sinks import (
     WriteParquet,
     parquet_schema,
 )
+
+# What makes embeddings comparable: runs that differ in any of these never share an output.
+RUN_METADATA_KEYS = ("model", "weights", "pooling", "resize", "embedding_shape")
+
+
+def embedding_metadata(context: dict[str, Any]) -> dict[str, Any]:
+    """How a run embeds, from its context (job.run_context): model, weights, pooling and
+    resize as strings, embedding_shape as a list of ints."""
+    made = {key: str(context[key]) for key in RUN_METADATA_KEYS if key != "embedding_shape"}
+    return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}
 
 
 class StoredBatch(NamedTuple):
@@ -40,15 +59,16 @@ class EmbeddingFormat(abc.ABC):
     def store(
         self,
         output: str,
+        stage: str,
         run_id: str,
         shape: tuple[int, ...],
         metadata: dict[str, str],
         num_shards: int,
-        keep_earlier: bool,
         keep_columns: tuple[str, ...],
     ) -> beam.PTransform:
-        """(ImageKey, embedding) to stored files; outputs embedded (int), failed, files
-        (this run's final file names) and stored (the (ImageKey, embedding)s they hold)."""
+        """(ImageKey, embedding) to stored files under stage (the run's folder); outputs
+        embedded (int), failed, files (the staged record files' names) and stored (the
+        (ImageKey, embedding)s they hold)."""
 
     @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
@@ -61,6 +81,11 @@ class EmbeddingFormat(abc.ABC):
     @abc.abstractmethod
     def column_names(self, record_file: str) -> list[str]:
         """The columns one record file holds, kept ones included."""
+
+    @abc.abstractmethod
+    def run_metadata(self, output: str, run_id: str, record_file: str) -> dict[str, Any]:
+        """How one run embedded what record_file holds, as embedding_metadata gives it, as
+        far as the files record it."""
 
     @abc.abstractmethod
     def read_uris(self) -> beam.PTransform:
@@ -97,9 +122,9 @@ class ParquetFormat(EmbeddingFormat):
 
     columns = PARQUET_COLUMNS
 
-    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier, keep_columns):
+    def store(self, output, stage, run_id, shape, metadata, num_shards, keep_columns):
         schema = parquet_schema(shape, metadata, keep_columns)
-        return WriteParquet(output, run_id, schema, num_shards, keep_earlier, keep_columns)
+        return WriteParquet(stage, run_id, schema, num_shards, keep_columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{EMBEDDINGS}-*.parquet")
@@ -115,6 +140,14 @@ class ParquetFormat(EmbeddingFormat):
     def column_names(self, record_file):
         with FileSystems.open(record_file) as handle:
             return pq.read_schema(handle).names
+
+    def run_metadata(self, output, run_id, record_file):
+        with FileSystems.open(record_file) as handle:
+            metadata = pq.read_schema(handle).metadata or {}
+        recorded = {key.decode(): value.decode() for key, value in metadata.items()}
+        if "embedding_shape" in recorded:
+            recorded["embedding_shape"] = json.loads(recorded["embedding_shape"])
+        return {key: recorded[key] for key in RUN_METADATA_KEYS if key in recorded}
 
     def read_uris(self):
         return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)
@@ -139,16 +172,16 @@ class ReadNpyFn(beam.DoFn):
 
 
 class NpyFormat(EmbeddingFormat):
-    """One .npy per image under embeddings/, and an index CSV: uri, file, width, height,
-    datapoint_id and the kept columns."""
+    """One .npy per image in its run's folder embeddings/RUN/, and an index CSV: uri, file
+    (relative to embeddings/), width, height, datapoint_id and the kept columns."""
 
     columns = NPY_INDEX_COLUMNS
 
-    def store(self, output, run_id, shape, metadata, num_shards, keep_earlier, keep_columns):
-        return WriteNpy(output, run_id, num_shards, keep_earlier, keep_columns)
+    def store(self, output, stage, run_id, shape, metadata, num_shards, keep_columns):
+        return WriteNpy(output, stage, run_id, num_shards, keep_columns)
 
     def embedding_files(self, output):
-        return output_path(output, f"{NPY_DIRECTORY}/*.npy")
+        return output_path(output, f"{NPY_DIRECTORY}/*/*.npy")
 
     def record_files(self, output):
         return [output_path(output, f"{NPY_INDEX}-*.csv")]
@@ -156,6 +189,18 @@ class NpyFormat(EmbeddingFormat):
     def column_names(self, record_file):
         with FileSystems.open(record_file) as handle:
             return csv_fields(handle.readline().decode("utf-8").rstrip("\r\n"))
+
+    def run_metadata(self, output, run_id, record_file):
+        # Runs of earlier versions wrote no metadata file; their summary.json said the same.
+        for path in (
+            output_path(output, f"{NPY_DIRECTORY}/{run_id}/{NPY_METADATA}"),
+            output_path(output, SUMMARY),
+        ):
+            if FileSystems.exists(path):
+                with FileSystems.open(path) as handle:
+                    recorded = json.loads(handle.read())
+                return {key: recorded[key] for key in RUN_METADATA_KEYS if key in recorded}
+        return {}
 
     def read_uris(self):
         return beam.io.ReadAllFromText(skip_header_lines=1) | "URI field" >> beam.Map(_first_field)

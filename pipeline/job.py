@@ -8,30 +8,43 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from pipeline import preflight
 from pipeline.backbones import ModelSpec, embedding_shape
-from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table, table_metadata
+from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table
 from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
-from pipeline.formats import FORMATS
+from pipeline.formats import FORMATS, embedding_metadata
+from pipeline.lease import release_lease, take_lease
 from pipeline.loading import LoadImages
-from pipeline.local_runner import SMALL_INPUT_ROWS, is_local, use_local_runner_defaults
-from pipeline.mapping import COORDINATES, MAP_PNG, REPORT_HTML, THUMBNAIL_SIZE, MapEmbeddings
+from pipeline.local_runner import (
+    LOCAL_RUNNER,
+    SMALL_INPUT_ROWS,
+    is_local,
+    use_local_runner_defaults,
+)
+from pipeline.mapping import THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.metrics import NAMESPACE
 from pipeline.model import KerasEmbeddingHandler
 from pipeline.naming import (
+    COORDINATES,
     DUPLICATES,
     EMBEDDINGS,
     FAILURES,
+    MAP_PNG,
     NEIGHBORS,
+    REPORT_HTML,
     SUMMARY,
     new_run_id,
     output_path,
+    run_folder,
+    run_temp_folder,
     shard_prefix,
 )
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
+from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan
 from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.sinks import WriteFailures, parquet_schema, remove_other_runs_after
+from pipeline.sinks import WriteFailures, parquet_schema
 from pipeline.sources import (
     ReadEmbeddedUris,
     ReadImageUris,
@@ -40,17 +53,21 @@ from pipeline.sources import (
     is_glob,
     keep_columns_layout,
 )
-from pipeline.summary import Summarise, check, read_summary, remove_summary
+from pipeline.summary import RunFailedError, Summarise, check, read_summary
 from pipeline.vectorsearch import WriteVectorSearch, vector_files
 from pipeline.vectorsearch import describe as describe_vectors
 
 _LOG = logging.getLogger(__name__)
 
 
-def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) -> None:
-    """Adds every step to p; fail_job makes the job itself fail on too many failures."""
-    started_at = time.time()
-    run_id = new_run_id(started_at)
+def build_pipeline(
+    p: beam.Pipeline, opts: EmbeddingOptions, run_id: str, started_at: float, *, fail_job: bool
+) -> None:
+    """Adds every step to p; fail_job makes the job itself fail when the run fails.
+
+    Every file goes to the run's own folder first; Publish makes it the output only once
+    the run has passed (pipeline/publish.py).
+    """
     spec = model_spec(opts)
     shape = embedding_shape(spec)
     context = {"run_id": run_id, **run_context(opts, spec, shape)}
@@ -62,8 +79,9 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
     )
     metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
     keep = kept_columns(opts)
+    stage = run_folder(opts.output, run_id)
     store = FORMATS[opts.output_format].store(
-        opts.output, run_id, shape, metadata, opts.num_shards, opts.skip_existing, keep
+        opts.output, stage, run_id, shape, metadata, opts.num_shards, keep
     )
 
     done = (
@@ -86,23 +104,21 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         extracted["failed"],
         stored["failed"],
     ) | "All failures" >> beam.Flatten()
-    _ = failures | "Dead letter" >> WriteFailures(opts.output, run_id)
+    staged = [stored["files"], failures | "Dead letter" >> WriteFailures(stage, run_id)]
     similar = None
-    # Files a run does not rewrite would no longer describe the output: remove them.
-    unwritten = [(NEIGHBORS, ".parquet")] if not opts.neighbors else []
-    unwritten += [(DUPLICATES, ".csv")] if not opts.duplicate_threshold else []
-    if unwritten:
-        listed = stored["files"] | "List stored files" >> beam.combiners.ToList()
-        for name, suffix in unwritten:
-            remove_other_runs_after(listed, opts.output, name, suffix, run_id)
     if opts.neighbors or opts.duplicate_threshold:
         similar = stored["files"] | "Find similar images" >> FindSimilar(
             opts.output,
+            stage,
             opts.output_format,
             run_id,
             opts.skip_existing,
             similarity_settings(opts),
+            run_temp_folder(
+                p.options.view_as(GoogleCloudOptions).temp_location, opts.output, run_id
+            ),
         )
+        staged.append(similar["files"])
     parts = {
         "rows": read["rows"],
         "duplicates": read["duplicates"],
@@ -114,18 +130,43 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
         parts["similarity"] = similar["description"]
     if opts.vector_search_output:
         vectors = stored["stored"] | "Vector Search files" >> WriteVectorSearch(
+            output_path(stage, STAGED_VECTORS),
             opts.vector_search_output,
             run_id,
             keep,
             opts.vector_search_crowding_column,
             opts.num_shards,
         )
+        staged.append(vectors | "Vector Search file names" >> beam.FlatMap(list))
         parts["vector_search"] = vectors | "Describe Vector Search files" >> beam.Map(
             describe_vectors,
             beam.pvalue.AsSingleton(stored["embedded"]),
             opts.vector_search_output,
         )
+    summary = parts | "Summarise" >> Summarise(context, started_at)
+    if opts.map:
+        staged.append(
+            {
+                "embeddings": embeddings,
+                "files": stored["files"],
+                "failures": failures,
+                "summary": summary,
+                **({"neighbors": similar["neighbors"]} if similar and opts.neighbors else {}),
+                **({"groups": similar["groups"]} if similar and opts.duplicate_threshold else {}),
+            }
+            | "Map embeddings"
+            >> MapEmbeddings(
+                opts.output, stage, opts.output_format, run_id, opts.map_sample_size, opts.seed
+            )
+        )
+    staged_files = staged | "Every staged file" >> beam.Flatten()
+    publishing = {"summary": summary, "staged": staged_files}
     if opts.bigquery_table:
+        # The load replaces or adds to the table, so it runs only once the run has passed
+        # and every file is staged; it loads the staged shards.
+        passed = summary | "If the run passed" >> beam.FlatMap(
+            if_passed, beam.pvalue.AsList(staged_files)
+        )
         earlier_rows = done | "Count earlier" >> beam.combiners.Count.Globally() if done else None
         load = LoadIntoBigQueryFn(
             parse_table(opts.bigquery_table),
@@ -133,24 +174,30 @@ def build_pipeline(p: beam.Pipeline, opts: EmbeddingOptions, *, fail_job: bool) 
             run_id,
             parquet_schema(shape, metadata, keep).names,
             opts.bigquery_vector_index,
-            this_run_shards=shard_prefix(opts.output, EMBEDDINGS, run_id) + "-*.parquet",
-            metadata=table_metadata(context),
+            this_run_shards=shard_prefix(stage, EMBEDDINGS, run_id) + "-*.parquet",
+            metadata=embedding_metadata(context),
         )
-        parts["bigquery"] = stored["files"] | "Load into BigQuery" >> LoadIntoBigQuery(
+        publishing["bigquery"] = passed | "Load into BigQuery" >> LoadIntoBigQuery(
             load, earlier_rows
         )
-    summary = parts | "Summarise" >> Summarise(opts.output, context, started_at, fail_job)
-    if opts.map:
-        _ = {
-            "embeddings": embeddings,
-            "files": stored["files"],
-            "failures": failures,
-            "summary": summary,
-            **({"neighbors": similar["neighbors"]} if similar and opts.neighbors else {}),
-            **({"groups": similar["groups"]} if similar and opts.duplicate_threshold else {}),
-        } | "Map embeddings" >> MapEmbeddings(
-            opts.output, opts.output_format, run_id, opts.map_sample_size, opts.seed
-        )
+    plan = PublishPlan(
+        opts.output,
+        run_id,
+        opts.skip_existing,
+        opts.output_format,
+        opts.vector_search_output or None,
+        {**embedding_metadata(context), "run_id": run_id},
+    )
+    _ = publishing | "Publish" >> Publish(plan, fail_job)
+
+
+def if_passed(summary: dict[str, Any], unused_staged: list[str]):
+    """One element when the run passed its check, none when it failed."""
+    try:
+        check(summary)
+    except RunFailedError:
+        return
+    yield None
 
 
 def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
@@ -182,7 +229,7 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
     preflight.check_output(opts.output)
     if opts.skip_existing:
         spec = model_spec(opts)
-        made = table_metadata(run_context(opts, spec, embedding_shape(spec)))
+        made = embedding_metadata(run_context(opts, spec, embedding_shape(spec)))
         preflight.check_earlier_outputs(
             opts.output, opts.output_format, keep, opts.bigquery_table, made
         )
@@ -244,27 +291,49 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     opts = options.view_as(EmbeddingOptions)
     local = is_local(options)
     check_before_work(opts, local=local)
-    # From here the output changes: an earlier summary would describe what is gone.
-    remove_summary(opts.output)
-    if local:
-        count = count_inputs(opts.input, SMALL_INPUT_ROWS)
-        mode = use_local_runner_defaults(options, argv, small_input=count is not None)
-        if mode:
-            _LOG.info(
-                "local run, %s input rows: %s",
-                count if count is not None else f"over {SMALL_INPUT_ROWS}",
-                "in this process" if mode == "in_memory" else "one worker process per core",
-            )
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, opts, fail_job=not local)
-    result = p.run()
-    if not local:
-        return None
-    result.wait_until_finish()
-    summary = read_summary(opts.output)
+    started_at = time.time()
+    run_id = new_run_id(started_at)
+    take_lease(
+        opts.output,
+        run_id,
+        started_at,
+        runner=runner_description(options),
+        break_lease=opts.break_lease or None,
+        stale_after_s=opts.lease_stale_after_hours * 3600,
+        process_bound=local,
+    )
+    try:
+        if local:
+            count = count_inputs(opts.input, SMALL_INPUT_ROWS)
+            mode = use_local_runner_defaults(options, argv, small_input=count is not None)
+            if mode:
+                _LOG.info(
+                    "local run, %s input rows: %s",
+                    count if count is not None else f"over {SMALL_INPUT_ROWS}",
+                    "in this process" if mode == "in_memory" else "one worker process per core",
+                )
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, opts, run_id, started_at, fail_job=not local)
+        result = p.run()
+        if not local:
+            return None
+        result.wait_until_finish()
+    except BaseException:
+        # This process is the run (or launched none): nobody else will release the lease.
+        release_lease(opts.output, run_id)
+        raise
+    summary = read_summary(opts.output, run_id)
     summary["metrics"] = counters(result)
-    check(summary)
+    if summary.get("status") == "failed":
+        raise RunFailedError(summary["failure_reason"], summary)
     return summary
+
+
+def runner_description(options) -> str:
+    """Who runs, for the lease: the runner, and the job name where there is one."""
+    runner = options.view_as(StandardOptions).runner or LOCAL_RUNNER
+    job_name = options.view_as(GoogleCloudOptions).job_name
+    return f"{runner} job {job_name}" if job_name else runner
 
 
 def counters(result) -> dict[str, int]:

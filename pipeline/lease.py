@@ -49,17 +49,20 @@ def take_lease(
     runner: str,
     break_lease: str | None = None,
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    process_bound: bool = False,
 ) -> None:
     """Creates OUTPUT/_lease.json for run_id, or raises LeaseHeldError.
 
     A lease held by another run is replaced only when it is stale (older than the
-    stale_after_s its holder recorded) or when break_lease is its holder's run id;
-    either replacement is logged as a warning. runner describes who runs (the runner,
-    and the job name where there is one). stale_after_s is recorded in this run's lease.
+    stale_after_s its holder recorded, or process_bound and its process on this host
+    has ended) or when break_lease is its holder's run id; either replacement is logged
+    as a warning. runner describes who runs (the runner, and the job name where there is
+    one). process_bound: the run lives and dies with this process (a local runner; not
+    a launcher, which exits once the job is submitted).
     """
     if stale_after_s <= 0:
         raise ValueError(f"stale_after_s must be positive, got {stale_after_s}")
-    lease = _new_lease(run_id, started_at, runner, stale_after_s)
+    lease = _new_lease(run_id, started_at, runner, stale_after_s, process_bound)
     path = output_path(output, LEASE)
     scheme = FileSystems.get_scheme(path)
     if scheme in (None, "file"):
@@ -125,7 +128,9 @@ def read_lease(output: str) -> dict[str, Any] | None:
 # --- What a lease holds, and when it may be replaced ------------------------------------
 
 
-def _new_lease(run_id: str, started_at: float, runner: str, stale_after_s: float) -> dict:
+def _new_lease(
+    run_id: str, started_at: float, runner: str, stale_after_s: float, process_bound: bool
+) -> dict:
     return {
         "run_id": run_id,
         "started_at": _iso(started_at),
@@ -135,6 +140,7 @@ def _new_lease(run_id: str, started_at: float, runner: str, stale_after_s: float
         "host": socket.gethostname(),
         "user": _user(),
         "pid": os.getpid(),
+        "process_bound": process_bound,
         "runner": runner,
     }
 
@@ -180,12 +186,28 @@ def _is_stale(holder: dict, stale_after_s: float) -> bool:
     return _age_s(holder) > float(holder.get("stale_after_s", stale_after_s))
 
 
+def _ended_here(holder: dict) -> bool:
+    """Whether the holder was a run bound to a process on this host that has ended (a
+    killed local run). A pid reused since reads as alive: the lease is then kept."""
+    if not holder.get("process_bound") or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return False
+    return False
+
+
 def _replacement(holder: dict, lease: dict, break_lease: str | None) -> str | None:
     """Why the holder's lease may be replaced by ours; None when it may not."""
     if holder["run_id"] == break_lease:
         return "as --break_lease asked"
     if _is_stale(holder, lease["stale_after_s"]):
         return "stale"
+    if _ended_here(holder):
+        return f"its process {holder['pid']} on this host has ended"
     return None
 
 

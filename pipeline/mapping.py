@@ -14,7 +14,7 @@ from pipeline.atomic import write_atomically
 from pipeline.csvlines import csv_line
 from pipeline.formats import FORMATS, StoredBatch
 from pipeline.metrics import counter
-from pipeline.naming import output_path
+from pipeline.naming import COORDINATES, MAP_PNG, REPORT_HTML, output_path
 from pipeline.projection import PrincipalComponentsFn, Projection
 from pipeline.records import Failure, ImageKey
 from pipeline.report import REPORTED_GROUPS
@@ -23,9 +23,6 @@ from pipeline.sinks import WriteRunShards
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
 REPORTED_FAILURES = 1000  # the report lists at most this many failures
 _PROJECT_ROWS = 1024
-COORDINATES = "map-coordinates"
-MAP_PNG = "map.png"
-REPORT_HTML = "report.html"
 
 
 def sample_rank(seed: int, uri: str) -> str:
@@ -101,10 +98,11 @@ def largest_groups(groups: list) -> list:
 
 
 class WriteMapFn(beam.DoFn):
-    """Writes the PNG scatter and the HTML report, both drawing the sampled points."""
+    """Writes the PNG scatter and the HTML report, both drawing the sampled points, into
+    the stage; yields their names."""
 
-    def __init__(self, output: str, sample_size: int, seed: int):
-        self._output = output
+    def __init__(self, stage: str, sample_size: int, seed: int):
+        self._stage = stage
         self._sample_size = sample_size
         self._seed = seed
 
@@ -120,7 +118,8 @@ class WriteMapFn(beam.DoFn):
         groups: list,
     ):
         png = plot.scatter_png(points, projection)
-        write_atomically(output_path(self._output, MAP_PNG), png)
+        png_path = output_path(self._stage, MAP_PNG)
+        write_atomically(png_path, png)
         page = report.render(
             points,
             dict(thumbnails),
@@ -133,8 +132,9 @@ class WriteMapFn(beam.DoFn):
             neighbors=dict(neighbors),
             groups=groups,
         )
-        report_path = output_path(self._output, REPORT_HTML)
+        report_path = output_path(self._stage, REPORT_HTML)
         write_atomically(report_path, page.encode())
+        yield png_path
         yield report_path
 
 
@@ -145,12 +145,21 @@ class MapEmbeddings(beam.PTransform):
     files: the names of this run's stored embedding files; failures: every Failure;
     summary: the run summary; optionally neighbors (neighbours rows) and groups (one list
     of numbered near-duplicate groups). Writes map-coordinates-*.csv (every image), map.png
-    and report.html under the output prefix.
+    and report.html into the stage (the run's folder); outputs their names.
     """
 
-    def __init__(self, output: str, output_format: str, run_id: str, sample_size: int, seed: int):
+    def __init__(
+        self,
+        output: str,
+        stage: str,
+        output_format: str,
+        run_id: str,
+        sample_size: int,
+        seed: int,
+    ):
         super().__init__()
         self._output = output
+        self._stage = stage
         self._format = output_format
         self._run_id = run_id
         self._sample_size = sample_size
@@ -173,11 +182,11 @@ class MapEmbeddings(beam.PTransform):
         )
         # Coordinates from another run's PCA are in another basis: never keep them, even
         # with --skip_existing.
-        _ = (
+        coordinates = (
             points
             | "To CSV lines" >> beam.Map(coordinates_line)
             | "Write coordinates"
-            >> WriteRunShards(self._output, COORDINATES, ".csv", self._run_id, header="uri,x,y")
+            >> WriteRunShards(self._stage, COORDINATES, ".csv", self._run_id, header="uri,x,y")
         )
 
         sampled_points = points | "Sample points" >> beam.combiners.Top.Smallest(
@@ -203,12 +212,12 @@ class MapEmbeddings(beam.PTransform):
         groups = pipeline | "No groups" >> beam.Create([[]])
         if "groups" in inputs:
             groups = inputs["groups"] | "Largest groups" >> beam.Map(largest_groups)
-        return (
+        pictures = (
             pipeline
             | "Start map" >> beam.Create([None])
             | "Write map and report"
             >> beam.ParDo(
-                WriteMapFn(self._output, self._sample_size, self._seed),
+                WriteMapFn(self._stage, self._sample_size, self._seed),
                 projection=beam.pvalue.AsSingleton(projection),
                 points=beam.pvalue.AsSingleton(sampled_points),
                 thumbnails=beam.pvalue.AsSingleton(sampled_thumbnails),
@@ -218,3 +227,4 @@ class MapEmbeddings(beam.PTransform):
                 groups=beam.pvalue.AsSingleton(groups),
             )
         )
+        return (coordinates, pictures) | "Map files" >> beam.Flatten()

@@ -13,13 +13,18 @@ EMBEDDINGS_DIRECTORY = "embeddings"  # the embeddings' own folder, for either fo
 # Parquet shards: embeddings/embeddings-RUN-SSSSS-of-NNNNN.parquet
 EMBEDDINGS = f"{EMBEDDINGS_DIRECTORY}/embeddings"
 LEGACY_EMBEDDINGS = "embeddings"  # where earlier versions put the shards: beside the rest
-NPY_DIRECTORY = EMBEDDINGS_DIRECTORY  # one .npy per image in this folder
+NPY_DIRECTORY = EMBEDDINGS_DIRECTORY  # one folder per run here: embeddings/RUN/*.npy
 NPY_INDEX = "embeddings-index"  # and their index: embeddings-index-RUN-*.csv
+NPY_METADATA = "metadata.json"  # embeddings/RUN/metadata.json: how that run embedded
 FAILURES = "failures"
 NEIGHBORS = "neighbors"  # neighbors-RUN-SSSSS-of-NNNNN.parquet
 DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
 SPILL = "similarity/spill"  # _runs/RUN/similarity/spill-*.arrow: the search's working files
+LEGACY_SPILL = "_similarity"  # where earlier versions spilled: OUTPUT/_similarity-RUN-*.spill
 VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json
+COORDINATES = "map-coordinates"  # map-coordinates-RUN-SSSSS-of-NNNNN.csv
+MAP_PNG = "map.png"
+REPORT_HTML = "report.html"
 SUMMARY = "summary.json"
 LEASE = "_lease.json"  # held by the one run writing the output (pipeline/lease.py)
 # _runs/RUN/: a run's own folder (staged outputs, working files, a failed run's summary);
@@ -61,9 +66,17 @@ def run_folder(output: str, run_id: str) -> str:
     return output_path(output, f"{RUNS}/{run_id}")
 
 
-def spill_prefix(output: str, run_id: str) -> str:
-    """Where the similarity search's working files go: in the run's own folder."""
-    return output_path(run_folder(output, run_id), SPILL)
+def run_temp_folder(temp_location: str | None, output: str, run_id: str) -> str:
+    """The run's working files' folder: under --temp_location where one is given (always
+    on Dataflow), else in the run's own folder."""
+    if temp_location:
+        return output_path(temp_location, f"image-embeddings/{run_id}")
+    return run_folder(output, run_id)
+
+
+def spill_prefix(temp_folder: str) -> str:
+    """Where the similarity search's working files go, in the run's temporary folder."""
+    return output_path(temp_folder, SPILL)
 
 
 def npy_name(uri: str) -> str:

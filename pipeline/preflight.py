@@ -6,14 +6,16 @@ that starts workers and fails at its first or last step.
 
 from __future__ import annotations
 
+import re
 import uuid
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.backbones import ModelSpec
 from pipeline.bigquery import TableName, check_dataset, check_table_matches
-from pipeline.formats import FORMATS
-from pipeline.naming import matching_files
+from pipeline.formats import FORMATS, RUN_METADATA_KEYS
+from pipeline.naming import RUN_ID_PATTERN, matching_files
 from pipeline.options import UsageError
 from pipeline.vectorsearch import foreign_files
 from pipeline.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
@@ -71,17 +73,13 @@ def check_earlier_outputs(
     output_format: str,
     keep_columns: tuple[str, ...],
     bigquery_table: str,
-    table_metadata: dict | None = None,
+    made: dict[str, Any],
 ) -> None:
-    """With --skip_existing, raises UsageError unless the embeddings already there keep
-    the same columns as this run would (one folder must hold one table), and, for a
-    BigQuery load, are all in the current layout and the table's were made as this
-    run's are (table_metadata: bigquery.table_metadata)."""
-    if bigquery_table and table_metadata is not None:
-        try:
-            check_table_matches(bigquery_table, table_metadata)
-        except ValueError as error:
-            raise UsageError(str(error)) from error
+    """With --skip_existing, raises UsageError unless the embeddings already there were
+    made as this run would make them (model, weights, pooling, resize, shape) and keep
+    the same columns (one folder must hold one table), and, for a BigQuery load, are all
+    in the current layout and the table's were made as this run's are (made: as
+    formats.embedding_metadata gives it)."""
     if output_format == "parquet" and bigquery_table:
         legacy = matching_files([FORMATS["parquet"].legacy_files(output)])
         if legacy:
@@ -90,7 +88,17 @@ def check_earlier_outputs(
                 f"layout, such as {legacy[0]}, which lack the columns the table has; run "
                 "once without --skip_existing (or without --bigquery_table) first"
             )
-    stored_format = FORMATS[output_format]
+    _check_earlier_files(output, FORMATS[output_format], keep_columns, made)
+    if bigquery_table:
+        try:
+            check_table_matches(bigquery_table, made)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+
+
+def _check_earlier_files(
+    output: str, stored_format, keep_columns: tuple[str, ...], made: dict[str, Any]
+) -> None:
     records = matching_files(stored_format.record_files(output))
     if not records:
         return
@@ -102,6 +110,33 @@ def check_earlier_outputs(
             f"{list(earlier)}, this run would keep {list(keep_columns)}; give the same "
             "--keep_columns, or run without --skip_existing to replace them"
         )
+    for run_id, record_file in first_record_per_run(records).items():
+        recorded = stored_format.run_metadata(output, run_id, record_file)
+        differ = {
+            key: (recorded[key], made[key])
+            for key in RUN_METADATA_KEYS
+            if key in recorded and key in made and recorded[key] != made[key]
+        }
+        if differ:
+            described = "; ".join(
+                f"{key} {theirs} there, {ours} here" for key, (theirs, ours) in differ.items()
+            )
+            raise UsageError(
+                f"--skip_existing: the embeddings under {output} (run {run_id}, "
+                f"{record_file}) were made otherwise: {described}; one output holds "
+                "embeddings of one model, so give another --output, or run without "
+                "--skip_existing to replace them"
+            )
+
+
+def first_record_per_run(records: list[str]) -> dict[str, str]:
+    """The first record file of each run among shard names NAME-RUN-SSSSS-of-NNNNN."""
+    runs: dict[str, str] = {}
+    for path in records:
+        found = re.search(rf"-({RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}\.[a-z]+$", path)
+        if found:
+            runs.setdefault(found.group(1), path)
+    return runs
 
 
 def check_vector_search_folder(folder: str) -> None:

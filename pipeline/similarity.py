@@ -29,7 +29,6 @@ from pipeline.duplicates import (
 from pipeline.formats import FORMATS, StoredBatch
 from pipeline.metrics import NAMESPACE, counter
 from pipeline.naming import (
-    DUPLICATES,
     NEIGHBORS,
     SHARD_TEMPLATE,
     matching_files,
@@ -46,7 +45,6 @@ from pipeline.neighbors import (
     unit_rows,
     uri_rank,
 )
-from pipeline.sinks import remove_other_runs
 from pipeline.spill import GroupThroughFiles, RemoveSpillFilesFn
 
 SAMPLE_ROWS = 65_536  # the k-means sample: 65,536 projected rows of 256 float32, 64 MiB
@@ -257,15 +255,15 @@ def merge_bucket(bucket: tuple[int, list], k: int):
 
 
 class ListStoredFilesFn(beam.DoFn):
-    """Every record file under the output, listed once this run's files (a side input) are
-    final: with --skip_existing the search covers earlier runs' embeddings too."""
+    """The earlier runs' record files under the output and this run's staged ones (a side
+    input): with --skip_existing the search covers earlier runs' embeddings too."""
 
     def __init__(self, patterns: list[str]):
         self._patterns = patterns
 
     def process(self, unused, this_run: list[str]):
-        del this_run  # a side input only so that the listing waits for this run's files
         yield from matching_files(self._patterns)
+        yield from this_run
 
 
 def _describe(
@@ -288,24 +286,29 @@ def _describe(
 
 
 class FindSimilar(beam.PTransform):
-    """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv under the output.
+    """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv in the stage.
 
     Input: the names of this run's stored files; with keep_earlier, every stored file
-    under the output is searched. Outputs a dict: `neighbors` (one row dict per image),
-    `groups` (one list of (group number, [(uri, similarity)]), largest first) and
-    `description` (one dict for the summary).
+    under the output is searched too. Outputs a dict: `neighbors` (one row dict per
+    image), `groups` (one list of (group number, [(uri, similarity)]), largest first),
+    `description` (one dict for the summary) and `files` (the names written). Spill files
+    go to temp (naming.run_temp_folder), the stage when None.
     """
 
     def __init__(
         self,
         output: str,
+        stage: str,
         output_format: str,
         run_id: str,
         keep_earlier: bool,
         settings: SimilaritySettings,
+        temp: str | None = None,
     ):
         super().__init__()
         self._output = output
+        self._stage = stage
+        self._temp = temp or stage
         self._format = FORMATS[output_format]
         self._run_id = run_id
         self._keep_earlier = keep_earlier
@@ -313,7 +316,7 @@ class FindSimilar(beam.PTransform):
 
     def expand(self, files):
         settings = self._settings
-        spill = spill_prefix(self._output, self._run_id)
+        spill = spill_prefix(self._temp)
         stored = files
         if self._keep_earlier:
             stored = (
@@ -358,13 +361,12 @@ class FindSimilar(beam.PTransform):
                 | "Merge candidates" >> beam.FlatMap(merge_bucket, settings.neighbors)
             )
             written = neighbors | "Write neighbours" >> beam.io.WriteToParquet(
-                shard_prefix(self._output, NEIGHBORS, self._run_id),
+                shard_prefix(self._stage, NEIGHBORS, self._run_id),
                 NEIGHBORS_SCHEMA,
                 codec="snappy",
                 file_name_suffix=".parquet",
                 shard_name_template=SHARD_TEMPLATE,
             )
-            remove_other_runs(written, self._output, NEIGHBORS, ".parquet", self._run_id)
             finished.append(written)
         neighbor_rows = neighbors | "Count neighbour rows" >> beam.combiners.Count.Globally()
 
@@ -391,9 +393,8 @@ class FindSimilar(beam.PTransform):
                 | "Number groups" >> beam.Map(number_groups)
             )
             written = groups | "Write duplicates" >> beam.ParDo(
-                WriteGroupsFn(self._output, self._run_id)
+                WriteGroupsFn(self._stage, self._run_id)
             )
-            remove_other_runs(written, self._output, DUPLICATES, ".csv", self._run_id)
             finished.append(written)
         _ = (
             files.pipeline
@@ -413,4 +414,10 @@ class FindSimilar(beam.PTransform):
                 settings,
             )
         )
-        return {"neighbors": neighbors, "groups": groups, "description": description}
+        files = tuple(finished) | "Files written" >> beam.Flatten(pipeline=files.pipeline)
+        return {
+            "neighbors": neighbors,
+            "groups": groups,
+            "description": description,
+            "files": files,
+        }

@@ -10,13 +10,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.atomic import write_atomically
 from pipeline.metrics import counter
-from pipeline.naming import SUMMARY, output_path
+from pipeline.naming import SUMMARY, output_path, run_folder
 from pipeline.records import STAGES
 
-# Optional steps whose description the summary records under their name.
-DESCRIBED_STEPS = ("similarity", "vector_search", "bigquery")
+# Optional steps whose description the summary records under their name (the BigQuery
+# load, which runs only once the run has passed, is added when the run publishes).
+DESCRIBED_STEPS = ("similarity", "vector_search")
 
 
 class RunFailedError(RuntimeError):
@@ -103,21 +103,6 @@ def check(summary: dict[str, Any]) -> None:
         )
 
 
-class WriteSummaryFn(beam.DoFn):
-    """Writes summary.json; on remote runners also fails the job when check() says so."""
-
-    def __init__(self, output: str, fail_job: bool):
-        self._path = output_path(output, SUMMARY)
-        self._fail_job = fail_job
-
-    def process(self, summary: dict[str, Any]):
-        write_atomically(self._path, (json.dumps(summary, indent=2) + "\n").encode())
-        if self._fail_job:
-            # Nobody waits for a templated job: a failed job is how the verdict shows.
-            check(summary)
-        yield summary
-
-
 class CountFailuresFn(beam.DoFn):
     """Counts each failure under failed_<stage> and passes on its stage."""
 
@@ -127,20 +112,17 @@ class CountFailuresFn(beam.DoFn):
 
 
 class Summarise(beam.PTransform):
-    """The run's independently counted parts to summary.json; outputs the summary.
+    """The run's independently counted parts to the summary that check() judges.
 
     Input: a dict of PCollections: rows (rows with a URI), duplicates, skipped and
-    embedded (one int each), failures (every Failure) and, optionally, similarity,
-    bigquery and vector_search (one dict each, describing that step). With fail_job, a summary
-    that check() rejects fails the job: nobody waits for a templated job's result.
+    embedded (one int each), failures (every Failure) and, optionally, similarity and
+    vector_search (one dict each, describing that step). Outputs one dict.
     """
 
-    def __init__(self, output: str, context: dict[str, Any], started_at: float, fail_job: bool):
+    def __init__(self, context: dict[str, Any], started_at: float):
         super().__init__()
-        self._output = output
         self._context = context
         self._started_at = started_at
-        self._fail_job = fail_job
 
     def expand(self, parts: dict[str, beam.PCollection]):
         failed_by_stage = (
@@ -167,17 +149,16 @@ class Summarise(beam.PTransform):
                     if name in parts
                 },
             )
-            | "Write summary" >> beam.ParDo(WriteSummaryFn(self._output, self._fail_job))
         )
 
 
-def remove_summary(output: str) -> None:
-    """Deletes an earlier run's summary.json, if there is one."""
-    path = output_path(output, SUMMARY)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-
-
-def read_summary(output: str) -> dict[str, Any]:
-    with FileSystems.open(output_path(output, SUMMARY)) as handle:
-        return json.loads(handle.read())
+def read_summary(output: str, run_id: str) -> dict[str, Any]:
+    """The run's summary: the output's, once the run published, or else the one its
+    folder keeps for a failed run."""
+    for path in (output_path(output, SUMMARY), output_path(run_folder(output, run_id), SUMMARY)):
+        if FileSystems.exists(path):
+            with FileSystems.open(path) as handle:
+                summary = json.loads(handle.read())
+            if summary.get("run_id") == run_id:
+                return summary
+    raise RunFailedError(f"the run {run_id} wrote no summary under {output}")

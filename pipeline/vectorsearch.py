@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.naming import RUN_ID_PATTERN, VECTORS, datapoint_id, output_path
 from pipeline.records import ImageKey
-from pipeline.sinks import RemoveStaleTempFn, WriteRunShards, remove_other_runs_after
+from pipeline.sinks import WriteRunShards
 
 # Besides this pipeline's own files, what may sit in the folder: the delete/ list that
 # Vector Search reads, and the temporary folder of a write that was interrupted.
@@ -62,12 +62,13 @@ def foreign_files(folder: str, paths: list[str]) -> list[str]:
 
 
 class WriteVectorSearch(beam.PTransform):
-    """(ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json; once they are
-    final, earlier runs' files there are deleted. Outputs one list: the final names."""
+    """(ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json (FOLDER: the run's
+    staged copy of the Vector Search folder); outputs one list: the names written."""
 
     def __init__(
         self,
         folder: str,
+        final_folder: str,
         run_id: str,
         keep_columns: tuple[str, ...],
         crowding_column: str,
@@ -75,6 +76,7 @@ class WriteVectorSearch(beam.PTransform):
     ):
         super().__init__()
         self._folder = folder
+        self._final_folder = final_folder
         self._run_id = run_id
         self._keep_columns = keep_columns
         self._crowding_column = crowding_column
@@ -84,26 +86,19 @@ class WriteVectorSearch(beam.PTransform):
         lines = stored | "To datapoints" >> beam.Map(
             datapoint_line, self._keep_columns, self._crowding_column
         )
-        # Earlier runs' files go only after the check below, so that a folder over the
-        # limit still holds the last usable set.
         written = lines | "Write JSON lines" >> WriteRunShards(
             self._folder,
             VECTORS,
             ".json",
             self._run_id,
             num_shards=self._num_shards,
-            keep_earlier=True,
         )
-        checked = (
+        # Before anything is published: a folder over the limit keeps the last usable set.
+        return (
             written
             | "List files" >> beam.combiners.ToList()
-            | "At most 5,000 files" >> beam.Map(_within_limit, self._folder)
+            | "At most 5,000 files" >> beam.Map(_within_limit, self._final_folder)
         )
-        remove_other_runs_after(checked, self._folder, VECTORS, ".json", self._run_id)
-        _ = checked | "Remove killed runs' temporary files" >> beam.ParDo(
-            RemoveStaleTempFn(self._folder, VECTORS, self._run_id)
-        )
-        return checked
 
 
 def _within_limit(files: list[str], folder: str) -> list[str]:

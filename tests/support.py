@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import json
 import os
@@ -163,6 +164,25 @@ def dead_letter(output: Path) -> list[dict[str, str]]:
 
 def summary(output: Path) -> dict:
     return json.loads((output / "summary.json").read_text())
+
+
+def failed_run_record(output: Path) -> tuple[dict, list[dict]]:
+    """A failed run's summary and dead letter, which its own folder _runs/RUN/ keeps."""
+    [kept] = glob.glob(str(output / "_runs" / "*" / "summary.json"))
+    failures = []
+    for path in glob.glob(str(Path(kept).parent / "failures-*.jsonl")):
+        with open(path) as handle:
+            failures += [json.loads(line) for line in handle if line.strip()]
+    return json.loads(Path(kept).read_text()), failures
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root: its path relative to root -> SHA-256 of its bytes."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

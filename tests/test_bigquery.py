@@ -229,8 +229,8 @@ def test_bigquery_skip_existing_appends_and_a_rerun_replaces(cloud):
 
 def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):
     message = "Error while reading data, error message: Parquet file is truncated (stand-in)"
-    # An earlier run's summary must not stand for this run.
-    cloud["bucket"].blob("failing/summary.json").upload_from_string('{"run_id": "earlier"}')
+    earlier = '{"run_id": "earlier"}'
+    cloud["bucket"].blob("failing/summary.json").upload_from_string(earlier)
     cloud["standin"].fail_loads_with = message
     try:
         result = run(cloud, upload_csv(cloud, "lists/two.csv", list(cloud["catalogue"])[:2]),
@@ -240,8 +240,40 @@ def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):
     assert result.returncode != 0
     assert message in result.stderr
     assert f"{PROJECT}.{DATASET}.failing" not in cloud["standin"].tables
-    # No summary: nothing claims the run, or the table, is complete.
-    assert not cloud["bucket"].blob("failing/summary.json").exists()
+    # Nothing published: the summary still describes the earlier output.
+    assert cloud["bucket"].blob("failing/summary.json").download_as_bytes().decode() == earlier
+    names = [blob.name for blob in cloud["client"].list_blobs(BUCKET, prefix="failing/")]
+    assert not [name for name in names if name.startswith("failing/embeddings/")]
+
+
+def output_objects(cloud, output: str) -> dict[str, str]:
+    """Every object of the output but the runs' own folders, with its MD5."""
+    blobs = cloud["client"].list_blobs(BUCKET, prefix=f"{output}/")
+    return {blob.name: blob.md5_hash for blob in blobs if "/_runs/" not in blob.name}
+
+
+def test_bigquery_a_run_that_fails_its_budget_leaves_table_and_output_as_they_were(cloud):
+    uris = list(cloud["catalogue"])
+    first = run(cloud, upload_csv(cloud, "lists/kept.csv", uris[:4]), "kept", "kept")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows_before = sorted(table_rows(cloud, "kept")[0], key=lambda row: row["uri"])
+    objects_before = output_objects(cloud, "kept")
+
+    missing = [f"gs://{BUCKET}/photos/missing-{index}.jpg" for index in range(3)]
+    for uri in missing:
+        cloud["catalogue"][uri] = {"label": "gone", "sku": uri}
+    try:
+        failed = run(cloud, upload_csv(cloud, "lists/half.csv", [*uris[:3], *missing]),
+                     "kept", "kept")  # fmt: skip
+    finally:
+        for uri in missing:
+            del cloud["catalogue"][uri]
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "3 of 6 inputs failed" in failed.stderr
+    # No load ran: the table holds the earlier run's rows, row for row.
+    assert sorted(table_rows(cloud, "kept")[0], key=lambda row: row["uri"]) == rows_before
+    assert output_objects(cloud, "kept") == objects_before
+    assert summary_on_gcs(cloud["client"], BUCKET, "kept")["run_id"] == rows_before[0]["run_id"]
 
 
 def test_bigquery_missing_dataset_stops_the_run_before_any_work(cloud):
@@ -296,11 +328,21 @@ def uris_and_embeddings(rows) -> dict[str, list[float]]:
     return {row["uri"]: [float(np.float32(v)) for v in row["embedding"]] for row in rows}
 
 
+def in_this_process(cloud, monkeypatch) -> None:
+    """Points this process's Google clients at the stand-ins, as a subprocess's are."""
+    from google.auth.compute_engine import _metadata
+
+    for key, value in cloud["env"].items():
+        monkeypatch.setenv(key, value)
+    # google-auth reads GCE_METADATA_HOST once, at import: another test module in this
+    # process may have imported it with its own metadata server's address.
+    monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", cloud["env"]["GCE_METADATA_HOST"])
+
+
 def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubled(
     cloud, monkeypatch
 ):
-    for key, value in cloud["env"].items():
-        monkeypatch.setenv(key, value)
+    in_this_process(cloud, monkeypatch)
     table = f"{PROJECT}.{DATASET}.large"
     first_run, second_run = "20260101T000000-aaaaaa", "20260101T000001-bbbbbb"
     # 700 rows of 2,048 FLOAT64s: 11.5 MB, past BigQuery's 10 MB for a vector index.
@@ -355,8 +397,7 @@ def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
     starts the next attempt, for the load and for a query job (TRUNCATE) alike."""
     from pipeline.bigquery import BigQueryLoadError
 
-    for key, value in cloud["env"].items():
-        monkeypatch.setenv(key, value)
+    in_this_process(cloud, monkeypatch)
     run_id = "20260102T000000-cccccc"
     shard = write_shard(
         cloud, f"retried/embeddings/embeddings-{run_id}-00000-of-00001.parquet", 5, 0, run_id
@@ -408,8 +449,7 @@ def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
 def test_bigquery_loads_this_runs_shards_from_where_the_caller_says(cloud, monkeypatch):
     """A run's shards still in its own folder: a new table gets the published earlier
     shards and them, an append only them; a table made with other pooling is refused."""
-    for key, value in cloud["env"].items():
-        monkeypatch.setenv(key, value)
+    in_this_process(cloud, monkeypatch)
     earlier_run, this_run, next_run = (
         "20260103T000000-eeeeee", "20260103T000001-ffffff", "20260103T000002-aaaaaa",
     )  # fmt: skip
@@ -456,8 +496,9 @@ def test_bigquery_skip_existing_refuses_a_table_made_with_other_pooling(cloud):
     recorded = table_description(cloud, "pooled")
     shards = [b.name for b in cloud["client"].list_blobs(BUCKET, prefix="pooled/embeddings/")]
 
-    result = run(cloud, upload_csv(cloud, "lists/pooled-all.csv", uris), "pooled", "pooled",
-                 "--skip_existing", "--pooling", "max")  # fmt: skip
+    # Into an output of its own, whose (no) files agree: the table's record refuses it.
+    result = run(cloud, upload_csv(cloud, "lists/pooled-all.csv", uris), "pooled-apart",
+                 "pooled", "--skip_existing", "--pooling", "max")  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line == (
@@ -470,7 +511,15 @@ def test_bigquery_skip_existing_refuses_a_table_made_with_other_pooling(cloud):
     assert table_description(cloud, "pooled") == recorded
     after = [b.name for b in cloud["client"].list_blobs(BUCKET, prefix="pooled/embeddings/")]
     assert after == shards
+    assert not list(cloud["client"].list_blobs(BUCKET, prefix="pooled-apart/"))
     assert cloud["standin"].invalid == []
+
+    # Over the output whose files were made with avg pooling, those files refuse it first.
+    result = run(cloud, upload_csv(cloud, "lists/pooled-all.csv", uris), "pooled", "pooled",
+                 "--skip_existing", "--pooling", "max")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "pooling avg there, max here" in result.stderr
+    assert table_rows(cloud, "pooled")[0] == before
 
 
 def test_bigquery_sources_name_each_file_once(tmp_path):

@@ -29,7 +29,7 @@ from support import (
     write_csv,
 )
 
-from pipeline.naming import spill_prefix
+from pipeline.naming import run_temp_folder, spill_prefix
 from pipeline.spill import SPILL_SUFFIX
 
 pytestmark = pytest.mark.pipeline_run
@@ -183,7 +183,9 @@ class Planted:
 
 
 def test_spill_objects_round_trip_exactly_and_refuse_a_planted_pickle(gcs, tmp_path):
-    prefix = spill_prefix(f"gs://{BUCKET}/out-spill", "20260101T000000-aaaaaa")
+    prefix = spill_prefix(
+        run_temp_folder(None, f"gs://{BUCKET}/out-spill", "20260101T000000-aaaaaa")
+    )
     planted = f"{prefix}-cells-0{SPILL_SUFFIX}"
     marker = tmp_path / "unpickled"
     data = pickle.dumps(Planted(marker))

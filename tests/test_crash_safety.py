@@ -33,9 +33,10 @@ def many_photos(directory: Path) -> list[str]:
 
 def writing_started(output: Path, output_format: str) -> bool:
     if output_format == "npy":
-        return len(glob.glob(str(output / "embeddings" / "*.npy"))) >= 3
-    # Beam's sink opens its temporary shard when the first row arrives.
-    return bool(glob.glob(str(output / "embeddings" / "beam-temp-embeddings-*" / "*")))
+        return len(glob.glob(str(output / "embeddings" / "*" / "*.npy"))) >= 3
+    # Beam's sink opens its temporary shard, in the run's folder, when the first row arrives.
+    staged = output / "_runs" / "*" / "embeddings" / "beam-temp-embeddings-*" / "*"
+    return bool(glob.glob(str(staged)))
 
 
 def kill_midway(args: list[str], output: Path, output_format: str) -> None:
@@ -60,7 +61,7 @@ def everything_visible_loads(output: Path) -> None:
 
     for path in glob.glob(str(output / "embeddings" / "embeddings-*.parquet")):
         pq.read_table(path)
-    for path in glob.glob(str(output / "embeddings" / "*.npy")):
+    for path in glob.glob(str(output / "embeddings" / "*" / "*.npy")):
         assert np.load(path).shape == (2048,)
 
 
@@ -81,12 +82,14 @@ def test_killed_run_is_completed_by_a_skip_existing_rerun(output_format, tmp_pat
     if output_format == "parquet":
         import pyarrow.parquet as pq
 
-        # The killed run's temporary folder is gone: the folder reads as one table.
-        assert not glob.glob(str(output / "embeddings" / "beam-temp-*"))
         table = pq.read_table(output / "embeddings")
         listed = table.column("uri").to_pylist()
     else:
         listed = [row["uri"] for row in npy_index(output)]
-        assert len(glob.glob(str(output / "embeddings" / "*.npy"))) == IMAGES
+        # The killed run's .npy files, which no index lists, are gone.
+        assert len(glob.glob(str(output / "embeddings" / "*" / "*.npy"))) == IMAGES
+    # The killed run's folder and temporary files are gone.
+    assert not (output / "_runs").exists()
+    assert not glob.glob(str(output / "**" / "beam-temp-*"), recursive=True)
     assert sorted(listed) == sorted(uris), "every input exactly once"
     assert summary(output)["reconciled"]

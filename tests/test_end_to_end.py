@@ -15,6 +15,7 @@ from support import (
     JPEG_PHOTOS,
     PHOTO_PATHS,
     dead_letter,
+    failed_run_record,
     keras_reference,
     make_awkward_images,
     make_bad_inputs,
@@ -242,9 +243,11 @@ def test_npy_names_are_collision_free_and_documented(colliding_inputs, npy_run):
     index = npy_index(output)
     uris = [row["uri"] for row in index]
     assert sorted(uris) == sorted([*PHOTO_PATHS, *colliding_inputs])
-    assert all(row["file"] == npy_name(row["uri"]) for row in index)
-    files = sorted(os.listdir(output / "embeddings"))
-    assert files == sorted(row["file"] for row in index)
+    run_id = summary(output)["run_id"]
+    assert all(row["file"] == f"{run_id}/{npy_name(row['uri'])}" for row in index)
+    assert os.listdir(output / "embeddings") == [run_id]
+    files = [f"{run_id}/{name}" for name in os.listdir(output / "embeddings" / run_id)]
+    assert sorted(files) == sorted([*(row["file"] for row in index), f"{run_id}/metadata.json"])
     embeddings = npy_embeddings(output)
     a_cat, b_cat = colliding_inputs[:2]
     assert relative_error(embeddings[a_cat], embeddings[b_cat]) > 0.01
@@ -254,23 +257,32 @@ def without_run_id(names: list[str]) -> list[str]:
     return sorted(re.sub(rf"-{RUN_ID_PATTERN}-", "-RUN-", name) for name in names)
 
 
-def test_a_rerun_rewrites_the_same_files_and_adds_none(weights_file, npy_run, tmp_path):
+def npy_files(output: Path, run_id: str) -> dict[str, bytes]:
+    folder = output / "embeddings" / run_id
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_a_rerun_writes_the_same_files_in_its_own_folder_and_removes_the_earlier(
+    weights_file, npy_run, tmp_path
+):
     csv_path, output = npy_run
     names_before = os.listdir(output)
-    arrays_before = {
-        f: (output / "embeddings" / f).read_bytes() for f in os.listdir(output / "embeddings")
-    }
-    index_before = sorted(map(str, npy_index(output)))
+    run_before = summary(output)["run_id"]
+    arrays_before = npy_files(output, run_before)
+    index_before = sorted(str(row).replace(run_before, "RUN") for row in npy_index(output))
     result = run_npy(csv_path, output, weights_file[0], *NPY_RUN_MODE)
     assert result.returncode == 0, result.stderr[-3000:]
     names_after = os.listdir(output)
     assert without_run_id(names_after) == without_run_id(names_before)
     assert set(names_after) != set(names_before), "shards carry the new run's id"
-    arrays_after = {
-        f: (output / "embeddings" / f).read_bytes() for f in os.listdir(output / "embeddings")
-    }
+    run_after = summary(output)["run_id"]
+    assert os.listdir(output / "embeddings") == [run_after]
+    arrays_after = npy_files(output, run_after)
+    metadata = "metadata.json"
+    assert json.loads(arrays_after.pop(metadata))["run_id"] == run_after
+    assert json.loads(arrays_before.pop(metadata))["run_id"] == run_before
     assert arrays_after == arrays_before
-    assert sorted(map(str, npy_index(output))) == index_before
+    assert sorted(str(row).replace(run_after, "RUN") for row in npy_index(output)) == index_before
 
 
 def test_a_rerun_with_fewer_shards_removes_the_old_ones(tmp_path):
@@ -306,8 +318,12 @@ def test_too_many_failures_fail_the_run(tmp_path):
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert "3 of 5 inputs failed" in last_line and "--max_failure_fraction 0.05" in last_line
-    assert summary(output)["failure_fraction"] == 0.6
-    assert {r["uri"] for r in dead_letter(output)} == set(missing)
+    # Nothing is published: the failed run's summary and dead letter stay in its folder.
+    assert not (output / "summary.json").exists() and not dead_letter(output)
+    kept, failures = failed_run_record(output)
+    assert (kept["status"], kept["failure_fraction"]) == ("failed", 0.6)
+    assert "3 of 5 inputs failed" in kept["failure_reason"]
+    assert {record["uri"] for record in failures} == set(missing)
 
 
 def test_glob_input_embeds_every_matching_file(tmp_path):

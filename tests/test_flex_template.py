@@ -387,6 +387,8 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
             assert result.returncode == 0, result.stderr[-3000:]
             blobs = {blob.name: blob for blob in client.list_blobs(BUCKET)}
             job = json.loads(blobs[job_object].download_as_bytes())
+            lease_blob = blobs.get("embeddings/run1/_lease.json")
+            lease = json.loads(lease_blob.download_as_bytes()) if lease_blob else {}
             [staged_name] = [n for n in blobs if n.startswith("staging/embed-test.")
                              and n.endswith("/pipeline.pb")]  # fmt: skip
             staged = beam_runner_api_pb2.Pipeline.FromString(blobs[staged_name].download_as_bytes())
@@ -402,8 +404,11 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     imported = imported_packages(result.stderr)
     assert "apache_beam" in imported  # the log is complete
     assert not imported & {"tensorflow", "keras", "tf_keras"}
-    probes = [name for name in blobs if name.startswith(("embeddings/", "vector-search/"))]
-    assert not probes, "probe left behind"
+    left = [name for name in blobs if name.startswith(("embeddings/", "vector-search/"))]
+    # The job runs later: the launcher took the output's lease for it, and left no probe.
+    assert left == ["embeddings/run1/_lease.json"], "probe left behind"
+    assert lease["runner"] == "DataflowRunner job embed-test"
+    assert lease["process_bound"] is False
     assert job["name"] == "embed-test" and job["type"] == "JOB_TYPE_BATCH"
     environment = job["environment"]
     assert environment["serviceAccountEmail"] == SERVICE_ACCOUNT

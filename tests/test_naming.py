@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.naming import npy_name
+from pipeline.naming import npy_name, run_temp_folder, spill_prefix
 
 
 def test_same_base_names_in_different_folders_do_not_collide():
@@ -61,3 +61,14 @@ def test_hostile_uris_map_to_distinct_names_inside_the_output():
         assert "/" not in name and "\\" not in name and name not in (".", "..")
         assert not name.startswith(".") and name.isascii() and " " not in name
         assert name.endswith(".npy")
+
+
+def test_working_files_go_under_temp_location_where_there_is_one():
+    run_id = "20261124T011106-3fa2c1"
+    assert run_temp_folder("gs://t/tmp", "gs://b/out", run_id) == (
+        f"gs://t/tmp/image-embeddings/{run_id}"
+    )
+    assert run_temp_folder(None, "gs://b/out", run_id) == f"gs://b/out/_runs/{run_id}"
+    assert (
+        spill_prefix(run_temp_folder(None, "/o", run_id)) == f"/o/_runs/{run_id}/similarity/spill"
+    )

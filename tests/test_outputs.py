@@ -224,7 +224,7 @@ def test_skip_existing_reads_the_earlier_layout_and_a_rerun_moves_past_it(tmp_pa
     pq.write_table(pq.read_table(shard, columns=["uri", "embedding", "width", "height"]), legacy)
     shutil.rmtree(output / "embeddings")
     with pytest.raises(UsageError, match="holds shards in the earlier layout"):
-        check_earlier_outputs(str(output), "parquet", (), "my-project.images.embeddings")
+        check_earlier_outputs(str(output), "parquet", (), "my-project.images.embeddings", {})
 
     result = run(all_csv, output, "--keep_columns", "", "--skip_existing", "--neighbors", "3")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -53,7 +53,9 @@ def find_similar(folder: Path, files: list[str], settings: SimilaritySettings) -
         _ = (
             p
             | beam.Create(files)
-            | FindSimilar(str(folder), "parquet", "20260101T000001-bbbbbb", False, settings)
+            | FindSimilar(
+                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
+            )
         )
     assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
 

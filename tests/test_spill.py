@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.naming import spill_prefix
+from pipeline.naming import run_temp_folder, spill_prefix
 from pipeline.spill import SPILL_SUFFIX, RemoveSpillFilesFn, SpillFn, read_range, read_values
 
 RUN, OTHER_RUN = "20260101T000000-aaaaaa", "20260101T000500-bbbbbb"
@@ -66,7 +66,7 @@ def plant(path: str, data: bytes) -> None:
 
 def test_a_pickle_planted_at_a_spill_path_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "unpickled"
-    path = f"{spill_prefix(str(tmp_path), RUN)}-cells-0{SPILL_SUFFIX}"
+    path = f"{spill_prefix(run_temp_folder(None, str(tmp_path), RUN))}-cells-0{SPILL_SUFFIX}"
     data = pickle.dumps([Planted(marker)], protocol=pickle.HIGHEST_PROTOCOL)
     plant(path, data)
     with pytest.raises(ValueError, match=re.escape(path)):
@@ -76,7 +76,7 @@ def test_a_pickle_planted_at_a_spill_path_is_refused_and_runs_nothing(tmp_path):
 
 def test_a_pickle_over_a_written_spill_file_is_refused_at_each_range(tmp_path):
     marker = tmp_path / "unpickled"
-    ranges = spilled(spill_prefix(str(tmp_path), RUN), [(0, "a"), (1, "b")])
+    ranges = spilled(spill_prefix(run_temp_folder(None, str(tmp_path), RUN)), [(0, "a"), (1, "b")])
     path = ranges[0][1][0]
     data = pickle.dumps(Planted(marker), protocol=pickle.HIGHEST_PROTOCOL)
     plant(path, data * 64)  # the pickle where each range of the file was
@@ -87,7 +87,7 @@ def test_a_pickle_over_a_written_spill_file_is_refused_at_each_range(tmp_path):
 
 
 def test_an_arrow_batch_of_another_layout_or_an_object_dtype_is_refused(tmp_path):
-    prefix = spill_prefix(str(tmp_path), RUN)
+    prefix = spill_prefix(run_temp_folder(None, str(tmp_path), RUN))
     other = pa.record_batch([pa.array([1, 2])], names=["value"]).serialize().to_pybytes()
     plant(f"{prefix}-other{SPILL_SUFFIX}", other)
     with pytest.raises(ValueError, match="is not a record batch"):
@@ -102,7 +102,7 @@ def test_an_arrow_batch_of_another_layout_or_an_object_dtype_is_refused(tmp_path
 
 
 def test_values_that_cannot_be_held_as_data_are_refused_when_spilled(tmp_path):
-    prefix = spill_prefix(str(tmp_path), RUN)
+    prefix = spill_prefix(run_temp_folder(None, str(tmp_path), RUN))
     with pytest.raises(TypeError, match="not dtype object"):
         spilled(prefix, [(0, np.array([Planted(tmp_path)], dtype=object))])
     with pytest.raises(TypeError, match="not dict"):
@@ -146,7 +146,7 @@ def identical(got, expected) -> bool:
 def test_values_come_back_bit_exact_in_order(tmp_path):
     values = similarity_values(seed=5)
     pairs = [(key, value) for key, key_values in values.items() for value in key_values]
-    ranges = spilled(spill_prefix(str(tmp_path), RUN), pairs)
+    ranges = spilled(spill_prefix(run_temp_folder(None, str(tmp_path), RUN)), pairs)
     assert len({path for _, (path, _, _) in ranges}) == 1
     got = grouped(ranges)
     assert set(got) == set(values)
@@ -158,7 +158,9 @@ def test_values_come_back_bit_exact_in_order(tmp_path):
 def test_values_spread_over_several_files_come_back_bit_exact(tmp_path):
     values = similarity_values(seed=6)
     pairs = [(key, value) for key, key_values in values.items() for value in key_values]
-    ranges = spilled(spill_prefix(str(tmp_path), RUN), pairs, spill_bytes=20_000)
+    ranges = spilled(
+        spill_prefix(run_temp_folder(None, str(tmp_path), RUN)), pairs, spill_bytes=20_000
+    )
     assert len({path for _, (path, _, _) in ranges}) > 3
     got = grouped(ranges)
     assert set(got) == set(values)
@@ -171,7 +173,7 @@ def test_values_spread_over_several_files_come_back_bit_exact(tmp_path):
 
 
 def test_a_spill_file_is_one_arrow_stream_of_a_batch_per_key(tmp_path):
-    prefix = spill_prefix(str(tmp_path), RUN)
+    prefix = spill_prefix(run_temp_folder(None, str(tmp_path), RUN))
     ranges = spilled(prefix, [(key, (f"uri-{key}", np.float32(key))) for key in range(3)])
     ((path,),) = {(path,) for _, (path, _, _) in ranges}
     assert path.startswith(str(tmp_path / "_runs" / RUN / "similarity" / "spill-"))
@@ -183,13 +185,15 @@ def test_a_spill_file_is_one_arrow_stream_of_a_batch_per_key(tmp_path):
 
 def test_clean_up_removes_this_runs_spill_files_only(tmp_path):
     output = str(tmp_path)
-    ours = spilled(f"{spill_prefix(output, RUN)}-cells", [(0, "a")])
-    ours += spilled(f"{spill_prefix(output, RUN)}-merge", [(0, "b")])
-    theirs = spilled(f"{spill_prefix(output, OTHER_RUN)}-cells", [(0, "c")])
+    ours = spilled(f"{spill_prefix(run_temp_folder(None, output, RUN))}-cells", [(0, "a")])
+    ours += spilled(f"{spill_prefix(run_temp_folder(None, output, RUN))}-merge", [(0, "b")])
+    theirs = spilled(f"{spill_prefix(run_temp_folder(None, output, OTHER_RUN))}-cells", [(0, "c")])
     earlier_layout = tmp_path / f"_similarity-{OTHER_RUN}-cells-0.spill"
     earlier_layout.write_bytes(b"an earlier version's working file")
 
-    (removed,) = RemoveSpillFilesFn(spill_prefix(output, RUN)).process(None, [], [])
+    (removed,) = RemoveSpillFilesFn(spill_prefix(run_temp_folder(None, output, RUN))).process(
+        None, [], []
+    )
 
     assert removed == 2
     assert not [path for _, (path, _, _) in ours if os.path.exists(path)]

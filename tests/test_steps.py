@@ -177,7 +177,8 @@ def test_a_failed_batch_is_one_failure_per_image_of_it():
 # --- The dead letter ----------------------------------------------------------------------
 
 
-def test_write_failures_writes_json_lines_and_replaces_an_earlier_runs(tmp_path):
+def test_write_failures_writes_json_lines_in_its_runs_shards_only(tmp_path):
+    # Another run's dead letter is replaced only when this run publishes (publish.py).
     earlier = tmp_path / f"failures-{new_run_id(0)}-00000-of-00001.jsonl"
     earlier.write_text('{"uri": "from an earlier run"}\n')
     failures = [
@@ -188,8 +189,8 @@ def test_write_failures_writes_json_lines_and_replaces_an_earlier_runs(tmp_path)
     run_id = new_run_id(1e9)
     with local_pipeline() as p:
         _ = p | beam.Create(failures) | WriteFailures(str(tmp_path), run_id)
-    shards = sorted(tmp_path.glob("failures-*.jsonl"))
-    assert shards and not earlier.exists()
+    shards = sorted(tmp_path.glob(f"failures-{run_id}-*.jsonl"))
+    assert shards and earlier.read_text() == '{"uri": "from an earlier run"}\n'
     shard_name = re.compile(rf"failures-{run_id}-\d{{5}}-of-\d{{5}}\.jsonl")
     assert all(shard_name.fullmatch(shard.name) for shard in shards)
     assert re.fullmatch(RUN_ID_PATTERN, run_id)
