@@ -110,13 +110,12 @@ def nearest_cells(rows: np.ndarray, centroids: np.ndarray, per_row: int) -> np.n
 
 def search_cell(
     uris: Sequence[str], rows: np.ndarray, k: int, threshold: float
-) -> tuple[list[tuple[str, list[str], list[float]]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[str, list[str], list[float]]], list[tuple[int, int, float]]]:
     """Exact search among one cell's unit rows.
 
     Returns each row's k most similar other rows as (uri, neighbour uris, similarities),
-    most similar first with ties in URI order, and, when threshold > 0, edges (uri, uri)
-    that join every pair at similarity >= threshold into the same component (a spanning
-    forest, not every pair: a cell of identical copies would otherwise give n^2 pairs).
+    most similar first with ties in URI order, and, when threshold > 0, every pair of
+    rows (i, j), i < j, at similarity >= threshold, as (i, j, similarity).
     """
     count = len(uris)
     names = np.asarray(uris, dtype=object)
@@ -124,7 +123,7 @@ def search_cell(
     position[np.argsort(names)] = np.arange(count)  # each row's place in URI order, for ties
     wanted = min(k, count - 1)
     neighbours: list[tuple[str, list[str], list[float]]] = []
-    forest = Forest()
+    pairs: list[tuple[int, int, float]] = []
     for start in range(0, count, _QUERY_ROWS):
         stop = min(start + _QUERY_ROWS, count)
         block = rows[start:stop] @ rows.T
@@ -139,11 +138,11 @@ def search_cell(
             )
         if threshold > 0:
             pairs_i, pairs_j = np.nonzero(block >= threshold - SIMILARITY_TOLERANCE)
-            for i, j in zip((pairs_i + start).tolist(), pairs_j.tolist(), strict=True):
-                if i < j:
-                    forest.union(i, j)
-    edges = [(uris[i], uris[root]) for i, root in forest.links()]
-    return neighbours, edges
+            above = pairs_i + start < pairs_j
+            pairs_i, pairs_j = pairs_i[above], pairs_j[above]
+            values = np.minimum(block[pairs_i, pairs_j], 1.0).tolist()
+            pairs.extend(zip((pairs_i + start).tolist(), pairs_j.tolist(), values, strict=True))
+    return neighbours, pairs
 
 
 def _top(block: np.ndarray, wanted: int, position: np.ndarray):

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.duplicates import (
-    ComponentsFn,
-    GroupMembersFn,
+    COMPONENT_PAIRS_WARNING,
+    ComponentStatsFn,
+    GroupComponents,
     WriteGroupsFn,
-    group_rows,
+    cell_links,
     number_groups,
-    only_if_grouped,
 )
 from pipeline.formats import FORMATS, StoredBatch
 from pipeline.metrics import NAMESPACE, counter
@@ -198,27 +198,33 @@ def plan_search(sample: _Sample, settings: SimilaritySettings) -> SearchPlan | N
 
 
 class AssignCellsFn(beam.DoFn):
-    """A StoredBatch to (cell, (uris, unit rows)) for each cell its rows join."""
+    """A StoredBatch to (cell, (uris, unit rows, pixels)) for each cell its rows join;
+    pixels (width x height) order a near-duplicate group's representatives."""
 
     def process(self, batch: StoredBatch, plan: SearchPlan | None):
         if plan is None or not batch.uris:
             return
         rows = unit_rows(batch.embeddings, plan.mean)
         uris = np.asarray(batch.uris, dtype=object)
+        sizes = np.asarray(batch.sizes, dtype=np.int64).reshape(len(uris), 2)
+        pixels = sizes[:, 0] * sizes[:, 1]
         if plan.exact:
-            yield 0, (uris.tolist(), rows)
+            yield 0, (uris.tolist(), rows, pixels)
             return
         coarse = coarse_rows(rows @ plan.basis)
         cells = nearest_cells(coarse, plan.centroids, plan.cells_per_image)
         for cell in np.unique(cells):
             members = np.flatnonzero((cells == cell).any(axis=1))
-            yield int(cell), (uris[members].tolist(), rows[members])
+            yield int(cell), (uris[members].tolist(), rows[members], pixels[members])
 
 
 class SearchCellFn(beam.DoFn):
-    """A cell's rows to (bucket, [neighbour candidates]) and, tagged `edges`, duplicate edges."""
+    """A cell's rows to (bucket, [neighbour candidates]) and, with a duplicate threshold,
+    its pairs at or above it, tagged `pairs` ([(uri, pixels, uri, pixels, similarity)]),
+    and edges that join the same images, tagged `edges` ([(uri, uri)])."""
 
     EDGES = "edges"
+    PAIRS = "pairs"
 
     def __init__(self, settings: SimilaritySettings):
         self._settings = settings
@@ -227,18 +233,23 @@ class SearchCellFn(beam.DoFn):
 
     def process(self, cell: tuple[int, list], plan: SearchPlan):
         _, chunks = cell
-        uris = [uri for chunk_uris, _ in chunks for uri in chunk_uris]
-        rows = np.concatenate([chunk_rows for _, chunk_rows in chunks])
+        uris = [uri for chunk_uris, _, _ in chunks for uri in chunk_uris]
+        rows = np.concatenate([chunk_rows for _, chunk_rows, _ in chunks])
+        pixels = np.concatenate([chunk_pixels for _, _, chunk_pixels in chunks]).tolist()
         self._cells.inc()
         self._cell_rows.update(len(uris))
-        candidates, edges = search_cell(
+        candidates, pairs = search_cell(
             uris, rows, self._settings.neighbors, self._settings.duplicate_threshold
         )
         by_bucket: dict[int, list] = {}
         for candidate in candidates:
             by_bucket.setdefault(uri_rank(candidate[0]) % plan.buckets, []).append(candidate)
         yield from by_bucket.items()
-        if edges:
+        if pairs:
+            yield beam.pvalue.TaggedOutput(
+                self.PAIRS, [(uris[i], pixels[i], uris[j], pixels[j], s) for i, j, s in pairs]
+            )
+            edges = cell_links((uris[i], uris[j]) for i, j, _ in pairs)
             yield beam.pvalue.TaggedOutput(self.EDGES, edges)
 
 
@@ -270,18 +281,19 @@ def _describe(
     unused,
     plan: SearchPlan | None,
     neighbor_rows: int,
-    groups: list | None,
+    duplicates: dict | None,
     settings: SimilaritySettings,
 ) -> dict[str, Any]:
     """What the summary says of the search: its size and method, and what it found."""
     described = plan.describe() if plan else {"images": 0}
     described["neighbors"] = {"k": settings.neighbors, "images": neighbor_rows}
-    if groups is not None:
-        described["duplicates"] = {
-            "threshold": settings.duplicate_threshold,
-            "groups": len(groups),
-            "images": sum(len(members) for _, members in groups),
-        }
+    if duplicates is not None:
+        described["duplicates"] = {"threshold": settings.duplicate_threshold, **duplicates}
+        if duplicates["largest_component"]["pairs"] > COMPONENT_PAIRS_WARNING:
+            described["duplicates"]["warning"] = (
+                f"a component has more than {COMPONENT_PAIRS_WARNING:,} pairs, all held by "
+                "one worker; a higher --duplicate_threshold splits it"
+            )
     return described
 
 
@@ -290,7 +302,8 @@ class FindSimilar(beam.PTransform):
 
     Input: the names of this run's stored files; with keep_earlier, every stored file
     under the output is searched too. Outputs a dict: `neighbors` (one row dict per
-    image), `groups` (one list of (group number, [(uri, similarity)]), largest first),
+    image), `groups` (one list of (group number, [(uri, similarity)], component number),
+    largest first),
     `description` (one dict for the summary) and `files` (the names written). Spill files
     go to temp (naming.run_temp_folder), the stage when None.
     """
@@ -349,7 +362,7 @@ class FindSimilar(beam.PTransform):
             | "Group cells" >> GroupThroughFiles(f"{spill}-cells")
             | "Search cells"
             >> beam.ParDo(SearchCellFn(settings), plan=plan_side).with_outputs(
-                SearchCellFn.EDGES, main="candidates"
+                SearchCellFn.EDGES, SearchCellFn.PAIRS, main="candidates"
             )
         )
         finished = []
@@ -370,28 +383,18 @@ class FindSimilar(beam.PTransform):
             finished.append(written)
         neighbor_rows = neighbors | "Count neighbour rows" >> beam.combiners.Count.Globally()
 
-        groups = None
+        groups = duplicates = None
         if settings.duplicate_threshold:
-            components = searched[SearchCellFn.EDGES] | "Components" >> beam.CombineGlobally(
-                ComponentsFn()
-            )
-            members = (
-                stored
-                | "Only if grouped"
-                >> beam.FlatMap(only_if_grouped, beam.pvalue.AsSingleton(components))
-                | "Read grouped" >> self._format.read_batches(self._output)
-                | "Grouped members"
-                >> beam.ParDo(
-                    GroupMembersFn(), components=beam.pvalue.AsSingleton(components), plan=plan_side
-                )
-                | "By group" >> GroupThroughFiles(f"{spill}-groups")
-                | "Similarity to representative" >> beam.Map(group_rows)
-            )
+            components = {
+                "edges": searched[SearchCellFn.EDGES],
+                "pairs": searched[SearchCellFn.PAIRS],
+            } | "Components" >> GroupComponents(settings.duplicate_threshold, f"{spill}-components")
             groups = (
-                members
+                components
                 | "All groups" >> beam.combiners.ToList()
                 | "Number groups" >> beam.Map(number_groups)
             )
+            duplicates = components | "Count groups" >> beam.CombineGlobally(ComponentStatsFn())
             written = groups | "Write duplicates" >> beam.ParDo(
                 WriteGroupsFn(self._stage, self._run_id)
             )
@@ -410,7 +413,7 @@ class FindSimilar(beam.PTransform):
                 _describe,
                 plan_side,
                 beam.pvalue.AsSingleton(neighbor_rows),
-                beam.pvalue.AsSingleton(groups) if groups is not None else None,
+                beam.pvalue.AsSingleton(duplicates) if duplicates is not None else None,
                 settings,
             )
         )

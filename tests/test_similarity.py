@@ -118,80 +118,167 @@ def test_up_to_one_cell_the_search_is_exact(tmp_path):
         np.testing.assert_allclose(values, similarities[i, expected], atol=2e-5)
 
 
-def planted_duplicates(seed: int):
-    """Unrelated vectors plus planted groups whose pairs' similarities are known.
+def turned(along: np.ndarray, across: np.ndarray, steps: float, cosine: float) -> np.ndarray:
+    """A vector `steps` turns of angle arccos(cosine) from `along` towards `across`."""
+    angle = steps * np.arccos(cosine)
+    return (np.cos(angle) * along + np.sin(angle) * across) * np.sqrt(DIMENSIONS)
 
-    Returns vectors, sizes and the planted groups as sets of indices. One group is a
-    chain a-b-c where a and c are below the threshold but each link is above it.
+
+def plane(generator, vectors: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A unit vector along vectors[index] and a unit vector orthogonal to it."""
+    along = vectors[index] / np.linalg.norm(vectors[index])
+    across = generator.normal(size=DIMENSIONS)
+    across -= across @ along * along
+    return along, across / np.linalg.norm(across)
+
+
+def planted_duplicates(seed: int):
+    """Unrelated vectors plus planted near-duplicates whose similarities are known.
+
+    Returns vectors, sizes and the planted sets of indices by name: tight groups of 2, 2,
+    3, 5 and 8; two chains a-b-c (cos(a, b) = cos(b, c) = 0.97, cos(a, c) = 0.88), one
+    with b the largest image, one with a; three identical vectors; and two clusters of 5
+    and 8 joined by one pair at 0.97 whose other members are at most 0.88 across.
     """
     generator = np.random.default_rng(seed)
     count = 1200
     vectors = generator.normal(size=(count, DIMENSIONS))
     sizes = np.full((count, 2), 100)
-    groups = []
+    planted: dict[str, set[int]] = {}
     index = 0
     for size in (2, 2, 3, 5, 8):
         members = list(range(index, index + size))
         base = vectors[members[0]]
         for member in members[1:]:
             vectors[member] = base + generator.normal(scale=0.12, size=DIMENSIONS)
-        groups.append(set(members))
+        planted[f"tight {size} at {index}"] = set(members)
         index += size
-    # The chain: b and c turn by one and two steps of angle t (cos t = 0.97) away from
-    # a, in the plane of a and an orthogonal vector, so cos(a, c) = cos 2t = 0.88.
-    a, b, c = index, index + 1, index + 2
-    along = vectors[a] / np.linalg.norm(vectors[a])
-    across = generator.normal(size=DIMENSIONS)
-    across -= across @ along * along
-    across /= np.linalg.norm(across)
-    angle = np.arccos(0.97)
-    for step, member in ((1, b), (2, c)):
-        turned = np.cos(step * angle) * along + np.sin(step * angle) * across
-        vectors[member] = turned * np.sqrt(DIMENSIONS)
-    vectors[a] = along * np.sqrt(DIMENSIONS)
-    groups.append({a, b, c})
-    index += 3
+    for name in ("chain, b largest", "chain, a largest"):
+        a, b, c = index, index + 1, index + 2
+        along, across = plane(generator, vectors, a)
+        for step, member in ((0, a), (1, b), (2, c)):
+            vectors[member] = turned(along, across, step, 0.97)
+        sizes[b if name == "chain, b largest" else a] = (200, 200)
+        planted[name] = {a, b, c}
+        index += 3
     # Byte-identical copies: exactly the same vector three times.
     vectors[index + 1] = vectors[index]
     vectors[index + 2] = vectors[index]
-    groups.append({index, index + 1, index + 2})
+    planted["identical"] = {index, index + 1, index + 2}
+    index += 3
+    # The bridge: p, x, y, q one turn apart; p's cluster is p, x and three copies of p
+    # slightly moved, q's is q, y and six; p and q are their clusters' largest images.
+    along, across = plane(generator, vectors, index)
+    p, x, y, q = index, index + 1, index + 2, index + 3
+    for step, member in ((0, p), (1, x), (2, y), (3, q)):
+        vectors[member] = turned(along, across, step, 0.97)
+    sizes[p], sizes[q] = (400, 400), (300, 300)
+    index += 4
+    clusters = {"cluster p": {p, x}, "cluster q": {q, y}}
+    for name, centre, extra in (("cluster p", p, 3), ("cluster q", q, 6)):
+        for member in range(index, index + extra):
+            vectors[member] = vectors[centre] + generator.normal(scale=0.03, size=DIMENSIONS)
+            clusters[name].add(member)
+        index += extra
+    planted.update(clusters)
     # Sizes decide the representative: the largest image, then the smallest URI.
     sizes[5] = (300, 300)  # group {4, 5, 6}: 5 is the largest
-    sizes[index + 2] = (50, 50)  # identical copies: index and index+1 tie, index wins
-    return vectors, sizes, groups
+    first = min(planted["identical"])
+    sizes[first + 2] = (50, 50)  # identical copies: first and first+1 tie, first wins
+    return vectors, sizes, planted
 
 
-def test_planted_groups_are_recovered_exactly(tmp_path):
+def reference_groups(
+    similarities: np.ndarray, sizes: np.ndarray, threshold: float
+) -> list[list[int]]:
+    """numpy's greedy walk over every image: representative first, then by similarity."""
+    order = sorted(range(len(sizes)), key=lambda i: (-int(sizes[i].prod()), uri(i)))
+    grouped: set[int] = set()
+    groups = []
+    for i in order:
+        if i in grouped:
+            continue
+        near = [
+            j
+            for j in np.flatnonzero(similarities[i] >= threshold - 1e-6)
+            if j != i and j not in grouped
+        ]
+        if near:
+            near.sort(key=lambda j: (-similarities[i, j], uri(j)))
+            grouped.update([i, *near])
+            groups.append([i, *near])
+    return groups
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    (path,) = glob.glob(str(folder / "duplicates-*.csv"))
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["group", "uri", "similarity", "component"]
+        return list(reader)
+
+
+def test_every_member_is_within_the_threshold_of_its_representative(tmp_path):
     vectors, sizes, planted = planted_duplicates(seed=2)
     similarities = cosine_matrix(vectors)
     threshold = 0.95
-    a = min(planted[-2])
-    assert similarities[a, a + 1] >= threshold and similarities[a + 1, a + 2] >= threshold
-    assert similarities[a, a + 2] < threshold, "the chain's ends must be below the threshold"
+    for name in ("chain, b largest", "chain, a largest"):
+        a, b, c = sorted(planted[name])
+        assert similarities[a, b] >= threshold and similarities[b, c] >= threshold
+        assert similarities[a, c] < threshold, "the chain's ends must be below the threshold"
+    p, x, y, q = sorted(planted["cluster p"])[:2] + sorted(planted["cluster q"])[:2]
+    assert similarities[x, y] >= threshold
+    for i in planted["cluster p"]:
+        for j in planted["cluster q"]:
+            assert (i, j) == (x, y) or similarities[i, j] < threshold, (i, j)
     files = store(tmp_path, vectors, sizes)
     find_similar(tmp_path, files, SimilaritySettings(3, threshold, 150, 3, seed=0))
 
-    groups = read_groups(tmp_path)
-    found = [{index_of(name) for name in members} for members in groups.values()]
-    assert sorted(map(sorted, found)) == sorted(map(sorted, planted))
-    # No pair below the threshold joins two images unless a chain of pairs above does.
-    for members in found:
-        linked = similarities[np.ix_(sorted(members), sorted(members))] >= threshold - 1e-6
-        reached = {0}
-        for _ in members:
-            reached |= {j for i in reached for j in np.flatnonzero(linked[i])}
-        assert len(reached) == len(members)
-    # Numbered largest first; the representative leads with similarity 1; the others'
-    # similarities are numpy's, to the representative.
-    assert [len(groups[n]) for n in sorted(groups)] == sorted(map(len, planted), reverse=True)
-    by_members = {frozenset(index_of(u) for u in g): g for g in groups.values()}
-    three = by_members[frozenset({4, 5, 6})]
-    assert next(iter(three)) == uri(5) and three[uri(5)] == 1.0
-    for member in (4, 6):
-        assert three[uri(member)] == pytest.approx(similarities[5, member], abs=1e-5)
-    copies = by_members[frozenset(planted[-1])]
-    first = min(planted[-1])
-    assert list(copies.items()) == [(uri(first), 1.0), (uri(first + 1), 1.0), (uri(first + 2), 1.0)]
+    rows = read_rows(tmp_path)
+    groups: dict[int, list[tuple[int, float]]] = {}
+    components: dict[int, set[int]] = {}
+    for row in rows:
+        groups.setdefault(int(row["group"]), []).append(
+            (index_of(row["uri"]), float(row["similarity"]))
+        )
+        components.setdefault(int(row["group"]), set()).add(int(row["component"]))
+    # The same groups as numpy's walk over every pair, in the same order, representative
+    # first; every member within the threshold of it, at numpy's similarity.
+    expected = reference_groups(similarities, sizes, threshold)
+    expected.sort(key=lambda members: (-len(members), uri(members[0])))
+    assert [[i for i, _ in groups[n]] for n in sorted(groups)] == expected
+    assert sorted(groups) == list(range(1, len(groups) + 1))
+    for members in groups.values():
+        representative = members[0][0]
+        assert members[0][1] == 1.0
+        for member, similarity in members[1:]:
+            assert similarity == pytest.approx(similarities[representative, member], abs=1e-5)
+            assert similarity >= threshold - 1e-6
+    by_members = {frozenset(i for i, _ in members): n for n, members in groups.items()}
+    # The chains: the larger of a and b represents; c joins only when within T of it.
+    a, b, c = sorted(planted["chain, b largest"])
+    assert groups[by_members[frozenset({a, b, c})]][0][0] == b
+    a, b, c = sorted(planted["chain, a largest"])
+    assert groups[by_members[frozenset({a, b})]][0][0] == a
+    assert uri(c) not in {row["uri"] for row in rows}
+    # Tight groups and identical vectors are groups of their own.
+    for name, members in planted.items():
+        if name.startswith("tight") or name == "identical":
+            assert frozenset(members) in by_members, name
+    first = min(planted["identical"])
+    assert groups[by_members[frozenset(planted["identical"])]] == [
+        (first, 1.0), (first + 1, 1.0), (first + 2, 1.0)
+    ]  # fmt: skip
+    # The bridged clusters: two groups of 5 and 8, in one component, numbered after the
+    # smaller of their two group numbers.
+    group_p = by_members[frozenset(planted["cluster p"])]
+    group_q = by_members[frozenset(planted["cluster q"])]
+    assert groups[group_p][0][0] == p and groups[group_q][0][0] == q
+    assert components[group_p] == components[group_q] == {min(group_p, group_q)}
+    # Every other group is a component of its own, numbered after it.
+    for number, component in components.items():
+        if number not in (group_p, group_q):
+            assert component == {number}
 
 
 def test_identical_vectors_group_at_a_threshold_of_one(tmp_path):
@@ -201,7 +288,7 @@ def test_identical_vectors_group_at_a_threshold_of_one(tmp_path):
 
     groups = read_groups(tmp_path)
     found = [{index_of(u) for u in g} for g in groups.values()]
-    assert found == [planted[-1]]
+    assert found == [planted["identical"]]
     assert not glob.glob(str(tmp_path / "neighbors-*.parquet"))
 
 

@@ -86,12 +86,19 @@ def photo_of(family: dict[str, dict[str, str]]) -> dict[str, str]:
 
 
 def read_groups(output: Path) -> list[tuple[int, str, float]]:
+    return [(number, uri, similarity) for number, uri, similarity, _ in read_rows(output)]
+
+
+def read_rows(output: Path) -> list[tuple[int, str, float, int]]:
     rows = []
     for path in sorted(glob.glob(str(output / "duplicates-*.csv"))):
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            assert reader.fieldnames == ["group", "uri", "similarity"]
-            rows.extend((int(r["group"]), r["uri"], float(r["similarity"])) for r in reader)
+            assert reader.fieldnames == ["group", "uri", "similarity", "component"]
+            rows.extend(
+                (int(r["group"]), r["uri"], float(r["similarity"]), int(r["component"]))
+                for r in reader
+            )
     return rows
 
 
@@ -234,10 +241,17 @@ def test_summary_counts_what_the_files_hold(searched):
     assert similarity["method"] == "exact" and similarity["cells"] == 1
     assert similarity["centred"] is True
     assert similarity["neighbors"] == {"k": K, "images": len(read_neighbors(output))}
+    components = {component for _, _, _, component in read_rows(output)}
     assert similarity["duplicates"] == {
         "threshold": THRESHOLD,
         "groups": len({number for number, _, _ in rows}),
         "images": len(rows),
+        "components": len(components),
+        # Here each component is one group of copies: every pair in it is >= T.
+        "largest_component": {
+            "images": max(map(len, groups_of(rows).values())),
+            "pairs": max(len(m) * (len(m) - 1) // 2 for m in groups_of(rows).values()),
+        },
     }
     outputs = described["outputs"]
     assert sorted(glob.glob(outputs["neighbors"])) == sorted(
@@ -326,3 +340,69 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
     # A later run without --neighbors removes what no longer describes the output.
     embed(both, incremental, "--skip_existing", neighbors=False)
     assert run_ids(incremental, "neighbors") == set()
+
+
+LOOSE = 0.9  # with random weights, altered copies and other photographs' images mix here
+
+
+@pytest.fixture(scope="module")
+def loosely_grouped(family, tmp_path_factory):
+    """One run over every image at a threshold low enough for chains between images."""
+    root = tmp_path_factory.mktemp("loose")
+    uris = [uri for members in family.values() for uri in members.values()]
+    output = root / "out"
+    result = run_cli(
+        "--input", str(write_csv(root / "images.csv", uris)),
+        "--output", str(output),
+        "--weights", "random",
+        "--duplicate_threshold", str(LOOSE),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def pixels_of(uri: str) -> int:
+    with Image.open(uri) as image:
+        return image.width * image.height
+
+
+@pytest.mark.pipeline_run
+def test_loose_groups_hold_only_images_within_the_threshold_of_the_one_kept(
+    family, loosely_grouped
+):
+    output = loosely_grouped
+    rows = read_rows(output)
+    uris, cosines = centred_cosines(parquet_embeddings(output))
+    index = {uri: i for i, uri in enumerate(uris)}
+    groups = groups_of([(number, uri, similarity) for number, uri, similarity, _ in rows])
+    assert len(groups) >= 2
+    for members in groups.values():
+        representative = index[members[0][0]]
+        assert members[0][1] == 1.0
+        for uri, similarity in members[1:]:
+            recomputed = cosines[representative, index[uri]]
+            assert similarity == pytest.approx(recomputed, abs=1e-5), uri
+            assert recomputed >= LOOSE - 1e-5, f"{uri} is {recomputed:.4f} from what is kept"
+    # The same groups as a walk over numpy's similarities of every pair.
+    order = sorted(uris, key=lambda uri: (-pixels_of(uri), uri))
+    grouped, expected = set(), []
+    for uri in order:
+        if uri in grouped:
+            continue
+        near = [other for other in uris if other != uri and other not in grouped
+                and cosines[index[uri], index[other]] >= LOOSE - 1e-6]  # fmt: skip
+        if near:
+            grouped.update([uri, *near])
+            expected.append((uri, set(near)))
+    found = sorted((m[0][0], {uri for uri, _ in m[1:]}) for m in groups.values())
+    assert found == sorted(expected)
+    # Identical copies share a group; a component holds one or more whole groups.
+    group_of = {uri: number for number, uri, _, _ in rows}
+    for members in family.values():
+        assert group_of[members["identical"]] == group_of[members["original"]]
+    component_of = {number: component for number, _, _, component in rows}
+    assert len({(n, c) for n, _, _, c in rows}) == len(groups)
+    assert all(component <= number for number, component in component_of.items())
+    described = summary(output)["similarity"]["duplicates"]
+    assert described["groups"] == len(groups) and described["images"] == len(rows)
+    assert described["components"] == len(set(component_of.values()))
