@@ -12,6 +12,12 @@ The embeddings have structure, as real ones do: overlapping clusters of about 20
 in a 64-dimensional latent space (noise as large as the centres' spread), mapped to 2048
 values through a random linear map and a ReLU, plus 0.5 (non-negative, like pooled ResNet
 features, with a shared component).
+
+With --grouping, the same embeddings with near-duplicates planted in (groups of 2 to 8,
+pairs of identical copies, and chains whose links are above the threshold and whose
+ends are not) are searched twice: without and with --duplicate_threshold, so that the
+difference is the cost of the grouping. Every member's similarity to its representative
+is then recomputed with numpy and checked against the threshold and the CSV.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ ROWS_PER_FILE = 10_000
 K = 10
 QUERIES = 300
 RUN_ID = "20260101T000000-000000"
+THRESHOLD = 0.95
+NEAR = 0.1  # a group member's noise, per value, as a fraction of the rows' spread: cos 0.995
+LINK = 0.25  # a chain link's: cos 0.97 between neighbours, 0.94 two links apart
+CHAIN = 30  # images in a chain
 
 
 def uri(index: int) -> str:
@@ -56,14 +66,36 @@ def synthetic(count: int, seed: int = 0):
         yield start, np.maximum(latent.astype(np.float32) @ projection, 0.0) + 0.5
 
 
-def write_embeddings(folder: Path, count: int) -> list[str]:
+def planted(count: int, seed: int = 0):
+    """synthetic() with near-duplicates written over 30% of each block's rows: groups of
+    2 to 8 (20%; the pairs are identical copies) and chains of CHAIN images (10%)."""
+    generator = np.random.default_rng(seed + 1)
+    for start, block in synthetic(count, seed):
+        spread = float((block - block.mean(axis=0)).std())
+        row, groups_end = 0, int(len(block) * 0.2)
+        size = 2
+        while row + size <= groups_end:
+            for member in range(row + 1, row + size):
+                scale = 0.0 if size == 2 else NEAR * spread
+                block[member] = block[row] + generator.normal(scale=scale, size=DIMENSIONS)
+            row += size
+            size = size + 1 if size < 8 else 2
+        while row + CHAIN <= int(len(block) * 0.3):
+            for member in range(row + 1, row + CHAIN):
+                step = generator.normal(scale=LINK * spread, size=DIMENSIONS)
+                block[member] = block[member - 1] + step
+            row += CHAIN
+        yield start, block
+
+
+def write_embeddings(folder: Path, count: int, blocks=synthetic) -> list[str]:
     from pipeline.sinks import parquet_schema
 
     folder.mkdir(parents=True, exist_ok=True)
     schema = parquet_schema((DIMENSIONS,), {"model": "synthetic"})
     shards = (count + ROWS_PER_FILE - 1) // ROWS_PER_FILE
     paths = []
-    for shard, (start, block) in enumerate(synthetic(count)):
+    for shard, (start, block) in enumerate(blocks(count)):
         path = folder / f"embeddings-{RUN_ID}-{shard:05d}-of-{shards:05d}.parquet"
         flat = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), DIMENSIONS)
         table = pa.table(
@@ -83,8 +115,9 @@ def write_embeddings(folder: Path, count: int) -> list[str]:
     return paths
 
 
-def measure(folder: Path, cell_size: int, cells_per_image: int) -> None:
-    """Child process: the similarity step alone; prints seconds and peak RSS as JSON."""
+def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float = -1) -> None:
+    """Child process: the similarity step alone; prints seconds and peak RSS as JSON.
+    With a threshold >= 0: no neighbours, only the search and (above 0) the grouping."""
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -94,6 +127,9 @@ def measure(folder: Path, cell_size: int, cells_per_image: int) -> None:
     files = sorted(str(path) for path in folder.glob("embeddings-*.parquet"))
     output = result_folder(folder, cell_size, cells_per_image)
     settings = SimilaritySettings(K, 0.0, cell_size, cells_per_image, seed=0)
+    if threshold >= 0:
+        output = folder / f"grouped-{threshold}"
+        settings = SimilaritySettings(0, threshold, cell_size, cells_per_image, seed=0)
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
@@ -128,7 +164,7 @@ def result_folder(folder: Path, cell_size: int, cells_per_image: int) -> Path:
     return folder / f"cells-{cell_size}-{cells_per_image}"
 
 
-def run_measure(folder: Path, cell_size: int, cells_per_image: int) -> dict:
+def run_measure(folder: Path, cell_size: int, cells_per_image: int, *flags: str) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -138,6 +174,7 @@ def run_measure(folder: Path, cell_size: int, cells_per_image: int) -> dict:
         str(cell_size),
         "--cells_per_image",
         str(cells_per_image),
+        *flags,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
     if done.returncode:
@@ -164,6 +201,70 @@ def recall_at_k(count: int, found: dict[str, list[str]]) -> float:
     return float(np.mean(hits)) / K
 
 
+def check_groups(count: int, output: Path) -> dict:
+    """Every member's similarity to its representative, recomputed: >= THRESHOLD and the
+    CSV's, within 1e-4; and the summary's counts."""
+    import csv
+
+    matrix = np.concatenate([block for _, block in planted(count)])
+    centred = matrix - matrix.mean(axis=0, dtype=np.float64).astype(np.float32)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    (path,) = output.glob("duplicates-*.csv")
+    groups: dict[int, list[tuple[int, float, int]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            index = int(row["uri"].rsplit("/", 1)[1].split(".")[0])
+            groups.setdefault(int(row["group"]), []).append(
+                (index, float(row["similarity"]), int(row["component"]))
+            )
+    lowest, worst_error = 1.0, 0.0
+    for members in groups.values():
+        indices = [index for index, _, _ in members[1:]]
+        recomputed = unit[indices] @ unit[members[0][0]]
+        written = np.array([similarity for _, similarity, _ in members[1:]])
+        lowest = min(lowest, float(recomputed.min()))
+        worst_error = max(worst_error, float(np.abs(recomputed - written).max()))
+    if lowest < THRESHOLD - 1e-5 or worst_error > 1e-4:
+        raise SystemExit(f"invariant broken: lowest {lowest}, largest error {worst_error}")
+    components = {component for members in groups.values() for _, _, component in members}
+    return {
+        "groups": len(groups),
+        "grouped": sum(map(len, groups.values())),
+        "components": len(components),
+        "lowest": lowest,
+        "error": worst_error,
+    }
+
+
+def grouping(sizes: list[int], args) -> None:
+    rows = []
+    for count in sizes:
+        folder = Path(args.work) / f"planted-{count}"
+        if not folder.exists():
+            write_embeddings(folder, count, planted)
+        cells = (folder, args.cell_size, args.cells_per_image)
+        search = run_measure(*cells, "--threshold", "0")
+        grouped = run_measure(*cells, "--threshold", str(THRESHOLD))
+        grouped |= check_groups(count, folder / f"grouped-{THRESHOLD}")
+        rows.append((count, search, grouped))
+        print(f"{count}: {search} {grouped}", flush=True)
+    print()
+    print(
+        f"--duplicate_threshold {THRESHOLD}, --similarity_cell_size {args.cell_size}, "
+        f"--similarity_cells_per_image {args.cells_per_image}, {DIMENSIONS} values, 2 processes"
+    )
+    print(
+        f"{'images':>8} {'search s':>9} {'grouped s':>10} {'worker MB':>10} {'groups':>7} "
+        f"{'in groups':>10} {'components':>11} {'lowest sim':>11} {'max error':>10}"
+    )
+    for count, search, grouped in rows:
+        print(
+            f"{count:>8,} {search['seconds']:>9.1f} {grouped['seconds']:>10.1f} "
+            f"{grouped['worker_mb']:>10.0f} {grouped['groups']:>7,} {grouped['grouped']:>10,} "
+            f"{grouped['components']:>11,} {grouped['lowest']:>11.4f} {grouped['error']:>10.1e}"
+        )
+
+
 def main() -> None:
     from pipeline.options import DEFAULT_CELL_SIZE, DEFAULT_CELLS_PER_IMAGE
 
@@ -173,13 +274,18 @@ def main() -> None:
     parser.add_argument("--cells_per_image", type=int, default=DEFAULT_CELLS_PER_IMAGE)
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark-similarity"))
     parser.add_argument("--no_brute_force", action="store_true")
+    parser.add_argument("--grouping", action="store_true", help="time --duplicate_threshold")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--threshold", type=float, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        measure(Path(args.measure), args.cell_size, args.cells_per_image)
+        measure(Path(args.measure), args.cell_size, args.cells_per_image, args.threshold)
         return
 
     sizes = [int(size) for size in args.sizes.split(",")]
+    if args.grouping:
+        grouping(sizes, args)
+        return
     # Every measurement runs before this process loads anything large: a child's peak
     # RSS counts the pages it shared with this process when it was forked.
     rows = []

@@ -33,8 +33,10 @@ from pipeline.spill import GroupThroughFiles
 # cover chains of 2^22 images. A run whose components are not stars after these fails
 # rather than writing wrong groups.
 STAR_ROUNDS = 24
-# A component with more pairs than this warns: its walk holds every pair in one worker,
-# measured at about 0.5 KB a pair (benchmarks/similarity.py --component_memory).
+# A component with more pairs than this warns: its walk holds every pair in one worker.
+# Measured (tracemalloc, a dense component of 2,000 images, 2.0 million pairs): 0.11 KB a
+# decoded pair, 0.23 KB more at the walk's peak; a pair found in several cells is
+# decoded once per cell. So about 0.35 to 0.6 KB a pair, 0.7 to 1.2 GB at this bound.
 COMPONENT_PAIRS_WARNING = 2_000_000
 
 Pair = tuple[str, int, str, int, float]  # uri a, a's pixels, uri b, b's pixels, similarity

@@ -106,7 +106,12 @@ def _similarity(summary: Mapping[str, Any]) -> str:
             ("Duplicate threshold", duplicates["threshold"]),
             ("Near-duplicate groups", duplicates["groups"]),
             ("Images in groups", duplicates["images"]),
-        ]
+            ("Components", duplicates["components"]),
+            ("Largest component", f"{duplicates['largest_component']['images']:,} images, "
+             f"{duplicates['largest_component']['pairs']:,} pairs"),
+        ]  # fmt: skip
+        if "warning" in duplicates:
+            rows.append(("Warning", duplicates["warning"]))
     return _section("Similarity", rows)
 
 
@@ -126,7 +131,7 @@ def _thumbnail_figure(uri: str, similarity: float, thumbnail: bytes | None) -> s
 
 def _groups(
     summary: Mapping[str, Any],
-    groups: Sequence[tuple[int, Sequence[tuple[str, float]]]],
+    groups: Sequence[tuple[int, Sequence[tuple[str, float]], int]],
     thumbnails: Mapping[str, bytes | None],
 ) -> str:
     duplicates = summary.get("similarity", {}).get("duplicates")
@@ -135,19 +140,22 @@ def _groups(
     if not groups:
         return "<h2>Near-duplicate groups</h2><p>None.</p>"
     shown = "".join(
-        f'<div class="group"><h3>Group {number} ({len(members):,} images)</h3>'
+        f'<div class="group"><h3>Group {number} ({len(members):,} images, '
+        f"component {component})</h3>"
         + "".join(
             _thumbnail_figure(uri, similarity, thumbnails.get(uri))
             for uri, similarity in members[:GROUP_MEMBERS_SHOWN]
         )
         + "</div>"
-        for number, members in groups
+        for number, members, component in groups
     )
     return (
         f'<h2 id="duplicates">Near-duplicate groups ({duplicates["groups"]:,})</h2>'
         f'<p class="muted">The {len(groups):,} largest, at most {GROUP_MEMBERS_SHOWN} images '
         "each; the representative (the largest image, ties to the smallest URI) comes first, "
-        "the others with their similarity to it. Thumbnails are those of the map's sample. "
+        "the others with their similarity to it, every one at or above the threshold. A "
+        "component is the wider cluster that chains of similar pairs join; it takes the "
+        "smallest number of its groups. Thumbnails are those of the map's sample. "
         "Every group is in "
         f"{escape(summary['outputs']['duplicates'])}</p>{shown}"
     )
@@ -182,7 +190,7 @@ def render(
     failures: Sequence[Failure],
     sample_rule: str,
     neighbors: Mapping[str, Sequence[tuple[str, float]]] | None = None,
-    groups: Sequence[tuple[int, Sequence[tuple[str, float]]]] = (),
+    groups: Sequence[tuple[int, Sequence[tuple[str, float]], int]] = (),
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 

@@ -53,6 +53,7 @@ PHOTO_NAMES = (
 )
 K = 5
 THRESHOLD = 0.9999
+LOOSE = 0.9  # with random weights, altered copies and other photographs' images mix here
 IDENTICAL = 1 - 1e-6  # byte-identical copies' similarity: 1 up to float32 rounding
 
 
@@ -305,13 +306,14 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
     assert len(first) + len(second) == len(everything)
 
     incremental, fresh = tmp_path / "incremental", tmp_path / "fresh"
-    first_summary = embed(write_csv(tmp_path / "first.csv", first), incremental)
+    grouping = ("--duplicate_threshold", str(LOOSE))
+    first_summary = embed(write_csv(tmp_path / "first.csv", first), incremental, *grouping)
     assert first_summary["similarity"]["images"] == len(first)
     earlier = run_ids(incremental, "neighbors")
     assert len(earlier) == 1
     both = write_csv(tmp_path / "all.csv", everything)
-    second_summary = embed(both, incremental, "--skip_existing")
-    embed(both, fresh)
+    second_summary = embed(both, incremental, "--skip_existing", *grouping)
+    embed(both, fresh, *grouping)
 
     assert second_summary["embedded"] == len(second)
     assert second_summary["similarity"]["images"] == len(everything)
@@ -337,12 +339,19 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
             f"{list(zip(names_expected, similarities_expected, strict=True))} in one run"
         )
 
+    # The same near-duplicate groups, numbers and components as one run over everything.
+    groups_found, groups_expected = read_rows(incremental), read_rows(fresh)
+    assert len({number for number, *_ in groups_expected}) >= 2
+    assert [(n, uri, c) for n, uri, _, c in groups_found] == [
+        (n, uri, c) for n, uri, _, c in groups_expected
+    ]
+    np.testing.assert_allclose(
+        [s for _, _, s, _ in groups_found], [s for _, _, s, _ in groups_expected], atol=1e-5
+    )
+
     # A later run without --neighbors removes what no longer describes the output.
     embed(both, incremental, "--skip_existing", neighbors=False)
     assert run_ids(incremental, "neighbors") == set()
-
-
-LOOSE = 0.9  # with random weights, altered copies and other photographs' images mix here
 
 
 @pytest.fixture(scope="module")

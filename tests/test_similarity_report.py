@@ -33,13 +33,15 @@ def reported(tmp_path_factory):
     table = pq.read_table(glob.glob(str(output / "neighbors-*.parquet")))
     neighbors = {row["uri"]: row for row in table.to_pylist()}
     groups: dict[int, list[tuple[str, float]]] = {}
+    components: dict[int, int] = {}
     for path in glob.glob(str(output / "duplicates-*.csv")):
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 groups.setdefault(int(row["group"]), []).append(
                     (row["uri"], float(row["similarity"]))
                 )
-    return output, neighbors, groups
+                components[int(row["group"])] = int(row["component"])
+    return output, neighbors, (groups, components)
 
 
 def click(driver, spot: tuple[int, int]) -> None:
@@ -102,7 +104,7 @@ def test_clicking_a_thumbnail_lists_its_nearest_neighbours(reported):
 def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
     from selenium.webdriver.common.by import By
 
-    output, _, groups = reported
+    output, _, (groups, components) = reported
     record = summary(output)["similarity"]["duplicates"]
     assert record["groups"] == len(groups) >= 1
     with chromium() as driver:
@@ -119,7 +121,9 @@ def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
         assert len(shown) == len(groups)
         for (title, figures), number in zip(shown, sorted(groups), strict=True):
             members = groups[number]
-            assert title == f"Group {number} ({len(members)} images)"
+            assert title == (
+                f"Group {number} ({len(members)} images, component {components[number]})"
+            )
             assert [name for name, _, _ in figures] == [uri for uri, _ in members]
             assert [caption for _, caption, _ in figures] == [f"{s:.4f}" for _, s in members]
             assert all(width > 0 for _, _, width in figures), "a group thumbnail did not decode"
@@ -128,4 +132,7 @@ def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
         assert any(uri.endswith("/brick-again.png") for uri in brick)
         text = driver.find_element(By.TAG_NAME, "main").text
         assert f"Near-duplicate groups {record['groups']}" in text
+        assert f"Components {record['components']}" in text
+        largest = record["largest_component"]
+        assert f"Largest component {largest['images']} images, {largest['pairs']} pairs" in text
         assert console_problems(driver) == []
