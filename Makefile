@@ -37,8 +37,8 @@ benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and t
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py
 
-benchmark-similarity: $(VENV)/.installed ## Time, memory and recall@10 of --neighbors, 50,000 to 200,000 embeddings
-	$(BIN)/python benchmarks/similarity.py
+benchmark-similarity: $(VENV)/.installed ## Time, memory and recall@10 of --neighbors, 50,000 to 200,000 embeddings (BENCHMARK_ARGS=--grouping: the grouping)
+	$(BIN)/python benchmarks/similarity.py $(BENCHMARK_ARGS)
 
 benchmark-startup: $(VENV)/.installed ## A 13-photo local run against a plain Keras script
 	$(BIN)/python benchmarks/startup.py

@@ -166,6 +166,18 @@ def summary(output: Path) -> dict:
     return json.loads((output / "summary.json").read_text())
 
 
+def many_photos(directory: Path, count: int) -> list[str]:
+    """count distinct URIs: hard links to the photographs, in turn."""
+    directory.mkdir()
+    paths = []
+    for index in range(count):
+        source = PHOTO_PATHS[index % len(PHOTO_PATHS)]
+        path = directory / f"{index:03d}-{os.path.basename(source)}"
+        os.link(source, path)
+        paths.append(str(path))
+    return paths
+
+
 def failed_run_record(output: Path) -> tuple[dict, list[dict]]:
     """A failed run's summary and dead letter, which its own folder _runs/RUN/ keeps."""
     [kept] = glob.glob(str(output / "_runs" / "*" / "summary.json"))

@@ -12,23 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import PHOTO_PATHS, REPO, npy_index, run_cli, summary, write_csv
+from support import REPO, many_photos, npy_index, run_cli, summary, write_csv
 
 pytestmark = pytest.mark.pipeline_run
 
 IMAGES = 40
-
-
-def many_photos(directory: Path) -> list[str]:
-    """IMAGES distinct URIs (hard links to the photographs)."""
-    directory.mkdir()
-    paths = []
-    for index in range(IMAGES):
-        source = PHOTO_PATHS[index % len(PHOTO_PATHS)]
-        path = directory / f"{index:03d}-{os.path.basename(source)}"
-        os.link(source, path)
-        paths.append(str(path))
-    return paths
 
 
 def writing_started(output: Path, output_format: str) -> bool:
@@ -67,7 +55,7 @@ def everything_visible_loads(output: Path) -> None:
 
 @pytest.mark.parametrize("output_format", ["parquet", "npy"])
 def test_killed_run_is_completed_by_a_skip_existing_rerun(output_format, tmp_path):
-    uris = many_photos(tmp_path / "photos")
+    uris = many_photos(tmp_path / "photos", IMAGES)
     csv_path = write_csv(tmp_path / "images.csv", uris)
     output = tmp_path / "out"
     args = ["--input", str(csv_path), "--output", str(output), "--output_format", output_format,

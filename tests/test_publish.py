@@ -15,7 +15,16 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
-from support import PHOTO_PATHS, REPO, failed_run_record, run_cli, snapshot, summary, write_csv
+from support import (
+    PHOTO_PATHS,
+    REPO,
+    failed_run_record,
+    many_photos,
+    run_cli,
+    snapshot,
+    summary,
+    write_csv,
+)
 
 from pipeline.job import build_pipeline
 from pipeline.lease import take_lease
@@ -101,18 +110,6 @@ def test_a_job_that_fails_its_check_publishes_nothing(tmp_path):
     # The dead letter was finished before the verdict: final shards, no temporary folder.
     assert len(failures) == 3
     assert not glob.glob(str(output / "**" / "beam-temp-*"), recursive=True)
-
-
-def many_photos(directory: Path, count: int) -> list[str]:
-    """count distinct URIs (hard links to the photographs)."""
-    directory.mkdir()
-    paths = []
-    for index in range(count):
-        source = PHOTO_PATHS[index % len(PHOTO_PATHS)]
-        path = directory / f"{index:03d}-{os.path.basename(source)}"
-        os.link(source, path)
-        paths.append(str(path))
-    return paths
 
 
 def folder_readers(output: Path) -> dict[str, list[str]]:
