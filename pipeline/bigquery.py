@@ -325,6 +325,10 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._this_run_shards = this_run_shards
         self._metadata = json.loads(describe_table(metadata))
 
+    @property
+    def table(self) -> TableName:
+        return self._table
+
     def process(self, unused_passed, earlier_rows: int | None = None):
         bq = client(self._table.project)
         # Jobs live in the dataset's location; looking one up elsewhere finds nothing.
@@ -350,7 +354,13 @@ class LoadIntoBigQueryFn(beam.DoFn):
         }
         if self._vector_index:
             size = table.num_bytes if table else 0
-            described["vector_index"] = self._create_index(bq, size, location)
+            try:
+                described["vector_index"] = self._create_index(bq, size, location)
+            except BigQueryLoadError as error:
+                # The table already equals the staged output; an index only speeds searches.
+                _LOG.warning("--bigquery_vector_index: not created: %s", error)
+                described["vector_index"] = {"name": INDEX_NAME, "created": False,
+                                             "error": str(error)}  # fmt: skip
         yield described
 
     def _plan_and_load(self, bq, earlier_rows, location, attempts: _Attempts):
@@ -478,6 +488,33 @@ def _write_mode(job) -> str:
     return "replace" if job.write_disposition == "WRITE_TRUNCATE" else "append"
 
 
+# Load jobs one step tries, each after the one before failed (a transient backend error,
+# say), before the run fails its verdict.
+LOAD_TRIES = 3
+
+
+class LoadOrReportFn(beam.DoFn):
+    """load_fn's load, tried again under the next attempt's job id while it fails; after
+    LOAD_TRIES failed jobs, a description with the error instead of an exception, so that
+    the run fails its verdict and keeps the earlier output (publish.py)."""
+
+    def __init__(self, load_fn: LoadIntoBigQueryFn, tries: int = LOAD_TRIES):
+        self._fn = load_fn
+        self._tries = tries
+
+    def process(self, element, earlier_rows: int | None = None):
+        for tried in range(1, self._tries + 1):
+            try:
+                described = list(self._fn.process(element, earlier_rows))
+            except BigQueryLoadError as error:
+                _LOG.warning("BigQuery load, try %d of %d: %s", tried, self._tries, error)
+                failed = error
+            else:
+                yield from described
+                return
+        yield {"table": self._fn.table.id, "error": str(failed), "tries": self._tries}
+
+
 class LoadIntoBigQuery(beam.PTransform):
     """One element when the run has passed and its shards are staged (and, for
     --skip_existing, how many embeddings earlier runs left) to one dict describing the
@@ -492,4 +529,4 @@ class LoadIntoBigQuery(beam.PTransform):
         earlier = {}
         if self._earlier_rows is not None:
             earlier["earlier_rows"] = beam.pvalue.AsSingleton(self._earlier_rows)
-        return passed | "Load job" >> beam.ParDo(self._fn, **earlier)
+        return passed | "Load job" >> beam.ParDo(LoadOrReportFn(self._fn), **earlier)

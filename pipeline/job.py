@@ -227,15 +227,20 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
     # Before any folder is created; for a local run it may download the ImageNet weights.
     preflight.check_weights(model_spec(opts), local=local)
     preflight.check_output(opts.output)
+    if opts.vector_search_output:
+        preflight.check_output(opts.vector_search_output, "--vector_search_output")
+        preflight.check_vector_search_folder(opts.vector_search_output)
+
+
+def check_earlier_outputs(opts: EmbeddingOptions) -> None:
+    """With --skip_existing, that what is there was made as this run makes it; checked
+    once this run holds the output, so that no other run changes it in between."""
     if opts.skip_existing:
         spec = model_spec(opts)
         made = embedding_metadata(run_context(opts, spec, embedding_shape(spec)))
         preflight.check_earlier_outputs(
-            opts.output, opts.output_format, keep, opts.bigquery_table, made
+            opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made
         )
-    if opts.vector_search_output:
-        preflight.check_output(opts.vector_search_output, "--vector_search_output")
-        preflight.check_vector_search_folder(opts.vector_search_output)
 
 
 def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -303,6 +308,7 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         process_bound=local,
     )
     try:
+        check_earlier_outputs(opts)
         if local:
             count = count_inputs(opts.input, SMALL_INPUT_ROWS)
             mode = use_local_runner_defaults(options, argv, small_input=count is not None)

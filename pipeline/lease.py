@@ -140,6 +140,7 @@ def _new_lease(
         "host": socket.gethostname(),
         "user": _user(),
         "pid": os.getpid(),
+        "pid_namespace": _pid_namespace(),
         "process_bound": process_bound,
         "runner": runner,
     }
@@ -186,10 +187,21 @@ def _is_stale(holder: dict, stale_after_s: float) -> bool:
     return _age_s(holder) > float(holder.get("stale_after_s", stale_after_s))
 
 
+def _pid_namespace() -> str | None:
+    """Which pids this process sees (containers that share a host name may not)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _ended_here(holder: dict) -> bool:
-    """Whether the holder was a run bound to a process on this host that has ended (a
-    killed local run). A pid reused since reads as alive: the lease is then kept."""
+    """Whether the holder was a run bound to a process on this host, among the pids this
+    process sees, that has ended (a killed local run). A pid reused since reads as
+    alive: the lease is then kept."""
     if not holder.get("process_bound") or holder.get("host") != socket.gethostname():
+        return False
+    if holder.get("pid_namespace") is None or holder["pid_namespace"] != _pid_namespace():
         return False
     try:
         os.kill(int(holder["pid"]), 0)

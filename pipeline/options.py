@@ -372,6 +372,10 @@ def validate(opts: EmbeddingOptions) -> None:
     _validate_destinations(opts)
 
 
+def _scheme(path: str) -> str:
+    return path.split("://", 1)[0] if "://" in path else "local"
+
+
 def _validate_destinations(opts: EmbeddingOptions) -> None:
     keep = kept_columns(opts)
     reserved = {name.lower(): name for name in FORMATS[opts.output_format].columns}
@@ -399,6 +403,12 @@ def _validate_destinations(opts: EmbeddingOptions) -> None:
         raise UsageError(
             f"--num_shards {opts.num_shards}: Vector Search reads at most {MAX_VECTOR_FILES} "
             "files from one folder"
+        )
+    if opts.vector_search_output and _scheme(opts.vector_search_output) != _scheme(opts.output):
+        raise UsageError(
+            f"--vector_search_output {opts.vector_search_output} and --output {opts.output} "
+            "must be on the same storage (both gs://, or both local): the run stages the "
+            "Vector Search files under --output and moves them into the folder"
         )
     if opts.vector_search_output and _nested(opts.vector_search_output, opts.output):
         raise UsageError(

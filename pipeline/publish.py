@@ -24,13 +24,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.atomic import write_atomically
-from pipeline.lease import release_lease
+from pipeline.lease import read_lease, release_lease
 from pipeline.naming import (
     COORDINATES,
     DUPLICATES,
     EMBEDDINGS,
     EMBEDDINGS_DIRECTORY,
     FAILURES,
+    LEASE,
     LEGACY_EMBEDDINGS,
     LEGACY_SPILL,
     MAP_PNG,
@@ -134,9 +135,16 @@ def _delete(paths: list[str]) -> None:
         try:
             FileSystems.delete([path])
         except Exception as error:
-            if FileSystems.exists(path.rstrip("/")) or matching_files([f"{path.rstrip('/')}/**"]):
+            if _still_there(path):
                 raise
             _LOG.debug("already gone: %s (%s)", path, error)
+        # Beam's recursive gs:// delete only logs the objects it could not delete.
+        if path.endswith("/") and _still_there(path):
+            raise OSError(f"{path}: some files could not be deleted; the step is retried")
+
+
+def _still_there(path: str) -> bool:
+    return FileSystems.exists(path.rstrip("/")) or bool(matching_files([f"{path.rstrip('/')}/**"]))
 
 
 def _folder(path: str) -> str:
@@ -158,8 +166,8 @@ def _move(pairs: list[tuple[str, str]]) -> None:
     todo = [(src, dst) for src, dst in pairs if FileSystems.exists(src)]
     if not todo:
         return
-    if FileSystems.get_filesystem(todo[0][1]).has_dirs():
-        for _, dst in todo:
+    for _, dst in todo:
+        if FileSystems.get_filesystem(dst).has_dirs():
             os.makedirs(os.path.dirname(dst), exist_ok=True)
     FileSystems.rename([src for src, _ in todo], [dst for _, dst in todo])
 
@@ -193,10 +201,13 @@ def leftovers(plan: PublishPlan) -> list[str]:
             if match:
                 found.add(_folder(match["folder"]))
     found.update(matching_files([output_path(output, f"{LEGACY_SPILL}-*.spill")]))
+    index = Shards(output, NPY_INDEX, ".csv")
+    published_runs = {index.run_of(path) for path in matching_files([index.glob])}
     for run, has_summary in other_runs(output, plan.run_id).items():
         if not has_summary and run < plan.run_id:
             found.add(_folder(run_folder(output, run)))
-            if _existing_folder(plan.npy_folder(run)):
+            # A run killed while it published may have index files out that list them.
+            if run not in published_runs and _existing_folder(plan.npy_folder(run)):
                 found.add(_folder(plan.npy_folder(run)))
     return sorted(found)
 
@@ -228,13 +239,35 @@ def replaced(plan: PublishPlan, published: set[str]) -> list[str]:
     return gone
 
 
-def verdict(summary: dict[str, Any]) -> str | None:
+def verdict(summary: dict[str, Any], bigquery: dict[str, Any] | None) -> str | None:
     """Why the run fails, or None when it passes."""
     try:
         check(summary)
     except RunFailedError as error:
         return str(error)
+    if bigquery and bigquery.get("error"):
+        return f"the BigQuery load failed: {bigquery['error']}"
     return None
+
+
+def lease_lost(output: str, run_id: str) -> str | None:
+    """Why the run may not publish because another run holds the output, or None."""
+    holder = read_lease(output)
+    if holder is not None and holder.get("run_id") == run_id:
+        return None
+    held = f"run {holder.get('run_id')} holds it now" if holder else "nobody holds it"
+    return (
+        f"run {run_id} no longer holds {output_path(output, LEASE)} ({held}; its lease "
+        "went stale or was broken), so it publishes nothing: the output is that run's"
+    )
+
+
+def read_published(output: str) -> dict[str, Any] | None:
+    path = output_path(output, SUMMARY)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())
 
 
 class PublishFn(beam.DoFn):
@@ -245,10 +278,15 @@ class PublishFn(beam.DoFn):
         self._fail_job = fail_job
 
     def process(self, unused, summary, staged, bigquery=None):
+        plan = self._plan
+        published = read_published(plan.output)
+        if published and published.get("run_id") == plan.run_id:
+            yield published  # a retried bundle: this run published, and gave the lease back
+            return
         if bigquery is not None:
             summary = {**summary, "bigquery": bigquery}
         failed = self._failed_summary(summary)
-        reason = verdict(failed)
+        reason = verdict(failed, bigquery) or lease_lost(plan.output, plan.run_id)
         if reason is None:
             yield self._publish(summary, staged)
         else:

@@ -237,13 +237,23 @@ def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):
                      "failing", "failing")  # fmt: skip
     finally:
         cloud["standin"].fail_loads_with = None
-    assert result.returncode != 0
-    assert message in result.stderr
+    assert result.returncode == 1, result.stderr[-3000:]
+    [last] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "the BigQuery load failed" in last and message in last
     assert f"{PROJECT}.{DATASET}.failing" not in cloud["standin"].tables
-    # Nothing published: the summary still describes the earlier output.
+    # Nothing published: the summary still describes the earlier output; the failed
+    # run's own summary says why, and the output's lease is given back.
     assert cloud["bucket"].blob("failing/summary.json").download_as_bytes().decode() == earlier
     names = [blob.name for blob in cloud["client"].list_blobs(BUCKET, prefix="failing/")]
     assert not [name for name in names if name.startswith("failing/embeddings/")]
+    assert "failing/_lease.json" not in names
+    [kept] = [name for name in names if name.endswith("/summary.json") and "/_runs/" in name]
+    record = json.loads(cloud["bucket"].blob(kept).download_as_bytes())
+    assert record["status"] == "failed" and message in record["failure_reason"]
+    # Each of the step's tries started the next attempt, and each failed.
+    load = f"image_embeddings_{record['run_id'].replace('T', '_')}_load"
+    tried = sorted(job_id for job_id in cloud["standin"].jobs if job_id.startswith(load))
+    assert tried == [load, f"{load}_2", f"{load}_3"]
 
 
 def output_objects(cloud, output: str) -> dict[str, str]:
