@@ -87,7 +87,7 @@ def release_lease(output: str, run_id: str) -> None:
             if found is not None and found.holder.get("run_id") == run_id:
                 with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
                     os.unlink(local)
-                _LOG.info("%s: run %s released its lease", output, run_id)
+                _LOG.debug("%s: run %s released its lease", output, run_id)
                 return
     elif scheme == "gs":
         found = _read_gcs(path)
@@ -96,7 +96,7 @@ def release_lease(output: str, run_id: str) -> None:
 
             try:
                 _blob(path).delete(if_generation_match=found.generation)
-                _LOG.info("%s: run %s released its lease", output, run_id)
+                _LOG.debug("%s: run %s released its lease", output, run_id)
                 return
             except exceptions.NotFound:
                 found = None  # deleted meanwhile, e.g. by our own retried request
