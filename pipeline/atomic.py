@@ -1,9 +1,12 @@
-"""Whole-file writes: a reader sees the old file or the complete new one, never a part."""
+"""Whole-file writes: a reader sees the old file or the complete new one, never a part;
+and the JSON files written so."""
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -20,3 +23,15 @@ def write_atomically(path: str, data: bytes) -> None:
     with FileSystems.create(partial) as handle:
         handle.write(data)
     FileSystems.rename([partial], [path])
+
+
+def write_json(path: str, value: dict[str, Any]) -> None:
+    write_atomically(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON file's object (JSON only: the output can be written by others), or None."""
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())

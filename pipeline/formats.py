@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.atomic import read_json
 from pipeline.csvlines import csv_fields
 from pipeline.naming import (
     EMBEDDINGS,
@@ -196,9 +197,8 @@ class NpyFormat(EmbeddingFormat):
             output_path(output, f"{NPY_DIRECTORY}/{run_id}/{NPY_METADATA}"),
             output_path(output, SUMMARY),
         ):
-            if FileSystems.exists(path):
-                with FileSystems.open(path) as handle:
-                    recorded = json.loads(handle.read())
+            recorded = read_json(path)
+            if recorded is not None:
                 return {key: recorded[key] for key in RUN_METADATA_KEYS if key in recorded}
         return {}
 

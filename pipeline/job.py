@@ -42,7 +42,7 @@ from pipeline.naming import (
     shard_prefix,
 )
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
-from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan
+from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan, verdict
 from pipeline.similarity import FindSimilar, SimilaritySettings
 from pipeline.sinks import WriteFailures, parquet_schema
 from pipeline.sources import (
@@ -53,7 +53,7 @@ from pipeline.sources import (
     is_glob,
     keep_columns_layout,
 )
-from pipeline.summary import RunFailedError, Summarise, check, read_summary
+from pipeline.summary import RunFailedError, Summarise, read_summary
 from pipeline.vectorsearch import WriteVectorSearch, vector_files
 from pipeline.vectorsearch import describe as describe_vectors
 
@@ -193,11 +193,8 @@ def build_pipeline(
 
 def if_passed(summary: dict[str, Any], unused_staged: list[str]):
     """One element when the run passed its check, none when it failed."""
-    try:
-        check(summary)
-    except RunFailedError:
-        return
-    yield None
+    if verdict(summary, None) is None:
+        yield None
 
 
 def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:

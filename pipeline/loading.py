@@ -188,34 +188,16 @@ class LoadImageFn(beam.DoFn):
 
 class LoadImages(beam.PTransform):
     """URIs (or (uri, kept columns) rows) to model-sized RGB uint8 arrays; outputs images
-    and failed.
+    and failed. Takes LoadImageFn's arguments.
 
     max_bytes: files larger than this are refused unread. local_paths: whether a URI
     without a scheme may be read (on a local runner only: elsewhere it would name a file
     on the worker's own disk).
     """
 
-    def __init__(
-        self,
-        size: int,
-        policy: str,
-        jpeg_draft: bool,
-        max_pixels: int,
-        thumbnail_size: int = 0,
-        *,
-        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        local_paths: bool = True,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self._fn = LoadImageFn(
-            size,
-            policy,
-            jpeg_draft,
-            max_pixels,
-            thumbnail_size,
-            max_bytes=max_bytes,
-            local_paths=local_paths,
-        )
+        self._fn = LoadImageFn(*args, **kwargs)
 
     def expand(self, uris):
         loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")

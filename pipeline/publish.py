@@ -13,7 +13,6 @@ Each act is idempotent, so a retried bundle finishes what an interrupted one beg
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.atomic import write_atomically
+from pipeline.atomic import read_json, write_json
 from pipeline.lease import read_lease, release_lease
 from pipeline.naming import (
     COORDINATES,
@@ -144,6 +143,7 @@ def _delete(paths: list[str]) -> None:
 
 
 def _still_there(path: str) -> bool:
+    """Whether a file, or a folder (or object prefix) with anything in it, is there."""
     return FileSystems.exists(path.rstrip("/")) or bool(matching_files([f"{path.rstrip('/')}/**"]))
 
 
@@ -152,13 +152,6 @@ def _folder(path: str) -> str:
     the prefix of everything under it."""
     has_dirs = FileSystems.get_filesystem(path).has_dirs()
     return path.rstrip("/") if has_dirs else path.rstrip("/") + "/"
-
-
-def _existing_folder(path: str) -> bool:
-    has_dirs = FileSystems.get_filesystem(path).has_dirs()
-    if has_dirs:
-        return FileSystems.exists(path)
-    return bool(matching_files([f"{path.rstrip('/')}/**"]))
 
 
 def _move(pairs: list[tuple[str, str]]) -> None:
@@ -207,7 +200,7 @@ def leftovers(plan: PublishPlan) -> list[str]:
         if not has_summary and run < plan.run_id:
             found.add(_folder(run_folder(output, run)))
             # A run killed while it published may have index files out that list them.
-            if run not in published_runs and _existing_folder(plan.npy_folder(run)):
+            if run not in published_runs and _still_there(plan.npy_folder(run)):
                 found.add(_folder(plan.npy_folder(run)))
     return sorted(found)
 
@@ -234,7 +227,7 @@ def replaced(plan: PublishPlan, published: set[str]) -> list[str]:
         # index files this run replaces.
         gone += matching_files([output_path(plan.output, f"{EMBEDDINGS_DIRECTORY}/*.npy")])
     for run in sorted(npy_runs):
-        if _existing_folder(plan.npy_folder(run)):
+        if _still_there(plan.npy_folder(run)):
             gone.append(_folder(plan.npy_folder(run)))
     return gone
 
@@ -262,14 +255,6 @@ def lease_lost(output: str, run_id: str) -> str | None:
     )
 
 
-def read_published(output: str) -> dict[str, Any] | None:
-    path = output_path(output, SUMMARY)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read())
-
-
 class PublishFn(beam.DoFn):
     """Publishes the staged files, or keeps the output as it was; yields the summary."""
 
@@ -279,7 +264,7 @@ class PublishFn(beam.DoFn):
 
     def process(self, unused, summary, staged, bigquery=None):
         plan = self._plan
-        published = read_published(plan.output)
+        published = read_json(output_path(plan.output, SUMMARY))
         if published and published.get("run_id") == plan.run_id:
             yield published  # a retried bundle: this run published, and gave the lease back
             return
@@ -297,10 +282,7 @@ class PublishFn(beam.DoFn):
         pairs = [(path, plan.final_path(path)) for path in sorted(set(staged))]
         _move(pairs)
         if plan.output_format == "npy" and plan.npy_metadata is not None:
-            write_atomically(
-                output_path(plan.npy_folder(plan.run_id), NPY_METADATA),
-                (json.dumps(plan.npy_metadata, indent=2) + "\n").encode(),
-            )
+            write_json(output_path(plan.npy_folder(plan.run_id), NPY_METADATA), plan.npy_metadata)
         published = {final for _, final in pairs}
         gone = replaced(plan, published) + leftovers(plan)
         _LOG.info("publishing %d files, removing %d replaced", len(published), len(gone))
@@ -329,7 +311,7 @@ class PublishFn(beam.DoFn):
         dead_letter = shard_pattern(output_path(plan.stage, FAILURES), ".jsonl")
         staged = matching_files([output_path(plan.stage, "**")])
         _delete([path for path in staged if not dead_letter.match(path)])
-        if _existing_folder(plan.npy_folder(plan.run_id)):
+        if _still_there(plan.npy_folder(plan.run_id)):
             _delete([_folder(plan.npy_folder(plan.run_id))])
         write_json(summary["outputs"]["summary"], summary)
         release_lease(plan.output, plan.run_id)
@@ -338,10 +320,6 @@ class PublishFn(beam.DoFn):
             # Nobody waits for a templated job: a failed job is how the verdict shows.
             raise RunFailedError(reason, summary)
         return summary
-
-
-def write_json(path: str, value: dict[str, Any]) -> None:
-    write_atomically(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 class Publish(beam.PTransform):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
+from pipeline.atomic import read_json
 from pipeline.metrics import counter
 from pipeline.naming import SUMMARY, output_path, run_folder
 from pipeline.records import STAGES
@@ -156,9 +155,7 @@ def read_summary(output: str, run_id: str) -> dict[str, Any]:
     """The run's summary: the output's, once the run published, or else the one its
     folder keeps for a failed run."""
     for path in (output_path(output, SUMMARY), output_path(run_folder(output, run_id), SUMMARY)):
-        if FileSystems.exists(path):
-            with FileSystems.open(path) as handle:
-                summary = json.loads(handle.read())
-            if summary.get("run_id") == run_id:
-                return summary
+        summary = read_json(path)
+        if summary and summary.get("run_id") == run_id:
+            return summary
     raise RunFailedError(f"the run {run_id} wrote no summary under {output}")
