@@ -28,7 +28,7 @@ DESIGNS = ("store_only", "read_back", "in_flight")
 
 def synthetic(index: int, centres: np.ndarray, thumbnails: list[bytes]):
     """The index-th synthetic (ImageKey, embedding): a cluster centre plus noise."""
-    from pipeline.records import ImageKey
+    from pipeline.common.records import ImageKey
 
     generator = np.random.default_rng(index)
     embedding = centres[index % CLUSTERS] + generator.normal(scale=0.5, size=DIMENSIONS)
@@ -40,7 +40,7 @@ def synthetic(index: int, centres: np.ndarray, thumbnails: list[bytes]):
 
 def in_flight_batch(keyed):
     """One in-flight (ImageKey, embedding) as the StoredBatch that projection takes."""
-    from pipeline.formats import StoredBatch
+    from pipeline.outputs.formats import StoredBatch
 
     key, embedding = keyed
     return StoredBatch([key.uri], embedding[None, :], np.array([[key.width, key.height]]))
@@ -49,8 +49,8 @@ def in_flight_batch(keyed):
 def photo_thumbnails() -> list[bytes]:
     from PIL import Image
 
-    from pipeline.images import thumbnail
-    from pipeline.mapping import THUMBNAIL_SIZE
+    from pipeline.inputs.images import thumbnail
+    from pipeline.report.mapping import THUMBNAIL_SIZE
 
     made = []
     for path in sorted((REPO / "tests" / "data" / "photos").glob("*.*")):
@@ -66,11 +66,11 @@ def run_branch(count: int, output: Path, design: str) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline import naming, sinks
-    from pipeline.backbones import ModelSpec
     from pipeline.job import run_context
-    from pipeline.mapping import MapEmbeddings, ProjectFn
+    from pipeline.models.backbones import ModelSpec
     from pipeline.options import EmbeddingOptions
-    from pipeline.projection import PrincipalComponentsFn
+    from pipeline.report.mapping import MapEmbeddings, ProjectFn
+    from pipeline.report.projection import PrincipalComponentsFn
     from pipeline.summary import summarise
 
     flags = ["--input", "synthetic.csv", "--output", str(output), "--map", "--weights", "random"]

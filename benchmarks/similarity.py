@@ -89,7 +89,7 @@ def planted(count: int, seed: int = 0):
 
 
 def write_embeddings(folder: Path, count: int, blocks=synthetic) -> list[str]:
-    from pipeline.sinks import parquet_schema
+    from pipeline.outputs.sinks import parquet_schema
 
     folder.mkdir(parents=True, exist_ok=True)
     schema = parquet_schema((DIMENSIONS,), {"model": "synthetic"})
@@ -122,7 +122,7 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.similarity import FindSimilar, SimilaritySettings
+    from pipeline.similarity.find import FindSimilar, SimilaritySettings
 
     files = sorted(str(path) for path in folder.glob("embeddings-*.parquet"))
     output = result_folder(folder, cell_size, cells_per_image)

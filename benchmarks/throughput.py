@@ -164,7 +164,7 @@ def raw_model(paths: list[str], batch_size: int) -> dict:
     """a. The same model on decoded, preprocessed batches in a tight loop."""
     import keras
 
-    from pipeline.images import decode
+    from pipeline.inputs.images import decode
 
     model = resnet50()
     images = np.stack([decode(Path(p).read_bytes(), 224).pixels for p in paths[:batch_size]])

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline import logs
+from pipeline.inputs import InputError
 from pipeline.job import run
+from pipeline.models import WeightsUnavailableError
 from pipeline.options import UsageError, build_parser
-from pipeline.sources import InputError
 from pipeline.summary import RunFailedError
-from pipeline.weights import WeightsUnavailableError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,51 +11,62 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from pipeline import preflight
-from pipeline.backbones import ModelSpec, embedding_shape
-from pipeline.bigquery import LoadIntoBigQuery, LoadIntoBigQueryFn, parse_table
-from pipeline.extraction import ExtractEmbeddings, ReportProgressFn
-from pipeline.formats import FORMATS, embedding_metadata
-from pipeline.lease import release_lease, take_lease
-from pipeline.loading import LoadImages
-from pipeline.local_runner import (
-    LOCAL_RUNNER,
-    SMALL_INPUT_ROWS,
-    is_local,
-    use_local_runner_defaults,
+from pipeline.common import NAMESPACE
+from pipeline.destinations import (
+    LoadIntoBigQuery,
+    LoadIntoBigQueryFn,
+    WriteVectorSearch,
+    parse_table,
+    vector_files,
 )
-from pipeline.mapping import THUMBNAIL_SIZE, MapEmbeddings
-from pipeline.metrics import NAMESPACE
-from pipeline.model import KerasEmbeddingHandler
-from pipeline.naming import (
-    COORDINATES,
-    DUPLICATES,
-    EMBEDDINGS,
-    FAILURES,
-    MAP_PNG,
-    NEIGHBORS,
-    REPORT_HTML,
-    SUMMARY,
-    new_run_id,
-    output_path,
-    run_folder,
-    run_temp_folder,
-    shard_prefix,
-)
-from pipeline.options import EmbeddingOptions, kept_columns, parse_options
-from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan, verdict
-from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.sinks import WriteFailures, parquet_schema
-from pipeline.sources import (
-    ReadEmbeddedUris,
+from pipeline.destinations import describe_vector_files as describe_vectors
+from pipeline.inputs import (
+    LoadImages,
     ReadImageUris,
     check_glob,
     count_inputs,
     is_glob,
     keep_columns_layout,
 )
+from pipeline.lease import release_lease, take_lease
+from pipeline.local_runner import (
+    LOCAL_RUNNER,
+    SMALL_INPUT_ROWS,
+    is_local,
+    use_local_runner_defaults,
+)
+from pipeline.models import (
+    ExtractEmbeddings,
+    KerasEmbeddingHandler,
+    ModelSpec,
+    ReportProgressFn,
+    embedding_shape,
+)
+from pipeline.options import EmbeddingOptions, kept_columns, parse_options
+from pipeline.outputs import (
+    COORDINATES,
+    DUPLICATES,
+    EMBEDDINGS,
+    FAILURES,
+    FORMATS,
+    MAP_PNG,
+    NEIGHBORS,
+    REPORT_HTML,
+    SUMMARY,
+    ReadEmbeddedUris,
+    WriteFailures,
+    embedding_metadata,
+    new_run_id,
+    output_path,
+    parquet_schema,
+    run_folder,
+    run_temp_folder,
+    shard_prefix,
+)
+from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan, verdict
+from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
+from pipeline.similarity import FindSimilar, SimilaritySettings
 from pipeline.summary import RunFailedError, Summarise, read_summary
-from pipeline.vectorsearch import WriteVectorSearch, vector_files
-from pipeline.vectorsearch import describe as describe_vectors
 
 _LOG = logging.getLogger(__name__)
 

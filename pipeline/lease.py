@@ -22,8 +22,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.naming import LEASE, output_path
 from pipeline.options import LEASE_STALE_AFTER_HOURS, UsageError
+from pipeline.outputs import LEASE, output_path
 
 _LOG = logging.getLogger(__name__)
 

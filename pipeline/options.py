@@ -8,13 +8,10 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.backbones import BACKBONES
-from pipeline.bigquery import COLUMN as BIGQUERY_COLUMN
-from pipeline.bigquery import RESERVED_PREFIXES, parse_table
-from pipeline.formats import FORMATS
-from pipeline.loading import DEFAULT_MAX_IMAGE_BYTES
-from pipeline.naming import RUN_ID_PATTERN
-from pipeline.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
+from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
+from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES
+from pipeline.models import BACKBONES
+from pipeline.outputs import FORMATS, RUN_ID_PATTERN
 
 OUTPUT_FORMATS = tuple(FORMATS)
 POOLINGS = ("avg", "max", "none")

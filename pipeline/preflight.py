@@ -12,13 +12,10 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.backbones import ModelSpec
-from pipeline.bigquery import TableName, check_dataset, check_table_matches
-from pipeline.formats import FORMATS, RUN_METADATA_KEYS
-from pipeline.naming import RUN_ID_PATTERN, matching_files
+from pipeline.destinations import TableName, check_dataset, check_table_matches, foreign_files
+from pipeline.models import ModelSpec, WeightsUnavailableError, check_weights_file, ensure_imagenet
 from pipeline.options import UsageError
-from pipeline.vectorsearch import foreign_files
-from pipeline.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
+from pipeline.outputs import FORMATS, RUN_ID_PATTERN, RUN_METADATA_KEYS, matching_files
 
 
 def check_weights(spec: ModelSpec, *, local: bool) -> None:

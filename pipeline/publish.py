@@ -22,9 +22,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.atomic import read_json, write_json
+from pipeline.common import read_json, write_json
 from pipeline.lease import read_lease, release_lease
-from pipeline.naming import (
+from pipeline.outputs import (
     COORDINATES,
     DUPLICATES,
     EMBEDDINGS,

@@ -8,10 +8,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.atomic import read_json
-from pipeline.metrics import counter
-from pipeline.naming import SUMMARY, output_path, run_folder
-from pipeline.records import STAGES
+from pipeline.common import STAGES, counter, read_json
+from pipeline.outputs import SUMMARY, output_path, run_folder
 
 # Optional steps whose description the summary records under their name (the BigQuery
 # load, which runs only once the run has passed, is added when the run publishes).

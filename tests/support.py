@@ -266,8 +266,8 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, sizes, run_id: str, m
     """Rows as the pipeline's Parquet sink makes them (parquet_row, parquet_schema)."""
     import pyarrow as pa
 
-    from pipeline.records import ImageKey
-    from pipeline.sinks import parquet_row, parquet_schema
+    from pipeline.common.records import ImageKey
+    from pipeline.outputs.sinks import parquet_row, parquet_schema
 
     rows = [
         parquet_row((ImageKey(uri, int(width), int(height)), vector), (), model, run_id)

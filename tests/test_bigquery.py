@@ -18,7 +18,7 @@ from cloud import PROJECT, MetadataServer, emulator_client, storage_emulator
 from support import PHOTO_PATHS, embeddings_table, run_cli, summary_on_gcs
 from vector_format import check_vector_search_folder
 
-from pipeline.naming import EMBEDDINGS, datapoint_id, run_folder, shard_prefix
+from pipeline.outputs.naming import EMBEDDINGS, datapoint_id, run_folder, shard_prefix
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -315,8 +315,8 @@ def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
 
 def load_fn(table: str, output: str, run_id: str, this_run_shards: str, **made):
     """The pipeline's load step, as job.py builds it, for shards a test wrote."""
-    from pipeline.bigquery import LoadIntoBigQueryFn, TableName
-    from pipeline.sinks import parquet_schema
+    from pipeline.destinations.bigquery import LoadIntoBigQueryFn, TableName
+    from pipeline.outputs.sinks import parquet_schema
 
     return LoadIntoBigQueryFn(
         TableName(PROJECT, DATASET, table),
@@ -405,7 +405,7 @@ def test_bigquery_standin_refuses_what_bigquery_would(cloud):
 def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
     """A job that failed on a transient backend error keeps its id: the retried step
     starts the next attempt, for the load and for a query job (TRUNCATE) alike."""
-    from pipeline.bigquery import BigQueryLoadError
+    from pipeline.destinations.bigquery import BigQueryLoadError
 
     in_this_process(cloud, monkeypatch)
     run_id = "20260102T000000-cccccc"
@@ -533,7 +533,7 @@ def test_bigquery_skip_existing_refuses_a_table_made_with_other_pooling(cloud):
 
 
 def test_bigquery_sources_name_each_file_once(tmp_path):
-    from pipeline.bigquery import BigQueryLoadError, loadable
+    from pipeline.destinations.bigquery import BigQueryLoadError, loadable
 
     for name in ("embeddings-a-1.parquet", "embeddings-a-2.parquet", "embeddings-b-1.parquet"):
         (tmp_path / name).write_bytes(b"")

@@ -29,8 +29,8 @@ from support import (
     write_csv,
 )
 
-from pipeline.naming import run_temp_folder, spill_prefix
-from pipeline.spill import SPILL_SUFFIX
+from pipeline.outputs.naming import run_temp_folder, spill_prefix
+from pipeline.similarity.spill import SPILL_SUFFIX
 
 pytestmark = pytest.mark.pipeline_run
 
@@ -153,7 +153,7 @@ def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
 SPILL_CHECK = """
 import hashlib, pickle, sys
 import numpy as np
-from pipeline.spill import SpillFn, read_range, read_values
+from pipeline.similarity.spill import SpillFn, read_range, read_values
 prefix, planted, planted_length = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = np.random.default_rng(1).normal(size=(50, 2048)).astype(np.float32)
 uris = [f"gs://bücher/{i} 🐈.jpg" for i in range(50)]

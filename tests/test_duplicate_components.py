@@ -10,7 +10,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.duplicates import (
+from pipeline.similarity.duplicates import (
     STAR_ROUNDS,
     FindComponents,
     NotConvergedError,
@@ -19,7 +19,7 @@ from pipeline.duplicates import (
     small_star,
     walk,
 )
-from pipeline.neighbors import Forest
+from pipeline.similarity.neighbors import Forest
 
 
 def name(index: int) -> str:

@@ -29,7 +29,7 @@ from support import (
     write_csv,
 )
 
-from pipeline.naming import RUN_ID_PATTERN, npy_name
+from pipeline.outputs.naming import RUN_ID_PATTERN, npy_name
 
 pytestmark = pytest.mark.pipeline_run
 

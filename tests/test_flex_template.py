@@ -34,7 +34,7 @@ from cloud import (
 )
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
-from pipeline.backbones import BACKBONES
+from pipeline.models.backbones import BACKBONES
 from pipeline.options import (
     OUTPUT_FORMATS,
     POOLINGS,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from support import PHOTO_PATHS, encode, make_awkward_images, photo, write_bomb
 
-from pipeline.images import DRAFT_OVERSAMPLE, decode, to_rgb
+from pipeline.inputs.images import DRAFT_OVERSAMPLE, decode, to_rgb
 
 SIZE = 224
 # README "Decoding": draft-mode JPEG decoding stays within this mean absolute

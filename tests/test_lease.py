@@ -15,8 +15,8 @@ import pytest
 from cloud import MetadataServer, PreconditionProxy, emulator_client, storage_emulator
 
 from pipeline.lease import LeaseHeldError, read_lease, release_lease, take_lease
-from pipeline.naming import LEASE, new_run_id
 from pipeline.options import LEASE_STALE_AFTER_HOURS, UsageError
+from pipeline.outputs.naming import LEASE, new_run_id
 
 BUCKET = "lease-bucket"
 HOUR = 3600.0

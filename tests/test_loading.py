@@ -12,7 +12,7 @@ import pytest
 from cloud import MetadataServer, emulator_client, storage_emulator
 from support import PHOTO_PATHS, REPO
 
-from pipeline.loading import (
+from pipeline.inputs.loading import (
     ImageTooLargeError,
     NotARegularFileError,
     UnsupportedUriError,
@@ -87,7 +87,7 @@ def test_local_paths_are_refused_where_they_would_name_a_workers_disk():
 # Run in a process of its own: Beam's GCS client keeps the first credentials it finds.
 GCS_READ = """
 import sys
-from pipeline.loading import ImageTooLargeError, read_bytes
+from pipeline.inputs.loading import ImageTooLargeError, read_bytes
 uri, size = sys.argv[1], int(sys.argv[2])
 assert read_bytes(uri, max_bytes=size, local_paths=False) == open(sys.argv[3], "rb").read()
 try:

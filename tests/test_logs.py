@@ -6,7 +6,7 @@ import logging
 
 from apache_beam.portability.api import beam_fn_api_pb2
 
-import pipeline.extraction
+import pipeline.models.extraction
 from pipeline.logs import BeamNoiseFilter, WorkerLogFilter
 
 Severity = beam_fn_api_pb2.LogEntry.Severity.Enum
@@ -24,7 +24,7 @@ def forwarded(message: str, location: str, severity, level: int) -> logging.LogR
 def test_our_worker_lines_are_kept_as_plain_text():
     record = forwarded(
         'worker 12: 40 images embedded, 9.5 images/s "quoted" ü',
-        pipeline.extraction.__file__ + ":120",
+        pipeline.models.extraction.__file__ + ":120",
         Severity.INFO,
         logging.INFO,
     )

@@ -25,10 +25,10 @@ from support import (
     write_csv,
 )
 
-from pipeline import report
-from pipeline.images import THUMBNAIL_QUALITY
-from pipeline.mapping import THUMBNAIL_SIZE
-from pipeline.projection import Moments, principal_components
+from pipeline.inputs.images import THUMBNAIL_QUALITY
+from pipeline.report import page as report
+from pipeline.report.mapping import THUMBNAIL_SIZE
+from pipeline.report.projection import Moments, principal_components
 
 SEED = 5
 SAMPLE = 8  # fewer than the 13 photos, so that the report shows a sample

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from support import PHOTO_PATHS, relative_error
 
-from pipeline.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
-from pipeline.images import decode
-from pipeline.model import KerasEmbeddingHandler
+from pipeline.inputs.images import decode
+from pipeline.models.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
+from pipeline.models.handler import KerasEmbeddingHandler
+from pipeline.models.weights import WeightsUnavailableError
 from pipeline.preflight import check_weights
-from pipeline.weights import WeightsUnavailableError
 
 SEED = 5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.naming import npy_name, run_temp_folder, spill_prefix
+from pipeline.outputs.naming import npy_name, run_temp_folder, spill_prefix
 
 
 def test_same_base_names_in_different_folders_do_not_collide():

@@ -17,8 +17,8 @@ import pytest
 from support import PHOTO_PATHS, REPO, dead_letter, npy_index, run_cli, summary
 from vector_format import check_vector_search_folder
 
-from pipeline.naming import MAX_DATAPOINT_ID_BYTES, datapoint_id
 from pipeline.options import UsageError
+from pipeline.outputs.naming import MAX_DATAPOINT_ID_BYTES, datapoint_id
 from pipeline.preflight import check_earlier_outputs
 
 pytestmark = pytest.mark.pipeline_run

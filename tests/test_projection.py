@@ -10,7 +10,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
-from pipeline.projection import Moments, PrincipalComponentsFn, principal_components
+from pipeline.report.projection import Moments, PrincipalComponentsFn, principal_components
 
 TOLERANCE = 1e-4
 

@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from support import cosine_matrix, embeddings_table, read_neighbors
 
 from pipeline.options import UsageError, parse_options
-from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.spill import SPILL_SUFFIX, GroupThroughFiles
+from pipeline.similarity.find import FindSimilar, SimilaritySettings
+from pipeline.similarity.spill import SPILL_SUFFIX, GroupThroughFiles
 
 DIMENSIONS = 96
 RUN = "20260101T000000-aaaaaa"

@@ -30,7 +30,7 @@ from support import (
     write_csv,
 )
 
-from pipeline.naming import RUN_ID_PATTERN
+from pipeline.outputs.naming import RUN_ID_PATTERN
 
 # Seven of the thirteen photographs. Left out, from a run over all thirteen with every
 # copy below: the brightened or bordered copies of the low-contrast textures and

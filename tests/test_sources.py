@@ -11,8 +11,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.local_runner import use_local_runner_defaults
-from pipeline.sources import (
+from pipeline.inputs.sources import (
     CsvLayout,
     InputError,
     ReadImageUris,
@@ -20,6 +19,7 @@ from pipeline.sources import (
     keep_columns_layout,
     sniff_layout,
 )
+from pipeline.local_runner import use_local_runner_defaults
 
 
 def run_read(path, expected_uris, rows, duplicates, failed_lines):

@@ -11,8 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.naming import run_temp_folder, spill_prefix
-from pipeline.spill import SPILL_SUFFIX, RemoveSpillFilesFn, SpillFn, read_range, read_values
+from pipeline.outputs.naming import run_temp_folder, spill_prefix
+from pipeline.similarity.spill import (
+    SPILL_SUFFIX,
+    RemoveSpillFilesFn,
+    SpillFn,
+    read_range,
+    read_values,
+)
 
 RUN, OTHER_RUN = "20260101T000000-aaaaaa", "20260101T000500-bbbbbb"
 

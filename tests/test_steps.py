@@ -14,12 +14,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from support import PHOTO_PATHS, make_bad_inputs
 
-from pipeline.extraction import ExtractEmbeddings
-from pipeline.images import decode
-from pipeline.loading import LoadImages
-from pipeline.naming import RUN_ID_PATTERN, new_run_id
-from pipeline.records import STAGES, Failure, ImageKey
-from pipeline.sinks import WriteFailures
+from pipeline.common.records import STAGES, Failure, ImageKey
+from pipeline.inputs.images import decode
+from pipeline.inputs.loading import LoadImages
+from pipeline.models.extraction import ExtractEmbeddings
+from pipeline.outputs.naming import RUN_ID_PATTERN, new_run_id
+from pipeline.outputs.sinks import WriteFailures
 from pipeline.summary import RunFailedError, check, summarise
 
 SIZE = 224

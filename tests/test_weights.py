@@ -22,9 +22,8 @@ from cloud import (
 )
 from support import PHOTO_PATHS, run_cli, write_csv
 
-from pipeline.backbones import BACKBONES, ModelSpec, embedding_shape
-from pipeline.preflight import check_weights
-from pipeline.weights import (
+from pipeline.models.backbones import BACKBONES, ModelSpec, embedding_shape
+from pipeline.models.weights import (
     ImagenetWeights,
     Layout,
     WeightsUnavailableError,
@@ -33,6 +32,7 @@ from pipeline.weights import (
     ensure_imagenet,
     read_layout,
 )
+from pipeline.preflight import check_weights
 
 
 def keras_backbone(name: str, pooling: str | None = None):
@@ -116,7 +116,7 @@ def test_a_gs_files_layout_is_read_through_beams_filesystem(resnet50_files):
             blob = emulator_client(emulator).bucket(BUCKET).blob("w/efficientnet.weights.h5")
             blob.upload_from_filename(local)
             code = (
-                "from pipeline.weights import read_layout; "
+                "from pipeline.models.weights import read_layout; "
                 f"print(read_layout('gs://{BUCKET}/w/efficientnet.weights.h5'))"
             )
             env = launcher_environment(emulator, metadata.address)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipeline.backbones import ModelSpec, build_embedding_model
-from pipeline.metrics import NAMESPACE
+from pipeline.common import NAMESPACE
+from pipeline.models.backbones import ModelSpec, build_embedding_model
 
 if TYPE_CHECKING:
     import keras

@@ -18,8 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.formats import FORMATS
-from pipeline.naming import matching_files
+from pipeline.outputs import FORMATS, matching_files
 
 _LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.duplicates import (
+from pipeline.common import NAMESPACE, counter
+from pipeline.outputs import (
+    FORMATS,
+    NEIGHBORS,
+    SHARD_TEMPLATE,
+    StoredBatch,
+    matching_files,
+    shard_prefix,
+    spill_prefix,
+)
+from pipeline.similarity.duplicates import (
     COMPONENT_PAIRS_WARNING,
     ComponentStatsFn,
     GroupComponents,
@@ -26,16 +36,7 @@ from pipeline.duplicates import (
     cell_links,
     number_groups,
 )
-from pipeline.formats import FORMATS, StoredBatch
-from pipeline.metrics import NAMESPACE, counter
-from pipeline.naming import (
-    NEIGHBORS,
-    SHARD_TEMPLATE,
-    matching_files,
-    shard_prefix,
-    spill_prefix,
-)
-from pipeline.neighbors import (
+from pipeline.similarity.neighbors import (
     coarse_basis,
     coarse_rows,
     merge_neighbours,
@@ -45,7 +46,7 @@ from pipeline.neighbors import (
     unit_rows,
     uri_rank,
 )
-from pipeline.spill import GroupThroughFiles, RemoveSpillFilesFn
+from pipeline.similarity.spill import GroupThroughFiles, RemoveSpillFilesFn
 
 SAMPLE_ROWS = 65_536  # the k-means sample: 65,536 projected rows of 256 float32, 64 MiB
 MAX_CELLS = 2_048  # beyond this many cells, cells grow instead (k-means time)

@@ -9,16 +9,20 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipeline import plot, report
-from pipeline.atomic import write_atomically
-from pipeline.csvlines import csv_line
-from pipeline.formats import FORMATS, StoredBatch
-from pipeline.metrics import counter
-from pipeline.naming import COORDINATES, MAP_PNG, REPORT_HTML, output_path
-from pipeline.projection import PrincipalComponentsFn, Projection
-from pipeline.records import Failure, ImageKey
-from pipeline.report import REPORTED_GROUPS
-from pipeline.sinks import WriteRunShards
+from pipeline.common import Failure, ImageKey, counter, csv_line, write_atomically
+from pipeline.outputs import (
+    COORDINATES,
+    FORMATS,
+    MAP_PNG,
+    REPORT_HTML,
+    StoredBatch,
+    WriteRunShards,
+    output_path,
+)
+from pipeline.report import page as report
+from pipeline.report import plot
+from pipeline.report.page import REPORTED_GROUPS
+from pipeline.report.projection import PrincipalComponentsFn, Projection
 
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
 REPORTED_FAILURES = 1000  # the report lists at most this many failures

@@ -11,11 +11,11 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.atomic import read_json
-from pipeline.csvlines import csv_fields
-from pipeline.naming import (
+from pipeline.common import csv_fields, read_json
+from pipeline.outputs.naming import (
     EMBEDDINGS,
     LEGACY_EMBEDDINGS,
     NPY_DIRECTORY,
@@ -24,7 +24,7 @@ from pipeline.naming import (
     SUMMARY,
     output_path,
 )
-from pipeline.sinks import (
+from pipeline.outputs.sinks import (
     NPY_INDEX_COLUMNS,
     PARQUET_COLUMNS,
     WriteNpy,
@@ -212,3 +212,22 @@ class NpyFormat(EmbeddingFormat):
 
 
 FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFormat()}
+
+
+class ReadEmbeddedUris(beam.PTransform):
+    """URIs already embedded under the output: the record of work an earlier run did."""
+
+    def __init__(self, output: str, output_format: str):
+        super().__init__()
+        self._output = output
+        self._format = FORMATS[output_format]
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Record file patterns" >> beam.Create(self._format.record_files(self._output))
+            | "Match earlier outputs"
+            >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Read URIs" >> self._format.read_uris()
+        )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.projection import Projection
+from pipeline.report.projection import Projection
 
 WIDTH, HEIGHT = 1200, 900
 _MARGIN = {"left": 90, "right": 30, "top": 60, "bottom": 80}

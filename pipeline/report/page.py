@@ -10,16 +10,16 @@ from html import escape
 from importlib import resources
 from typing import Any
 
-from pipeline.plot import axis_label
-from pipeline.projection import Projection
-from pipeline.records import STAGES, Failure
+from pipeline.common import STAGES, Failure
+from pipeline.report.plot import axis_label
+from pipeline.report.projection import Projection
 
 REPORTED_GROUPS = 12  # the report shows this many of the largest near-duplicate groups
 GROUP_MEMBERS_SHOWN = 12  # and this many images of each
 
 
 def _template() -> str:
-    return resources.files("pipeline").joinpath("report.html").read_text(encoding="utf-8")
+    return resources.files("pipeline.report").joinpath("report.html").read_text(encoding="utf-8")
 
 
 def _script_json(value: Any) -> str:

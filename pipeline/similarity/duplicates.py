@@ -22,11 +22,10 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 
-from pipeline.atomic import write_atomically
-from pipeline.csvlines import csv_line
-from pipeline.naming import DUPLICATES, shard_prefix
-from pipeline.neighbors import SIMILARITY_TOLERANCE, Forest
-from pipeline.spill import GroupThroughFiles
+from pipeline.common import csv_line, write_atomically
+from pipeline.outputs import DUPLICATES, shard_prefix
+from pipeline.similarity.neighbors import SIMILARITY_TOLERANCE, Forest
+from pipeline.similarity.spill import GroupThroughFiles
 
 # Rounds of large-star then small-star. Each about halves a component's longest path: a
 # chain of n images needs about log2(n) + 1 (measured: 100,000 in URI order, 17), so 24

@@ -14,9 +14,8 @@ import re
 import apache_beam as beam
 import numpy as np
 
-from pipeline.naming import RUN_ID_PATTERN, VECTORS, datapoint_id, output_path
-from pipeline.records import ImageKey
-from pipeline.sinks import WriteRunShards
+from pipeline.common import ImageKey
+from pipeline.outputs import RUN_ID_PATTERN, VECTORS, WriteRunShards, datapoint_id, output_path
 
 # Besides this pipeline's own files, what may sit in the folder: the delete/ list that
 # Vector Search reads, and the temporary folder of a write that was interrupted.

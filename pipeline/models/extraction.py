@@ -9,7 +9,7 @@ import time
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from pipeline.records import Failure
+from pipeline.common import Failure
 
 _LOG = logging.getLogger(__name__)
 

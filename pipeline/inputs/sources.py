@@ -11,10 +11,7 @@ from apache_beam import coders, pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.csvlines import csv_fields
-from pipeline.formats import FORMATS
-from pipeline.metrics import counter
-from pipeline.records import FAILED, Failure
+from pipeline.common import FAILED, Failure, counter, csv_fields
 
 SKIPPED = "skipped"
 REPEATS = "repeats"
@@ -363,22 +360,3 @@ class ReadImageUris(beam.PTransform):
             "duplicates": chosen[REPEATS] | "Duplicates" >> beam.CombineGlobally(sum),
             "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }
-
-
-class ReadEmbeddedUris(beam.PTransform):
-    """URIs already embedded under the output: the record of work an earlier run did."""
-
-    def __init__(self, output: str, output_format: str):
-        super().__init__()
-        self._output = output
-        self._format = FORMATS[output_format]
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "Record file patterns" >> beam.Create(self._format.record_files(self._output))
-            | "Match earlier outputs"
-            >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "Read URIs" >> self._format.read_uris()
-        )

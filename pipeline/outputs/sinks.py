@@ -15,10 +15,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
 
-from pipeline.atomic import write_atomically
-from pipeline.csvlines import csv_line
-from pipeline.metrics import counter
-from pipeline.naming import (
+from pipeline.common import FAILED, Failure, ImageKey, counter, csv_line, write_atomically
+from pipeline.outputs.naming import (
     EMBEDDINGS,
     FAILURES,
     NPY_DIRECTORY,
@@ -29,7 +27,6 @@ from pipeline.naming import (
     output_path,
     shard_prefix,
 )
-from pipeline.records import FAILED, Failure, ImageKey
 
 # Columns every Parquet shard has besides the kept ones; --keep_columns may not reuse them.
 PARQUET_COLUMNS = ("uri", "embedding", "width", "height", "datapoint_id", "model", "run_id")

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.weights import ImagenetWeights, Layout, WeightsUnavailableError, local_copy
+from pipeline.models.weights import ImagenetWeights, Layout, WeightsUnavailableError, local_copy
 
 if TYPE_CHECKING:
     import keras

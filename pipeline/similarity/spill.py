@@ -26,7 +26,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.naming import matching_files
+from pipeline.outputs import matching_files
 
 SPILL_SUFFIX = ".arrow"
 SPILL_BYTES = 128 * 1024 * 1024  # most encoded bytes one worker buffers before writing

@@ -15,9 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 from google.api_core.exceptions import NotFound
 from PIL import Image
 
-from pipeline import images
-from pipeline.metrics import counter
-from pipeline.records import FAILED, Failure, ImageKey
+from pipeline.common import FAILED, Failure, ImageKey, counter
+from pipeline.inputs import images
 
 REFUSED_SCHEMES = ("http", "https")
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024

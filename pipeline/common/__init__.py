@@ -1,0 +1,20 @@
+"""What every stage shares: the records passed between steps, counters, CSV lines, atomic writes."""
+
+from pipeline.common.atomic import read_json, write_atomically, write_json
+from pipeline.common.csvlines import csv_fields, csv_line
+from pipeline.common.metrics import NAMESPACE, counter
+from pipeline.common.records import FAILED, STAGES, Failure, ImageKey
+
+__all__ = [
+    "FAILED",
+    "NAMESPACE",
+    "STAGES",
+    "Failure",
+    "ImageKey",
+    "counter",
+    "csv_fields",
+    "csv_line",
+    "read_json",
+    "write_atomically",
+    "write_json",
+]

@@ -1,0 +1,22 @@
+"""The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
+
+from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImages
+from pipeline.inputs.sources import (
+    InputError,
+    ReadImageUris,
+    check_glob,
+    count_inputs,
+    is_glob,
+    keep_columns_layout,
+)
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "InputError",
+    "LoadImages",
+    "ReadImageUris",
+    "check_glob",
+    "count_inputs",
+    "is_glob",
+    "keep_columns_layout",
+]
