@@ -65,10 +65,10 @@ def run_branch(count: int, output: Path, design: str) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import naming, sinks
-    from pipeline.job import run_context
     from pipeline.models.backbones import ModelSpec
     from pipeline.options import EmbeddingOptions
+    from pipeline.outputs import naming, sinks
+    from pipeline.plan import run_context
     from pipeline.report.mapping import MapEmbeddings, ProjectFn
     from pipeline.report.projection import PrincipalComponentsFn
     from pipeline.summary import summarise

@@ -133,12 +133,8 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
-    _ = (
-        p
-        | beam.Create(files)
-        | FindSimilar(
-            str(output), str(output), "parquet", "20260101T000001-000001", False, settings
-        )
+    _ = {"files": p | beam.Create(files)} | FindSimilar(
+        str(output), str(output), "parquet", "20260101T000001-000001", False, settings
     )
     result = p.run()
     result.wait_until_finish()

@@ -1,4 +1,5 @@
-"""The embedding job: read URIs -> load -> extract -> store (+ map), summarised; run(argv)."""
+"""The embedding job: read, load, extract, store, the optional outputs, the summary and
+the publish step; run(argv) checks, takes the lease and runs it."""
 
 from __future__ import annotations
 
@@ -12,22 +13,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOpt
 
 from pipeline import preflight
 from pipeline.common import NAMESPACE
-from pipeline.destinations import (
-    LoadIntoBigQuery,
-    LoadIntoBigQueryFn,
-    WriteVectorSearch,
-    parse_table,
-    vector_files,
-)
-from pipeline.destinations import describe_vector_files as describe_vectors
-from pipeline.inputs import (
-    LoadImages,
-    ReadImageUris,
-    check_glob,
-    count_inputs,
-    is_glob,
-    keep_columns_layout,
-)
+from pipeline.destinations import parse_table
+from pipeline.inputs import ReadImageUris, check_glob, count_inputs, is_glob, keep_columns_layout
 from pipeline.lease import release_lease, take_lease
 from pipeline.local_runner import (
     LOCAL_RUNNER,
@@ -35,37 +22,11 @@ from pipeline.local_runner import (
     is_local,
     use_local_runner_defaults,
 )
-from pipeline.models import (
-    ExtractEmbeddings,
-    KerasEmbeddingHandler,
-    ModelSpec,
-    ReportProgressFn,
-    embedding_shape,
-)
+from pipeline.models import ExtractEmbeddings, ReportProgressFn, embedding_shape
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
-from pipeline.outputs import (
-    COORDINATES,
-    DUPLICATES,
-    EMBEDDINGS,
-    FAILURES,
-    FORMATS,
-    MAP_PNG,
-    NEIGHBORS,
-    REPORT_HTML,
-    SUMMARY,
-    ReadEmbeddedUris,
-    WriteFailures,
-    embedding_metadata,
-    new_run_id,
-    output_path,
-    parquet_schema,
-    run_folder,
-    run_temp_folder,
-    shard_prefix,
-)
-from pipeline.publish import STAGED_VECTORS, Publish, PublishPlan, verdict
-from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
-from pipeline.similarity import FindSimilar, SimilaritySettings
+from pipeline.outputs import OptionalOutput, WriteFailures, embedding_metadata, new_run_id
+from pipeline.plan import RunPlan, model_spec, run_context
+from pipeline.publish import Publish, verdict
 from pipeline.summary import RunFailedError, Summarise, read_summary
 
 _LOG = logging.getLogger(__name__)
@@ -74,152 +35,88 @@ _LOG = logging.getLogger(__name__)
 def build_pipeline(
     p: beam.Pipeline, opts: EmbeddingOptions, run_id: str, started_at: float, *, fail_job: bool
 ) -> None:
-    """Adds every step to p; fail_job makes the job itself fail when the run fails.
+    """Adds every step to p, in the order the data flows; fail_job makes the job itself
+    fail when the run fails.
 
     Every file goes to the run's own folder first; Publish makes it the output only once
     the run has passed (pipeline/publish.py).
     """
-    spec = model_spec(opts)
-    shape = embedding_shape(spec)
-    context = {"run_id": run_id, **run_context(opts, spec, shape)}
-    if not spec.pretrained:
-        _LOG.warning("--weights random: %s", spec.describe_weights())
-    thumbnail_size = THUMBNAIL_SIZE if opts.map else 0
-    handler = KerasEmbeddingHandler(
-        spec, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size
-    )
-    metadata = {key: str(context[key]) for key in ("model", "weights", "pooling", "resize")}
-    keep = kept_columns(opts)
-    stage = run_folder(opts.output, run_id)
-    store = FORMATS[opts.output_format].store(
-        opts.output, stage, run_id, shape, metadata, opts.num_shards, keep
-    )
-
-    done = (
-        p | "Read embedded URIs" >> ReadEmbeddedUris(opts.output, opts.output_format)
-        if opts.skip_existing
-        else None
-    )
-    read = p | "Read URIs" >> ReadImageUris(opts.input, done, keep)
-    loaded = read["uris"] | "Load images" >> LoadImages(
-        spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels, thumbnail_size,
-        max_bytes=opts.max_image_bytes, local_paths=is_local(p.options),
-    )  # fmt: skip
-    extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(handler)
+    plan = RunPlan(opts, run_id, p.options)
+    earlier = plan.embedded_earlier(p)
+    read = p | "Read URIs" >> ReadImageUris(opts.input, earlier, plan.keep)
+    loaded = read["uris"] | "Load images" >> plan.load_images()
+    extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(plan.handler())
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
-    stored = embeddings | "Store embeddings" >> store
+    stored = embeddings | "Store embeddings" >> plan.store()
+    steps = (read, loaded, extracted, stored)
+    failures = tuple(step["failed"] for step in steps) | "All failures" >> beam.Flatten()
+    dead_letter = failures | "Dead letter" >> WriteFailures(plan.stage, run_id)
 
-    failures = (
-        read["failed"],
-        loaded["failed"],
-        extracted["failed"],
-        stored["failed"],
-    ) | "All failures" >> beam.Flatten()
-    staged = [stored["files"], failures | "Dead letter" >> WriteFailures(stage, run_id)]
-    similar = None
-    if opts.neighbors or opts.duplicate_threshold:
-        similar = stored["files"] | "Find similar images" >> FindSimilar(
-            opts.output,
-            stage,
-            opts.output_format,
-            run_id,
-            opts.skip_existing,
-            similarity_settings(opts),
-            run_temp_folder(
-                p.options.view_as(GoogleCloudOptions).temp_location, opts.output, run_id
-            ),
-        )
-        staged.append(similar["files"])
-    parts = {
-        "rows": read["rows"],
-        "duplicates": read["duplicates"],
-        "skipped": read["skipped"],
-        "embedded": stored["embedded"],
-        "failures": failures,
-    }
-    if similar is not None:
-        parts["similarity"] = similar["description"]
-    if opts.vector_search_output:
-        vectors = stored["stored"] | "Vector Search files" >> WriteVectorSearch(
-            output_path(stage, STAGED_VECTORS),
-            opts.vector_search_output,
-            run_id,
-            keep,
-            opts.vector_search_crowding_column,
-            opts.num_shards,
-        )
-        staged.append(vectors | "Vector Search file names" >> beam.FlatMap(list))
-        parts["vector_search"] = vectors | "Describe Vector Search files" >> beam.Map(
-            describe_vectors,
-            beam.pvalue.AsSingleton(stored["embedded"]),
-            opts.vector_search_output,
-        )
-    summary = parts | "Summarise" >> Summarise(context, started_at)
-    if opts.map:
-        staged.append(
-            {
-                "embeddings": embeddings,
-                "files": stored["files"],
-                "failures": failures,
-                "summary": summary,
-                **({"neighbors": similar["neighbors"]} if similar and opts.neighbors else {}),
-                **({"groups": similar["groups"]} if similar and opts.duplicate_threshold else {}),
-            }
-            | "Map embeddings"
-            >> MapEmbeddings(
-                opts.output, stage, opts.output_format, run_id, opts.map_sample_size, opts.seed
-            )
-        )
-    staged_files = staged | "Every staged file" >> beam.Flatten()
-    publishing = {"summary": summary, "staged": staged_files}
-    if opts.bigquery_table:
-        # The load replaces or adds to the table, so it runs only once the run has passed
-        # and every file is staged; it loads the staged shards.
-        passed = summary | "If the run passed" >> beam.FlatMap(
-            if_passed, beam.pvalue.AsList(staged_files)
-        )
-        earlier_rows = done | "Count earlier" >> beam.combiners.Count.Globally() if done else None
-        load = LoadIntoBigQueryFn(
-            parse_table(opts.bigquery_table),
-            opts.output,
-            run_id,
-            parquet_schema(shape, metadata, keep).names,
-            opts.bigquery_vector_index,
-            this_run_shards=shard_prefix(stage, EMBEDDINGS, run_id) + "-*.parquet",
-            metadata=embedding_metadata(context),
-        )
-        publishing["bigquery"] = passed | "Load into BigQuery" >> LoadIntoBigQuery(
-            load, earlier_rows
-        )
-    plan = PublishPlan(
-        opts.output,
-        run_id,
-        opts.skip_existing,
-        opts.output_format,
-        opts.vector_search_output or None,
-        {**embedding_metadata(context), "run_id": run_id},
+    run = RunOutputs(
+        {"embeddings": embeddings, "failures": failures, **stored, "earlier": earlier},
+        staged=[stored["files"], dead_letter],
     )
-    _ = publishing | "Publish" >> Publish(plan, fail_job)
+    described = run.add([output for output in plan.outputs if not run.waits(output)])
+    counts = {name: read[name] for name in ("rows", "duplicates", "skipped")}
+    parts = {**counts, "embedded": stored["embedded"], "failures": failures, **described}
+    run["summary"] = parts | "Summarise" >> Summarise(plan.context, started_at)
+    judged = run.add([output for output in plan.outputs if run.waits(output)])
+    publishing = {"summary": run["summary"], "staged": run.staged(), **judged}
+    _ = publishing | "Publish" >> Publish(plan.publish_plan(), fail_job)
+
+
+class RunOutputs:
+    """The run's PCollections by name, for the optional outputs to read, and every file
+    name staged so far."""
+
+    # What an output waits for: the summary, or the run's verdict.
+    AFTER_SUMMARY = frozenset({"summary", "passed"})
+
+    def __init__(self, made: dict[str, beam.PCollection | None], staged: list):
+        self._made = {name: value for name, value in made.items() if value is not None}
+        self._staged = list(staged)
+        self._flattened: dict[int, beam.PCollection] = {}
+
+    def __getitem__(self, name: str) -> beam.PCollection:
+        return self._made[name]
+
+    def __setitem__(self, name: str, value: beam.PCollection) -> None:
+        self._made[name] = value
+
+    def waits(self, output: OptionalOutput) -> bool:
+        return bool(self.AFTER_SUMMARY & set(output.reads))
+
+    def staged(self) -> beam.PCollection:
+        """Every file name staged so far, as one PCollection."""
+        count = len(self._staged)
+        if count not in self._flattened:
+            label = "Every staged file" + (f" ({count})" if self._flattened else "")
+            self._flattened[count] = tuple(self._staged) | label >> beam.Flatten()
+        return self._flattened[count]
+
+    def add(self, outputs: list[OptionalOutput]) -> dict[str, beam.PCollection]:
+        """Adds each output's steps; returns their descriptions by name."""
+        described = {}
+        for output in outputs:
+            if "passed" in output.reads and "passed" not in self._made:
+                # The verdict waits for every file staged so far.
+                self._made["passed"] = self._made["summary"] | "If the run passed" >> beam.FlatMap(
+                    if_passed, beam.pvalue.AsList(self.staged())
+                )
+            reads = {name: self._made[name] for name in output.reads if name in self._made}
+            made = dict(reads | output.step >> output)
+            if "files" in made:
+                self._staged.append(made.pop("files"))
+            if "description" in made:
+                described[output.name] = made.pop("description")
+            self._made |= made
+        return described
 
 
 def if_passed(summary: dict[str, Any], unused_staged: list[str]):
     """One element when the run passed its check, none when it failed."""
     if verdict(summary, None) is None:
         yield None
-
-
-def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
-    return SimilaritySettings(
-        neighbors=opts.neighbors,
-        duplicate_threshold=opts.duplicate_threshold,
-        cell_size=opts.similarity_cell_size,
-        cells_per_image=opts.similarity_cells_per_image,
-        seed=opts.seed,
-    )
-
-
-def model_spec(opts: EmbeddingOptions) -> ModelSpec:
-    return ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
 
 
 def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
@@ -249,48 +146,6 @@ def check_earlier_outputs(opts: EmbeddingOptions) -> None:
         preflight.check_earlier_outputs(
             opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made
         )
-
-
-def run_context(opts: EmbeddingOptions, spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, Any]:
-    """What the summary records about how the embeddings were made."""
-    outputs = {
-        "embeddings": FORMATS[opts.output_format].embedding_files(opts.output),
-        "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
-        "summary": output_path(opts.output, SUMMARY),
-    }
-    if opts.neighbors:
-        outputs["neighbors"] = output_path(opts.output, f"{NEIGHBORS}-*.parquet")
-    if opts.duplicate_threshold:
-        outputs["duplicates"] = output_path(opts.output, f"{DUPLICATES}-*.csv")
-    if opts.vector_search_output:
-        outputs["vector_search"] = vector_files(opts.vector_search_output)
-    if opts.bigquery_table:
-        outputs["bigquery_table"] = parse_table(opts.bigquery_table).id
-    if opts.map:
-        outputs |= {
-            "map_coordinates": output_path(opts.output, f"{COORDINATES}-*.csv"),
-            "map_png": output_path(opts.output, MAP_PNG),
-            "report": output_path(opts.output, REPORT_HTML),
-        }
-    return {
-        "input": opts.input,
-        "output": opts.output,
-        "output_format": opts.output_format,
-        "model": spec.model,
-        "weights": spec.describe_weights(),
-        "pretrained": spec.pretrained,
-        "pooling": spec.pooling,
-        "resize": opts.resize,
-        "jpeg_draft": opts.jpeg_draft,
-        "skip_existing": opts.skip_existing,
-        "embedding_shape": list(shape),
-        "max_failure_fraction": opts.max_failure_fraction,
-        "map": opts.map,
-        "neighbors": opts.neighbors,
-        "duplicate_threshold": opts.duplicate_threshold,
-        "keep_columns": list(kept_columns(opts)),
-        "outputs": outputs,
-    }
 
 
 def run(argv: Sequence[str]) -> dict[str, Any] | None:

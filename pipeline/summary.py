@@ -11,9 +11,8 @@ import apache_beam as beam
 from pipeline.common import STAGES, counter, read_json
 from pipeline.outputs import SUMMARY, output_path, run_folder
 
-# Optional steps whose description the summary records under their name (the BigQuery
-# load, which runs only once the run has passed, is added when the run publishes).
-DESCRIBED_STEPS = ("similarity", "vector_search")
+# The parts Summarise counts; any other part is an optional output's description.
+COUNTED = frozenset({"rows", "duplicates", "skipped", "embedded", "failures"})
 
 
 class RunFailedError(RuntimeError):
@@ -45,7 +44,7 @@ def summarise(
 ) -> dict[str, Any]:
     """Builds the summary from independently counted parts, so that a lost input shows.
 
-    described: what the optional steps that ran (DESCRIBED_STEPS) report, by step name.
+    described: what the optional outputs that ran report, by output name.
     """
     failed = {stage: int(failed_by_stage.get(stage, 0)) for stage in STAGES}
     rows_read = rows_with_uri + failed["read"]
@@ -112,8 +111,8 @@ class Summarise(beam.PTransform):
     """The run's independently counted parts to the summary that check() judges.
 
     Input: a dict of PCollections: rows (rows with a URI), duplicates, skipped and
-    embedded (one int each), failures (every Failure) and, optionally, similarity and
-    vector_search (one dict each, describing that step). Outputs one dict.
+    embedded (one int each), failures (every Failure) and any optional output's
+    description (one dict each, by the output's name). Outputs one dict.
     """
 
     def __init__(self, context: dict[str, Any], started_at: float):
@@ -141,9 +140,9 @@ class Summarise(beam.PTransform):
                 context=self._context,
                 started_at=self._started_at,
                 **{
-                    name: beam.pvalue.AsSingleton(parts[name])
-                    for name in DESCRIBED_STEPS
-                    if name in parts
+                    name: beam.pvalue.AsSingleton(part)
+                    for name, part in parts.items()
+                    if name not in COUNTED
                 },
             )
         )

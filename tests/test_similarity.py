@@ -50,12 +50,8 @@ def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) ->
 
 def find_similar(folder: Path, files: list[str], settings: SimilaritySettings) -> None:
     with TestPipeline() as p:
-        _ = (
-            p
-            | beam.Create(files)
-            | FindSimilar(
-                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
-            )
+        _ = {"files": p | beam.Create(files)} | FindSimilar(
+            str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
         )
     assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
 

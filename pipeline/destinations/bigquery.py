@@ -18,7 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.outputs import FORMATS, matching_files
+from pipeline.outputs import FORMATS, OptionalOutput, matching_files
 
 _LOG = logging.getLogger(__name__)
 
@@ -514,18 +514,29 @@ class LoadOrReportFn(beam.DoFn):
         yield {"table": self._fn.table.id, "error": str(failed), "tries": self._tries}
 
 
-class LoadIntoBigQuery(beam.PTransform):
-    """One element when the run has passed and its shards are staged (and, for
-    --skip_existing, how many embeddings earlier runs left) to one dict describing the
-    load that load_fn made."""
+class LoadIntoBigQuery(OptionalOutput):
+    """The load load_fn makes, once the run has passed and its shards are staged; gives
+    one dict describing it, which the run's verdict judges (publish.py).
 
-    def __init__(self, load_fn: LoadIntoBigQueryFn, earlier_rows=None):
+    Reads `passed` and, with --skip_existing, `earlier` (the URIs earlier runs embedded,
+    whose rows the table keeps).
+    """
+
+    name = "bigquery"
+    step = "Load into BigQuery"
+    reads = ("passed", "earlier")
+
+    def __init__(self, load_fn: LoadIntoBigQueryFn):
         super().__init__()
         self._fn = load_fn
-        self._earlier_rows = earlier_rows
 
-    def expand(self, passed):
+    def final_files(self) -> dict[str, str]:
+        return {"bigquery_table": self._fn.table.id}
+
+    def expand(self, run: dict[str, beam.PCollection]):
         earlier = {}
-        if self._earlier_rows is not None:
-            earlier["earlier_rows"] = beam.pvalue.AsSingleton(self._earlier_rows)
-        return passed | "Load job" >> beam.ParDo(LoadOrReportFn(self._fn), **earlier)
+        if "earlier" in run:
+            rows = run["earlier"] | "Count earlier" >> beam.combiners.Count.Globally()
+            earlier["earlier_rows"] = beam.pvalue.AsSingleton(rows)
+        load = run["passed"] | "Load job" >> beam.ParDo(LoadOrReportFn(self._fn), **earlier)
+        return {"description": load}

@@ -15,7 +15,14 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.common import ImageKey
-from pipeline.outputs import RUN_ID_PATTERN, VECTORS, WriteRunShards, datapoint_id, output_path
+from pipeline.outputs import (
+    RUN_ID_PATTERN,
+    VECTORS,
+    OptionalOutput,
+    WriteRunShards,
+    datapoint_id,
+    output_path,
+)
 
 # Besides this pipeline's own files, what may sit in the folder: the delete/ list that
 # Vector Search reads, and the temporary folder of a write that was interrupted.
@@ -60,9 +67,14 @@ def foreign_files(folder: str, paths: list[str]) -> list[str]:
     return foreign
 
 
-class WriteVectorSearch(beam.PTransform):
-    """(ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json (FOLDER: the run's
-    staged copy of the Vector Search folder); outputs one list: the names written."""
+class WriteVectorSearch(OptionalOutput):
+    """The stored (ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json (FOLDER:
+    the run's staged copy of final_folder, the Vector Search folder); gives the names
+    written as `files` and a `description`."""
+
+    name = "vector_search"
+    step = "Vector Search files"
+    reads = ("stored", "embedded")
 
     def __init__(
         self,
@@ -81,8 +93,11 @@ class WriteVectorSearch(beam.PTransform):
         self._crowding_column = crowding_column
         self._num_shards = num_shards
 
-    def expand(self, stored):
-        lines = stored | "To datapoints" >> beam.Map(
+    def final_files(self) -> dict[str, str]:
+        return {self.name: vector_files(self._final_folder)}
+
+    def expand(self, run: dict[str, beam.PCollection]):
+        lines = run["stored"] | "To datapoints" >> beam.Map(
             datapoint_line, self._keep_columns, self._crowding_column
         )
         written = lines | "Write JSON lines" >> WriteRunShards(
@@ -93,11 +108,17 @@ class WriteVectorSearch(beam.PTransform):
             num_shards=self._num_shards,
         )
         # Before anything is published: a folder over the limit keeps the last usable set.
-        return (
+        listed = (
             written
             | "List files" >> beam.combiners.ToList()
             | "At most 5,000 files" >> beam.Map(_within_limit, self._final_folder)
         )
+        return {
+            "files": listed | "File names" >> beam.FlatMap(list),
+            "description": listed
+            | "Describe"
+            >> beam.Map(describe, beam.pvalue.AsSingleton(run["embedded"]), self._final_folder),
+        }
 
 
 def _within_limit(files: list[str], folder: str) -> list[str]:

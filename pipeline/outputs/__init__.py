@@ -35,6 +35,7 @@ from pipeline.outputs.naming import (
     shard_prefix,
     spill_prefix,
 )
+from pipeline.outputs.optional import OptionalOutput
 from pipeline.outputs.sinks import WriteFailures, WriteRunShards, parquet_schema
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SHARD_TEMPLATE",
     "SUMMARY",
     "VECTORS",
+    "OptionalOutput",
     "ReadEmbeddedUris",
     "StoredBatch",
     "WriteFailures",

@@ -37,7 +37,7 @@ RUN_METADATA_KEYS = ("model", "weights", "pooling", "resize", "embedding_shape")
 
 
 def embedding_metadata(context: dict[str, Any]) -> dict[str, Any]:
-    """How a run embeds, from its context (job.run_context): model, weights, pooling and
+    """How a run embeds, from its context (plan.run_context): model, weights, pooling and
     resize as strings, embedding_shape as a list of ints."""
     made = {key: str(context[key]) for key in RUN_METADATA_KEYS if key != "embedding_shape"}
     return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}

@@ -15,12 +15,12 @@ from pipeline.outputs import (
     FORMATS,
     MAP_PNG,
     REPORT_HTML,
+    OptionalOutput,
     StoredBatch,
     WriteRunShards,
     output_path,
 )
-from pipeline.report import page as report
-from pipeline.report import plot
+from pipeline.report import page, plot
 from pipeline.report.page import REPORTED_GROUPS
 from pipeline.report.projection import PrincipalComponentsFn, Projection
 
@@ -124,7 +124,7 @@ class WriteMapFn(beam.DoFn):
         png = plot.scatter_png(points, projection)
         png_path = output_path(self._stage, MAP_PNG)
         write_atomically(png_path, png)
-        page = report.render(
+        html = page.render(
             points,
             dict(thumbnails),
             projection,
@@ -137,20 +137,23 @@ class WriteMapFn(beam.DoFn):
             groups=groups,
         )
         report_path = output_path(self._stage, REPORT_HTML)
-        write_atomically(report_path, page.encode())
+        write_atomically(report_path, html.encode())
         yield png_path
         yield report_path
 
 
-class MapEmbeddings(beam.PTransform):
-    """The map branch; input: a dict of embeddings, files, failures and summary PCollections.
+class MapEmbeddings(OptionalOutput):
+    """The map branch: map-coordinates-*.csv (every image), map.png and report.html in the
+    stage (the run's folder); gives their names as `files`.
 
-    embeddings: (ImageKey, embedding) as extracted, thumbnails riding in the keys;
-    files: the names of this run's stored embedding files; failures: every Failure;
-    summary: the run summary; optionally neighbors (neighbours rows) and groups (one list
-    of numbered near-duplicate groups). Writes map-coordinates-*.csv (every image), map.png
-    and report.html into the stage (the run's folder); outputs their names.
+    Reads embeddings (thumbnails riding in the keys), files, failures and the summary,
+    and, when the run found them, neighbors (neighbours rows) and groups (one list of
+    numbered near-duplicate groups).
     """
+
+    name = "map"
+    step = "Map embeddings"
+    reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups")
 
     def __init__(
         self,
@@ -168,6 +171,13 @@ class MapEmbeddings(beam.PTransform):
         self._run_id = run_id
         self._sample_size = sample_size
         self._seed = seed
+
+    def final_files(self) -> dict[str, str]:
+        return {
+            "map_coordinates": output_path(self._output, f"{COORDINATES}-*.csv"),
+            "map_png": output_path(self._output, MAP_PNG),
+            "report": output_path(self._output, REPORT_HTML),
+        }
 
     def expand(self, inputs: dict[str, beam.PCollection]):
         embeddings = inputs["embeddings"]
@@ -231,4 +241,4 @@ class MapEmbeddings(beam.PTransform):
                 groups=beam.pvalue.AsSingleton(groups),
             )
         )
-        return (coordinates, pictures) | "Map files" >> beam.Flatten()
+        return {"files": (coordinates, pictures) | "Map files" >> beam.Flatten()}

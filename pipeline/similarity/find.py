@@ -20,11 +20,14 @@ import pyarrow as pa
 
 from pipeline.common import NAMESPACE, counter
 from pipeline.outputs import (
+    DUPLICATES,
     FORMATS,
     NEIGHBORS,
     SHARD_TEMPLATE,
+    OptionalOutput,
     StoredBatch,
     matching_files,
+    output_path,
     shard_prefix,
     spill_prefix,
 )
@@ -298,16 +301,19 @@ def _describe(
     return described
 
 
-class FindSimilar(beam.PTransform):
+class FindSimilar(OptionalOutput):
     """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv in the stage.
 
-    Input: the names of this run's stored files; with keep_earlier, every stored file
-    under the output is searched too. Outputs a dict: `neighbors` (one row dict per
-    image), `groups` (one list of (group number, [(uri, similarity)], component number),
-    largest first),
-    `description` (one dict for the summary) and `files` (the names written). Spill files
-    go to temp (naming.run_temp_folder), the stage when None.
+    Reads `files`, the names of this run's stored files; with keep_earlier, every stored
+    file under the output is searched too. Gives `neighbors` (one row dict per image,
+    when asked for), `groups` (one list of (group number, [(uri, similarity)], component
+    number), largest first, when asked for), `description` and `files` (the names
+    written). Spill files go to temp (naming.run_temp_folder), the stage when None.
     """
+
+    name = "similarity"
+    step = "Find similar images"
+    reads = ("files",)
 
     def __init__(
         self,
@@ -328,7 +334,16 @@ class FindSimilar(beam.PTransform):
         self._keep_earlier = keep_earlier
         self._settings = settings
 
-    def expand(self, files):
+    def final_files(self) -> dict[str, str]:
+        files = {}
+        if self._settings.neighbors:
+            files["neighbors"] = output_path(self._output, f"{NEIGHBORS}-*.parquet")
+        if self._settings.duplicate_threshold:
+            files["duplicates"] = output_path(self._output, f"{DUPLICATES}-*.csv")
+        return files
+
+    def expand(self, run: dict[str, beam.PCollection]):
+        files = run["files"]
         settings = self._settings
         spill = spill_prefix(self._temp)
         stored = files
@@ -420,8 +435,8 @@ class FindSimilar(beam.PTransform):
         )
         files = tuple(finished) | "Files written" >> beam.Flatten(pipeline=files.pipeline)
         return {
-            "neighbors": neighbors,
-            "groups": groups,
+            **({"neighbors": neighbors} if settings.neighbors else {}),
+            **({"groups": groups} if groups is not None else {}),
             "description": description,
             "files": files,
         }

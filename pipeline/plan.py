@@ -1,0 +1,210 @@
+"""What a run's options make of each step: the model, the store, and the optional outputs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+from pipeline.destinations import (
+    LoadIntoBigQuery,
+    LoadIntoBigQueryFn,
+    WriteVectorSearch,
+    parse_table,
+)
+from pipeline.inputs import LoadImages
+from pipeline.local_runner import is_local
+from pipeline.models import KerasEmbeddingHandler, ModelSpec, embedding_shape
+from pipeline.options import EmbeddingOptions, kept_columns
+from pipeline.outputs import (
+    EMBEDDINGS,
+    FAILURES,
+    FORMATS,
+    SUMMARY,
+    OptionalOutput,
+    ReadEmbeddedUris,
+    embedding_metadata,
+    output_path,
+    parquet_schema,
+    run_folder,
+    run_temp_folder,
+    shard_prefix,
+)
+from pipeline.publish import STAGED_VECTORS, PublishPlan
+from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
+from pipeline.similarity import FindSimilar, SimilaritySettings
+
+_LOG = logging.getLogger(__name__)
+
+
+class RunPlan:
+    """One run's steps as its options configure them."""
+
+    def __init__(self, opts: EmbeddingOptions, run_id: str, options: Any):
+        self.opts = opts
+        self.run_id = run_id
+        self.spec = model_spec(opts)
+        self.shape = embedding_shape(self.spec)
+        self.keep = kept_columns(opts)
+        self.stage = run_folder(opts.output, run_id)
+        self._temp = options.view_as(GoogleCloudOptions).temp_location
+        self._local = is_local(options)
+        self.context = {"run_id": run_id, **run_context(opts, self.spec, self.shape)}
+        self.outputs = optional_outputs(self)
+        for output in self.outputs:
+            self.context["outputs"] |= output.final_files()
+        if not self.spec.pretrained:
+            _LOG.warning("--weights random: %s", self.spec.describe_weights())
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """How the embeddings were made, as every embedding file records it."""
+        return {key: str(self.context[key]) for key in ("model", "weights", "pooling", "resize")}
+
+    def embedded_earlier(self, p: beam.Pipeline) -> beam.PCollection | None:
+        """With --skip_existing, the URIs the output already holds."""
+        if not self.opts.skip_existing:
+            return None
+        return p | "Read embedded URIs" >> ReadEmbeddedUris(
+            self.opts.output, self.opts.output_format
+        )
+
+    def load_images(self) -> LoadImages:
+        opts = self.opts
+        return LoadImages(
+            self.spec.input_size, opts.resize, opts.jpeg_draft, opts.max_image_pixels,
+            THUMBNAIL_SIZE if opts.map else 0,
+            max_bytes=opts.max_image_bytes, local_paths=self._local,
+        )  # fmt: skip
+
+    def handler(self) -> KerasEmbeddingHandler:
+        return KerasEmbeddingHandler(
+            self.spec,
+            min_batch_size=self.opts.min_batch_size,
+            max_batch_size=self.opts.max_batch_size,
+        )
+
+    def store(self) -> beam.PTransform:
+        opts = self.opts
+        return FORMATS[opts.output_format].store(
+            opts.output,
+            self.stage,
+            self.run_id,
+            self.shape,
+            self.metadata,
+            opts.num_shards,
+            self.keep,
+        )
+
+    def publish_plan(self) -> PublishPlan:
+        opts = self.opts
+        return PublishPlan(
+            opts.output,
+            self.run_id,
+            opts.skip_existing,
+            opts.output_format,
+            opts.vector_search_output or None,
+            {**embedding_metadata(self.context), "run_id": self.run_id},
+        )
+
+    # The optional outputs, one method each; optional_outputs says which a run writes.
+
+    def find_similar(self) -> FindSimilar:
+        opts = self.opts
+        return FindSimilar(
+            opts.output, self.stage, opts.output_format, self.run_id, opts.skip_existing,
+            similarity_settings(opts), run_temp_folder(self._temp, opts.output, self.run_id),
+        )  # fmt: skip
+
+    def vector_search_files(self) -> WriteVectorSearch:
+        opts = self.opts
+        return WriteVectorSearch(
+            output_path(self.stage, STAGED_VECTORS), opts.vector_search_output, self.run_id,
+            self.keep, opts.vector_search_crowding_column, opts.num_shards,
+        )  # fmt: skip
+
+    def map_embeddings(self) -> MapEmbeddings:
+        opts = self.opts
+        return MapEmbeddings(
+            opts.output,
+            self.stage,
+            opts.output_format,
+            self.run_id,
+            opts.map_sample_size,
+            opts.seed,
+        )
+
+    def bigquery_load(self) -> LoadIntoBigQuery:
+        opts = self.opts
+        return LoadIntoBigQuery(
+            LoadIntoBigQueryFn(
+                parse_table(opts.bigquery_table), opts.output, self.run_id,
+                parquet_schema(self.shape, self.metadata, self.keep).names,
+                opts.bigquery_vector_index,
+                this_run_shards=shard_prefix(self.stage, EMBEDDINGS, self.run_id) + "-*.parquet",
+                metadata=embedding_metadata(self.context),
+            )
+        )  # fmt: skip
+
+
+def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
+    """The optional outputs the run writes, in the order each may read what one before
+    it gave (the map shows the neighbours). A new output is one line here."""
+    opts = plan.opts
+    wanted: list[tuple[Any, Callable[[], OptionalOutput]]] = [
+        (opts.neighbors or opts.duplicate_threshold, plan.find_similar),
+        (opts.vector_search_output, plan.vector_search_files),
+        (opts.map, plan.map_embeddings),
+        (opts.bigquery_table, plan.bigquery_load),
+    ]
+    return [make() for asked, make in wanted if asked]
+
+
+def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
+    return SimilaritySettings(
+        neighbors=opts.neighbors,
+        duplicate_threshold=opts.duplicate_threshold,
+        cell_size=opts.similarity_cell_size,
+        cells_per_image=opts.similarity_cells_per_image,
+        seed=opts.seed,
+    )
+
+
+def model_spec(opts: EmbeddingOptions) -> ModelSpec:
+    return ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
+
+
+def run_context(
+    opts: EmbeddingOptions,
+    spec: ModelSpec,
+    shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """What the summary records about how the embeddings were made, and where the files
+    every run writes are (RunPlan adds the optional outputs')."""
+    files = {
+        "embeddings": FORMATS[opts.output_format].embedding_files(opts.output),
+        "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
+        "summary": output_path(opts.output, SUMMARY),
+    }
+    return {
+        "input": opts.input,
+        "output": opts.output,
+        "output_format": opts.output_format,
+        "model": spec.model,
+        "weights": spec.describe_weights(),
+        "pretrained": spec.pretrained,
+        "pooling": spec.pooling,
+        "resize": opts.resize,
+        "jpeg_draft": opts.jpeg_draft,
+        "skip_existing": opts.skip_existing,
+        "embedding_shape": list(shape),
+        "max_failure_fraction": opts.max_failure_fraction,
+        "map": opts.map,
+        "neighbors": opts.neighbors,
+        "duplicate_threshold": opts.duplicate_threshold,
+        "keep_columns": list(kept_columns(opts)),
+        "outputs": files,
+    }
