@@ -5,7 +5,7 @@ and --template_location, and the job description it writes is what Dataflow star
 Here that file runs the same way, against a GCS API emulator and a metadata-server
 stand-in on loopback, with a ResNet50 weights file (the size of the ImageNet one) in the
 emulated bucket as --weights. Each launch is a child process; its peak RSS comes from wait4.
-See README "Run on Dataflow".
+See docs/performance.md, "The launch".
 """
 
 from __future__ import annotations

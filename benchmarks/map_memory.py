@@ -4,7 +4,7 @@ Each run is a child process on Beam's in-memory FnApiRunner (so one process hold
 whole run) that embeds nothing: synthetic 2048-value embeddings with real thumbnails go
 through the real Parquet sink and the real map branch. Beside it, the same PCA and
 projection fed from the in-flight PCollection instead of the stored files: the design
-not taken, to show what the measurement would catch. See README "Map and report".
+not taken, to show what the measurement would catch. See docs/report.md, "The branch".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ random-weight ResNet50 (preprocess_input inside), decode and resize the same pho
 embed them in one batch and save the array. The pipeline is `python -m pipeline` on
 the same photos. Both run as fresh processes, best of --runs by wall clock, in one run
 of this script; the ratio is the target. The parts (imports, model build) are timed in
-their own fresh processes. See README "Start-up".
+their own fresh processes. See docs/performance.md, "Start-up".
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Images/s of the pipeline beside the raw model and the original article's approach.
 
-One run, one machine: prints a table and writes benchmark.json. See README "Performance".
+One run, one machine: prints a table and writes benchmark.json. See docs/performance.md,
+"Throughput".
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ LOCAL_RUNNERS = {
 
 # Up to this many input rows, one in-process worker finishes first: a worker process
 # per core pays a process start, a TensorFlow import and a model build each (about 3 s
-# on 2 cores) for a rate only about 10% higher; README "Start-up" has the figures.
+# on 2 cores) for a rate only about 10% higher; docs/performance.md, "Start-up", has the figures.
 SMALL_INPUT_ROWS = 500
 
 

@@ -1,7 +1,7 @@
 """A BigQuery API stand-in on loopback, held to BigQuery's own v2 discovery document.
 
-No BigQuery emulator runs here and loads Parquet (see README, "What was proven
-offline"), so this server answers the calls the pipeline and the tests make: datasets,
+No BigQuery emulator runs here and loads Parquet (see docs/testing.md,
+"Destinations"), so this server answers the calls the pipeline and the tests make: datasets,
 tables (read, and their description patched) and tabledata reads, load jobs from gs://
 Parquet files (read from the GCS emulator, with BigQuery's documented type mapping and
 list inference, and the destination table's description as jobs.insert documents it),

@@ -199,11 +199,15 @@ def gcloud_config(directory: Path, project: str, overrides: dict[str, str]) -> d
 
 
 def readme_block(containing: str) -> str:
-    """The README's shell block that contains the given text, as a user would paste it."""
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    """The one shell block of the README or a docs/ page with the given text, as pasted."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    blocks = [
+        block
+        for page in pages
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    ]
     matching = [block for block in blocks if containing in block]
-    assert len(matching) == 1, f"expected one README block with {containing!r}"
+    assert len(matching) == 1, f"expected one README or docs/ sh block with {containing!r}"
     return matching[0]
 
 

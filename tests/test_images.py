@@ -12,7 +12,7 @@ from support import PHOTO_PATHS, encode, make_awkward_images, photo, write_bomb
 from pipeline.inputs.images import DRAFT_OVERSAMPLE, decode, to_rgb
 
 SIZE = 224
-# README "Decoding": draft-mode JPEG decoding stays within this mean absolute
+# docs/input.md, "Decoding": draft-mode JPEG decoding stays within this mean absolute
 # difference (in 0-255 levels) of a full decode followed by the same resize.
 DRAFT_MEAN_TOLERANCE = 0.5
 

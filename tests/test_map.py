@@ -132,7 +132,7 @@ def test_png_draws_the_sample_where_its_coordinates_say(mapped):
         pixels = np.asarray(image.convert("RGB")).astype(int)
     dots = pixels[:, :, 2] - pixels[:, :, 0] > 60  # blue dots; everything else is grey
     left, top, right, bottom = _frame(pixels)
-    # The axes span the points plus 5% of their range on each side (README).
+    # The axes span the points plus 5% of their range on each side (docs/report.md).
     low = xy.min(axis=0) - 0.05 * np.ptp(xy, axis=0)
     high = xy.max(axis=0) + 0.05 * np.ptp(xy, axis=0)
     columns = np.rint(left + (xy[:, 0] - low[0]) / (high[0] - low[0]) * (right - left))

@@ -1,6 +1,7 @@
 """The output folders as tools read them: the Parquet folder (pyarrow, pandas, the
-README's DuckDB query), the input's kept columns in every file, Vector Search files
-on the local filesystem, and --skip_existing over the earlier layout."""
+DuckDB query of docs/outputs.md, "Files and formats"), the input's kept columns in
+every file, Vector Search files on the local filesystem, and --skip_existing over the
+earlier layout."""
 
 from __future__ import annotations
 
@@ -107,9 +108,12 @@ def test_parquet_folder_is_one_dataset_with_the_kept_columns_and_vector_search_f
 
 
 def readme_sql(containing: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```sql\n(.*?)```", readme, re.DOTALL) if containing in b]
-    assert len(blocks) == 1, f"expected one README sql block with {containing!r}"
+    """The one sql block of the README or a docs/ page with the given text."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    texts = [page.read_text() for page in pages]
+    blocks = [b for text in texts for b in re.findall(r"```sql\n(.*?)```", text, re.DOTALL)]
+    blocks = [block for block in blocks if containing in block]
+    assert len(blocks) == 1, f"expected one README or docs/ sql block with {containing!r}"
     return blocks[0]
 
 

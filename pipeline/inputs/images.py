@@ -13,7 +13,7 @@ BACKGROUND = (255, 255, 255, 255)
 
 # JPEG draft decoding may shrink by 2, 4 or 8, but only as far as this many times the
 # target size, so the final resize still averages several source pixels per output
-# pixel; README "Decoding" gives the measured effect on the output.
+# pixel; docs/input.md, "Decoding", gives the measured effect on the output.
 DRAFT_OVERSAMPLE = 2
 
 THUMBNAIL_QUALITY = 75

@@ -100,7 +100,7 @@ def read_layout(path: str) -> Layout:
     """The layout of a Keras weights file, local or on any Beam filesystem.
 
     A remote file is copied first: h5py's many small seeks and reads, each a request
-    to Cloud Storage, took 30 times longer than the whole download (README, Model).
+    to Cloud Storage, took 30 times longer than the whole download (docs/models.md, "Weights").
     """
     import h5py
 
