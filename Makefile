@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format lock clean
+.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ lint: $(VENV)/.installed ## ruff lint and format check
 format: $(VENV)/.installed ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline tests benchmarks templates
 	$(BIN)/ruff format pipeline tests benchmarks templates
+
+metadata: $(VENV)/.installed ## Write metadata.json and docs/options.md from the flags (pipeline/flags.py)
+	$(BIN)/python -m pipeline.describe
 
 # The same resolution for both locks: the Linux x86-64 wheels that the Dataflow image
 # (python:3.11-slim) and these machines install.

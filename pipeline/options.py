@@ -1,4 +1,4 @@
-"""Every command-line option of the pipeline, declared once."""
+"""The pipeline's flags (declared in pipeline/flags.py) read and checked, beside Beam's."""
 
 from __future__ import annotations
 
@@ -9,40 +9,45 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES
-from pipeline.models import BACKBONES
+from pipeline.flags import (
+    DEFAULT_CELL_SIZE,
+    DEFAULT_CELLS_PER_IMAGE,
+    GROUPS,
+    LEASE_STALE_AFTER_HOURS,
+    MAX_CELLS_PER_IMAGE,
+    MAX_NEIGHBORS,
+    OPTIONS,
+    OUTPUT_FORMATS,
+    POOLINGS,
+    RESIZE_POLICIES,
+    parse_bool,
+)
 from pipeline.outputs import FORMATS, RUN_ID_PATTERN
 
-OUTPUT_FORMATS = tuple(FORMATS)
-POOLINGS = ("avg", "max", "none")
-RESIZE_POLICIES = ("squash", "center_crop")
-NAMED_WEIGHTS = ("imagenet", "random")
-
-MAX_NEIGHBORS = 100
-DEFAULT_CELL_SIZE = 200
-DEFAULT_CELLS_PER_IMAGE = 3
-MAX_CELLS_PER_IMAGE = 16
-# Dataflow batch jobs of millions of images can run for a day; a lease twice that old is
-# a crashed run's.
-LEASE_STALE_AFTER_HOURS = 48
-
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
+
+# The constants declared with the flags are imported from here too.
+__all__ = [
+    "DEFAULT_CELLS_PER_IMAGE",
+    "DEFAULT_CELL_SIZE",
+    "LEASE_STALE_AFTER_HOURS",
+    "MAX_CELLS_PER_IMAGE",
+    "MAX_NEIGHBORS",
+    "OUTPUT_FORMATS",
+    "POOLINGS",
+    "RESIZE_POLICIES",
+    "EmbeddingOptions",
+    "UsageError",
+    "build_parser",
+    "kept_columns",
+    "parse_bool",
+    "parse_options",
+    "validate",
+]
 
 
 class UsageError(ValueError):
     """A flag or flag value the user has to correct."""
-
-
-def parse_bool(value: str | bool) -> bool:
-    """Reads true/false the way Flex Template parameters and shells spell them."""
-    if isinstance(value, bool):
-        return value
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 class EmbeddingOptions(PipelineOptions):
@@ -50,209 +55,10 @@ class EmbeddingOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("image embedding options")
-        group.add_argument(
-            "--input",
-            help="CSV or text file of image URIs (local path or gs://), or a glob of images "
-            "such as gs://bucket/photos/**.jpg. Required.",
-        )
-        group.add_argument(
-            "--output",
-            help="Directory or gs:// prefix for embeddings, dead letter and summary. Required.",
-        )
-        group.add_argument(
-            "--output_format",
-            default="parquet",
-            help=f"One of {', '.join(OUTPUT_FORMATS)}. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--model",
-            default="resnet50",
-            help=f"keras.applications backbone: {', '.join(BACKBONES)}. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--weights",
-            default="imagenet",
-            help="imagenet (downloaded by Keras and cached), random (seeded, untrained: "
-            "smoke tests only), or a path to a Keras weights file (local or gs://). "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--seed",
-            type=int,
-            default=0,
-            help="Seed for --weights random, the --map report's sample and the similarity "
-            "search's cells. "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--pooling",
-            default="avg",
-            help=f"One of {', '.join(POOLINGS)}: global average or max pooling of the last "
-            "feature map, or none for the whole map. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--resize",
-            default="squash",
-            help="squash: stretch the whole image to the model's input size; center_crop: "
-            "keep the aspect ratio and crop the largest centred square. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--jpeg_draft",
-            type=parse_bool,
-            nargs="?",
-            const=True,
-            default=True,
-            help="Let the JPEG decoder scale large images down by 2, 4 or 8 while decoding "
-            "(much faster; see README for the tolerance). (default: %(default)s)",
-        )
-        group.add_argument(
-            "--max_image_pixels",
-            type=int,
-            default=100_000_000,
-            help="Images with more pixels go to the dead letter as decompression bombs. "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--max_image_bytes",
-            type=int,
-            default=DEFAULT_MAX_IMAGE_BYTES,
-            help="Image files larger than this many bytes go to the dead letter unread "
-            "(ImageTooLargeError). (default: %(default)s)",
-        )
-        group.add_argument(
-            "--min_batch_size",
-            type=int,
-            default=8,
-            help="Smallest batch sent to the model. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--max_batch_size",
-            type=int,
-            default=32,
-            help="Largest batch sent to the model. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--num_shards",
-            type=int,
-            default=0,
-            help="Number of Parquet / index files; 0 lets the runner decide. "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--skip_existing",
-            type=parse_bool,
-            nargs="?",
-            const=True,
-            default=False,
-            help="Skip images whose embeddings are already under --output (from the Parquet "
-            "uri column or the .npy index) and add to them instead of replacing them. "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--map",
-            type=parse_bool,
-            nargs="?",
-            const=True,
-            default=False,
-            help="Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
-            "map.png and report.html (a self-contained page of image thumbnails). "
-            "(default: %(default)s)",
-        )
-        group.add_argument(
-            "--map_sample_size",
-            type=int,
-            default=5000,
-            help="Most points map.png and report.html draw; larger runs show a seeded sample, "
-            "while the coordinates file holds every image. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--neighbors",
-            type=int,
-            default=0,
-            help=f"Find every image's K most similar other images (cosine similarity of the "
-            f"mean-centred embeddings, all images under --output) and write "
-            f"neighbors-*.parquet; 0 for none, at most {MAX_NEIGHBORS}. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--duplicate_threshold",
-            type=float,
-            default=0,
-            help="Group images joined by similarities >= this value (for example 0.95) into "
-            "near-duplicate groups in duplicates-*.csv; 0 for none. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--similarity_cell_size",
-            type=int,
-            default=DEFAULT_CELL_SIZE,
-            help="Images per cell of the partitioned search for --neighbors and "
-            "--duplicate_threshold; up to this many images the search is exact. Larger: "
-            "better recall, slower. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--similarity_cells_per_image",
-            type=int,
-            default=DEFAULT_CELLS_PER_IMAGE,
-            help="How many of its most similar cells each image joins. More: better "
-            "recall, slower (time grows as its square). (default: %(default)s)",
-        )
-        group.add_argument(
-            "--keep_columns",
-            default="",
-            help="Comma-separated columns of the input CSV's header to keep with each image, "
-            "as string columns of the Parquet output and the .npy index, BigQuery columns "
-            "and Vector Search restricts. (default: none)",
-        )
-        group.add_argument(
-            "--vector_search_output",
-            default="",
-            help="A folder (gs:// or local) to write this run's embeddings to as Vertex AI "
-            "Vector Search input: vectors-*.json, with the kept columns as restricts. "
-            "(default: none)",
-        )
-        group.add_argument(
-            "--vector_search_crowding_column",
-            default="",
-            help="A kept column whose value becomes each datapoint's crowding_tag in "
-            "--vector_search_output. (default: none)",
-        )
-        group.add_argument(
-            "--bigquery_table",
-            default="",
-            help="PROJECT.DATASET.TABLE to load the Parquet embeddings into with a load job "
-            "once they are written (created if missing; a re-run replaces its rows, "
-            "--skip_existing appends). Needs a gs:// --output. (default: none)",
-        )
-        group.add_argument(
-            "--bigquery_vector_index",
-            type=parse_bool,
-            nargs="?",
-            const=True,
-            default=False,
-            help="Also create an IVF vector index (cosine distance) on the table's embedding "
-            "column once the table is large enough for one. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--max_failure_fraction",
-            type=float,
-            default=0.05,
-            help="The run fails when more than this fraction of unique URIs could not be "
-            "embedded. (default: %(default)s)",
-        )
-        group.add_argument(
-            "--break_lease",
-            default="",
-            help="The run id of a run that holds --output's lease (_lease.json) but is no "
-            "longer running, such as a cancelled job; this run breaks that run's lease, and "
-            "no other. (default: none)",
-        )
-        group.add_argument(
-            "--lease_stale_after_hours",
-            type=float,
-            default=LEASE_STALE_AFTER_HOURS,
-            help="Hours after its start when this run's lease counts as stale: a later run "
-            "then breaks it without --break_lease. (default: %(default)s)",
-        )
+        for group in GROUPS:
+            arguments = parser.add_argument_group(group.title, group.description)
+            for option in group.options:
+                arguments.add_argument(option.flag, **option.argparse_kwargs())
 
 
 def _beam_options_classes() -> list[type[PipelineOptions]]:
@@ -308,10 +114,9 @@ def validate(opts: EmbeddingOptions) -> None:
         raise UsageError("--input is required: a CSV of image URIs or a glob of images")
     if not opts.output:
         raise UsageError("--output is required: a directory or gs:// prefix")
-    _require_choice("output_format", opts.output_format, OUTPUT_FORMATS)
-    _require_choice("model", opts.model, tuple(BACKBONES))
-    _require_choice("pooling", opts.pooling, POOLINGS)
-    _require_choice("resize", opts.resize, RESIZE_POLICIES)
+    for option in OPTIONS:
+        if option.choices:
+            _require_choice(option.name, getattr(opts, option.name), option.choices)
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
         raise UsageError(
             f"batch sizes must satisfy 1 <= --min_batch_size <= --max_batch_size, got "

@@ -34,6 +34,7 @@ from cloud import (
 )
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
+from pipeline.describe import metadata_text
 from pipeline.models.backbones import BACKBONES
 from pipeline.options import (
     OUTPUT_FORMATS,
@@ -64,6 +65,10 @@ def test_metadata_validates_against_the_dataflow_api_schema():
     for parameter in METADATA["parameters"]:
         assert {"name", "label", "helpText"} <= parameter.keys(), parameter["name"]
         assert parameter.get("paramType"), parameter["name"]
+
+
+def test_metadata_json_is_what_the_declarations_write():
+    assert (REPO / "metadata.json").read_text() == metadata_text()
 
 
 def test_parameters_are_exactly_the_pipeline_flags():

@@ -8,6 +8,8 @@ import re
 import pytest
 from support import REPO, pipeline_flags, run_cli
 
+from pipeline.describe import options_page
+from pipeline.flags import GROUPS
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
 from pipeline.preflight import check_output
 
@@ -87,10 +89,29 @@ def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_readme_options_table_matches_the_flags():
-    readme = (REPO / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(--\w+)` \| `?([^`|]+?)`? \|", readme, flags=re.MULTILINE))
+def parser_groups() -> dict[str, list[str]]:
+    """Argument group title -> its flags, as EmbeddingOptions adds them to a parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    EmbeddingOptions._add_argparse_args(parser)
+    return {
+        group.title: [action.option_strings[0] for action in group._group_actions]
+        for group in parser._action_groups
+        if group._group_actions
+    }
+
+
+def sections(text: str, heading: str) -> dict[str, str]:
+    """Title -> body of each section, from lines matching heading (its one group: the title)."""
+    found = list(re.finditer(heading, text, flags=re.MULTILINE))
+    ends = [match.start() for match in found[1:]] + [len(text)]
+    return {match.group(1): text[match.end() : end] for match, end in zip(found, ends, strict=True)}
+
+
+def test_options_page_tables_match_the_flags_group_by_group():
+    page = (REPO / "docs" / "options.md").read_text()
     flags = pipeline_flags()
+    row = r"^\| `(--\w+)` \| `?([^`|]+?)`? \|"
+    rows = dict(re.findall(row, page, flags=re.MULTILINE))
     assert set(rows) == set(flags)
     for flag, action in flags.items():
         expected = "required" if action.default is None else action.default
@@ -99,6 +120,39 @@ def test_readme_options_table_matches_the_flags():
         if isinstance(expected, bool):
             expected = str(expected).lower()
         assert rows[flag] == str(expected), flag
+    by_heading = sections(page, r"^## (.+)$")
+    for title, group_flags in parser_groups().items():
+        assert re.findall(row, by_heading[title], flags=re.MULTILINE) == [
+            (flag, rows[flag]) for flag in group_flags
+        ], title
+
+
+def test_options_page_is_what_the_declarations_write():
+    assert (REPO / "docs" / "options.md").read_text() == options_page()
+
+
+def test_readme_options_section_points_to_the_options_page():
+    readme = (REPO / "README.md").read_text()
+    [section] = re.findall(r"^## Options\n(.*?)^## ", readme, flags=re.MULTILINE | re.DOTALL)
+    assert "(docs/options.md)" in section
+    assert "| `--" not in section, "the options table lives in docs/options.md only"
+
+
+def test_help_shows_each_group_with_its_flags_and_their_help():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    by_title = sections(result.stdout, r"^(\S.*):$")
+    flags = pipeline_flags()
+    for group in GROUPS:
+        body = by_title[group.title]
+        assert re.findall(r"^  (--\w+)", body, flags=re.MULTILINE) == [
+            option.flag for option in group.options
+        ], group.title
+        text = " ".join(body.split())
+        assert " ".join(group.description.split()) in text
+        for option in group.options:
+            shown = option.help % {"default": flags[option.flag].default}
+            assert " ".join(shown.split()) in text, option.flag
 
 
 @pytest.mark.parametrize(
