@@ -54,8 +54,8 @@ format: $(VENV)/.installed ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline tests benchmarks templates
 	$(BIN)/ruff format pipeline tests benchmarks templates
 
-metadata: $(VENV)/.installed ## Write metadata.json and docs/options.md from the flags (pipeline/flags.py)
-	$(BIN)/python -m pipeline.describe
+metadata: $(VENV)/.installed ## Write metadata.json and docs/options.md from the flags (pipeline/options/flags.py)
+	$(BIN)/python -m pipeline.options.describe
 
 # The same resolution for both locks: the Linux x86-64 wheels that the Dataflow image
 # (python:3.11-slim) and these machines install.

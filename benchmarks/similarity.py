@@ -262,7 +262,7 @@ def grouping(sizes: list[int], args) -> None:
 
 
 def main() -> None:
-    from pipeline.options import DEFAULT_CELL_SIZE, DEFAULT_CELLS_PER_IMAGE
+    from pipeline.options.flags import DEFAULT_CELL_SIZE, DEFAULT_CELLS_PER_IMAGE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50000,100000,200000")

@@ -34,15 +34,10 @@ from cloud import (
 )
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
-from pipeline.describe import metadata_text
 from pipeline.models.backbones import BACKBONES
-from pipeline.options import (
-    OUTPUT_FORMATS,
-    POOLINGS,
-    RESIZE_POLICIES,
-    build_parser,
-    parse_options,
-)
+from pipeline.options import build_parser, parse_options
+from pipeline.options.describe import metadata_text
+from pipeline.options.flags import OUTPUT_FORMATS, POOLINGS, RESIZE_POLICIES
 
 METADATA = json.loads((REPO / "metadata.json").read_text())
 PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}

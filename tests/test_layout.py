@@ -17,7 +17,8 @@ STAGES = (
     ("models",),
     ("outputs",),
     ("destinations", "similarity", "report"),
-    (None,),  # the top level: job, options, preflight, summary, publish, lease, cli, ...
+    ("options",),
+    (None,),  # the top level: job, plan, preflight, summary, publish, lease, cli, ...
 )
 RANK = {package: rank for rank, packages in enumerate(STAGES) for package in packages}
 

@@ -8,9 +8,9 @@ import re
 import pytest
 from support import REPO, pipeline_flags, run_cli
 
-from pipeline.describe import options_page
-from pipeline.flags import GROUPS
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
+from pipeline.options.describe import options_page
+from pipeline.options.flags import GROUPS
 from pipeline.preflight import check_output
 
 REQUIRED = ["--input", "images.csv", "--output", "out"]

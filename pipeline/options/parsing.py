@@ -1,4 +1,4 @@
-"""The pipeline's flags (declared in pipeline/flags.py) read and checked, beside Beam's."""
+"""The pipeline's flags (declared in pipeline/options/flags.py) read and checked, beside Beam's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
-from pipeline.flags import (
+from pipeline.options.flags import (
     DEFAULT_CELL_SIZE,
     DEFAULT_CELLS_PER_IMAGE,
     GROUPS,

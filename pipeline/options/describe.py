@@ -1,7 +1,7 @@
 """metadata.json and docs/options.md, written from the flags' declarations.
 
-python -m pipeline.describe          # rewrite both files (make metadata)
-python -m pipeline.describe --check  # exit 1 if either differs from its declarations
+python -m pipeline.options.describe          # rewrite both files (make metadata)
+python -m pipeline.options.describe --check  # exit 1 if either differs from its declarations
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.flags import BEAM_FORM_FIELDS, GROUPS, OPTIONS, Form, Option
+from pipeline.options.flags import BEAM_FORM_FIELDS, GROUPS, OPTIONS, Form, Option
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "metadata.json"
 OPTIONS_PAGE = REPO / "docs" / "options.md"
 
@@ -28,8 +28,10 @@ TEMPLATE_DESCRIPTION = (
 _PAGE_INTRO = """\
 # Options
 
-<!-- Written by `make metadata` (python -m pipeline.describe) from pipeline/flags.py:
-edit the declarations there, not this file. -->
+<!-- Written by `make metadata` from pipeline/options/flags.py: edit the declarations
+there, not this file. -->
+
+Back to the [README](../README.md).
 
 Every option has the same name as the Flex Template parameter it will become.
 `python -m pipeline --help` prints these groups of options, then every Apache Beam pipeline
@@ -138,7 +140,9 @@ GENERATED = {METADATA: metadata_text, OPTIONS_PAGE: options_page}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes (or, with --check, compares) every file generated from the declarations."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.describe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.options.describe", description=__doc__
+    )
     parser.add_argument("--check", action="store_true", help="only report files that differ")
     args = parser.parse_args(argv)
     stale = []
@@ -154,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path.relative_to(REPO)}")
     if stale:
         names = ", ".join(map(str, stale))
-        print(f"{names}: not what pipeline/flags.py declares; run make metadata", file=sys.stderr)
+        print(
+            f"{names}: not what pipeline/options/flags.py declares; run make metadata",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

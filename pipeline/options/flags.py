@@ -1,7 +1,7 @@
 """Every flag of the pipeline, declared once, a group per feature.
 
 Each declaration is what `--help` prints, its row in docs/options.md and its field on
-the Flex Template's Console form (metadata.json); pipeline/describe.py writes the last
+the Flex Template's Console form (metadata.json); pipeline/options/describe.py writes the last
 two from here.
 """
 
@@ -122,7 +122,8 @@ INPUT = Group(
             "input",
             help="CSV or text file of image URIs (local path or gs://), or a glob of images "
             "such as gs://bucket/photos/**.jpg. Required.",
-            summary="CSV or text file of image URIs, or a glob of images (see Input)",
+            summary="CSV or text file of image URIs, or a glob of images "
+            "(see [Input](input.md#input))",
             form=Form(
                 "Image list or pattern",
                 "A CSV or text file of image URIs in Cloud Storage (a header column named uri, "
@@ -138,7 +139,7 @@ INPUT = Group(
             choices=RESIZE_POLICIES,
             help="squash: stretch the whole image to the model's input size; center_crop: "
             "keep the aspect ratio and crop the largest centred square. (default: %(default)s)",
-            summary="`squash` or `center_crop` (see Decoding)",
+            summary="`squash` or `center_crop` (see [Decoding](input.md#decoding))",
             form=Form(
                 "Resize policy",
                 "squash stretches the whole image to the model's input size; center_crop keeps "
@@ -154,8 +155,9 @@ INPUT = Group(
             "jpeg_draft",
             default=True,
             help="Let the JPEG decoder scale large images down by 2, 4 or 8 while decoding "
-            "(much faster; see README for the tolerance). (default: %(default)s)",
-            summary="let the JPEG decoder downscale while decoding (see Decoding)",
+            "(much faster; see docs/input.md for the tolerance). (default: %(default)s)",
+            summary="let the JPEG decoder downscale while decoding "
+            "(see [Decoding](input.md#decoding))",
             form=Form(
                 "Fast JPEG decoding",
                 "Let the JPEG decoder downscale large images while decoding (about 4x faster; "
@@ -184,7 +186,7 @@ INPUT = Group(
             default=DEFAULT_MAX_IMAGE_BYTES,
             help="Image files larger than this many bytes go to the dead letter unread "
             "(ImageTooLargeError). (default: %(default)s)",
-            summary="larger files (64 MiB) are refused unread (see Decoding)",
+            summary="larger files (64 MiB) are refused unread (see [Decoding](input.md#decoding))",
             form=Form(
                 "File size limit",
                 "Image files larger than this many bytes are not read and are listed in the "
@@ -326,7 +328,7 @@ OUTPUTS = Group(
             "uri column or the .npy index) and add to them instead of replacing them. "
             "(default: %(default)s)",
             summary="skip images already embedded under `--output`, add the rest (see "
-            "Incremental runs)",
+            "[Incremental runs](outputs.md#incremental-runs))",
             form=Form(
                 "Skip images already embedded",
                 "Skip images whose embeddings are already under the output prefix and add the "
@@ -347,7 +349,8 @@ REPORT = Group(
             help="Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
             "map.png and report.html (a self-contained page of image thumbnails). "
             "(default: %(default)s)",
-            summary="also write 2-D coordinates, `map.png` and `report.html` (see Map and report)",
+            summary="also write 2-D coordinates, `map.png` and `report.html` "
+            "(see [Map and report](report.md))",
             form=Form(
                 "Map and report",
                 "Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
@@ -387,7 +390,7 @@ SIMILARITY = Group(
             f"mean-centred embeddings, all images under --output) and write "
             f"neighbors-*.parquet; 0 for none, at most {MAX_NEIGHBORS}. (default: %(default)s)",
             summary=f"write every image's K most similar images, at most {MAX_NEIGHBORS} "
-            "(see Similarity)",
+            "(see [Similarity](similarity.md))",
             form=Form(
                 "Nearest neighbours per image",
                 "Find every image's K most similar other images (cosine similarity of the "
@@ -404,7 +407,7 @@ SIMILARITY = Group(
             help="Group images joined by similarities >= this value (for example 0.95) into "
             "near-duplicate groups in duplicates-*.csv; 0 for none. (default: %(default)s)",
             summary="write near-duplicate groups of images joined by similarities >= this "
-            "(see Similarity)",
+            "(see [Similarity](similarity.md))",
             form=Form(
                 "Near-duplicate threshold",
                 "Group images joined by similarities at or above this value into near-duplicate "
@@ -458,7 +461,8 @@ DESTINATIONS = Group(
             help="Comma-separated columns of the input CSV's header to keep with each image, "
             "as string columns of the Parquet output and the .npy index, BigQuery columns "
             "and Vector Search restricts. (default: none)",
-            summary="comma-separated CSV columns to carry into every output (see Destinations)",
+            summary="comma-separated CSV columns to carry into every output "
+            "(see [Destinations](destinations.md))",
             form=Form(
                 "Input columns to keep",
                 "Comma-separated columns of the input CSV's header to keep with each image: "
@@ -586,8 +590,8 @@ RUN = Group(
             help="The run id of a run that holds --output's lease (_lease.json) but is no "
             "longer running, such as a cancelled job; this run breaks that run's lease, and "
             "no other. (default: none)",
-            summary="break the lease of this run id, a run that no longer runs (see One run "
-            "per output)",
+            summary="break the lease of this run id, a run that no longer runs (see "
+            "[One run per output](publishing.md#one-run-per-output))",
             form=Form(
                 "Break the lease of run",
                 "The run id of a run that holds the output's lease (_lease.json) but no longer "
@@ -603,8 +607,8 @@ RUN = Group(
             default=LEASE_STALE_AFTER_HOURS,
             help="Hours after its start when this run's lease counts as stale: a later run "
             "then breaks it without --break_lease. (default: %(default)s)",
-            summary="hours after its start when this run's lease counts as stale (see One run "
-            "per output)",
+            summary="hours after its start when this run's lease counts as stale (see "
+            "[One run per output](publishing.md#one-run-per-output))",
             form=Form(
                 "Lease stale after (hours)",
                 "Hours after its start when this run's lease on the output counts as stale, so "
