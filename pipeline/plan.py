@@ -174,7 +174,7 @@ def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
 
 
 def model_spec(opts: EmbeddingOptions) -> ModelSpec:
-    return ModelSpec(opts.model, opts.weights, opts.pooling, opts.seed)
+    return ModelSpec.of(opts.model, opts.weights, opts.pooling, opts.seed)
 
 
 def run_context(
@@ -197,7 +197,7 @@ def run_context(
         "weights": spec.describe_weights(),
         "pretrained": spec.pretrained,
         "pooling": spec.pooling,
-        "resize": opts.resize,
+        "resize": spec.resize(opts.resize).describe(),
         "jpeg_draft": opts.jpeg_draft,
         "skip_existing": opts.skip_existing,
         "embedding_shape": list(shape),

@@ -6,6 +6,7 @@ that starts workers and fails at its first or last step.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from typing import Any
@@ -13,7 +14,17 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.destinations import TableName, check_dataset, check_table_matches, foreign_files
-from pipeline.models import ModelSpec, WeightsUnavailableError, check_weights_file, ensure_imagenet
+from pipeline.models import (
+    BACKBONES,
+    BAKED_PRESETS,
+    KERAS_HUB,
+    ModelSpec,
+    WeightsUnavailableError,
+    baked_preset,
+    check_preset_folder,
+    check_weights_file,
+    ensure_imagenet,
+)
 from pipeline.options import UsageError
 from pipeline.outputs import FORMATS, RUN_ID_PATTERN, RUN_METADATA_KEYS, matching_files
 
@@ -21,22 +32,55 @@ from pipeline.outputs import FORMATS, RUN_ID_PATTERN, RUN_METADATA_KEYS, matchin
 def check_weights(spec: ModelSpec, *, local: bool) -> None:
     """Raises WeightsUnavailableError unless the workers will find the weights.
 
-    A weights file is checked by its HDF5 layout. ImageNet weights are fetched into
-    Keras's cache for a local run; a remote run's workers take them from the image,
-    whose build fetches them (Dockerfile).
+    A weights file is checked by its HDF5 layout, a preset folder by its config. ImageNet
+    weights and pretrained presets are fetched into Keras's and keras-hub's caches for a
+    local run; a remote run's workers take them from the image, whose build fetches
+    them (Dockerfile).
     """
     if spec.weights == "random":
         return
-    if spec.weights != "imagenet":
+    if spec.from_file:
         if not local and FileSystems.get_scheme(spec.weights) in (None, "file"):
             raise WeightsUnavailableError(
-                f"--weights {spec.weights} is a file on this machine, which a remote run's "
+                f"--weights {spec.weights} is on this machine, which a remote run's "
                 "workers cannot read; copy it to Cloud Storage and give its gs:// path"
             )
-        check_weights_file(spec.weights, spec.model, spec.backbone.layout)
+        if spec.backbone.library == KERAS_HUB:
+            check_preset_folder(spec.weights, spec.model, spec.backbone)
+        else:
+            check_weights_file(spec.weights, spec.model, spec.backbone.layout)
+    elif spec.backbone.library == KERAS_HUB:
+        check_pretrained_preset(spec.model, local=local)
     elif local:
         ensure_imagenet(spec.model, spec.backbone.imagenet)
     # Otherwise the workers' image holds them: its build fetches and loads them.
+
+
+def check_pretrained_preset(model: str, *, local: bool) -> None:
+    """The image's copy of the preset, or else (locally) keras-hub's download of it into
+    its cache, where the workers' from_preset finds it; raises WeightsUnavailableError."""
+    if baked_preset(model):
+        return
+    handle = BACKBONES[model].preset
+    if not local:
+        if os.environ.get(BAKED_PRESETS):  # the template's own image, without this model
+            raise WeightsUnavailableError(
+                f"--model {model} is not baked into this image (its presets are in "
+                f"{os.environ[BAKED_PRESETS]}); rebuild the image with {model} in the "
+                "PRESETS build argument (cloudbuild.yaml: _PRESETS), or give --weights a "
+                "gs:// preset folder"
+            )
+        return  # a job submitted from elsewhere: its workers download the preset
+    import kagglehub  # keras-hub's own loader for its presets; no TensorFlow
+
+    try:
+        kagglehub.model_download(handle.removeprefix("kaggle://"))
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"cannot download the pretrained preset of {model} ({handle}: "
+            f"{type(error).__name__}: {_first_line(error)}); give --weights a preset folder "
+            "you have (local or gs://), or --weights random for an offline smoke run"
+        ) from error
 
 
 def check_output(output: str, flag: str = "--output") -> None:
@@ -179,3 +223,8 @@ def _reason(error: BaseException) -> str:
         return f"{_HTTP_REASONS[status]}, HTTP {status}"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""

@@ -1,17 +1,38 @@
-"""The models: backbones and their weights, the RunInference handler, the extraction step."""
+"""The models: the table of backbones (keras.applications and keras-hub) and their
+weights, the RunInference handler, the extraction step."""
 
-from pipeline.models.backbones import BACKBONES, ModelSpec, embedding_shape
+from pipeline.models.backbones import (
+    APPLICATIONS,
+    BACKBONES,
+    KERAS_HUB,
+    Backbone,
+    ModelSpec,
+    embedding_shape,
+)
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import KerasEmbeddingHandler
-from pipeline.models.weights import WeightsUnavailableError, check_weights_file, ensure_imagenet
+from pipeline.models.weights import (
+    BAKED_PRESETS,
+    WeightsUnavailableError,
+    baked_preset,
+    check_preset_folder,
+    check_weights_file,
+    ensure_imagenet,
+)
 
 __all__ = [
+    "APPLICATIONS",
     "BACKBONES",
+    "BAKED_PRESETS",
+    "KERAS_HUB",
+    "Backbone",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
     "ModelSpec",
     "ReportProgressFn",
     "WeightsUnavailableError",
+    "baked_preset",
+    "check_preset_folder",
     "check_weights_file",
     "embedding_shape",
     "ensure_imagenet",

@@ -1,13 +1,21 @@
-"""keras.applications backbones and how to build an embedding model from one."""
+"""The models: one table line each (keras.applications and keras-hub), and how an embedding
+model is built from a line."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline.models.weights import ImagenetWeights, Layout, WeightsUnavailableError, local_copy
+from pipeline.inputs import Resize
+from pipeline.models.weights import (
+    ImagenetWeights,
+    Layout,
+    WeightsUnavailableError,
+    local_copy,
+    preset_embedding_size,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -15,21 +23,73 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 
 
+APPLICATIONS = "keras.applications"
+KERAS_HUB = "keras_hub"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A keras-hub constructor and its arguments; an argument may be an Architecture."""
+
+    class_name: str
+    args: dict[str, Any]
+
+    def get(self, path: str) -> Any:
+        """The argument at a dotted path, e.g. "vision_encoder.patch_size"."""
+        value: Any = self
+        for name in path.split("."):
+            value = value.args[name]
+        return value
+
+
+def _arch(class_name: str, **args: Any) -> Architecture:
+    return Architecture(class_name, args)
+
+
 @dataclass(frozen=True)
 class Backbone:
-    """A keras.applications model: where to find it, and what is known without building it."""
+    """One model: where it comes from, how its input is made, what comes out; all known
+    without building it, so that the launching process never imports a model library."""
 
-    application: str  # constructor in keras.applications, e.g. "ResNet50"
-    module: str  # keras.applications submodule holding preprocess_input
+    library: str  # APPLICATIONS or KERAS_HUB
+    class_name: str  # in keras.applications or keras_hub.models, e.g. "ResNet50"
     input_size: int
-    channels: int  # of the last feature map: the length of a pooled embedding
-    imagenet: ImagenetWeights
-    layout: Layout  # of a weights file saved from this model without its top
+    embedding_size: int  # of one pooled embedding (for keras.applications: channels)
+    # How the load step resizes; None: --resize decides (bilinear squash or centre crop).
+    resize: Resize | None
+    # Inside the model: keras.applications' preprocess_input of `module`, or
+    # (x / 255 - mean) / std.
+    module: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    source: str = ""  # where the resize and normalisation come from
+    text_tower: bool = False
+    # keras.applications only
+    imagenet: ImagenetWeights | None = None
+    layout: Layout | None = None  # of a weights file saved from this model without its top
+    # keras_hub only
+    preset: str = ""  # the pretrained preset's handle
+    architecture: Architecture | None = None  # what --weights random builds
+    parameters: int = 0  # the published count of the whole backbone, text tower included
+    pooling: str = ""  # what one embedding is
+    embedding: str = ""  # "vision_embeddings" (get_vision_embeddings) or "cls_token"
+    normalised: bool = False  # L2-normalised, as retrieval systems store them
+    embedding_size_at: str = ""  # the architecture argument that is the embedding size
+    # The arguments a preset folder must share with the table: with them the resize and
+    # the input size fit; depth and width may differ (smaller presets of the family).
+    fixed: tuple[str, ...] = ()
+    resizable: bool = False  # position embeddings interpolate to input_size at load
+    tokenizer: str = ""  # keras_hub.models class of the text tower's tokenizer
+    sequence_length: int = 0  # of the text tower's token ids
 
     @property
     def feature_map_size(self) -> int:
-        # Every backbone here downsamples by 32: 224 -> 7.
+        # Every keras.applications backbone here downsamples by 32: 224 -> 7.
         return self.input_size // 32
+
+    @property
+    def pretrained_weights(self) -> str:
+        return "imagenet" if self.library == APPLICATIONS else "pretrained"
 
 
 _RESNET = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
@@ -41,12 +101,135 @@ def _resnet(depth: int, imagenet_md5: str, layout: Layout) -> Backbone:
     file_name = f"resnet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"
     module = "resnet50" if depth == 50 else "resnet"
     weights = ImagenetWeights(_RESNET, file_name, imagenet_md5)
-    return Backbone(f"ResNet{depth}", module, 224, 2048, weights, layout)
+    return Backbone(
+        APPLICATIONS, f"ResNet{depth}", 224, 2048, None, module=module,
+        source="keras.applications resnet.preprocess_input (caffe: BGR, ImageNet means)",
+        imagenet=weights, layout=layout,
+    )  # fmt: skip
 
 
-# Kept to models that share the same shape of code path: add a line, not a branch.
-# The ImageNet files and hashes are keras.applications' own (keras/src/applications);
-# the layouts are what tests/test_weights.py reads from files Keras saves.
+# OpenAI CLIP's transform (openai/CLIP clip/clip.py _transform): bicubic resize of the
+# shorter side, centre crop, then these mean and std.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_CLIP_SOURCE = "openai/CLIP clip/clip.py _transform"
+# DINOv2's evaluation transform (facebookresearch/dinov2 dinov2/data/transforms.py,
+# make_classification_eval_transform): bicubic shorter side 256, centre crop 224, ImageNet.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_DINOV2_SOURCE = (
+    "facebookresearch/dinov2 dinov2/data/transforms.py make_classification_eval_transform"
+)
+# SigLIP 2, fixed resolution: squash to the size, bilinear (the HF processor config of
+# google/siglip2-*: resample 2), then x / 127.5 - 1 (big_vision SigLIP2_demo:
+# resize(RES)|value_range(-1, 1)), i.e. mean 0.5 and std 0.5.
+_SIGLIP_SOURCE = "google/siglip2 preprocessor_config.json; big_vision SigLIP2_demo.ipynb"
+
+
+def _clip(
+    size: int,
+    patch: int,
+    vision: tuple[int, int, int, int],
+    text: tuple[int, int, int, int],
+    projection: int,
+    parameters: int,
+    preset: str,
+) -> Backbone:
+    """A CLIPBackbone line: vision and text as (hidden, layers, heads, intermediate)."""
+    hidden, layers, heads, intermediate = vision
+    width, depth, text_heads, text_intermediate = text
+    architecture = _arch(
+        "CLIPBackbone",
+        vision_encoder=_arch(
+            "CLIPVisionEncoder",
+            patch_size=patch,
+            hidden_dim=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            intermediate_dim=intermediate,
+            intermediate_activation="quick_gelu",
+            image_shape=(size, size, 3),
+        ),
+        text_encoder=_arch(
+            "CLIPTextEncoder",
+            vocabulary_size=49408,
+            embedding_dim=width,
+            hidden_dim=width,
+            num_layers=depth,
+            num_heads=text_heads,
+            intermediate_dim=text_intermediate,
+            intermediate_activation="quick_gelu",
+            max_sequence_length=77,
+        ),
+        projection_dim=projection,
+    )
+    return Backbone(
+        KERAS_HUB, "CLIPBackbone", size, projection, Resize(size, "shorter_side", "bicubic", size),
+        mean=_CLIP_MEAN, std=_CLIP_STD, source=_CLIP_SOURCE, text_tower=True, preset=preset,
+        architecture=architecture, parameters=parameters, pooling="cls_projection",
+        embedding="vision_embeddings", normalised=True, embedding_size_at="projection_dim",
+        fixed=("vision_encoder.patch_size", "vision_encoder.image_shape"),
+        tokenizer="CLIPTokenizer", sequence_length=77,
+    )  # fmt: skip
+
+
+def _siglip2(
+    size: int, patch: int, tower: tuple[int, int, int, int], parameters: int, preset: str
+) -> Backbone:
+    """A SigLIPBackbone line with SigLIP 2's Gemma vocabulary; both towers as (hidden,
+    layers, heads, intermediate)."""
+    hidden, layers, heads, intermediate = tower
+    shared = dict(
+        hidden_dim=hidden, num_layers=layers, num_heads=heads, intermediate_dim=intermediate,
+        intermediate_activation="gelu_approximate", layer_norm_epsilon=1e-6,
+    )  # fmt: skip
+    architecture = _arch(
+        "SigLIPBackbone",
+        vision_encoder=_arch(
+            "SigLIPVisionEncoder", patch_size=patch, image_shape=(size, size, 3), **shared
+        ),
+        text_encoder=_arch(
+            "SigLIPTextEncoder",
+            vocabulary_size=256000,
+            embedding_dim=hidden,
+            max_sequence_length=64,
+            projection_dim=hidden,
+            **shared,
+        ),
+    )
+    return Backbone(
+        KERAS_HUB, "SigLIPBackbone", size, hidden, Resize(size, "squash", "bilinear"),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), source=_SIGLIP_SOURCE, text_tower=True,
+        preset=preset, architecture=architecture, parameters=parameters,
+        pooling="attention_pool", embedding="vision_embeddings", normalised=True,
+        embedding_size_at="vision_encoder.hidden_dim",
+        fixed=("vision_encoder.patch_size", "vision_encoder.image_shape"),
+        tokenizer="GemmaTokenizer", sequence_length=64,
+    )  # fmt: skip
+
+
+def _dinov2(hidden: int, heads: int, parameters: int, preset: str) -> Backbone:
+    """A DINOV2Backbone line: ViT/14, 12 layers, its position embeddings made for 518 and
+    interpolated to 224 when loaded (keras-hub's convert_dinov2.py)."""
+    architecture = _arch(
+        "DINOV2Backbone", patch_size=14, num_layers=12, hidden_dim=hidden, num_heads=heads,
+        intermediate_dim=4 * hidden, layer_scale_init_value=1.0, image_shape=(518, 518, 3),
+        position_embedding_shape=(518, 518),
+    )  # fmt: skip
+    return Backbone(
+        KERAS_HUB, "DINOV2Backbone", 224, hidden, Resize(224, "shorter_side", "bicubic", 256),
+        mean=_IMAGENET_MEAN, std=_IMAGENET_STD, source=_DINOV2_SOURCE, preset=preset,
+        architecture=architecture, parameters=parameters, pooling="cls", embedding="cls_token",
+        embedding_size_at="hidden_dim", fixed=("patch_size",), resizable=True,
+    )  # fmt: skip
+
+
+# One line per model: add a line, not a branch. The ImageNet files and hashes are
+# keras.applications' own (keras/src/applications); the layouts are what
+# tests/test_weights.py reads from files Keras saves. The keras-hub lines are the presets'
+# architectures (keras-hub's checkpoint conversion scripts, from the original configs);
+# tests/test_model_table.py builds each and counts its parameters against the published
+# figure.
 BACKBONES: dict[str, Backbone] = {
     "resnet50": _resnet(
         50,
@@ -64,16 +247,39 @@ BACKBONES: dict[str, Backbone] = {
         Layout(930, 58_370_944, "f0502d2e08a14eb4c55bd4473b8a0272791488b49f659b38bbd8caa7332449ee"),
     ),
     "efficientnet_b0": Backbone(
+        APPLICATIONS,
         "EfficientNetB0",
-        "efficientnet",
         224,
         1280,
-        ImagenetWeights(
+        None,
+        module="efficientnet",
+        source="keras.applications efficientnet (rescaling inside the model)",
+        imagenet=ImagenetWeights(
             _EFFICIENTNET, "efficientnetb0_notop.h5", "50bc09e76180e00e4465e1a485ddc09d"
         ),
-        Layout(312, 4_049_571, "a349d0b3f8448e5b692b8f93e1c5a35001ef0265766ed705a87843c21e6186ed"),
+        layout=Layout(
+            312, 4_049_571, "a349d0b3f8448e5b692b8f93e1c5a35001ef0265766ed705a87843c21e6186ed"
+        ),
     ),
-}
+    "clip_vit_base_patch16": _clip(
+        224, 16, (768, 12, 12, 3072), (512, 12, 8, 2048), 512, 149_620_934,
+        "kaggle://keras/clip/keras/clip_vit_base_patch16/3",
+    ),
+    "clip_vit_large_patch14": _clip(
+        224, 14, (1024, 24, 16, 4096), (768, 12, 12, 3072), 768, 427_616_770,
+        "kaggle://keras/clip/keras/clip_vit_large_patch14/3",
+    ),
+    "siglip2_base_patch16_224": _siglip2(
+        224, 16, (768, 12, 12, 3072), 375_188_230,
+        "kaggle://keras/siglip/keras/siglip2_base_patch16_224/1",
+    ),
+    "siglip2_so400m_patch14_384": _siglip2(
+        384, 14, (1152, 27, 16, 4304), 1_136_009_291,
+        "kaggle://keras/siglip/keras/siglip2_so400m_patch14_384/1",
+    ),
+    "dinov2_small": _dinov2(384, 6, 22_582_656, "kaggle://keras/dinov2/keras/dinov2_small/1"),
+    "dinov2_base": _dinov2(768, 12, 87_632_640, "kaggle://keras/dinov2/keras/dinov2_base/1"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,9 +287,22 @@ class ModelSpec:
     """Everything that decides which numbers come out of the model."""
 
     model: str = "resnet50"
-    weights: str = "imagenet"  # "imagenet", "random", or a weights file path
+    # "imagenet" (keras.applications) or "pretrained" (keras-hub), "random", a Keras
+    # weights file (keras.applications) or a preset folder (keras-hub)
+    weights: str = "imagenet"
     pooling: str = "avg"
     seed: int = 0
+
+    @classmethod
+    def of(cls, model: str, weights: str, pooling: str, seed: int) -> ModelSpec:
+        """The spec a run's options ask for: `pretrained` is `imagenet` for the
+        keras.applications models, and a keras-hub model pools as it was trained."""
+        backbone = BACKBONES[model]
+        if weights in ("pretrained", "imagenet"):
+            weights = backbone.pretrained_weights
+        if backbone.library == KERAS_HUB:
+            pooling = backbone.pooling
+        return cls(model, weights, pooling, seed)
 
     @property
     def backbone(self) -> Backbone:
@@ -97,6 +316,16 @@ class ModelSpec:
     def pretrained(self) -> bool:
         return self.weights != "random"
 
+    @property
+    def from_file(self) -> bool:
+        """The weights are a file or folder the user gives."""
+        return self.weights not in ("imagenet", "pretrained", "random")
+
+    def resize(self, policy: str) -> Resize:
+        """How the load step sizes images: the model's own rule, or `policy` (--resize)
+        with bilinear filtering for the keras.applications models."""
+        return self.backbone.resize or Resize(self.input_size, policy)
+
     def describe_weights(self) -> str:
         if self.weights == "random":
             return f"random (seed {self.seed}, NOT pretrained: embeddings carry no meaning)"
@@ -107,7 +336,7 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
     """The bare keras.applications model, without top, with the requested weights."""
     import keras
 
-    constructor = getattr(keras.applications, spec.backbone.application)
+    constructor = getattr(keras.applications, spec.backbone.class_name)
     size = spec.input_size
     kwargs = dict(
         include_top=False,
@@ -146,9 +375,13 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
 
 
 def build_embedding_model(spec: ModelSpec) -> keras.Model:
-    """uint8 RGB images in, embeddings out, preprocess_input included."""
+    """uint8 RGB images in, embeddings out, the model's own normalisation included."""
     import keras
 
+    if spec.backbone.library == KERAS_HUB:
+        from pipeline.models import hub
+
+        return hub.embedding_model(spec)
     backbone = build_backbone(spec)
     preprocess_input = getattr(keras.applications, spec.backbone.module).preprocess_input
     size = spec.input_size
@@ -164,9 +397,14 @@ def build_embedding_model(spec: ModelSpec) -> keras.Model:
 def embedding_shape(spec: ModelSpec) -> tuple[int, ...]:
     """Shape of one image's embedding, e.g. (2048,) or (7, 7, 2048) for pooling none.
 
-    Known from the table, so that the launching process never builds a model.
+    Known from the table (or a preset folder's config), so that the launching process
+    never builds a model.
     """
     backbone = spec.backbone
+    if backbone.library == KERAS_HUB:
+        if spec.from_file:
+            return (preset_embedding_size(spec.weights, backbone),)
+        return (backbone.embedding_size,)
     if spec.pooling == "none":
         side = backbone.feature_map_size
         return (side, side, backbone.channels)

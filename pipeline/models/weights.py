@@ -8,7 +8,9 @@ the workers load the same files with Keras.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -202,3 +204,92 @@ def ensure_imagenet(model: str, weights: ImagenetWeights) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
     return path
+
+
+# Where the container image keeps the presets baked into it (Dockerfile, PRESETS): one
+# folder per model, named as the model.
+BAKED_PRESETS = "PIPELINE_PRESETS"
+PRESET_CONFIG = "config.json"
+PRESET_WEIGHTS = ("model.weights.h5", "model.weights.json")  # one file, or a sharded index
+
+
+def baked_preset(model: str) -> str | None:
+    """The image's own copy of model's pretrained preset, if the image has one."""
+    root = os.environ.get(BAKED_PRESETS)
+    folder = os.path.join(root, model) if root else None
+    return folder if folder and os.path.isfile(os.path.join(folder, PRESET_CONFIG)) else None
+
+
+def read_preset_config(folder: str) -> dict:
+    """A keras-hub preset folder's config.json (local or any Beam filesystem), checked to
+    sit beside its weights; raises WeightsUnavailableError."""
+    from apache_beam.io.filesystems import FileSystems
+
+    folder = folder.rstrip("/")
+    config_path = f"{folder}/{PRESET_CONFIG}"
+    try:
+        with FileSystems.open(config_path) as handle:
+            config = json.loads(handle.read())
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"--weights {folder}: no readable {PRESET_CONFIG} ({type(error).__name__}: {error}); "
+            "give a folder keras-hub's save_to_preset wrote"
+        ) from error
+    weights = [f"{folder}/{name}" for name in PRESET_WEIGHTS]
+    if not any(FileSystems.exists(path) for path in weights):
+        raise WeightsUnavailableError(
+            f"--weights {folder}: no {' or '.join(PRESET_WEIGHTS)} beside its {PRESET_CONFIG}; "
+            "give a folder keras-hub's save_to_preset wrote"
+        )
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise WeightsUnavailableError(
+            f"--weights {folder}: {PRESET_CONFIG} is not a keras-hub backbone config"
+        )
+    return config
+
+
+def config_value(config: dict, path: str):
+    """The constructor argument at a dotted path of a saved keras-hub config, where each
+    nested layer is {"class_name": ..., "config": {...}}."""
+    value = config
+    for name in path.split("."):
+        value = value["config"][name]
+    return value
+
+
+def preset_embedding_size(folder: str, backbone) -> int:
+    """The embedding size of a preset folder's backbone, from its config alone."""
+    return int(config_value(_preset_config(folder), backbone.embedding_size_at))
+
+
+@functools.lru_cache(maxsize=8)
+def _preset_config(folder: str) -> dict:
+    return read_preset_config(folder)
+
+
+def check_preset_folder(folder: str, model: str, backbone) -> None:
+    """Raises WeightsUnavailableError unless folder holds a preset of model's architecture:
+    the same backbone class, and the same patch and image size (so that the load step's
+    resize fits it); depth and width may differ."""
+    config = _preset_config(folder)
+    found = config.get("class_name")
+    if found != backbone.class_name:
+        raise WeightsUnavailableError(
+            f"--weights {folder} holds a {found}, not the {backbone.class_name} of {model}"
+        )
+    for path in backbone.fixed:
+        expected = backbone.architecture.get(path)
+        try:
+            value = config_value(config, path)
+        except (KeyError, TypeError):
+            value = None
+        if _plain(value) != _plain(expected):
+            raise WeightsUnavailableError(
+                f"--weights {folder} does not fit {model}: its {path} is {value}, "
+                f"{model}'s is {_plain(expected)}"
+            )
+
+
+def _plain(value):
+    """Lists and tuples alike, as JSON gives them back."""
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -206,33 +206,40 @@ MODEL = Group(
             "model",
             default="resnet50",
             choices=tuple(BACKBONES),
-            help=f"keras.applications backbone: {', '.join(BACKBONES)}. (default: %(default)s)",
-            summary=", ".join(f"`{name}`" for name in BACKBONES),
+            help=f"The model: {', '.join(BACKBONES)} (keras.applications ImageNet "
+            "classifiers; keras-hub CLIP, SigLIP 2 and DINOv2 presets, by their preset "
+            "names). (default: %(default)s)",
+            summary=", ".join(f"`{name}`" for name in BACKBONES) + " (see [Models](models.md))",
             form=Form(
                 "Model",
-                "The keras.applications backbone. For example, resnet50",
+                "The model: a keras.applications backbone, or a keras-hub CLIP, SigLIP 2 or "
+                "DINOv2 preset. For example, resnet50 or clip_vit_base_patch16",
                 "Model",
                 enum={
-                    name: (backbone.application, f"{backbone.channels} features")
+                    name: (backbone.class_name, f"{backbone.embedding_size} features")
                     for name, backbone in BACKBONES.items()
                 },
             ),
         ),
         Option(
             "weights",
-            default="imagenet",
-            help="imagenet (downloaded by Keras and cached), random (seeded, untrained: "
-            "smoke tests only), or a path to a Keras weights file (local or gs://). "
+            default="pretrained",
+            help="pretrained (the model's published weights, downloaded and cached; "
+            "imagenet is the same for the keras.applications models), random (seeded, "
+            "untrained: smoke tests only), a Keras weights file (keras.applications) or a "
+            "keras-hub preset folder (CLIP, SigLIP 2, DINOv2), local or gs://. "
             "(default: %(default)s)",
-            summary="`imagenet`, `random`, or a Keras weights file (local or `gs://`)",
+            summary="`pretrained` (`imagenet`), `random`, a Keras weights file or a keras-hub "
+            "preset folder (local or `gs://`)",
             form=Form(
                 "Weights",
-                "imagenet (built into the container image for resnet50), random (untrained, "
-                "smoke tests only), or a Keras weights file in Cloud Storage saved from the "
-                "same model without its top. For example, "
-                "gs://my-bucket/models/resnet50_notop.weights.h5",
+                "pretrained (built into the container image for resnet50 and the models of "
+                "its PRESETS build argument), random (untrained, smoke tests only), a Keras "
+                "weights file in Cloud Storage saved from the same keras.applications model "
+                "without its top, or a keras-hub preset folder in Cloud Storage. For "
+                "example, gs://my-bucket/models/resnet50_notop.weights.h5",
                 "Model",
-                (r"^(imagenet|random|gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+\.h5)$",),
+                (r"^(pretrained|imagenet|random|gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+)$",),
             ),
         ),
         Option(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
+from pipeline.models import BACKBONES, KERAS_HUB
 from pipeline.options.flags import (
     DEFAULT_CELL_SIZE,
     DEFAULT_CELLS_PER_IMAGE,
@@ -117,6 +118,7 @@ def validate(opts: EmbeddingOptions) -> None:
     for option in OPTIONS:
         if option.choices:
             _require_choice(option.name, getattr(opts, option.name), option.choices)
+    _check_model_options(opts)
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
         raise UsageError(
             f"batch sizes must satisfy 1 <= --min_batch_size <= --max_batch_size, got "
@@ -250,3 +252,27 @@ def _nested(first: str, second: str) -> bool:
     """Whether one folder is the other or holds it."""
     first, second = first.rstrip("/") + "/", second.rstrip("/") + "/"
     return first.startswith(second) or second.startswith(first)
+
+
+def _check_model_options(opts: EmbeddingOptions) -> None:
+    """A keras-hub model is preprocessed and pooled as it was trained: --resize and
+    --pooling, and imagenet weights, are for the keras.applications models."""
+    backbone = BACKBONES[opts.model]
+    if backbone.library != KERAS_HUB:
+        return
+    own = f"{opts.model} {{}} as it was trained ({{}}); see docs/models.md"
+    if opts.weights == "imagenet":
+        raise UsageError(
+            f"--weights imagenet is for the keras.applications models; {opts.model} takes "
+            "pretrained, random or a keras-hub preset folder"
+        )
+    if opts.pooling != "avg":
+        raise UsageError(
+            "--pooling is for the keras.applications models; "
+            + own.format("pools", backbone.pooling)
+        )
+    if opts.resize != "squash":
+        raise UsageError(
+            "--resize is for the keras.applications models; "
+            + own.format("resizes", backbone.resize.describe())
+        )
