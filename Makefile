@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
+.PHONY: help demo test test-fast benchmark benchmark-models benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in abou
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
+
+benchmark-models: $(VENV)/.installed ## Images/s of resnet50, CLIP, SigLIP 2 and DINOv2: raw model and end to end
+	$(BIN)/python benchmarks/models.py $(BENCHMARK_ARGS)
 
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py

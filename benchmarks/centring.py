@@ -2,13 +2,15 @@
 
 Each photograph gets five altered copies (JPEG quality 30, half size, 5% cropped off each
 side, brightened by 1.2, an 8-pixel black border) and a byte-identical copy; one pipeline
-run (--weights random: no ImageNet weights here) embeds all 91. For raw and for centred
-embeddings it prints how many images have their top neighbour in their own photograph's
-family, and the range of similarities: a threshold needs the two to spread apart.
+run of --model (default resnet50; --weights random: no pretrained weights here) embeds all
+91. For raw and for centred embeddings it prints how many images have their top neighbour
+in their own photograph's family, and the range of similarities: a threshold needs the
+two to spread apart.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -54,7 +56,10 @@ def report(name: str, matrix: np.ndarray, photo: list[str]) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="resnet50", help="any --model of the pipeline")
+    model = parser.parse_args(argv).model
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / "copies").mkdir()
@@ -63,7 +68,7 @@ def main() -> None:
         done = run_cli(
             "--input", str(write_csv(root / "images.csv", list(families))),
             "--output", str(output),
-            "--weights", "random",
+            "--model", model, "--weights", "random",
         )  # fmt: skip
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])

@@ -1,3 +1,1 @@
-"""Image embeddings at scale: a Beam pipeline around keras.applications models."""
-
-__version__ = "0.1.0"
+"""Image embeddings at scale: a Beam pipeline around keras.applications and keras-hub models."""

@@ -81,6 +81,7 @@ class Backbone:
     resizable: bool = False  # position embeddings interpolate to input_size at load
     tokenizer: str = ""  # keras_hub.models class of the text tower's tokenizer
     sequence_length: int = 0  # of the text tower's token ids
+    start_token: bool = False  # token ids begin with the tokenizer's start token
 
     @property
     def feature_map_size(self) -> int:
@@ -169,7 +170,7 @@ def _clip(
         architecture=architecture, parameters=parameters, pooling="cls_projection",
         embedding="vision_embeddings", normalised=True, embedding_size_at="projection_dim",
         fixed=("vision_encoder.patch_size", "vision_encoder.image_shape"),
-        tokenizer="CLIPTokenizer", sequence_length=77,
+        tokenizer="CLIPTokenizer", sequence_length=77, start_token=True,
     )  # fmt: skip
 
 
@@ -204,7 +205,7 @@ def _siglip2(
         pooling="attention_pool", embedding="vision_embeddings", normalised=True,
         embedding_size_at="vision_encoder.hidden_dim",
         fixed=("vision_encoder.patch_size", "vision_encoder.image_shape"),
-        tokenizer="GemmaTokenizer", sequence_length=64,
+        tokenizer="SigLIPTokenizer", sequence_length=64,
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""A RunInference ModelHandler for keras.applications embedding models."""
+"""A RunInference ModelHandler for the embedding models (keras.applications and keras-hub)."""
 
 from __future__ import annotations
 
