@@ -1,5 +1,6 @@
 """The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
 
+from pipeline.inputs.images import Resize
 from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImages
 from pipeline.inputs.sources import (
     InputError,
@@ -15,6 +16,7 @@ __all__ = [
     "InputError",
     "LoadImages",
     "ReadImageUris",
+    "Resize",
     "check_glob",
     "count_inputs",
     "is_glob",
