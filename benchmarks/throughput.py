@@ -165,10 +165,11 @@ def raw_model(paths: list[str], batch_size: int) -> dict:
     """a. The same model on decoded, preprocessed batches in a tight loop."""
     import keras
 
-    from pipeline.inputs.images import decode
+    from pipeline.inputs.images import Resize, decode
 
     model = resnet50()
-    images = np.stack([decode(Path(p).read_bytes(), 224).pixels for p in paths[:batch_size]])
+    rule = Resize(224)
+    images = np.stack([decode(Path(p).read_bytes(), rule).pixels for p in paths[:batch_size]])
     batch = keras.applications.resnet50.preprocess_input(images.astype(np.float32))
     model.predict_on_batch(batch)  # compile and warm up
     batches = max(1, len(paths) // batch_size)

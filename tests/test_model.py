@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from support import PHOTO_PATHS, relative_error
 
-from pipeline.inputs.images import decode
+from pipeline.inputs.images import Resize, decode
 from pipeline.models.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
 from pipeline.models.handler import KerasEmbeddingHandler
 from pipeline.models.weights import WeightsUnavailableError
@@ -20,7 +20,7 @@ SEED = 5
 @pytest.fixture(scope="module")
 def images():
     paths = PHOTO_PATHS[:3]
-    return [decode(open(p, "rb").read(), 224, jpeg_draft=False).pixels for p in paths]
+    return [decode(open(p, "rb").read(), Resize(224), jpeg_draft=False).pixels for p in paths]
 
 
 @functools.cache

@@ -73,12 +73,89 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def resize(image: Image.Image, size: int, policy: str) -> Image.Image:
-    """squash: the whole image stretched to size x size; center_crop: centred square."""
-    box = crop_box(*image.size) if policy == "center_crop" else None
-    if image.size == (size, size):
-        return image
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+POLICIES = ("squash", "center_crop", "shorter_side")
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How the load step sizes an image for its model.
+
+    squash: the whole image stretched to size x size. center_crop: the largest centred
+    square, scaled to size x size (keras.utils.load_img with keep_aspect_ratio=True).
+    shorter_side: the shorter edge scaled to shorter_side, then the centre size x size
+    cropped (torchvision's Resize(shorter_side) then CenterCrop(size), on a PIL image).
+
+    describe() is what a run records as "resize": "squash" or "center_crop" for the
+    bilinear squash and centre crop (the keras.applications rules, and SigLIP 2's
+    squash); otherwise the filter, the policy and the sizes: "bicubic squash 224",
+    "bicubic center crop 224", "bicubic, shorter side 256, centre crop 224".
+    """
+
+    size: int  # the model's input: size x size
+    policy: str = "squash"  # "squash" | "center_crop" | "shorter_side"
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic"
+    shorter_side: int = 0  # for "shorter_side": the shorter edge is scaled to this
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"resize policy {self.policy!r} is not one of {POLICIES}")
+        if self.interpolation not in FILTERS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {tuple(FILTERS)}")
+        if self.size < 1:
+            raise ValueError(f"resize size {self.size} is not positive")
+        if self.policy == "shorter_side" and self.shorter_side < self.size:
+            # Then the resized image always covers the crop, so torchvision's padding of
+            # an image smaller than the crop never happens.
+            raise ValueError(
+                f"shorter side {self.shorter_side} is smaller than the crop {self.size}"
+            )
+        if self.policy != "shorter_side" and self.shorter_side:
+            raise ValueError(f"shorter_side is only for the shorter_side policy, not {self.policy}")
+
+    def describe(self) -> str:
+        if self.policy == "shorter_side":
+            return (
+                f"{self.interpolation}, shorter side {self.shorter_side}, centre crop {self.size}"
+            )
+        if self.interpolation == "bilinear":
+            return self.policy
+        return f"{self.interpolation} {self.policy.replace('_', ' ')} {self.size}"
+
+    @property
+    def scaled_side(self) -> int:
+        """What the first resize scales the shorter edge to (JPEG draft keeps more)."""
+        return max(self.size, self.shorter_side)
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """The image, size x size, by this rule."""
+        resample = FILTERS[self.interpolation]
+        if self.policy == "shorter_side":
+            return _shorter_side_then_centre(image, self.shorter_side, self.size, resample)
+        box = crop_box(*image.size) if self.policy == "center_crop" else None
+        if image.size == (self.size, self.size):
+            return image
+        return image.resize((self.size, self.size), resample, box=box)
+
+
+def _shorter_side_then_centre(
+    image: Image.Image, shorter_side: int, size: int, resample: Image.Resampling
+) -> Image.Image:
+    # pytorch/vision, torchvision/transforms/functional.py: _compute_resized_output_size
+    # scales the shorter edge to shorter_side and the longer one to
+    # int(shorter_side * long / short); resize on a PIL image is then
+    # image.resize((w, h), resample); center_crop takes its offsets as
+    # int(round((h - size) / 2.0)), Python's round, halves to even. The resized image
+    # is never smaller than the crop (Resize checks shorter_side >= size), so
+    # center_crop's padding does not arise.
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    scaled_long = int(shorter_side * long / short)
+    scaled = (shorter_side, scaled_long) if width <= height else (scaled_long, shorter_side)
+    resized = image.resize(scaled, resample)
+    left = round((scaled[0] - size) / 2)
+    top = round((scaled[1] - size) / 2)
+    return resized.crop((left, top, left + size, top + size))
 
 
 def thumbnail(image: Image.Image, size: int) -> bytes:
@@ -93,13 +170,12 @@ def thumbnail(image: Image.Image, size: int) -> bytes:
 
 def decode(
     data: bytes,
-    size: int,
-    policy: str = "squash",
+    resize: Resize,
     jpeg_draft: bool = True,
     max_pixels: int = 100_000_000,
     thumbnail_size: int = 0,
 ) -> DecodedImage:
-    """Decodes the first frame, applies EXIF orientation, converts and resizes.
+    """Decodes the first frame, applies EXIF orientation, converts and resizes by the rule.
 
     thumbnail_size > 0 also makes a JPEG thumbnail of the upright image.
     """
@@ -107,11 +183,12 @@ def decode(
         _check_pixel_limit(image, max_pixels)
         width, height = _displayed_size(image)
         if jpeg_draft and image.format == "JPEG":
-            draft = max(size, thumbnail_size) * DRAFT_OVERSAMPLE
+            # draft keeps both sides at least the requested one.
+            draft = max(resize.scaled_side, thumbnail_size) * DRAFT_OVERSAMPLE
             image.draft(None, (draft, draft))
         # Animated GIF/WebP and multi-page TIFF open on their first frame.
         rgb = to_rgb(ImageOps.exif_transpose(image))
-        pixels = np.asarray(resize(rgb, size, policy), dtype=np.uint8)
+        pixels = np.asarray(resize.apply(rgb), dtype=np.uint8)
         small = thumbnail(rgb, thumbnail_size) if thumbnail_size > 0 else None
     return DecodedImage(pixels=pixels, width=width, height=height, thumbnail=small)
 

@@ -143,8 +143,7 @@ class LoadImageFn(beam.DoFn):
 
     def __init__(
         self,
-        size: int,
-        policy: str,
+        resize: images.Resize,
         jpeg_draft: bool,
         max_pixels: int,
         thumbnail_size: int = 0,
@@ -152,8 +151,7 @@ class LoadImageFn(beam.DoFn):
         max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         local_paths: bool = True,
     ):
-        self._size = size
-        self._policy = policy
+        self._resize = resize
         self._jpeg_draft = jpeg_draft
         self._max_pixels = max_pixels
         self._thumbnail_size = thumbnail_size
@@ -171,8 +169,7 @@ class LoadImageFn(beam.DoFn):
         try:
             decoded = images.decode(
                 read_bytes(uri, self._max_bytes, local_paths=self._local_paths),
-                self._size,
-                self._policy,
+                self._resize,
                 self._jpeg_draft,
                 self._max_pixels,
                 self._thumbnail_size,
