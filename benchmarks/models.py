@@ -27,8 +27,8 @@ MODELS = ["resnet50", "clip_vit_base_patch16", "siglip2_base_patch16_224", "dino
 def raw_model(model: str, paths: list[str], batch_size: int) -> dict:
     """The pipeline's own embedding function on images the load step already sized."""
     from pipeline.inputs.images import decode
-    from pipeline.models.backbones import ModelSpec, build_embedding_model
-    from pipeline.models.handler import EmbeddingFunction
+    from pipeline.models.backbones import ModelSpec
+    from pipeline.models.handler import EmbeddingFunction, build_embedding_model
 
     spec = ModelSpec.of(model, "random", "avg", 0)
     rule = spec.resize("squash")

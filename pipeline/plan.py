@@ -15,7 +15,7 @@ from pipeline.destinations import (
     WriteVectorSearch,
     parse_table,
 )
-from pipeline.inputs import LoadImages, Resize
+from pipeline.inputs import LoadImages
 from pipeline.local_runner import is_local
 from pipeline.models import KerasEmbeddingHandler, ModelSpec, embedding_shape
 from pipeline.options import EmbeddingOptions, kept_columns
@@ -75,7 +75,7 @@ class RunPlan:
     def load_images(self) -> LoadImages:
         opts = self.opts
         return LoadImages(
-            Resize(self.spec.input_size, opts.resize), opts.jpeg_draft, opts.max_image_pixels,
+            self.spec.resize(opts.resize), opts.jpeg_draft, opts.max_image_pixels,
             THUMBNAIL_SIZE if opts.map else 0,
             max_bytes=opts.max_image_bytes, local_paths=self._local,
         )  # fmt: skip

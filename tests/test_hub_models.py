@@ -157,7 +157,7 @@ def test_a_tiny_preset_embeds_as_keras_hub_does_on_the_original_preprocessing(
     )
     assert made["resize"] == line.resize.describe()
     assert made["embedding_shape"] == [expected[PHOTO_PATHS[0]].shape[0]]
-    metadata = read_parquet(output).schema.metadata
+    metadata = read_parquet(output)[0].schema.metadata
     assert metadata[b"model"].decode() == model
     assert metadata[b"pooling"].decode() == line.pooling
 

@@ -29,7 +29,7 @@ def keras_backbone(model_name: str):
     import keras
 
     keras.utils.set_random_seed(SEED)
-    constructor = getattr(keras.applications, BACKBONES[model_name].application)
+    constructor = getattr(keras.applications, BACKBONES[model_name].class_name)
     return constructor(weights=None, include_top=False, input_shape=(224, 224, 3), pooling=None)
 
 

@@ -191,16 +191,3 @@ def decode(
         pixels = np.asarray(resize.apply(rgb), dtype=np.uint8)
         small = thumbnail(rgb, thumbnail_size) if thumbnail_size > 0 else None
     return DecodedImage(pixels=pixels, width=width, height=height, thumbnail=small)
-
-
-@dataclass(frozen=True)
-class Resize:
-    """How the load step sizes an image for its model."""
-
-    size: int
-    policy: str = "squash"
-    interpolation: str = "bilinear"
-    shorter_side: int = 0
-
-    def describe(self) -> str:
-        return self.policy

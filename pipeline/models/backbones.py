@@ -375,14 +375,10 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
         ) from error
 
 
-def build_embedding_model(spec: ModelSpec) -> keras.Model:
-    """uint8 RGB images in, embeddings out, the model's own normalisation included."""
+def applications_embedding_model(spec: ModelSpec) -> keras.Model:
+    """uint8 RGB images in, embeddings out, preprocess_input included."""
     import keras
 
-    if spec.backbone.library == KERAS_HUB:
-        from pipeline.models import hub
-
-        return hub.embedding_model(spec)
     backbone = build_backbone(spec)
     preprocess_input = getattr(keras.applications, spec.backbone.module).preprocess_input
     size = spec.input_size
@@ -408,5 +404,5 @@ def embedding_shape(spec: ModelSpec) -> tuple[int, ...]:
         return (backbone.embedding_size,)
     if spec.pooling == "none":
         side = backbone.feature_map_size
-        return (side, side, backbone.channels)
-    return (backbone.channels,)
+        return (side, side, backbone.embedding_size)
+    return (backbone.embedding_size,)

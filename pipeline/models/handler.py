@@ -9,10 +9,19 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.common import NAMESPACE
-from pipeline.models.backbones import ModelSpec, build_embedding_model
+from pipeline.models import hub
+from pipeline.models.backbones import KERAS_HUB, ModelSpec, applications_embedding_model
 
 if TYPE_CHECKING:
     import keras
+
+
+def build_embedding_model(spec: ModelSpec) -> keras.Model:
+    """uint8 RGB images, as the load step sized them, in; embeddings out, the model's own
+    normalisation included."""
+    if spec.backbone.library == KERAS_HUB:
+        return hub.embedding_model(spec)
+    return applications_embedding_model(spec)
 
 
 class EmbeddingFunction:
