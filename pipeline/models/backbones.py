@@ -407,5 +407,5 @@ def embedding_shape(spec: ModelSpec) -> tuple[int, ...]:
         return (backbone.embedding_size,)
     if spec.pooling == "none":
         side = backbone.feature_map_size
-        return (side, side, backbone.channels)
-    return (backbone.channels,)
+        return (side, side, backbone.embedding_size)
+    return (backbone.embedding_size,)
