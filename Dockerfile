@@ -48,6 +48,19 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 ENV KERAS_HOME=/opt/keras
 RUN python -c "import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, input_shape=(224, 224, 3))"
 
+# The keras-hub models' pretrained presets named by PRESETS (spaces or commas between names;
+# cloudbuild.yaml's _PRESETS), for the same reason: each is downloaded as keras-hub's
+# from_preset downloads it, copied to /opt/presets/<model>/, and loaded once by keras-hub to
+# prove it; kagglehub's download cache is dropped in the same layer. The launcher refuses
+# --weights pretrained for a keras-hub model not baked in (pipeline/preflight.py), and the
+# workers load the baked copy (pipeline/models/hub.py). About 600 MB for CLIP ViT-B/16 and
+# 90 MB for DINOv2 small (docs/dataflow.md, "Pretrained presets").
+ARG PRESETS="clip_vit_base_patch16 dinov2_small"
+ENV PIPELINE_PRESETS=/opt/presets
+COPY templates/bake_presets.py ./
+RUN KAGGLEHUB_CACHE=/tmp/kagglehub python bake_presets.py "${PIPELINE_PRESETS}" "${PRESETS}" \
+    && rm -rf /tmp/kagglehub
+
 # The launcher runs this file; no FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE or
 # FLEX_TEMPLATE_PYTHON_SETUP_FILE, which would make it pip-install at every launch.
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py

@@ -247,6 +247,7 @@ def launcher_environment(emulator: str, metadata: str) -> dict[str, str]:
         "FLEX_TEMPLATE_PYTHON_PY_FILE": "/template/main.py",
         "PIPELINE_CONTAINER_IMAGE": IMAGE,
         "KERAS_HOME": "/opt/keras",
+        "PIPELINE_PRESETS": "/opt/presets",
         "STORAGE_EMULATOR_HOST": emulator,
         **metadata_environment(metadata),
     }

@@ -34,6 +34,7 @@ from cloud import (
 )
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
+from pipeline.models import BAKED_PRESETS, KERAS_HUB
 from pipeline.models.backbones import BACKBONES
 from pipeline.options import build_parser, parse_options
 from pipeline.options.describe import metadata_text
@@ -100,7 +101,7 @@ def test_enum_options_are_the_pipeline_choices():
 MALFORMED = {
     "input": ["/local/images.csv", "gs://", "gs://b/x.csv", "https://example.com/a.csv"],
     "output": ["out/dir", "gs:/bucket", "s3://bucket/out"],
-    "weights": ["imagenet21k", "/tmp/w.h5", "gs://bucket/weights.bin"],
+    "weights": ["imagenet21k", "/tmp/w.h5", "gs://b/weights.h5", "gs://bucket/"],
     "jpeg_draft": ["yes please", ""],
     "max_failure_fraction": ["1.5", "-0.1", "half"],
     "max_num_workers": ["0", "-3", "ten"],
@@ -157,6 +158,21 @@ def substituted(value: str) -> str:
 
 def cloudbuild_step(step_id: str) -> dict:
     return next(step for step in CLOUDBUILD["steps"] if step["id"] == step_id)
+
+
+def dockerfile_presets() -> list[str]:
+    text = (REPO / "Dockerfile").read_text()
+    [value] = re.findall(r'^ARG PRESETS="([^"]*)"$', text, re.MULTILINE)
+    return value.split()
+
+
+def test_cloudbuild_builds_the_image_with_its_presets():
+    build = [substituted(a) for a in cloudbuild_step("build")["args"]]
+    presets = CLOUDBUILD["substitutions"]["_PRESETS"]
+    assert build[build.index(f"PRESETS={presets}") - 1] == "--build-arg"
+    # One default, the Dockerfile's; each a keras-hub model the launcher may be asked for.
+    assert presets.split() == dockerfile_presets()
+    assert presets.split() and all(BACKBONES[m].library == KERAS_HUB for m in presets.split())
 
 
 def test_cloudbuild_tags_builds_pushes_and_templates_the_same_unique_image():
@@ -501,11 +517,25 @@ def test_dockerfile_versions_agree_with_requirements_and_pyproject():
     assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
 
 
+def test_the_image_bakes_the_presets_it_is_built_with_where_workers_look():
+    """templates/bake_presets.py (tests/test_presets.py) fills the folder that
+    pipeline/models/weights.py's baked_preset reads, from the PRESETS build argument."""
+    text = (REPO / "Dockerfile").read_text()
+    [folder] = re.findall(rf"^ENV {BAKED_PRESETS}=(\S+)$", text, re.MULTILINE)
+    assert folder == "/opt/presets"
+    assert "COPY templates/bake_presets.py ./" in text
+    [bake] = [line for line in text.splitlines() if "python bake_presets.py" in line]
+    assert f'python bake_presets.py "${{{BAKED_PRESETS}}}" "${{PRESETS}}"' in bake
+    assert text.index("ARG PRESETS=") < text.index(bake)
+    assert text.index(f"ENV {BAKED_PRESETS}=") < text.index(bake)
+    assert text.index("COPY pipeline ./pipeline") < text.index(bake)  # it reads the table
+
+
 def test_the_image_holds_the_default_models_imagenet_weights():
     """Baked at build time, loaded once by Keras there: workers need no download."""
     text = (REPO / "Dockerfile").read_text()
     assert "ENV KERAS_HOME=/opt/keras" in text
     default = BACKBONES[build_parser().get_default("model")]
     [bake] = [run for run in text.splitlines() if "weights='imagenet'" in run]
-    assert f"keras.applications.{default.application}(weights='imagenet'" in bake
+    assert f"keras.applications.{default.class_name}(weights='imagenet'" in bake
     assert text.index("ENV KERAS_HOME") < text.index(bake)
