@@ -28,8 +28,9 @@ test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs C
 	tests/install_browser.sh
 	$(PYTEST) --dist loadfile
 
-test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in about a minute
-	$(PYTEST) --dist load -m "not pipeline_run"
+# What earns a test its place in the fast tier: pyproject.toml, next to the markers.
+test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in under a minute
+	$(PYTEST) --dist load -m "not pipeline_run and not slow"
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)

@@ -188,13 +188,16 @@ def metadata_environment(address: str) -> dict[str, str]:
 
 
 def gcloud_config(directory: Path, project: str, overrides: dict[str, str]) -> dict[str, str]:
-    """An isolated gcloud configuration: no credentials, APIs sent to local URLs."""
+    """An isolated gcloud configuration: no credentials, APIs sent to local URLs.
+
+    Each property goes in gcloud's own CLOUDSDK_<SECTION>_<PROPERTY> variable, which it
+    reads as it reads `gcloud config set` (each of those is a half-second start-up).
+    """
     env = {**os.environ, "CLOUDSDK_CONFIG": str(directory), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
     settings = {"auth/disable_credentials": "true", "core/project": project}
     settings.update({f"api_endpoint_overrides/{api}": url for api, url in overrides.items()})
     for key, value in settings.items():
-        subprocess.run([GCLOUD, "config", "set", key, value], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        env["CLOUDSDK_" + key.replace("/", "_").upper()] = value
     return env
 
 

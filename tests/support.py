@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
@@ -12,9 +13,13 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
+
+if TYPE_CHECKING:
+    from apache_beam.testing.test_pipeline import TestPipeline
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "tests" / "data" / "photos"
@@ -116,6 +121,21 @@ def write_csv(path: Path, uris: list[str], header: bool = True) -> Path:
     return path
 
 
+def local_pipeline() -> TestPipeline:
+    """A TestPipeline that runs as a local run does: FnApiRunner, in this process.
+
+    TestPipeline would also rebuild the pipeline from its runner-API proto and run that
+    copy; beam.Pipeline skips that round trip for FnApiRunner, and so does a local run.
+    It costs about a third of a many-step pipeline's time (the near-duplicate rounds).
+    The runner still executes the proto, so every DoFn is pickled and unpickled.
+    """
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    pipeline = TestPipeline(runner="FnApiRunner")
+    pipeline.not_use_test_runner_api = True
+    return pipeline
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """python -m pipeline ARGS, as a user runs it, from the repository root."""
     return subprocess.run(
@@ -200,6 +220,23 @@ def snapshot(root: Path) -> dict[str, str]:
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """||actual - expected|| / ||expected||: one number per embedding."""
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+# The seed of the Keras backbones the tests build: one build per model serves them all.
+BACKBONE_SEED = 5
+
+
+@functools.cache
+def keras_backbone(model_name: str):
+    """Keras's own model for a BACKBONES entry, without top or pooling, on random weights
+    seeded with BACKBONE_SEED; built once per test process (a second or more each)."""
+    import keras
+
+    from pipeline.models.backbones import BACKBONES
+
+    keras.utils.set_random_seed(BACKBONE_SEED)
+    constructor = getattr(keras.applications, BACKBONES[model_name].class_name)
+    return constructor(weights=None, include_top=False, input_shape=(224, 224, 3), pooling=None)
 
 
 def keras_reference(model, paths: list[str], resize: str = "squash") -> dict[str, np.ndarray]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
+from collections.abc import Iterable
 
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from support import local_pipeline
 
 from pipeline.similarity.duplicates import (
     STAR_ROUNDS,
@@ -26,22 +28,25 @@ def name(index: int) -> str:
     return f"gs://b/{index:06d}.jpg"
 
 
-def star_round(edges: set[tuple[str, str]], step) -> set[tuple[str, str]]:
-    neighbours: dict[str, list[str]] = {}
+def neighbours_of(edges: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    neighbours: dict[str, set[str]] = collections.defaultdict(set)
     for a, b in edges:
-        neighbours.setdefault(a, []).append(b)
-        neighbours.setdefault(b, []).append(a)
-    return {edge for node in neighbours.items() for edge in step(node)}
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    return neighbours
+
+
+def star_round(neighbours: dict[str, set[str]], step) -> dict[str, set[str]]:
+    """step on every node with its neighbours, as the pipeline's GroupByKey hands them;
+    the neighbours along the edges it gives."""
+    return neighbours_of(edge for node in neighbours.items() for edge in step(node))
 
 
 def rounds_to_stars(edges: set[tuple[str, str]]) -> int:
     """Rounds of large-star then small-star until every node is a centre or a leaf."""
+    neighbours = neighbours_of(edges)
     for count in itertools.count(1):
-        edges = star_round(star_round(edges, large_star), small_star)
-        neighbours: dict[str, list[str]] = {}
-        for a, b in edges:
-            neighbours.setdefault(a, []).append(b)
-            neighbours.setdefault(b, []).append(a)
+        neighbours = star_round(star_round(neighbours, large_star), small_star)
         if not any(not_a_star(node) for node in neighbours.items()):
             return count
 
@@ -72,14 +77,14 @@ def test_components_equal_union_finds_on_random_graphs_and_chains():
     nodes = [name(int(i)) for i in generator.permutation(3000)]
     edges = [(nodes[a], nodes[b]) for a, b in generator.integers(3000, size=(1800, 2)) if a != b]
     edges += list(itertools.pairwise(nodes[:500]))  # a long chain in random URI order
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         labels = p | beam.Create(edges) | FindComponents() | beam.Distinct()
         assert_that(labels, equal_to(expected_labels(edges)))
 
 
 def test_too_few_rounds_fail_the_run_rather_than_split_a_component():
     edges = list(itertools.pairwise(name(i) for i in range(64)))
-    with pytest.raises(Exception, match="were not found in 1 rounds"), TestPipeline() as p:
+    with pytest.raises(Exception, match="were not found in 1 rounds"), local_pipeline() as p:
         _ = p | beam.Create(edges) | FindComponents(rounds=1)
     assert issubclass(NotConvergedError, RuntimeError)
 

@@ -356,6 +356,7 @@ def dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, flags=re.MULTILINE))
 
 
+@pytest.mark.slow  # a fresh launcher interpreter builds, translates and stages every branch
 def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     """Google's launcher: DataflowRunner flags, the parameters, the image's environment.
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
-from support import PHOTO_PATHS, relative_error
+from support import BACKBONE_SEED, PHOTO_PATHS, keras_backbone, relative_error
 
 from pipeline.inputs.images import Resize, decode
 from pipeline.models.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
@@ -14,7 +12,7 @@ from pipeline.models.handler import KerasEmbeddingHandler
 from pipeline.models.weights import WeightsUnavailableError
 from pipeline.preflight import check_weights
 
-SEED = 5
+SEED = BACKBONE_SEED  # the handler's seed: its backbone is keras_backbone's
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +21,29 @@ def images():
     return [decode(open(p, "rb").read(), Resize(224), jpeg_draft=False).pixels for p in paths]
 
 
-@functools.cache
-def keras_backbone(model_name: str):
-    """Keras's own backbone without pooling, on the test's seeded random weights."""
-    import keras
+@pytest.fixture(scope="module")
+def keras_maps(images):
+    """Keras's feature maps of the images per (model, preprocess_input or not), made once
+    each: a model's references for every pooling start from the same maps."""
+    made: dict[tuple[str, bool], np.ndarray] = {}
 
-    keras.utils.set_random_seed(SEED)
-    constructor = getattr(keras.applications, BACKBONES[model_name].class_name)
-    return constructor(weights=None, include_top=False, input_shape=(224, 224, 3), pooling=None)
+    def maps(model_name: str, preprocess: bool = True) -> np.ndarray:
+        import keras
+
+        if (model_name, preprocess) not in made:
+            batch = np.stack(images).astype(np.float32)
+            if preprocess:
+                module = getattr(keras.applications, BACKBONES[model_name].module)
+                batch = module.preprocess_input(batch)
+            model = keras_backbone(model_name)
+            made[model_name, preprocess] = np.asarray(model(batch, training=False))
+        return made[model_name, preprocess]
+
+    return maps
 
 
-def reference(
-    model_name: str, pooling: str, images: list[np.ndarray], preprocess: bool = True
-) -> np.ndarray:
-    """Keras's feature maps of preprocess_input(images), pooled by numpy as Keras defines it."""
-    import keras
-
-    batch = np.stack(images).astype(np.float32)
-    if preprocess:
-        module = getattr(keras.applications, BACKBONES[model_name].module)
-        batch = module.preprocess_input(batch)
-    maps = np.asarray(keras_backbone(model_name)(batch, training=False))
+def pooled(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """Feature maps pooled by numpy as Keras defines it."""
     if pooling == "avg":
         return maps.mean(axis=(1, 2))
     if pooling == "max":
@@ -76,29 +76,26 @@ def embed(images):
         ("efficientnet_b0", "avg", (1280,)),
     ],
 )
-def test_handler_equals_keras_with_preprocess_input(model_name, pooling, shape, images, embed):
+def test_handler_equals_keras_with_preprocess_input(model_name, pooling, shape, embed, keras_maps):
     got = embed(model_name, pooling)
-    expected = reference(model_name, pooling, images)
+    expected = pooled(keras_maps(model_name), pooling)
     assert embedding_shape(ModelSpec(model_name, "random", pooling, SEED)) == shape
     for actual, wanted in zip(got, expected, strict=True):
         assert actual.shape == shape and actual.dtype == np.float32
         assert relative_error(actual, wanted) <= 1e-4
 
 
-def test_preprocess_input_is_really_applied(images, embed):
+def test_preprocess_input_is_really_applied(embed, keras_maps):
     """Feeding raw 0-255 RGB, as the original article did, gives other numbers."""
     got = embed("resnet50", "avg")
-    without = reference("resnet50", "avg", images, preprocess=False)
+    without = pooled(keras_maps("resnet50", preprocess=False), "avg")
     for actual, raw in zip(got, without, strict=True):
         assert relative_error(actual, raw) > 0.01
 
 
 def test_a_weights_file_of_another_model_is_refused_at_launch(tmp_path):
-    import keras
-
-    other = keras.applications.EfficientNetB0(weights=None, include_top=False)
     path = tmp_path / "efficientnet.weights.h5"
-    other.save_weights(path)
+    keras_backbone("efficientnet_b0").save_weights(path)
     with pytest.raises(WeightsUnavailableError, match="does not fit resnet50"):
         check_weights(ModelSpec("resnet50", str(path), "avg"), local=True)
     with pytest.raises(WeightsUnavailableError, match="cannot read --weights"):

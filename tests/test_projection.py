@@ -7,8 +7,8 @@ import pickle
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
+from support import local_pipeline
 
 from pipeline.report.projection import Moments, PrincipalComponentsFn, principal_components
 
@@ -87,7 +87,7 @@ def test_in_a_beam_pipeline():
         (projection,) = outputs
         assert_matches_numpy(projection, matrix)
 
-    with test_pipeline.TestPipeline() as p:
+    with local_pipeline() as p:
         result = p | beam.Create(list(matrix)) | beam.CombineGlobally(PrincipalComponentsFn())
         assert_that(result, check)
 

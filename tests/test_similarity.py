@@ -11,9 +11,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from support import cosine_matrix, embeddings_table, read_neighbors
+from support import cosine_matrix, embeddings_table, local_pipeline, read_neighbors
 
 from pipeline.options import UsageError, parse_options
 from pipeline.similarity.find import FindSimilar, SimilaritySettings
@@ -49,11 +48,20 @@ def store(folder: Path, vectors: np.ndarray, sizes: np.ndarray | None = None) ->
 
 
 def find_similar(folder: Path, files: list[str], settings: SimilaritySettings) -> None:
-    with TestPipeline() as p:
-        _ = {"files": p | beam.Create(files)} | FindSimilar(
-            str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
-        )
-    assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
+    find_similar_in_each({folder: files}, settings)
+
+
+def find_similar_in_each(collections: dict[Path, list[str]], settings: SimilaritySettings):
+    """FindSimilar on each collection, into its own folder; one pipeline runs them all, as
+    each pipeline pays a few seconds for the near-duplicate rounds' hundreds of steps."""
+    with local_pipeline() as p:
+        for folder, files in collections.items():
+            files_read = p | f"Files {folder.name}" >> beam.Create(files)
+            _ = {"files": files_read} | f"Find similar {folder.name}" >> FindSimilar(
+                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
+            )
+    for folder in collections:
+        assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
 
 
 def read_groups(folder: Path) -> dict[int, dict[str, float]]:
@@ -299,7 +307,7 @@ def test_grouping_through_files_equals_group_by_key(tmp_path):
         key, values = keyed
         return key, len(values), round(float(np.sum(values)), 6)
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         grouped = (
             p
             | beam.Create(pairs)
@@ -338,9 +346,10 @@ def test_tiny_collections_are_still_answered(tmp_path):
         # One image: a row with no neighbours.
         "one": (image[None, :], [[]], [[]], 0),
     }
+    collections = {tmp_path / name: store(tmp_path / name, case[0]) for name, case in cases.items()}
+    find_similar_in_each(collections, SimilaritySettings(3, 1.0, 200, 3, seed=0))
     for name, (vectors, names, similarities, groups) in cases.items():
         folder = tmp_path / name
-        find_similar(folder, store(folder, vectors), SimilaritySettings(3, 1.0, 200, 3, seed=0))
         found = read_neighbors(folder)
         assert [found[uri(i)][0] for i in range(len(vectors))] == names, name
         for i, expected in enumerate(similarities):

@@ -8,8 +8,8 @@ import os
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from support import local_pipeline
 
 from pipeline.inputs.sources import (
     CsvLayout,
@@ -23,7 +23,7 @@ from pipeline.local_runner import use_local_runner_defaults
 
 
 def run_read(path, expected_uris, rows, duplicates, failed_lines):
-    with TestPipeline(runner="FnApiRunner") as p:
+    with local_pipeline() as p:
         result = p | ReadImageUris(str(path))
         assert_that(result["uris"] | beam.Keys(), equal_to(expected_uris), label="uris")
         assert_that(result["rows"], equal_to([rows]), label="rows")
@@ -84,7 +84,7 @@ def test_kept_columns_travel_exactly_and_repeats_that_disagree_are_dead_lettered
         handle.write("x,gs://b/5.jpg,one,too many\n")  # an unquoted comma
     layout = keep_columns_layout(str(path), ("note", "label"))
     assert (layout.column, layout.kept) == (1, (2, 0))
-    with TestPipeline(runner="FnApiRunner") as p:
+    with local_pipeline() as p:
         result = p | ReadImageUris(str(path), keep_columns=("note", "label"))
         expected = [(uri, (note, label)) for uri, (label, note) in AWKWARD.items()]
         assert_that(result["uris"], equal_to(expected), label="rows")

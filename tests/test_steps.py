@@ -10,9 +10,8 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from support import PHOTO_PATHS, make_bad_inputs
+from support import PHOTO_PATHS, local_pipeline, make_bad_inputs
 
 from pipeline.common.records import STAGES, Failure, ImageKey
 from pipeline.inputs.images import Resize, decode
@@ -23,11 +22,6 @@ from pipeline.outputs.sinks import WriteFailures
 from pipeline.summary import RunFailedError, check, summarise
 
 SIZE = 224
-
-
-def local_pipeline() -> TestPipeline:
-    # FnApiRunner in memory: Beam's DirectRunner would first try to download Prism.
-    return TestPipeline(runner="FnApiRunner")
 
 
 def failure_fields(failure: Failure) -> tuple[str, str, str]:

@@ -20,7 +20,7 @@ from cloud import (
     launcher_environment,
     storage_emulator,
 )
-from support import PHOTO_PATHS, run_cli, write_csv
+from support import PHOTO_PATHS, keras_backbone, run_cli, write_csv
 
 from pipeline.models.backbones import APPLICATIONS, BACKBONES, ModelSpec, embedding_shape
 from pipeline.models.weights import (
@@ -33,15 +33,6 @@ from pipeline.models.weights import (
     read_layout,
 )
 from pipeline.preflight import check_weights
-
-
-def keras_backbone(name: str, pooling: str | None = None):
-    import keras
-
-    backbone = BACKBONES[name]
-    return getattr(keras.applications, backbone.class_name)(
-        weights=None, include_top=False, input_shape=(224, 224, 3), pooling=pooling
-    )
 
 
 def save_legacy_h5(model, path: Path) -> None:
