@@ -83,6 +83,8 @@ def dinov2_preset(tmp_path_factory) -> Path:
     return small_preset(tmp_path_factory.mktemp("dinov2") / "preset")
 
 
+# slow: the bake script's process imports TensorFlow and keras-hub and loads the preset.
+@pytest.mark.slow
 def test_bake_copies_the_downloaded_preset_and_fails_on_one_it_cannot_download(
     dinov2_preset, tmp_path
 ):
@@ -145,6 +147,8 @@ def launch(model: str, presets: Path, job_object: str) -> tuple[subprocess.Compl
     return result, blobs
 
 
+# slow: a fresh launcher process builds and stages the whole job graph.
+@pytest.mark.slow
 def test_the_launcher_refuses_a_keras_hub_model_the_image_does_not_hold(dinov2_preset, tmp_path):
     presets = tmp_path / "presets"
     shutil.copytree(dinov2_preset, presets / "dinov2_small")
