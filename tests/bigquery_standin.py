@@ -5,7 +5,9 @@ No BigQuery emulator runs here and loads Parquet (see docs/testing.md,
 tables (read, and their description patched) and tabledata reads, load jobs from gs://
 Parquet files (read from the GCS emulator, with BigQuery's documented type mapping and
 list inference, and the destination table's description as jobs.insert documents it),
-and the two statements the pipeline runs (CREATE VECTOR INDEX, TRUNCATE TABLE). A test
+the two statements the pipeline runs (CREATE VECTOR INDEX, TRUNCATE TABLE), and
+search-images' VECTOR_SEARCH (cosine distance over the stored rows, the query vector
+read from the request's parameter). A test
 can make the next jobs fail as a transient backend error would. Every request is
 checked against the discovery document (method, path, query parameters, body fields,
 types, enums) and so is every answer it gives; a request that fails the check gets a
@@ -41,6 +43,16 @@ _VECTOR_INDEX = re.compile(
     r"OPTIONS\(index_type = '(?P<type>\w+)', distance_type = '(?P<distance>\w+)'\)"
 )
 _TRUNCATE = re.compile(r"TRUNCATE TABLE `(?P<table>[^`]+)`")
+# search-images' statement (pipeline/search/bigquery.py): the k nearest rows by cosine
+# distance to the query parameter, as VECTOR_SEARCH returns them
+# (cloud.google.com/bigquery/docs/reference/standard-sql/search_functions#vector_search).
+_VECTOR_SEARCH = re.compile(
+    r"SELECT base\.uri AS uri, 1 - distance AS similarity(?P<kept>(, base\.`\w+` AS `\w+`)*) "
+    r"FROM VECTOR_SEARCH\(TABLE `(?P<table>[^`]+)`, '(?P<column>\w+)', "
+    r"\(SELECT @(?P<parameter>\w+) AS (?P<query_column>\w+)\), top_k => (?P<k>[1-9][0-9]*), "
+    r"distance_type => 'COSINE'\) ORDER BY similarity DESC, uri"
+)
+_KEPT = re.compile(r", base\.`(\w+)` AS `(\w+)`")
 # Query parameters the official client sends that the discovery document does not list
 # for that method (google-cloud-bigquery's get_job asks for projection=full).
 _CLIENT_EXTRAS = {("bigquery.jobs.get", "projection")}
@@ -118,6 +130,8 @@ class BigQueryStandIn(LoopbackServer):
         self.tables: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
         self.vector_indexes: dict[str, dict] = {}
+        self.results: dict[str, tuple[list[dict], list[dict]]] = {}  # job id: schema, rows
+        self.searches: list[dict] = []  # each VECTOR_SEARCH statement and its parameters
         self.requests: list[tuple[str, str]] = []
         self.invalid: list[str] = []
         self.fail_loads_with: str | None = None
@@ -167,6 +181,8 @@ class BigQueryStandIn(LoopbackServer):
             if not known and (method["id"], name) not in _CLIENT_EXTRAS:
                 return self._invalid(f"{method['id']}: unknown query parameter {name!r}")
         request = json.loads(body) if body else None
+        if method["id"] == "bigquery.jobs.insert":
+            _client_float_parameters(request)
         if "request" in method:
             errors = schema_errors(request, method["request"]["$ref"], self.document)
             if errors:
@@ -206,6 +222,8 @@ class BigQueryStandIn(LoopbackServer):
             return 200, self._job(path["jobId"], query.get("location"))
         if method_id == "bigquery.jobs.getQueryResults":
             job = self._job(path["jobId"], query.get("location"))
+            if path["jobId"] in self.results:
+                return 200, self._query_results(job, self.results[path["jobId"]], query)
             return 200, {
                 "kind": "bigquery#getQueryResultsResponse",
                 "jobReference": job["jobReference"],
@@ -299,8 +317,11 @@ class BigQueryStandIn(LoopbackServer):
             if "load" in configuration:
                 statistics = {"load": self._load(configuration["load"])}
             elif "query" in configuration:
-                self._query(configuration["query"]["query"])
-                statistics = {"query": {"statementType": "DDL"}}
+                results = self._query(configuration["query"]["query"], configuration["query"])
+                kind_of = "SELECT" if results is not None else "DDL"
+                statistics = {"query": {"statementType": kind_of}}
+                if results is not None:
+                    self.results[job_id] = results
             else:
                 raise BigQueryError("invalid", "the stand-in runs load and query jobs only")
             status = {"state": "DONE"}
@@ -386,7 +407,74 @@ class BigQueryStandIn(LoopbackServer):
             raise BigQueryError("notFound", f"Not found: URI {uri}")
         return pq.read_table(io.BytesIO(blob.download_as_bytes()))
 
-    def _query(self, statement: str) -> None:
+    def _query_results(self, job: dict, results: tuple[list[dict], list[dict]], query: dict):
+        """A SELECT's rows, a page at a time (maxResults, pageToken or startIndex)."""
+        schema, rows = results
+        start = int(query.get("pageToken") or query.get("startIndex") or 0)
+        count = int(query["maxResults"]) if "maxResults" in query else len(rows)
+        page = rows[start : start + count]
+        answer = {
+            "kind": "bigquery#getQueryResultsResponse",
+            "jobReference": job["jobReference"],
+            "jobComplete": True,
+            "totalRows": str(len(rows)),
+            "schema": {"fields": schema},
+            "rows": [{"f": [{"v": _cell(row[f["name"]], f)} for f in schema]} for row in page],
+        }
+        if start + count < len(rows):
+            answer["pageToken"] = str(start + count)
+        return answer
+
+    def _vector_search(self, found: re.Match, configuration: dict):
+        """The statement's answer: cosine distance (1 - cos) over the stored rows, the
+        query vector read from the request's ARRAY<FLOAT64> parameter, k nearest."""
+        import numpy as np
+
+        table = self._table(found["table"])
+        if found["query_column"] != found["column"]:
+            raise BigQueryError("invalidQuery", "the query column must be the searched one")
+        parameters = {p["name"]: p for p in configuration.get("queryParameters", [])}
+        parameter = parameters.get(found["parameter"])
+        if configuration.get("useLegacySql", True) or parameter is None:
+            raise BigQueryError("invalidQuery", f"Query parameter '{found['parameter']}' not found")
+        declared = parameter["parameterType"]
+        if declared != {"type": "ARRAY", "arrayType": {"type": "FLOAT64"}}:
+            raise BigQueryError("invalidQuery", f"@{found['parameter']} is {declared}")
+        vector = np.array([float(v["value"]) for v in parameter["parameterValue"]["arrayValues"]])
+        fields = {f["name"]: f for f in table["schema"]}
+        column = fields.get(found["column"])
+        if not column or (column["type"], column.get("mode")) != ("FLOAT", "REPEATED"):
+            raise BigQueryError("invalidQuery", f"{found['column']} is not ARRAY<FLOAT64>")
+        kept = [name for name, alias in _KEPT.findall(found["kept"]) if name == alias]
+        if len(kept) != len(_KEPT.findall(found["kept"])) or not set(kept) <= set(fields):
+            raise BigQueryError("invalidQuery", f"Unrecognized name in {found['kept']}")
+        self.searches.append({"statement": found.string, "configuration": configuration})
+        scored = []
+        for row in table["rows"]:
+            stored = np.array(row[found["column"]], dtype=np.float64)
+            if len(stored) != len(vector):
+                raise BigQueryError("invalidQuery", "vectors of different lengths")
+            cosine = stored @ vector / (np.linalg.norm(stored) * np.linalg.norm(vector))
+            scored.append((float(1 - cosine), row))
+        nearest = sorted(scored, key=lambda item: item[0])[: int(found["k"])]
+        schema = [
+            {"name": "uri", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "similarity", "type": "FLOAT", "mode": "NULLABLE"},
+            *({**fields[name], "mode": "NULLABLE"} for name in kept),
+        ]
+        rows = [
+            {"uri": row["uri"], "similarity": 1 - distance, **{n: row[n] for n in kept}}
+            for distance, row in nearest
+        ]
+        rows.sort(key=lambda row: (-row["similarity"], row["uri"]))
+        return schema, rows
+
+    def _query(self, statement: str, configuration: dict | None = None):
+        """Runs a statement; a SELECT's (schema, rows), None for the others."""
+        flat = " ".join(statement.split())
+        search = _VECTOR_SEARCH.fullmatch(flat)
+        if search:
+            return self._vector_search(search, configuration or {})
         index = _VECTOR_INDEX.fullmatch(statement.strip())
         truncate = _TRUNCATE.fullmatch(statement.strip())
         if index:
@@ -401,6 +489,20 @@ class BigQueryStandIn(LoopbackServer):
             self._table(truncate["table"])["rows"] = []
         else:
             raise BigQueryError("invalidQuery", f"the stand-in does not run: {statement}")
+        return None
+
+
+def _client_float_parameters(job: dict | None) -> None:
+    """google-cloud-bigquery sends FLOAT64 query parameter values as JSON numbers
+    (_helpers._float_to_json), where the discovery document types
+    QueryParameterValue.value as a string; the service takes both. Each such number is
+    made the string it stands for before the check, so that all else is still checked."""
+    query = ((job or {}).get("configuration") or {}).get("query") or {}
+    for parameter in query.get("queryParameters") or []:
+        value = parameter.get("parameterValue") or {}
+        for item in [value, *(value.get("arrayValues") or [])]:
+            if isinstance(item.get("value"), float):
+                item["value"] = repr(item["value"])
 
 
 def _error(code: int, reason: str, message: str) -> dict:

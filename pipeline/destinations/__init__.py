@@ -9,6 +9,7 @@ from pipeline.destinations.bigquery import (
     check_dataset,
     check_table_matches,
     parse_table,
+    recorded_metadata,
 )
 from pipeline.destinations.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
 from pipeline.destinations.vectorsearch import WriteVectorSearch, foreign_files, vector_files
@@ -27,5 +28,6 @@ __all__ = [
     "describe_vector_files",
     "foreign_files",
     "parse_table",
+    "recorded_metadata",
     "vector_files",
 ]

@@ -1,7 +1,7 @@
 """The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
 
 from pipeline.inputs.images import Resize
-from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImages
+from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImageFn, LoadImages
 from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
@@ -14,6 +14,7 @@ from pipeline.inputs.sources import (
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "InputError",
+    "LoadImageFn",
     "LoadImages",
     "ReadImageUris",
     "Resize",

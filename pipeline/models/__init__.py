@@ -10,7 +10,8 @@ from pipeline.models.backbones import (
     embedding_shape,
 )
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
-from pipeline.models.handler import KerasEmbeddingHandler
+from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
+from pipeline.models.text import TextTower
 from pipeline.models.weights import (
     BAKED_PRESETS,
     WeightsUnavailableError,
@@ -26,12 +27,15 @@ __all__ = [
     "BAKED_PRESETS",
     "KERAS_HUB",
     "Backbone",
+    "EmbeddingFunction",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
     "ModelSpec",
     "ReportProgressFn",
+    "TextTower",
     "WeightsUnavailableError",
     "baked_preset",
+    "build_embedding_model",
     "check_preset_folder",
     "check_weights_file",
     "embedding_shape",
