@@ -1,5 +1,5 @@
 """The models: the table of backbones (keras.applications and keras-hub) and their
-weights, the RunInference handler, the extraction step."""
+weights, the RunInference handler, the extraction step, zero-shot labels."""
 
 from pipeline.models.backbones import (
     APPLICATIONS,
@@ -11,6 +11,17 @@ from pipeline.models.backbones import (
 )
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import KerasEmbeddingHandler
+from pipeline.models.labels import (
+    DEFAULT_TEMPLATE,
+    EMBEDDED_COUNTER,
+    MAX_LABELS,
+    TOP_LABELS,
+    LabelImages,
+    LabelList,
+    LabelsError,
+    check_template,
+    read_labels,
+)
 from pipeline.models.weights import (
     BAKED_PRESETS,
     WeightsUnavailableError,
@@ -24,16 +35,25 @@ __all__ = [
     "APPLICATIONS",
     "BACKBONES",
     "BAKED_PRESETS",
+    "DEFAULT_TEMPLATE",
+    "EMBEDDED_COUNTER",
     "KERAS_HUB",
+    "MAX_LABELS",
+    "TOP_LABELS",
     "Backbone",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
+    "LabelImages",
+    "LabelList",
+    "LabelsError",
     "ModelSpec",
     "ReportProgressFn",
     "WeightsUnavailableError",
     "baked_preset",
     "check_preset_folder",
+    "check_template",
     "check_weights_file",
     "embedding_shape",
     "ensure_imagenet",
+    "read_labels",
 ]
