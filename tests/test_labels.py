@@ -327,3 +327,62 @@ def test_a_labels_list_or_file_drops_blanks_and_repeats_in_the_order_given(tmp_p
     found = read_labels(str(path))
     assert (found.labels, found.source) == (("Zürich", "cat", "dog"), str(path))
     assert read_labels("a,b").source == "list"
+
+
+def test_report_shows_each_labels_images_and_colours_the_map_in_chromium(presets, tmp_path):
+    """report.html with --map: the Labels section's counts and thumbnails are the Parquet
+    rows', and the map's dots take each label's legend colour once asked to."""
+    from browser import chromium, console_problems, save_screenshot
+    from selenium.webdriver.common.by import By
+
+    output = tmp_path / "out"
+    result = run_cli(
+        "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
+        "--output", str(output), "--model", MODELS["clip"], "--weights", str(presets["clip"]),
+        "--zero_shot_labels", ",".join(LABELS), "--map",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = parquet_rows(output)
+    counts = summary(output)["labels"]["label_counts"]
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        table = driver.find_element(By.CSS_SELECTOR, "table.label-counts")
+        cells = [
+            row.find_elements(By.TAG_NAME, "td")
+            for row in table.find_elements(By.TAG_NAME, "tr")[1:]
+        ]
+        assert [(label.text, int(count.text)) for label, count in cells] == list(counts.items())
+        for section in driver.find_elements(By.CSS_SELECTOR, ".label-row"):
+            label = section.get_attribute("data-label")
+            figures = section.find_elements(By.TAG_NAME, "figure")
+            assert 0 < len(figures) <= min(6, counts[label])
+            for figure in figures:
+                assert rows[figure.get_attribute("title")]["label"] == label
+                assert figure.find_element(By.TAG_NAME, "img").get_attribute("naturalWidth") != "0"
+
+        dots = driver.find_elements(By.CSS_SELECTOR, "#label-dots .label-dot")
+        assert len(dots) == len(PHOTO_PATHS)
+        assert not any(dot.is_displayed() for dot in dots)  # until asked for
+        driver.find_element(By.ID, "colour-by-label").click()
+        assert driver.execute_script("return document.body.dataset.colourBy") == "label"
+        legend = {
+            row.text: row.get_attribute("data-colour")
+            for row in driver.find_elements(By.CSS_SELECTOR, "#legend div")
+        }
+        assert list(legend) == list(counts)  # fewer than ten labels: one colour each
+        assert len(set(legend.values())) == len(legend)
+        for dot in dots:
+            assert dot.is_displayed()
+            assert dot.get_attribute("fill") == legend[dot.get_attribute("data-label")]
+        drawn = collections.Counter(dot.get_attribute("data-label") for dot in dots)
+        assert dict(drawn) == counts
+        # The panel names a point's label and score.
+        driver.execute_script(
+            "document.querySelector('#points .point').dispatchEvent("
+            "new PointerEvent('pointermove', {bubbles: true}))"
+        )
+        uri = driver.find_element(By.ID, "detail-uri").text
+        shown = driver.find_element(By.ID, "detail-label").text
+        assert shown == f"label: {rows[uri]['label']} ({rows[uri]['label_score']:.4f})"
+        assert save_screenshot(driver, "report-labels.png").stat().st_size > 10_000
+        assert console_problems(driver) == []
