@@ -47,6 +47,8 @@ def build_pipeline(
     loaded = read["uris"] | "Load images" >> plan.load_images()
     extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(plan.handler())
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
+    if plan.labels:
+        embeddings = embeddings | "Label images" >> plan.label_images()
     stored = embeddings | "Store embeddings" >> plan.store()
     steps = (read, loaded, extracted, stored)
     failures = tuple(step["failed"] for step in steps) | "All failures" >> beam.Flatten()
@@ -120,10 +122,12 @@ def if_passed(summary: dict[str, Any], unused_staged: list[str]):
 
 
 def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
-    """What would otherwise fail only once workers run: input glob and columns, weights,
-    the outputs, the BigQuery dataset."""
+    """What would otherwise fail only once workers run: input glob and columns, the
+    labels, weights, the outputs, the BigQuery dataset."""
     if is_glob(opts.input):
         check_glob(opts.input)
+    if opts.zero_shot_labels:
+        preflight.check_labels(opts.zero_shot_labels)
     keep = kept_columns(opts)
     if keep:
         keep_columns_layout(opts.input, keep)
@@ -144,8 +148,9 @@ def check_earlier_outputs(opts: EmbeddingOptions) -> None:
         spec = model_spec(opts)
         made = embedding_metadata(run_context(opts, spec, embedding_shape(spec)))
         preflight.check_earlier_outputs(
-            opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made
-        )
+            opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made,
+            labelled=bool(opts.zero_shot_labels),
+        )  # fmt: skip
 
 
 def run(argv: Sequence[str]) -> dict[str, Any] | None:

@@ -17,13 +17,21 @@ from pipeline.destinations import (
 )
 from pipeline.inputs import LoadImages
 from pipeline.local_runner import is_local
-from pipeline.models import KerasEmbeddingHandler, ModelSpec, embedding_shape
+from pipeline.models import (
+    KerasEmbeddingHandler,
+    LabelImages,
+    LabelList,
+    ModelSpec,
+    embedding_shape,
+    read_labels,
+)
 from pipeline.options import EmbeddingOptions, kept_columns
 from pipeline.outputs import (
     EMBEDDINGS,
     FAILURES,
     FORMATS,
     SUMMARY,
+    CountLabels,
     OptionalOutput,
     ReadEmbeddedUris,
     embedding_metadata,
@@ -49,6 +57,10 @@ class RunPlan:
         self.spec = model_spec(opts)
         self.shape = embedding_shape(self.spec)
         self.keep = kept_columns(opts)
+        # Read here, in the launching process, and carried to the workers with the step.
+        self.labels: LabelList | None = (
+            read_labels(opts.zero_shot_labels) if opts.zero_shot_labels else None
+        )
         self.stage = run_folder(opts.output, run_id)
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self._local = is_local(options)
@@ -87,6 +99,9 @@ class RunPlan:
             max_batch_size=self.opts.max_batch_size,
         )
 
+    def label_images(self) -> LabelImages:
+        return LabelImages(self.spec, self.labels.labels, self.opts.label_template)
+
     def store(self) -> beam.PTransform:
         opts = self.opts
         return FORMATS[opts.output_format].store(
@@ -97,6 +112,7 @@ class RunPlan:
             self.metadata,
             opts.num_shards,
             self.keep,
+            labelled=self.labels is not None,
         )
 
     def publish_plan(self) -> PublishPlan:
@@ -111,6 +127,9 @@ class RunPlan:
         )
 
     # The optional outputs, one method each; optional_outputs says which a run writes.
+
+    def count_labels(self) -> CountLabels:
+        return CountLabels(self.labels, self.opts.label_template)
 
     def find_similar(self) -> FindSimilar:
         opts = self.opts
@@ -142,7 +161,7 @@ class RunPlan:
         return LoadIntoBigQuery(
             LoadIntoBigQueryFn(
                 parse_table(opts.bigquery_table), opts.output, self.run_id,
-                parquet_schema(self.shape, self.metadata, self.keep).names,
+                parquet_schema(self.shape, self.metadata, self.keep, self.labels is not None).names,
                 opts.bigquery_vector_index,
                 this_run_shards=shard_prefix(self.stage, EMBEDDINGS, self.run_id) + "-*.parquet",
                 metadata=embedding_metadata(self.context),
@@ -155,6 +174,7 @@ def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
     it gave (the map shows the neighbours). A new output is one line here."""
     opts = plan.opts
     wanted: list[tuple[Any, Callable[[], OptionalOutput]]] = [
+        (plan.labels, plan.count_labels),
         (opts.neighbors or opts.duplicate_threshold, plan.find_similar),
         (opts.vector_search_output, plan.vector_search_files),
         (opts.map, plan.map_embeddings),

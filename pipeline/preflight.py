@@ -18,15 +18,24 @@ from pipeline.models import (
     BACKBONES,
     BAKED_PRESETS,
     KERAS_HUB,
+    LabelList,
+    LabelsError,
     ModelSpec,
     WeightsUnavailableError,
     baked_preset,
     check_preset_folder,
     check_weights_file,
     ensure_imagenet,
+    read_labels,
 )
 from pipeline.options import UsageError
-from pipeline.outputs import FORMATS, RUN_ID_PATTERN, RUN_METADATA_KEYS, matching_files
+from pipeline.outputs import (
+    FORMATS,
+    LABEL_COLUMNS,
+    RUN_ID_PATTERN,
+    RUN_METADATA_KEYS,
+    matching_files,
+)
 
 
 def check_weights(spec: ModelSpec, *, local: bool) -> None:
@@ -83,6 +92,15 @@ def check_pretrained_preset(model: str, *, local: bool) -> None:
         ) from error
 
 
+def check_labels(value: str) -> LabelList:
+    """--zero_shot_labels read (a file through Beam's FileSystems); raises UsageError for a file
+    that cannot be read, no labels, or too many."""
+    try:
+        return read_labels(value)
+    except LabelsError as error:
+        raise UsageError(str(error)) from None
+
+
 def check_output(output: str, flag: str = "--output") -> None:
     """Raises UsageError unless a file can be created and deleted under output.
 
@@ -115,10 +133,12 @@ def check_earlier_outputs(
     keep_columns: tuple[str, ...],
     bigquery_table: str,
     made: dict[str, Any],
+    labelled: bool = False,
 ) -> None:
     """With --skip_existing, raises UsageError unless the embeddings already there were
-    made as this run would make them (model, weights, pooling, resize, shape) and keep
-    the same columns (one folder must hold one table), and, for a BigQuery load, are all
+    made as this run would make them (model, weights, pooling, resize, shape), are
+    labelled as it labels (--zero_shot_labels or not) and keep the same columns (one folder must
+    hold one table), and, for a BigQuery load, are all
     in the current layout and the table's were made as this run's are (made: as
     formats.embedding_metadata gives it)."""
     if output_format == "parquet" and bigquery_table:
@@ -129,7 +149,7 @@ def check_earlier_outputs(
                 f"layout, such as {legacy[0]}, which lack the columns the table has; run "
                 "once without --skip_existing (or without --bigquery_table) first"
             )
-    _check_earlier_files(output, FORMATS[output_format], keep_columns, made)
+    _check_earlier_files(output, FORMATS[output_format], keep_columns, made, labelled)
     if bigquery_table:
         try:
             check_table_matches(bigquery_table, made)
@@ -138,13 +158,26 @@ def check_earlier_outputs(
 
 
 def _check_earlier_files(
-    output: str, stored_format, keep_columns: tuple[str, ...], made: dict[str, Any]
+    output: str,
+    stored_format,
+    keep_columns: tuple[str, ...],
+    made: dict[str, Any],
+    labelled: bool,
 ) -> None:
     records = matching_files(stored_format.record_files(output))
     if not records:
         return
     names = stored_format.column_names(records[-1])
-    earlier = tuple(name for name in names if name not in stored_format.columns)
+    earlier_labelled = set(LABEL_COLUMNS) <= set(names)
+    if earlier_labelled != labelled:
+        were, this = ("were", "would not be") if earlier_labelled else ("were not", "would be")
+        raise UsageError(
+            f"--skip_existing: the embeddings under {output} {were} labelled (--zero_shot_labels), "
+            f"this run's {this}; label as they were, or run without --skip_existing to "
+            "replace them"
+        )
+    own = {*stored_format.columns, *(LABEL_COLUMNS if labelled else ())}
+    earlier = tuple(name for name in names if name not in own)
     if earlier != keep_columns:
         raise UsageError(
             f"--skip_existing: the embeddings under {output} keep the columns "

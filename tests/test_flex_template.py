@@ -128,19 +128,26 @@ def test_regexes_accept_the_examples_and_reject_malformed_values():
             assert not all(p.fullmatch(value) for p in patterns), (name, value)
 
 
-# Parameters that only mean something beside others.
+# Parameters that only mean something beside others: by name (their example) or as
+# name=value where their example would not do.
+TEXT_MODEL = "model=clip_vit_base_patch16"
 COMPANIONS = {
     "vector_search_crowding_column": ("vector_search_output", "keep_columns"),
     "bigquery_vector_index": ("bigquery_table",),
+    "zero_shot_labels": (TEXT_MODEL,),
+    "label_template": ("zero_shot_labels", TEXT_MODEL),
 }
+
+
+def companion(other: str) -> str:
+    name, _, value = other.partition("=")
+    return f"--{name}={value or example(PARAMETERS[name])}"
 
 
 def test_every_example_is_a_value_the_pipeline_accepts():
     required = ["--input", example(PARAMETERS["input"]), "--output", example(PARAMETERS["output"])]
     for name, parameter in PARAMETERS.items():
-        companions = [
-            f"--{other}={example(PARAMETERS[other])}" for other in COMPANIONS.get(name, ())
-        ]
+        companions = [companion(other) for other in COMPANIONS.get(name, ())]
         options = parse_options([*required, *companions, f"--{name}={example(parameter)}"])
         assert options.get_all_options()[name] is not None
 

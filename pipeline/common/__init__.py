@@ -3,7 +3,7 @@
 from pipeline.common.atomic import read_json, write_atomically, write_json
 from pipeline.common.csvlines import csv_fields, csv_line
 from pipeline.common.metrics import NAMESPACE, counter
-from pipeline.common.records import FAILED, STAGES, Failure, ImageKey
+from pipeline.common.records import FAILED, STAGES, Failure, ImageKey, Labels
 
 __all__ = [
     "FAILED",
@@ -11,6 +11,7 @@ __all__ = [
     "STAGES",
     "Failure",
     "ImageKey",
+    "Labels",
     "counter",
     "csv_fields",
     "csv_line",

@@ -14,15 +14,28 @@ _MAX_MESSAGE = 2000
 
 
 @dataclass(frozen=True)
+class Labels:
+    """An image's zero-shot labels (--zero_shot_labels): the best label and its score, and the
+    best few, best first."""
+
+    label: str
+    score: float
+    top: tuple[str, ...]
+    top_scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ImageKey:
     """Identifies an image through inference: its URI, source size, the input's kept
-    columns (--keep_columns, in that order) and, with --map, a thumbnail."""
+    columns (--keep_columns, in that order), with --map a thumbnail and, once labelled
+    (--zero_shot_labels), its labels."""
 
     uri: str
     width: int
     height: int
     thumbnail: bytes | None = field(default=None, compare=False, repr=False)
     columns: tuple[str, ...] = field(default=(), compare=False)
+    labels: Labels | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from pipeline.outputs import (
 # Vector Search reads, and the temporary folder of a write that was interrupted.
 _OWN_FILE = re.compile(rf"{VECTORS}-{RUN_ID_PATTERN}-\d{{5}}-of-\d{{5}}\.json")
 _ALLOWED_PREFIXES = ("delete/", f"beam-temp-{VECTORS}-")
+# The restrict that holds an image's best label (--zero_shot_labels), beside the kept columns'.
+LABEL_NAMESPACE = "label"
 # "There is a limit of 5000 objects (files) in the batch root directory."
 MAX_FILES = 5000
 
@@ -35,7 +37,8 @@ MAX_FILES = 5000
 def datapoint_line(
     keyed: tuple[ImageKey, np.ndarray], keep_columns: tuple[str, ...], crowding_column: str
 ) -> str:
-    """One datapoint: id, embedding, a restrict per kept column, the crowding tag."""
+    """One datapoint: id, embedding, a restrict for its best label (namespace `label`,
+    with --zero_shot_labels) and per kept column, the crowding tag."""
     key, embedding = keyed
     # 9 significant digits give back every float32 exactly, at half the length of a
     # float64's shortest form.
@@ -44,11 +47,12 @@ def datapoint_line(
         f'"id":{json.dumps(datapoint_id(key.uri), ensure_ascii=False)}',
         f'"embedding":[{values}]',
     ]
-    if keep_columns:
-        restricts = [
-            {"namespace": name, "allow": [value]}
-            for name, value in zip(keep_columns, key.columns, strict=True)
-        ]
+    restricts = [{"namespace": LABEL_NAMESPACE, "allow": [key.labels.label]}] if key.labels else []
+    restricts += [
+        {"namespace": name, "allow": [value]}
+        for name, value in zip(keep_columns, key.columns, strict=True)
+    ]
+    if restricts:
         fields.append(f'"restricts":{json.dumps(restricts, ensure_ascii=False)}')
     if crowding_column:
         tag = key.columns[keep_columns.index(crowding_column)]

@@ -1,5 +1,5 @@
 """The models: the table of backbones (keras.applications and keras-hub) and their
-weights, the RunInference handler, the extraction step."""
+weights, the RunInference handler, the extraction step, zero-shot labels."""
 
 from pipeline.models.backbones import (
     APPLICATIONS,
@@ -11,6 +11,17 @@ from pipeline.models.backbones import (
 )
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
+from pipeline.models.labels import (
+    DEFAULT_TEMPLATE,
+    EMBEDDED_COUNTER,
+    MAX_LABELS,
+    TOP_LABELS,
+    LabelImages,
+    LabelList,
+    LabelsError,
+    check_template,
+    read_labels,
+)
 from pipeline.models.text import TextTower
 from pipeline.models.weights import (
     BAKED_PRESETS,
@@ -25,11 +36,18 @@ __all__ = [
     "APPLICATIONS",
     "BACKBONES",
     "BAKED_PRESETS",
+    "DEFAULT_TEMPLATE",
+    "EMBEDDED_COUNTER",
     "KERAS_HUB",
+    "MAX_LABELS",
+    "TOP_LABELS",
     "Backbone",
     "EmbeddingFunction",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
+    "LabelImages",
+    "LabelList",
+    "LabelsError",
     "ModelSpec",
     "ReportProgressFn",
     "TextTower",
@@ -37,7 +55,9 @@ __all__ = [
     "baked_preset",
     "build_embedding_model",
     "check_preset_folder",
+    "check_template",
     "check_weights_file",
     "embedding_shape",
     "ensure_imagenet",
+    "read_labels",
 ]

@@ -52,13 +52,31 @@ class TextTower:
         vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
+    @property
+    def head(self) -> tuple[float, float] | None:
+        """SigLIP's (exp(logit_scale), logit_bias) as the backbone loaded them; None for
+        CLIP, whose score is the cosine itself."""
+        return siglip_head(self.backbone)
+
     def scores(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
         """(n_images, n_texts): cosine for CLIP; for SigLIP the model's own sigmoid
         probability, sigmoid(exp(logit_scale) * cosine + logit_bias)."""
-        cosine = images @ texts.T
-        head = getattr(self.backbone, "siglip_head", None)
-        if head is None:
-            return cosine
-        scale = float(np.exp(np.asarray(head.logit_scale)))
-        bias = float(np.asarray(head.logit_bias))
-        return 1.0 / (1.0 + np.exp(-(scale * cosine + bias)))
+        return text_scores(images @ texts.T, self.head)
+
+
+def siglip_head(backbone: Any) -> tuple[float, float] | None:
+    """A SigLIP backbone's (exp(logit_scale), logit_bias); None for any other backbone."""
+    head = getattr(backbone, "siglip_head", None)
+    if head is None:
+        return None
+    return float(np.exp(np.asarray(head.logit_scale))), float(np.asarray(head.logit_bias))
+
+
+def text_scores(cosine: np.ndarray, head: tuple[float, float] | None) -> np.ndarray:
+    """Scores from cosine similarities of L2-normalised embeddings: the cosine itself
+    without a head, else sigmoid(scale * cosine + bias), in float64."""
+    cosine = np.asarray(cosine, dtype=np.float64)
+    if head is None:
+        return cosine
+    scale, bias = head
+    return 1.0 / (1.0 + np.exp(-(scale * cosine + bias)))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES
-from pipeline.models import BACKBONES
+from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, MAX_LABELS, TOP_LABELS
 from pipeline.outputs import FORMATS
 
 OUTPUT_FORMATS = tuple(FORMATS)
@@ -275,6 +275,49 @@ MODEL = Group(
                     "max": ("Maximum", "Global max pooling"),
                     "none": ("None", "The whole feature map"),
                 },
+            ),
+        ),
+    ),
+)
+
+_TEXT_MODELS = ", ".join(name for name, line in BACKBONES.items() if line.text_tower)
+
+LABELS = Group(
+    "Zero-shot labels",
+    "Each image's most similar labels by the text tower of a CLIP or SigLIP 2 model.",
+    (
+        Option(
+            "zero_shot_labels",
+            default="",
+            help="Zero-shot labels: a comma-separated list, or a text file of one label per "
+            f"line (local or gs://; a path ending in .txt, or an existing file), at most "
+            f"{MAX_LABELS:,}. Each image gets its best label and score and its best "
+            f"{TOP_LABELS} in every output. Needs a model with a text tower ({_TEXT_MODELS}) "
+            "and its vocabulary (not --weights random). (default: none)",
+            summary="zero-shot labels, a comma-separated list or a file of one per line "
+            "(local or `gs://`), for CLIP and SigLIP 2 (see [Labels](labels.md))",
+            form=Form(
+                "Zero-shot labels",
+                f"A text file in Cloud Storage of one label per line (at most {MAX_LABELS:,}), "
+                "or a comma-separated list; each image gets its most similar label, its "
+                f"score and its best {TOP_LABELS} in every output. Needs a CLIP or SigLIP 2 "
+                "model. For example, gs://my-bucket/labels/products.txt",
+                "Labels",
+                (r"^.*[^,\s].*$",),
+            ),
+        ),
+        Option(
+            "label_template",
+            default=DEFAULT_TEMPLATE,
+            help="The text each label is embedded as, {} standing for the label. "
+            "(default: %(default)s)",
+            summary="the text each label is embedded as, `{}` for the label",
+            form=Form(
+                "Label template",
+                "The text each label is embedded as, {} standing for the label (the default, "
+                f"{DEFAULT_TEMPLATE}, is CLIP's own prompt). For example, {{}}",
+                "Labels",
+                (r"^.*\{\}.*$",),
             ),
         ),
     ),
@@ -627,7 +670,7 @@ RUN = Group(
     ),
 )
 
-GROUPS = (INPUT, MODEL, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
+GROUPS = (INPUT, MODEL, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
 OPTIONS = tuple(option for group in GROUPS for option in group.options)
 
 # Apache Beam's own flags that the Console form offers too, by flag name.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
-from pipeline.models import BACKBONES, KERAS_HUB
+from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, KERAS_HUB, LabelsError, check_template
 from pipeline.options.flags import (
     DEFAULT_CELL_SIZE,
     DEFAULT_CELLS_PER_IMAGE,
@@ -23,7 +23,7 @@ from pipeline.options.flags import (
     RESIZE_POLICIES,
     parse_bool,
 )
-from pipeline.outputs import FORMATS, RUN_ID_PATTERN
+from pipeline.outputs import FORMATS, LABEL_COLUMNS, RUN_ID_PATTERN
 
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
 
@@ -119,6 +119,7 @@ def validate(opts: EmbeddingOptions) -> None:
         if option.choices:
             _require_choice(option.name, getattr(opts, option.name), option.choices)
     _check_model_options(opts)
+    _check_labels(opts)
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
         raise UsageError(
             f"batch sizes must satisfy 1 <= --min_batch_size <= --max_batch_size, got "
@@ -182,7 +183,8 @@ def _scheme(path: str) -> str:
 
 def _validate_destinations(opts: EmbeddingOptions) -> None:
     keep = kept_columns(opts)
-    reserved = {name.lower(): name for name in FORMATS[opts.output_format].columns}
+    own = (*FORMATS[opts.output_format].columns, *(LABEL_COLUMNS if opts.zero_shot_labels else ()))
+    reserved = {name.lower(): name for name in own}
     seen: set[str] = set()
     for name in keep:
         if not name:
@@ -252,6 +254,32 @@ def _nested(first: str, second: str) -> bool:
     """Whether one folder is the other or holds it."""
     first, second = first.rstrip("/") + "/", second.rstrip("/") + "/"
     return first.startswith(second) or second.startswith(first)
+
+
+def _check_labels(opts: EmbeddingOptions) -> None:
+    """--zero_shot_labels needs a text tower and its vocabulary, and a template with {}; the list
+    itself is read before any work (preflight.check_labels)."""
+    if not opts.zero_shot_labels:
+        if opts.label_template != DEFAULT_TEMPLATE:
+            raise UsageError("--label_template needs --zero_shot_labels")
+        return
+    backbone = BACKBONES[opts.model]
+    if not backbone.text_tower:
+        with_text = ", ".join(name for name, line in BACKBONES.items() if line.text_tower)
+        raise UsageError(
+            f"--zero_shot_labels needs a model with a text tower ({with_text}); "
+            f"{opts.model} has none"
+        )
+    if opts.weights == "random":
+        raise UsageError(
+            "--zero_shot_labels with --weights random: a model built from the table has no "
+            "tokenizer vocabulary to read the labels with; give --weights pretrained or a "
+            "preset folder with its tokenizer"
+        )
+    try:
+        check_template(opts.label_template)
+    except LabelsError as error:
+        raise UsageError(str(error)) from None
 
 
 def _check_model_options(opts: EmbeddingOptions) -> None:

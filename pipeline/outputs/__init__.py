@@ -1,4 +1,5 @@
-"""The stored embeddings: Parquet and .npy formats, the sinks, and every file name a run uses."""
+"""The stored embeddings: Parquet and .npy formats, the sinks, every file name a run uses,
+and the label counts of a labelled run."""
 
 from pipeline.outputs.formats import (
     FORMATS,
@@ -7,6 +8,7 @@ from pipeline.outputs.formats import (
     StoredBatch,
     embedding_metadata,
 )
+from pipeline.outputs.labels import CountLabels
 from pipeline.outputs.naming import (
     COORDINATES,
     DUPLICATES,
@@ -36,7 +38,7 @@ from pipeline.outputs.naming import (
     spill_prefix,
 )
 from pipeline.outputs.optional import OptionalOutput
-from pipeline.outputs.sinks import WriteFailures, WriteRunShards, parquet_schema
+from pipeline.outputs.sinks import LABEL_COLUMNS, WriteFailures, WriteRunShards, parquet_schema
 
 __all__ = [
     "COORDINATES",
@@ -45,6 +47,7 @@ __all__ = [
     "EMBEDDINGS_DIRECTORY",
     "FAILURES",
     "FORMATS",
+    "LABEL_COLUMNS",
     "LEASE",
     "LEGACY_EMBEDDINGS",
     "LEGACY_SPILL",
@@ -59,6 +62,7 @@ __all__ = [
     "SHARD_TEMPLATE",
     "SUMMARY",
     "VECTORS",
+    "CountLabels",
     "OptionalOutput",
     "ReadEmbeddedUris",
     "StoredBatch",

@@ -66,10 +66,11 @@ class EmbeddingFormat(abc.ABC):
         metadata: dict[str, str],
         num_shards: int,
         keep_columns: tuple[str, ...],
+        labelled: bool = False,
     ) -> beam.PTransform:
-        """(ImageKey, embedding) to stored files under stage (the run's folder); outputs
-        embedded (int), failed, files (the staged record files' names) and stored (the
-        (ImageKey, embedding)s they hold)."""
+        """(ImageKey, embedding) to stored files under stage (the run's folder), with the
+        label columns when labelled; outputs embedded (int), failed, files (the staged
+        record files' names) and stored (the (ImageKey, embedding)s they hold)."""
 
     @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
@@ -119,12 +120,15 @@ def _parquet_batch(table) -> StoredBatch:
 
 class ParquetFormat(EmbeddingFormat):
     """Sharded Parquet in the embeddings/ folder: uri, embedding (fixed-size list of
-    float32), width, height, datapoint_id, the kept columns, model, run_id."""
+    float32), width, height, datapoint_id, the label columns (--zero_shot_labels), the kept columns,
+    model, run_id."""
 
     columns = PARQUET_COLUMNS
 
-    def store(self, output, stage, run_id, shape, metadata, num_shards, keep_columns):
-        schema = parquet_schema(shape, metadata, keep_columns)
+    def store(
+        self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False
+    ):
+        schema = parquet_schema(shape, metadata, keep_columns, labelled)
         return WriteParquet(stage, run_id, schema, num_shards, keep_columns)
 
     def embedding_files(self, output):
@@ -174,12 +178,15 @@ class ReadNpyFn(beam.DoFn):
 
 class NpyFormat(EmbeddingFormat):
     """One .npy per image in its run's folder embeddings/RUN/, and an index CSV: uri, file
-    (relative to embeddings/), width, height, datapoint_id and the kept columns."""
+    (relative to embeddings/), width, height, datapoint_id, the label columns (--zero_shot_labels)
+    and the kept columns."""
 
     columns = NPY_INDEX_COLUMNS
 
-    def store(self, output, stage, run_id, shape, metadata, num_shards, keep_columns):
-        return WriteNpy(output, stage, run_id, num_shards, keep_columns)
+    def store(
+        self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False
+    ):
+        return WriteNpy(output, stage, run_id, num_shards, keep_columns, labelled)
 
     def embedding_files(self, output):
         return output_path(output, f"{NPY_DIRECTORY}/*/*.npy")

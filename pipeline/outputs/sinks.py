@@ -30,13 +30,22 @@ from pipeline.outputs.naming import (
 
 # Columns every Parquet shard has besides the kept ones; --keep_columns may not reuse them.
 PARQUET_COLUMNS = ("uri", "embedding", "width", "height", "datapoint_id", "model", "run_id")
+# With --zero_shot_labels, after datapoint_id in Parquet and the .npy index; kept columns
+# may not reuse them.
+LABEL_COLUMNS = ("label", "label_score", "labels_top", "labels_top_scores")
+LABEL_TYPES = (pa.string(), pa.float32(), pa.list_(pa.string()), pa.list_(pa.float32()))
 
 
 def parquet_schema(
-    shape: tuple[int, ...], metadata: dict[str, str], keep_columns: tuple[str, ...] = ()
+    shape: tuple[int, ...],
+    metadata: dict[str, str],
+    keep_columns: tuple[str, ...] = (),
+    labelled: bool = False,
 ) -> pa.Schema:
-    """uri, embedding, width, height, datapoint_id, the kept columns, model, run_id."""
+    """uri, embedding, width, height, datapoint_id, the label columns (labelled), the kept
+    columns, model, run_id."""
     size = int(np.prod(shape))
+    labels = zip(LABEL_COLUMNS, LABEL_TYPES, strict=True) if labelled else ()
     return pa.schema(
         [
             ("uri", pa.string()),
@@ -44,12 +53,22 @@ def parquet_schema(
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("datapoint_id", pa.string()),
+            *labels,
             *((name, pa.string()) for name in keep_columns),
             ("model", pa.string()),
             ("run_id", pa.string()),
         ],
         metadata={**metadata, "embedding_shape": json.dumps(list(shape))},
     )
+
+
+def label_fields(key: ImageKey) -> dict:
+    """The label columns of a labelled image's key; none for an unlabelled one."""
+    found = key.labels
+    if found is None:
+        return {}
+    values = (found.label, found.score, list(found.top), list(found.top_scores))
+    return dict(zip(LABEL_COLUMNS, values, strict=True))
 
 
 def parquet_row(
@@ -62,6 +81,7 @@ def parquet_row(
         "width": key.width,
         "height": key.height,
         "datapoint_id": datapoint_id(key.uri),
+        **label_fields(key),
         **dict(zip(keep_columns, key.columns, strict=True)),
         "model": model,
         "run_id": run_id,
@@ -152,7 +172,25 @@ NPY_INDEX_COLUMNS = ("uri", "file", "width", "height", "datapoint_id")
 
 
 def _index_line(key: ImageKey, name: str) -> str:
-    return csv_line([key.uri, name, key.width, key.height, datapoint_id(key.uri), *key.columns])
+    return csv_line(
+        [key.uri, name, key.width, key.height, datapoint_id(key.uri), *index_labels(key),
+         *key.columns]
+    )  # fmt: skip
+
+
+def index_labels(key: ImageKey) -> list[str]:
+    """The label fields of an index line: the label, its score (9 significant digits,
+    a float32 exactly), and the top labels and scores as JSON arrays."""
+    found = key.labels
+    if found is None:
+        return []
+    scores = "[" + ",".join(map(_float32, found.top_scores)) + "]"
+    return [found.label, _float32(found.score), json.dumps(list(found.top), ensure_ascii=False),
+            scores]  # fmt: skip
+
+
+def _float32(value: float) -> str:
+    return f"{float(np.float32(value)):.9g}"
 
 
 class WriteRunShards(beam.PTransform):
@@ -189,8 +227,8 @@ class WriteRunShards(beam.PTransform):
 
 class WriteNpy(beam.PTransform):
     """Embeddings to one .npy each (in place) plus an index CSV (uri, file, width, height,
-    datapoint_id, the kept columns; staged); outputs embedded (int), failed, files and
-    stored."""
+    datapoint_id, the label columns, the kept columns; staged); outputs embedded (int),
+    failed, files and stored."""
 
     def __init__(
         self,
@@ -199,6 +237,7 @@ class WriteNpy(beam.PTransform):
         run_id: str,
         num_shards: int,
         keep_columns: tuple[str, ...] = (),
+        labelled: bool = False,
     ):
         super().__init__()
         self._stage = stage
@@ -206,6 +245,7 @@ class WriteNpy(beam.PTransform):
         self._run_id = run_id
         self._num_shards = num_shards
         self._keep_columns = keep_columns
+        self._labels = LABEL_COLUMNS if labelled else ()
 
     def expand(self, embeddings):
         written = embeddings | "Write .npy" >> beam.ParDo(
@@ -216,7 +256,7 @@ class WriteNpy(beam.PTransform):
             NPY_INDEX,
             ".csv",
             self._run_id,
-            header=csv_line([*NPY_INDEX_COLUMNS, *self._keep_columns]),
+            header=csv_line([*NPY_INDEX_COLUMNS, *self._labels, *self._keep_columns]),
             num_shards=self._num_shards,
         )
         return {

@@ -47,8 +47,13 @@ def _embedding(keyed: tuple[ImageKey, np.ndarray]) -> np.ndarray:
     return keyed[1]
 
 
-def _thumbnail(keyed: tuple[ImageKey, np.ndarray]) -> tuple[str, bytes | None]:
-    return keyed[0].uri, keyed[0].thumbnail
+def _thumbnail(
+    keyed: tuple[ImageKey, np.ndarray],
+) -> tuple[str, bytes | None, tuple[str, float] | None]:
+    """An image's URI, thumbnail and, when labelled, best label and score."""
+    key = keyed[0]
+    found = (key.labels.label, key.labels.score) if key.labels else None
+    return key.uri, key.thumbnail, found
 
 
 class ProjectFn(beam.DoFn):
@@ -115,7 +120,7 @@ class WriteMapFn(beam.DoFn):
         unused,
         projection: Projection | None,
         points: list[tuple[str, float, float]],
-        thumbnails: list[tuple[str, bytes | None]],
+        thumbnails: list[tuple[str, bytes | None, tuple[str, float] | None]],
         failures: list[Failure],
         summary: dict[str, Any],
         neighbors: list[tuple[str, list]],
@@ -126,7 +131,7 @@ class WriteMapFn(beam.DoFn):
         write_atomically(png_path, png)
         html = page.render(
             points,
-            dict(thumbnails),
+            {uri: thumbnail for uri, thumbnail, _ in thumbnails},
             projection,
             summary,
             failures,
@@ -135,6 +140,7 @@ class WriteMapFn(beam.DoFn):
             f"{self._sample_size})",
             neighbors=dict(neighbors),
             groups=groups,
+            labels={uri: found for uri, _, found in thumbnails if found},
         )
         report_path = output_path(self._stage, REPORT_HTML)
         write_atomically(report_path, html.encode())

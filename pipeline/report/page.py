@@ -16,6 +16,9 @@ from pipeline.report.projection import Projection
 
 REPORTED_GROUPS = 12  # the report shows this many of the largest near-duplicate groups
 GROUP_MEMBERS_SHOWN = 12  # and this many images of each
+REPORTED_LABELS = 50  # with --zero_shot_labels, thumbnails of this many most frequent labels
+LABEL_THUMBNAILS_SHOWN = 6  # and this many of each, best scores first
+COLOURED_LABELS = 10  # the map colours this many most frequent labels, the rest grey
 
 
 def _template() -> str:
@@ -161,6 +164,45 @@ def _groups(
     )
 
 
+def _labels(
+    summary: Mapping[str, Any],
+    labels: Mapping[str, tuple[str, float]],
+    thumbnails: Mapping[str, bytes | None],
+) -> str:
+    """The images per label, and a few thumbnails of each among the map's sample."""
+    described = summary.get("labels")
+    if not described:
+        return ""
+    counts = described["label_counts"]
+    rows = "".join(
+        f'<tr><td>{escape(label)}</td><td class="number">{count:,}</td></tr>'
+        for label, count in counts.items()
+    )
+    shown: dict[str, list[tuple[str, float]]] = {}
+    for uri, (label, score) in labels.items():
+        shown.setdefault(label, []).append((uri, score))
+    rows_shown = []
+    for label in list(counts)[:REPORTED_LABELS]:
+        best = sorted(shown.get(label, []), key=lambda item: (-item[1], item[0]))
+        figures = "".join(
+            _thumbnail_figure(uri, score, thumbnails.get(uri))
+            for uri, score in best[:LABEL_THUMBNAILS_SHOWN]
+        )
+        figures = figures or '<p class="muted">None in the sample.</p>'
+        rows_shown.append(
+            f'<div class="label-row" data-label="{escape(label)}"><h3>{escape(label)} '
+            f"({counts[label]:,} images)</h3>{figures}</div>"
+        )
+    return (
+        f'<h2 id="labels">Labels ({described["count"]:,}, from {escape(described["source"])})</h2>'
+        f'<p class="muted">Each image\'s best label (template {escape(described["template"])}); '
+        "labels no image got are left out. Thumbnails: the map's sample, best scores first, "
+        f"for the {REPORTED_LABELS} most frequent labels.</p>"
+        f'<table class="label-counts"><tr><th>Label</th><th>Images</th></tr>{rows}</table>'
+        + "".join(rows_shown)
+    )
+
+
 def _failures(summary: Mapping[str, Any], failures: Sequence[Failure]) -> str:
     total = summary["failed"]
     if total == 0:
@@ -191,17 +233,21 @@ def render(
     sample_rule: str,
     neighbors: Mapping[str, Sequence[tuple[str, float]]] | None = None,
     groups: Sequence[tuple[int, Sequence[tuple[str, float]], int]] = (),
+    labels: Mapping[str, tuple[str, float]] | None = None,
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 
     neighbors: each shown point's nearest neighbours among the shown points, most similar
-    first; groups: the largest near-duplicate groups, drawn with the sample's thumbnails.
+    first; groups: the largest near-duplicate groups, drawn with the sample's thumbnails;
+    labels: each shown point's best label and score (--zero_shot_labels).
     """
+    labels = labels or {}
     index = {uri: i for i, (uri, _, _) in enumerate(points)}
     neighbors = neighbors or {}
     map_data = {
         "neighbors": bool(summary.get("similarity", {}).get("neighbors", {}).get("k")),
         "axes": [axis_label(projection, 0), axis_label(projection, 1)],
+        "labels": list(summary.get("labels", {}).get("label_counts", {}))[:COLOURED_LABELS],
         "points": [
             {
                 "uri": uri,
@@ -212,6 +258,8 @@ def render(
                     if thumbnails.get(uri)
                     else None
                 ),
+                "label": labels[uri][0] if uri in labels else None,
+                "label_score": labels[uri][1] if uri in labels else None,
                 "neighbors": [
                     [index[name], round(similarity, 4)]
                     for name, similarity in neighbors.get(uri, ())
@@ -235,6 +283,7 @@ def render(
         + _map(projection, len(points), sample_rule)
         + _similarity(summary)
         + "</div>"
+        + _labels(summary, labels, thumbnails)
         + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )
