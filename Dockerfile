@@ -3,7 +3,8 @@
 # (which runs Beam's SDK harness). Everything is installed here, at build time,
 # so neither the launcher nor a worker runs pip when it starts.
 #
-# Build it with Cloud Build (cloudbuild.yaml); it passes IMAGE, the tag it pushes.
+# Build it with Cloud Build (cloudbuild.yaml); it passes IMAGE, the tag it pushes, and LOCK,
+# the lock it installs (the GPU variant: docs/dataflow.md, "GPU workers").
 
 # The versions, stated once. tests/test_flex_template.py fails when they disagree
 # with requirements.txt, requirements.lock and pyproject.toml.
@@ -30,7 +31,12 @@ WORKDIR /template
 # The lock first, so that code changes reuse this layer. --require-hashes: every
 # package is the exact file that was tested; --no-deps: the lock names every package.
 # check_lock.py fails the build if anything else is installed.
-COPY requirements.lock templates/check_lock.py ./
+# LOCK chooses the lock: requirements.lock for CPU workers, requirements-gpu.lock (the same
+# pins plus TensorFlow's CUDA wheels) for NVIDIA workers (cloudbuild.yaml's _LOCK;
+# docs/dataflow.md, "GPU workers"). Either is installed, and checked, as requirements.lock.
+ARG LOCK=requirements.lock
+COPY ${LOCK} ./requirements.lock
+COPY templates/check_lock.py ./
 RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements.lock \
     && pip check \
     && python check_lock.py requirements.lock

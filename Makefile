@@ -61,14 +61,15 @@ format: $(VENV)/.installed ## Apply ruff's fixes and formatting
 metadata: $(VENV)/.installed ## Write metadata.json and docs/options.md from the flags (pipeline/options/flags.py)
 	$(BIN)/python -m pipeline.options.describe
 
-# The same resolution for both locks: the Linux x86-64 wheels that the Dataflow image
+# The same resolution for every lock: the Linux x86-64 wheels that the Dataflow image
 # (python:3.11-slim) and these machines install.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" --quiet
 
-lock: $(VENV)/.installed ## Re-resolve requirements*.txt into requirements.lock and requirements-dev.lock
+lock: $(VENV)/.installed ## Re-resolve requirements*.txt into requirements.lock, requirements-dev.lock and requirements-gpu.lock
 	$(BIN)/uv pip compile requirements.txt $(LOCK_FLAGS) -o requirements.lock
 	$(BIN)/uv pip compile requirements-dev.txt -c requirements.lock $(LOCK_FLAGS) -o requirements-dev.lock
+	$(BIN)/uv pip compile requirements-gpu.txt -c requirements.lock $(LOCK_FLAGS) -o requirements-gpu.lock
 
 # A new venv whenever the lock changes, so that it never keeps a package the lock dropped.
 # --no-deps: the lock already names every package; pip check proves they fit together.

@@ -182,6 +182,28 @@ def test_cloudbuild_builds_the_image_with_its_presets():
     assert presets.split() and all(BACKBONES[m].library == KERAS_HUB for m in presets.split())
 
 
+def dockerfile_lock_default() -> str:
+    text = (REPO / "Dockerfile").read_text()
+    [value] = re.findall(r"^ARG LOCK=(\S+)$", text, re.MULTILINE)
+    return value
+
+
+def test_cloudbuild_builds_the_image_from_the_lock_it_names():
+    """_LOCK's default is the Dockerfile's; the GPU build's substitutions (docs/dataflow.md,
+    "GPU workers") are cloudbuild.yaml's own and name a lock that exists."""
+    build = [substituted(a) for a in cloudbuild_step("build")["args"]]
+    lock = CLOUDBUILD["substitutions"]["_LOCK"]
+    assert build[build.index(f"LOCK={lock}") - 1] == "--build-arg"
+    assert lock == dockerfile_lock_default() == "requirements.lock"
+    [pairs] = re.findall(r'--substitutions "([^"]+)"', readme_block("_LOCK=requirements-gpu.lock"))
+    gpu_build = dict(pair.split("=", 1) for pair in pairs.split(","))
+    assert set(gpu_build) <= set(CLOUDBUILD["substitutions"])
+    assert gpu_build["_LOCK"] == "requirements-gpu.lock" and (REPO / gpu_build["_LOCK"]).is_file()
+    # Its own image and template, so that the CPU template keeps naming the CPU image.
+    assert gpu_build["_IMAGE_NAME"] != CLOUDBUILD["substitutions"]["_IMAGE_NAME"]
+    assert gpu_build["_TEMPLATE_NAME"] != CLOUDBUILD["substitutions"]["_TEMPLATE_NAME"]
+
+
 def test_cloudbuild_tags_builds_pushes_and_templates_the_same_unique_image():
     build = [substituted(a) for a in cloudbuild_step("build")["args"]]
     pushed = substituted(cloudbuild_step("push")["args"][1])
@@ -238,10 +260,10 @@ def bucket_with_images(root: Path) -> None:
     write_csv(root / "lists" / "photos.csv", PHOTO_PATHS[:3])
 
 
-def check_launch_request(launch_request: dict) -> dict:
+def check_launch_request(launch_request: dict, template: str = "image-embeddings") -> dict:
     assert schema_errors(launch_request, "LaunchFlexTemplateRequest") == []
     launch = launch_request["launchParameter"]
-    assert launch["containerSpecGcsPath"] == f"gs://{BUCKET}/templates/image-embeddings.json"
+    assert launch["containerSpecGcsPath"] == f"gs://{BUCKET}/templates/{template}.json"
     assert re.fullmatch(r"[a-z]([-a-z0-9]{0,1022}[a-z0-9])?", launch["jobName"])
     for name, value in launch["parameters"].items():
         assert name in PARAMETERS, f"{name} is not a template parameter"
@@ -285,7 +307,7 @@ def run_readme_command(marker: str, api: str, response: dict, tmp_path: Path) ->
 def test_readme_gcloud_run_command_launches_the_template(tmp_path):
     response = {"job": {"id": "2026-11-24_00_00_00-1", "projectId": PROJECT}}
     request = run_readme_command(
-        "gcloud dataflow flex-template run", "dataflow", response, tmp_path
+        'gcloud dataflow flex-template run "embeddings-$(date', "dataflow", response, tmp_path
     )
     assert request["path"].startswith(
         f"/v1b3/projects/{PROJECT}/locations/{REGION}/flexTemplates:launch"
@@ -322,6 +344,83 @@ def test_readme_schedule_command_creates_a_job_that_launches_the_template(tmp_pa
     bucket_with_images(bucket)
     result = launch_locally(launch, bucket)
     check_embeddings_came_out(result, bucket / "embeddings" / "nightly")
+
+
+ACCELERATOR = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+GPU_IMAGE = IMAGE.replace("/image-embeddings:", "/image-embeddings-gpu:")
+
+
+@needs_gcloud
+@pytest.mark.parametrize(
+    ("marker", "template", "machine_type", "experiments"),
+    [
+        (ACCELERATOR, "image-embeddings-gpu", "g2-standard-4",
+         [ACCELERATOR, "no_use_multiple_sdk_containers"]),
+        ('"embeddings-c3-', "image-embeddings", "c3-standard-8", None),
+    ],
+    ids=["gpu", "c3"],
+)  # fmt: skip
+def test_docs_launches_carry_the_machine_type_and_accelerator(
+    tmp_path, marker, template, machine_type, experiments
+):
+    """docs/dataflow.md's GPU and C3 launches, as pasted, through the real gcloud."""
+    response = {"job": {"id": "2026-11-24_00_00_00-2", "projectId": PROJECT}}
+    request = run_readme_command(marker, "dataflow", response, tmp_path)
+    launch = check_launch_request(request["body"], template)
+    environment = launch["environment"]
+    assert environment["machineType"] == machine_type
+    assert environment.get("additionalExperiments") == experiments
+
+
+def launcher_flags(environment: dict) -> list[str]:
+    """The Beam flags the launcher gives the entry file for these launch-environment fields:
+    the machine type, and each additional experiment as --experiments (assumed: the
+    launcher is not open source; Beam's own GPU examples pass worker_accelerator so)."""
+    flags = [f"--worker_machine_type={environment['machineType']}"]
+    flags += [f"--experiments={e}" for e in environment.get("additionalExperiments", [])]
+    return flags
+
+
+@pytest.mark.slow  # a fresh launcher interpreter builds, translates and stages the graph
+def test_the_gpu_launch_writes_a_job_with_the_accelerator_and_the_gpu_image():
+    """What docs/dataflow.md's GPU launch asks for reaches the Dataflow job the launcher
+    writes: the accelerator, one SDK process per worker, the G2 type, the GPU image."""
+    environment = {
+        "machineType": "g2-standard-4",
+        "additionalExperiments": [ACCELERATOR, "no_use_multiple_sdk_containers"],
+    }
+    job_object = "staging/template_launches/2026-11-25_gpu/job_object"
+    parameters = {
+        "input": f"gs://{BUCKET}/lists/photos.csv",
+        "output": f"gs://{BUCKET}/embeddings/gpu-run1",
+        "max_num_workers": "4",
+    }
+    with storage_emulator(BUCKET) as emulator:
+        metadata = MetadataServer()
+        try:
+            client = emulator_client(emulator)
+            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri\n")
+            argv = launcher_argv("embed-gpu", f"gs://{BUCKET}/{job_object}", parameters)
+            env = {**launcher_environment(emulator, metadata.address),
+                   "PIPELINE_CONTAINER_IMAGE": GPU_IMAGE}  # fmt: skip
+            result = subprocess.run([sys.executable, *argv, *launcher_flags(environment)],
+                                    cwd=REPO, env=env, capture_output=True, text=True,
+                                    timeout=300)  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
+            job = json.loads(client.bucket(BUCKET).blob(job_object).download_as_bytes())
+        finally:
+            metadata.close()
+    assert schema_errors(job, "Job") == []
+    experiments = job["environment"]["experiments"]
+    assert ACCELERATOR in experiments and "no_use_multiple_sdk_containers" in experiments
+    assert "use_multiple_sdk_containers" not in experiments  # Beam adds it otherwise
+    [pool] = job["environment"]["workerPools"]
+    assert pool["machineType"] == "g2-standard-4"
+    assert pool["autoscalingSettings"]["maxNumWorkers"] == 4
+    [container] = pool["sdkHarnessContainerImages"]
+    assert container["containerImage"] == GPU_IMAGE
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert options["sdk_container_image"] == GPU_IMAGE
 
 
 HOSTILE_PATHS = {
