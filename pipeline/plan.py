@@ -62,7 +62,8 @@ class RunPlan:
     @property
     def metadata(self) -> dict[str, str]:
         """How the embeddings were made, as every embedding file records it."""
-        return {key: str(self.context[key]) for key in ("model", "weights", "pooling", "resize")}
+        made = ("model", "weights", "pooling", "resize", "engine", "precision")
+        return {key: str(self.context[key]) for key in made}
 
     def embedded_earlier(self, p: beam.Pipeline) -> beam.PCollection | None:
         """With --skip_existing, the URIs the output already holds."""
@@ -85,6 +86,8 @@ class RunPlan:
             self.spec,
             min_batch_size=self.opts.min_batch_size,
             max_batch_size=self.opts.max_batch_size,
+            engine=self.opts.engine,
+            precision=self.opts.precision,
         )
 
     def store(self) -> beam.PTransform:
@@ -198,6 +201,9 @@ def run_context(
         "pretrained": spec.pretrained,
         "pooling": spec.pooling,
         "resize": spec.resize(opts.resize).describe(),
+        # As asked: each worker process resolves auto, and the metrics count what ran.
+        "engine": opts.engine,
+        "precision": opts.precision,
         "jpeg_draft": opts.jpeg_draft,
         "skip_existing": opts.skip_existing,
         "embedding_shape": list(shape),

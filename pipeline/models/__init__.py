@@ -9,6 +9,7 @@ from pipeline.models.backbones import (
     ModelSpec,
     embedding_shape,
 )
+from pipeline.models.engines import ENGINES, PRECISIONS, EngineUnavailableError
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import KerasEmbeddingHandler
 from pipeline.models.weights import (
@@ -24,8 +25,11 @@ __all__ = [
     "APPLICATIONS",
     "BACKBONES",
     "BAKED_PRESETS",
+    "ENGINES",
     "KERAS_HUB",
+    "PRECISIONS",
     "Backbone",
+    "EngineUnavailableError",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
     "ModelSpec",
