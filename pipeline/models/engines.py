@@ -10,12 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from pipeline.models.handler import EmbeddingFunction
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,6 +30,16 @@ _OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16"}
 
 class EngineUnavailableError(RuntimeError):
     """The engine asked for cannot embed with this model on this worker."""
+
+
+class EmbeddingFunction(Protocol):
+    """The Keras embedding model as one TensorFlow function (handler.EmbeddingFunction)."""
+
+    size: int  # of the square uint8 images it takes
+
+    def concrete_function(self) -> Any: ...
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
 
 class Embedder(Protocol):
@@ -165,6 +172,14 @@ def probe(embedder: Embedder, size: int) -> None:
         )
 
 
+def _reason(error: Exception) -> str:
+    """An error in one line; for OpenVINO's conversion report, its summary line (the
+    operations it has no rule for) rather than the source line that raised."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    summary = [line.lstrip("- ") for line in lines if line.startswith("-- ")]
+    return f"{type(error).__name__}: {(summary or lines or [''])[0]}"
+
+
 def make_embedder(
     function: EmbeddingFunction, model: str, engine: str, precision: str
 ) -> tuple[Embedder, Resolved]:
@@ -184,7 +199,7 @@ def make_embedder(
         embedder = OpenVinoEmbedder(function, chosen.precision)
         probe(embedder, function.size)
     except Exception as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = _reason(error)
         if engine == OPENVINO or precision == BFLOAT16:
             raise EngineUnavailableError(
                 f"--engine {engine} --precision {precision}: OpenVINO cannot run {model} in "
