@@ -74,7 +74,8 @@ class RunPlan:
     @property
     def metadata(self) -> dict[str, str]:
         """How the embeddings were made, as every embedding file records it."""
-        return {key: str(self.context[key]) for key in ("model", "weights", "pooling", "resize")}
+        made = ("model", "weights", "pooling", "resize", "engine", "precision")
+        return {key: str(self.context[key]) for key in made}
 
     def embedded_earlier(self, p: beam.Pipeline) -> beam.PCollection | None:
         """With --skip_existing, the URIs the output already holds."""
@@ -97,6 +98,8 @@ class RunPlan:
             self.spec,
             min_batch_size=self.opts.min_batch_size,
             max_batch_size=self.opts.max_batch_size,
+            engine=self.opts.engine,
+            precision=self.opts.precision,
         )
 
     def label_images(self) -> LabelImages:
@@ -219,6 +222,9 @@ def run_context(
         "pretrained": spec.pretrained,
         "pooling": spec.pooling,
         "resize": spec.resize(opts.resize).describe(),
+        # As asked: each worker process resolves auto, and the metrics count what ran.
+        "engine": opts.engine,
+        "precision": opts.precision,
         "jpeg_draft": opts.jpeg_draft,
         "max_image_pixels": opts.max_image_pixels,
         "max_image_bytes": opts.max_image_bytes,

@@ -77,7 +77,9 @@ def download(gcs, prefix: str, local: Path) -> Path:
 
 
 def run_on_gcs(gcs, *args: str):
-    return run_cli(*args, "--weights", "random", "--seed", str(SEED), env=gcs["env"])
+    # float32: parity with Keras in full precision (auto may compute bfloat16).
+    args = (*args, "--weights", "random", "--seed", str(SEED), "--precision", "float32")
+    return run_cli(*args, env=gcs["env"])
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,7 @@ def parquet_run(corpus, tmp_path_factory):
         "--seed", str(SEED),
         "--jpeg_draft", "false",
         "--max_failure_fraction", "0.5",
+        "--precision", "float32",  # parity in full precision (auto may be bfloat16)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result
@@ -212,6 +213,7 @@ def run_npy(csv_path: Path, output: Path, weights: Path, *extra: str):
         "--weights", str(weights),
         "--resize", "center_crop",
         "--jpeg_draft", "false",
+        "--precision", "float32",  # parity in full precision (auto may be bfloat16)
         *extra,
     )  # fmt: skip
 

@@ -34,7 +34,7 @@ from cloud import (
 )
 from support import PHOTO_PATHS, REPO, parquet_embeddings, pipeline_flags, summary, write_csv
 
-from pipeline.models import BAKED_PRESETS, KERAS_HUB
+from pipeline.models import BAKED_PRESETS, ENGINES, KERAS_HUB, PRECISIONS
 from pipeline.models.backbones import BACKBONES
 from pipeline.options import build_parser, parse_options
 from pipeline.options.describe import metadata_text
@@ -91,6 +91,8 @@ def test_enum_options_are_the_pipeline_choices():
         "model": tuple(BACKBONES),
         "pooling": POOLINGS,
         "resize": RESIZE_POLICIES,
+        "engine": ENGINES,
+        "precision": PRECISIONS,
     }
     enums = {name: p for name, p in PARAMETERS.items() if p["paramType"] == "ENUM"}
     assert set(enums) == set(choices)

@@ -137,7 +137,7 @@ def test_a_tiny_preset_embeds_as_keras_hub_does_on_the_original_preprocessing(
     result = run_cli(
         "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
         "--output", str(output), "--model", model, "--weights", str(presets[family]),
-        "--jpeg_draft", "false",
+        "--jpeg_draft", "false", "--precision", "float32",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     embeddings = parquet_embeddings(output)
@@ -168,7 +168,7 @@ def test_a_clip_preset_to_npy_gives_the_same_embeddings(presets, tmp_path):
     result = run_cli(
         "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
         "--output", str(output), "--output_format", "npy", "--model", model,
-        "--weights", str(presets["clip"]), "--jpeg_draft", "false",
+        "--weights", str(presets["clip"]), "--jpeg_draft", "false", "--precision", "float32",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     expected = reference_embeddings(model, presets["clip"], PHOTO_PATHS)
@@ -192,7 +192,7 @@ def test_a_preset_folder_on_gcs_and_an_output_there(presets, tmp_path):
                 "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
                 "--output", f"gs://{BUCKET}/out", "--model", model,
                 "--weights", f"gs://{BUCKET}/presets/dinov2", "--jpeg_draft", "false",
-                env=env,
+                "--precision", "float32", env=env,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr[-3000:]
             local = tmp_path / "out"

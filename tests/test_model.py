@@ -59,7 +59,9 @@ def embed(images):
     def embeddings(model_name: str, pooling: str) -> list[np.ndarray]:
         if (model_name, pooling) not in made:
             spec = ModelSpec(model_name, "random", pooling, SEED)
-            handler = KerasEmbeddingHandler(spec, min_batch_size=1, max_batch_size=8)
+            handler = KerasEmbeddingHandler(
+                spec, min_batch_size=1, max_batch_size=8, engine="tensorflow"
+            )
             made[model_name, pooling] = list(handler.run_inference(images, handler.load_model()))
         return made[model_name, pooling]
 

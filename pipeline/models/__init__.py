@@ -9,6 +9,7 @@ from pipeline.models.backbones import (
     ModelSpec,
     embedding_shape,
 )
+from pipeline.models.engines import ENGINES, PRECISIONS, EngineUnavailableError
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
 from pipeline.models.labels import (
@@ -38,11 +39,14 @@ __all__ = [
     "BAKED_PRESETS",
     "DEFAULT_TEMPLATE",
     "EMBEDDED_COUNTER",
+    "ENGINES",
     "KERAS_HUB",
     "MAX_LABELS",
+    "PRECISIONS",
     "TOP_LABELS",
     "Backbone",
     "EmbeddingFunction",
+    "EngineUnavailableError",
     "ExtractEmbeddings",
     "KerasEmbeddingHandler",
     "LabelImages",

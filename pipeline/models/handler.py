@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipeline.common import NAMESPACE
+from pipeline.common import NAMESPACE, counter
 from pipeline.models import hub
 from pipeline.models.backbones import KERAS_HUB, ModelSpec, applications_embedding_model
+from pipeline.models.engines import AUTO, Embedder, Resolved, make_embedder
 
 if TYPE_CHECKING:
     import keras
@@ -35,37 +37,77 @@ class EmbeddingFunction:
     def __init__(self, model: keras.Model):
         import tensorflow as tf
 
-        size = model.input_shape[1]
-        signature = [tf.TensorSpec([None, size, size, 3], tf.uint8)]
+        self.size = model.input_shape[1]
+        signature = [tf.TensorSpec([None, self.size, self.size, 3], tf.uint8)]
         self._embed = tf.function(
             lambda images: model(images, training=False),
             input_signature=signature,
             autograph=False,
         )
 
+    def concrete_function(self) -> Any:
+        """The traced graph, as OpenVINO converts it."""
+        return self._embed.get_concrete_function()
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._embed(images), dtype=np.float32)
 
 
-class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, EmbeddingFunction]):
-    """Loads the embedding model once per worker process; embeds uint8 image batches."""
+class WorkerModel:
+    """One worker process's embedder and what it runs on, counted once in the run's
+    metrics: Beam's counters count only while an element is processed, not in load_model."""
 
-    def __init__(self, spec: ModelSpec, *, min_batch_size: int, max_batch_size: int):
+    def __init__(self, embedder: Embedder, resolved: Resolved):
+        self.embed = embedder
+        self.resolved = resolved
+        self._counted = False
+        self._lock = threading.Lock()
+
+    def count_once(self) -> None:
+        with self._lock:
+            if self._counted:
+                return
+            self._counted = True
+        counter(self.resolved.counter).inc()
+        if self.resolved.fallback:
+            counter("engine_fallback_tensorflow").inc()
+
+
+class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
+    """Loads the embedding model once per worker process, on the engine --engine and
+    --precision choose there; embeds uint8 image batches."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        min_batch_size: int,
+        max_batch_size: int,
+        engine: str = AUTO,
+        precision: str = AUTO,
+    ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._spec = spec
+        self._engine = engine
+        self._precision = precision
 
-    def load_model(self) -> EmbeddingFunction:
-        return EmbeddingFunction(build_embedding_model(self._spec))
+    def load_model(self) -> WorkerModel:
+        function = EmbeddingFunction(build_embedding_model(self._spec))
+        embedder, resolved = make_embedder(
+            function, self._spec.model, self._engine, self._precision
+        )
+        return WorkerModel(embedder, resolved)
 
     def run_inference(
         self,
         batch: Sequence[np.ndarray],
-        model: EmbeddingFunction,
+        model: WorkerModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[np.ndarray]:
+        model.count_once()
         # One compiled function for every batch; model.predict() would also build a
         # dataset and callbacks for each.
-        return list(model(np.stack(batch)))
+        return list(model.embed(np.stack(batch)))
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES
-from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, MAX_LABELS, TOP_LABELS
+from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, ENGINES, MAX_LABELS, PRECISIONS, TOP_LABELS
 from pipeline.outputs import FORMATS
 
 OUTPUT_FORMATS = tuple(FORMATS)
@@ -281,6 +281,57 @@ MODEL = Group(
 )
 
 _TEXT_MODELS = ", ".join(name for name, line in BACKBONES.items() if line.text_tower)
+
+ENGINE = Group(
+    "Engine",
+    "What runs the model on each worker, and in which precision (see docs/engine.md).",
+    (
+        Option(
+            "engine",
+            default="auto",
+            choices=ENGINES,
+            help="auto: TensorFlow where the worker sees a GPU, otherwise OpenVINO on the CPU "
+            "(falling back to TensorFlow, logged and counted, where OpenVINO cannot convert "
+            "the model); tensorflow; openvino (the same Keras model converted by OpenVINO, "
+            "an error if it cannot run). (default: %(default)s)",
+            summary="`auto`, `tensorflow` or `openvino` (see [Engine](engine.md))",
+            form=Form(
+                "Engine",
+                "auto runs TensorFlow on a worker with a GPU and OpenVINO on the CPU "
+                "otherwise; openvino converts the same Keras model with OpenVINO and fails "
+                "the job if it cannot. For example, auto",
+                "Performance",
+                enum={
+                    "auto": ("Automatic", "TensorFlow with a GPU, OpenVINO on the CPU"),
+                    "tensorflow": ("TensorFlow", "The Keras model as it is"),
+                    "openvino": ("OpenVINO", "The Keras model converted for the CPU"),
+                },
+            ),
+        ),
+        Option(
+            "precision",
+            default="auto",
+            choices=PRECISIONS,
+            help="auto: bfloat16 on OpenVINO where the CPU computes it natively (AVX512_BF16 "
+            "or AMX), float32 elsewhere; float32; bfloat16 (OpenVINO only; about 3x faster "
+            "on such CPUs, cosine to float32 above 0.999). --skip_existing refuses to mix "
+            "runs asked for different precisions. (default: %(default)s)",
+            summary="`auto`, `float32` or `bfloat16` (OpenVINO; see [Engine](engine.md))",
+            form=Form(
+                "Precision",
+                "auto computes in bfloat16 with OpenVINO where the worker's CPU supports it "
+                "natively (AVX512_BF16 or AMX) and in float32 elsewhere; bfloat16 needs the "
+                "openvino or auto engine. For example, auto",
+                "Performance",
+                enum={
+                    "auto": ("Automatic", "bfloat16 where the CPU computes it, else float32"),
+                    "float32": ("float32", "Full precision on every engine"),
+                    "bfloat16": ("bfloat16", "OpenVINO on a CPU with AVX512_BF16 or AMX"),
+                },
+            ),
+        ),
+    ),
+)
 
 LABELS = Group(
     "Zero-shot labels",
@@ -670,7 +721,7 @@ RUN = Group(
     ),
 )
 
-GROUPS = (INPUT, MODEL, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
+GROUPS = (INPUT, MODEL, ENGINE, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
 OPTIONS = tuple(option for group in GROUPS for option in group.options)
 
 # Apache Beam's own flags that the Console form offers too, by flag name.

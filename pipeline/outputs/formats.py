@@ -33,7 +33,9 @@ from pipeline.outputs.sinks import (
 )
 
 # What makes embeddings comparable: runs that differ in any of these never share an output.
-RUN_METADATA_KEYS = ("model", "weights", "pooling", "resize", "embedding_shape")
+# The precision is --precision as asked (bfloat16 and float32 embeddings differ in the
+# third decimal); the engine is not: OpenVINO float32 equals TensorFlow's to 1e-4.
+RUN_METADATA_KEYS = ("model", "weights", "pooling", "resize", "precision", "embedding_shape")
 
 
 def embedding_metadata(context: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,265 @@
+"""The engines on real photographs: OpenVINO float32 against TensorFlow on the same Keras
+function for each model family, bfloat16 against float32 (embeddings, neighbours and
+near-duplicate groups of pipeline runs), auto's choice and its fallback, and what a run
+records of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import (
+    PHOTO_PATHS,
+    parquet_embeddings,
+    read_parquet,
+    relative_error,
+    run_cli,
+    write_csv,
+)
+from test_hub_models import FAMILIES, tiny_preset
+from test_similarity_images import family as photo_copies  # noqa: F401 (a fixture)
+from test_similarity_images import read_groups
+
+from pipeline.inputs.images import decode
+from pipeline.models.backbones import ModelSpec
+from pipeline.models.engines import (
+    BFLOAT16,
+    FLOAT32,
+    OPENVINO,
+    TENSORFLOW,
+    EngineUnavailableError,
+    Resolved,
+    choose,
+    cpu_has_bf16,
+    gpu_visible,
+    make_embedder,
+)
+from pipeline.models.handler import EmbeddingFunction, build_embedding_model
+from pipeline.options import UsageError, parse_options
+
+needs_bf16 = pytest.mark.skipif(
+    not cpu_has_bf16(),
+    reason="this CPU does not compute bfloat16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks "
+    "BF16: no AVX512_BF16 or AMX), so bfloat16 is not offered here",
+)
+MAX_RELATIVE_ERROR = 1e-4  # OpenVINO float32 against TensorFlow, per image
+MIN_COSINE = 0.999  # bfloat16 against float32, per image, raw and mean-centred
+MIN_RECALL = 0.95  # of the 10 nearest neighbours
+K = 10
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("presets")
+    return {kind: tiny_preset(kind, root / kind) for kind in FAMILIES}
+
+
+def spec_of(name: str, presets) -> ModelSpec:
+    """keras.applications models on seeded random weights; keras-hub ones from a tiny preset."""
+    if name in FAMILIES:
+        return ModelSpec.of(FAMILIES[name], str(presets[name]), "avg", 0)
+    return ModelSpec.of(name, "random", "avg", 0)
+
+
+def photographs(spec: ModelSpec) -> np.ndarray:
+    """The sample photographs as the load step gives them to this model."""
+    resize = spec.resize("squash")
+    return np.stack(
+        [decode(Path(p).read_bytes(), resize, jpeg_draft=False).pixels for p in PHOTO_PATHS]
+    )
+
+
+def embeddings(spec: ModelSpec, engine: str, precision: str) -> tuple[np.ndarray, Resolved]:
+    function = EmbeddingFunction(build_embedding_model(spec))
+    embedder, resolved = make_embedder(function, spec.model, engine, precision)
+    return embedder(photographs(spec)), resolved
+
+
+def cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    first, second = first.astype(np.float64), second.astype(np.float64)
+    dot = (first * second).sum(axis=1)
+    return dot / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "clip", "siglip", "dinov2"])
+def test_openvino_float32_equals_tensorflow_for_each_family(name, presets):
+    spec = spec_of(name, presets)
+    expected, on_tf = embeddings(spec, TENSORFLOW, FLOAT32)
+    got, on_ov = embeddings(spec, OPENVINO, FLOAT32)
+    assert (on_tf, on_ov) == (Resolved(TENSORFLOW, FLOAT32), Resolved(OPENVINO, FLOAT32))
+    assert got.shape == expected.shape and len(got) == len(PHOTO_PATHS)
+    errors = [relative_error(a, e) for a, e in zip(got, expected, strict=True)]
+    assert max(errors) <= MAX_RELATIVE_ERROR, errors
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["resnet50", "clip"])
+def test_bfloat16_embeddings_point_where_float32_ones_do(name, presets):
+    spec = spec_of(name, presets)
+    reference, _ = embeddings(spec, TENSORFLOW, FLOAT32)
+    got, resolved = embeddings(spec, OPENVINO, BFLOAT16)
+    assert resolved == Resolved(OPENVINO, BFLOAT16)
+    raw = cosines(got, reference)
+    centred = cosines(got - got.mean(axis=0), reference - reference.mean(axis=0))
+    assert raw.min() >= MIN_COSINE, raw
+    assert centred.min() >= MIN_COSINE, centred
+    # Not float32 under another name: bfloat16 keeps 8 bits of mantissa.
+    assert max(relative_error(a, e) for a, e in zip(got, reference, strict=True)) > 1e-4
+
+
+def test_auto_runs_openvino_on_a_cpu_in_bfloat16_where_the_cpu_has_it():
+    if gpu_visible():
+        pytest.skip("a GPU is visible: auto runs TensorFlow here")
+    flags = (
+        set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else None
+    )
+    if flags is not None:
+        # OpenVINO's own capability agrees with what the kernel reports.
+        assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    expected = BFLOAT16 if cpu_has_bf16() else FLOAT32
+    assert choose("auto", "auto") == Resolved(OPENVINO, expected)
+    assert choose("auto", "float32") == Resolved(OPENVINO, FLOAT32)
+    assert choose("tensorflow", "auto") == Resolved(TENSORFLOW, FLOAT32)
+
+
+def pixel_means_function() -> EmbeddingFunction:
+    """A Keras model OpenVINO cannot convert (numpy inside: a PyFunc op): each image's mean
+    red, green and blue."""
+    import keras
+    import tensorflow as tf
+
+    class PixelMeans(keras.layers.Layer):
+        def call(self, images):
+            def means(pixels):
+                return pixels.astype(np.float32).mean(axis=(1, 2))
+
+            return tf.reshape(tf.numpy_function(means, [images], tf.float32), (-1, 3))
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    return EmbeddingFunction(keras.Model(inputs, PixelMeans()(inputs)))
+
+
+def test_openvino_asked_for_a_model_it_cannot_convert_is_an_error_naming_both():
+    with pytest.raises(EngineUnavailableError) as raised:
+        make_embedder(pixel_means_function(), "pixel-means", OPENVINO, FLOAT32)
+    message = str(raised.value)
+    assert "--engine openvino" in message and "pixel-means" in message
+    assert "PyFunc" in message  # the operation OpenVINO has no rule for
+
+
+def test_auto_falls_back_to_tensorflow_and_says_why():
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    embedder, resolved = make_embedder(pixel_means_function(), "pixel-means", "auto", "auto")
+    assert (resolved.engine, resolved.precision) == (TENSORFLOW, FLOAT32)
+    assert "PyFunc" in resolved.fallback
+    np.testing.assert_allclose(embedder(images), images.mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_bfloat16_on_tensorflow_is_a_usage_error():
+    with pytest.raises(UsageError, match="--precision bfloat16 runs on OpenVINO"):
+        parse_options(
+            ["--input", "a.csv", "--output", "out", "--engine", "tensorflow",
+             "--precision", "bfloat16"]
+        )  # fmt: skip
+
+
+def printed_summary(stdout: str) -> dict:
+    return json.JSONDecoder().raw_decode(stdout[stdout.index("{") :])[0]
+
+
+def neighbour_run(uris: list[str], root: Path, *engine_flags: str) -> tuple[Path, dict]:
+    output = root / "out"
+    result = run_cli(
+        "--input", str(write_csv(root / "images.csv", uris)),
+        "--output", str(output),
+        "--weights", "random",
+        "--neighbors", str(K),
+        "--duplicate_threshold", "0.9999",
+        *engine_flags,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return output, printed_summary(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def copies(photo_copies) -> list[str]:  # noqa: F811
+    """The similarity test's photographs and their altered and identical copies."""
+    return [uri for members in photo_copies.values() for uri in members.values()]
+
+
+@pytest.fixture(scope="module")
+def two_runs(copies, tmp_path_factory):
+    """The copies embedded in float32 by TensorFlow and in bfloat16 by OpenVINO."""
+    uris = copies
+    runs = {}
+    for precision, flags in (
+        (FLOAT32, ("--engine", "tensorflow", "--precision", "float32")),
+        (BFLOAT16, ("--engine", "openvino", "--precision", "bfloat16")),
+    ):
+        runs[precision] = neighbour_run(uris, tmp_path_factory.mktemp(precision), *flags)
+    return runs
+
+
+def neighbour_sets(output: Path) -> dict[str, set[str]]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(sorted(output.glob("neighbors-*.parquet"))).to_pylist()
+    return {row["uri"]: set(row["neighbors"]) for row in rows}
+
+
+def group_sets(output: Path) -> set[frozenset[str]]:
+    members: dict[int, set[str]] = {}
+    for number, uri, _ in read_groups(output):
+        members.setdefault(number, set()).add(uri)
+    return {frozenset(group) for group in members.values()}
+
+
+@needs_bf16
+@pytest.mark.pipeline_run
+def test_bfloat16_runs_find_the_float32_neighbours_and_duplicate_groups(two_runs):
+    (fp32, _), (bf16, _) = two_runs[FLOAT32], two_runs[BFLOAT16]
+    expected, got = neighbour_sets(fp32), neighbour_sets(bf16)
+    assert set(got) == set(expected)
+    recall = np.mean([len(got[uri] & expected[uri]) / K for uri in expected])
+    assert recall >= MIN_RECALL, recall
+    assert group_sets(bf16) == group_sets(fp32) != set()
+
+
+@needs_bf16
+@pytest.mark.pipeline_run
+def test_a_run_records_the_engine_asked_for_and_counts_the_one_that_ran(two_runs):
+    for precision, engine in ((FLOAT32, TENSORFLOW), (BFLOAT16, OPENVINO)):
+        output, printed = two_runs[precision]
+        assert (printed["engine"], printed["precision"]) == (engine, precision)
+        # One model per worker process: at least one process, none on another engine.
+        engines = {k: v for k, v in printed["metrics"].items() if k.startswith("engine_")}
+        assert (
+            set(engines) == {f"engine_{engine}_{precision}"}
+            and engines[f"engine_{engine}_{precision}"] >= 1
+        )
+        _, files = read_parquet(output)
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(files[0]).metadata
+        assert (metadata[b"engine"], metadata[b"precision"]) == (
+            engine.encode(),
+            precision.encode(),
+        )
+        assert len(parquet_embeddings(output)) == printed["embedded"]
+
+
+@needs_bf16
+@pytest.mark.pipeline_run
+def test_skip_existing_refuses_to_add_float32_embeddings_to_bfloat16_ones(two_runs, copies):
+    output, _ = two_runs[BFLOAT16]
+    result = run_cli(
+        "--input", str(write_csv(output.parent / "more.csv", copies)),
+        "--output", str(output),
+        "--weights", "random",
+        "--skip_existing",
+        "--precision", "float32",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "precision bfloat16 there, float32 here" in result.stderr
