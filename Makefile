@@ -35,7 +35,7 @@ test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in unde
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
 
-benchmark-models: $(VENV)/.installed ## Images/s of resnet50, CLIP, SigLIP 2 and DINOv2: raw model and end to end
+benchmark-models: $(VENV)/.installed ## Images/s per model and engine: raw, and end to end on 60 and 300 JPEGs (marginal rate)
 	$(BIN)/python benchmarks/models.py $(BENCHMARK_ARGS)
 
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings

@@ -1,8 +1,9 @@
-"""Images/s of each model on this machine: the raw embedding model, and the pipeline end
-to end on the same JPEGs, with random weights; plus the end-to-end run's peak memory.
+"""Images/s of each model and engine on this machine, with random weights: the raw engine
+on batches the load step already sized, and the pipeline end to end on the same JPEGs at
+two sizes, whose difference gives the marginal (steady-state) rate; plus peak memory.
 
 One run, one machine: prints a table and writes models.json. See docs/performance.md,
-"Models".
+"Models and engines".
 """
 
 from __future__ import annotations
@@ -22,32 +23,36 @@ from throughput import make_images, measure, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ["resnet50", "clip_vit_base_patch16", "siglip2_base_patch16_224", "dinov2_small"]
+ENGINES = ["tensorflow:float32", "openvino:float32", "openvino:bfloat16"]
 
 
-def raw_model(model: str, paths: list[str], batch_size: int) -> dict:
-    """The pipeline's own embedding function on images the load step already sized."""
+def raw_rate(model: str, engine: str, precision: str, paths: list[str], batch: int) -> float:
+    """images/s of the engine alone: the handler's own model, one batch again and again."""
     from pipeline.inputs.images import decode
     from pipeline.models.backbones import ModelSpec
+    from pipeline.models.engines import OpenVinoEmbedder
     from pipeline.models.handler import EmbeddingFunction, build_embedding_model
 
     spec = ModelSpec.of(model, "random", "avg", 0)
     rule = spec.resize("squash")
-    images = np.stack([decode(Path(p).read_bytes(), rule).pixels for p in paths[:batch_size]])
+    images = np.stack([decode(Path(p).read_bytes(), rule).pixels for p in paths[:batch]])
     embed = EmbeddingFunction(build_embedding_model(spec))
-    embed(images)  # trace and warm up
-    batches = max(1, len(paths) // batch_size)
+    if engine == "openvino":
+        embed = OpenVinoEmbedder(embed, precision)
+    embed(images)  # trace or compile, and warm up
+    repeats = max(2, 96 // batch)
     started = time.perf_counter()
-    for _ in range(batches):
+    for _ in range(repeats):
         embed(images)
-    seconds = time.perf_counter() - started
-    return {"images": batches * batch_size, "seconds": seconds}
+    return repeats * len(images) / (time.perf_counter() - started)
 
 
-def end_to_end(model: str, csv_path: Path, output: Path) -> dict:
-    """python -m pipeline on the local runner, JPEG files to Parquet, in one process."""
+def end_to_end(model: str, engine: str, precision: str, csv_path: Path, output: Path) -> dict:
+    """python -m pipeline on the local runner, JPEG files to Parquet."""
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "pipeline", "--input", str(csv_path),
-               "--output", str(output), "--model", model, "--weights", "random"]  # fmt: skip
+               "--output", str(output), "--model", model, "--weights", "random",
+               "--engine", engine, "--precision", precision]  # fmt: skip
     result = measure(command)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["reconciled"] and summary["failed"] == 0, summary
@@ -57,31 +62,49 @@ def end_to_end(model: str, csv_path: Path, output: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--engines", nargs="+", default=ENGINES, help="ENGINE:PRECISION")
+    parser.add_argument("--sizes", nargs=2, type=int, default=[60, 300], metavar=("N1", "N2"))
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workdir", type=Path, default=REPO / "out" / "benchmark-models")
     args = parser.parse_args(argv)
-    paths = make_images(args.workdir / "images", args.images)
-    csv_path = write_csv(args.workdir / "images.csv", paths)
-    report = {"images": args.images, "cpus": os.cpu_count(), "models": {}}
+    small, large = args.sizes
+    paths = make_images(args.workdir / "images", large)
+    csvs = {n: write_csv(args.workdir / f"images-{n}.csv", paths[:n]) for n in (small, large)}
+    rows = []
     for model in args.models:
-        raw = raw_model(model, paths, args.batch_size)
-        run = end_to_end(model, csv_path, args.workdir / f"out-{model}")
-        report["models"][model] = {
-            "raw_images_per_second": raw["images"] / raw["seconds"],
-            "end_to_end_images_per_second": run["images"] / run["seconds"],
-            "end_to_end_peak_rss_mb": run["peak_rss_mb"],
-        }
+        for choice in args.engines:
+            engine, precision = choice.split(":")
+            raw = raw_rate(model, engine, precision, paths, args.batch)
+            runs = {
+                n: end_to_end(model, engine, precision, csvs[n], args.workdir / f"out-{n}")
+                for n in (small, large)
+            }
+            marginal = (large - small) / (runs[large]["seconds"] - runs[small]["seconds"])
+            rows.append({
+                "model": model, "engine": engine, "precision": precision, "raw": raw,
+                "whole_run": {n: run["images"] / run["seconds"] for n, run in runs.items()},
+                "marginal": marginal, "peak_rss_mb": runs[large]["peak_rss_mb"],
+            })  # fmt: skip
+    report = {"cpus": os.cpu_count(), "sizes": args.sizes, "rows": rows}
     (args.workdir / "models.json").write_text(json.dumps(report, indent=2))
-    print(f"{args.images} JPEGs, {report['cpus']} CPUs, random weights; end to end includes "
-          "start-up (one local process)")  # fmt: skip
-    print("| model | raw images/s | end to end images/s | end to end, peak RSS MB |")
-    print("|---|---|---|---|")
-    for model, row in report["models"].items():
-        print(f"| {model} | {row['raw_images_per_second']:.1f} | "
-              f"{row['end_to_end_images_per_second']:.1f} | "
-              f"{row['end_to_end_peak_rss_mb']:.0f} |")  # fmt: skip
+    print(f"{os.cpu_count()} CPUs, random weights, camera-sized JPEGs; marginal = "
+          f"({large} - {small}) images / the difference of the two runs' wall times")  # fmt: skip
+    print(
+        f"| model | engine | raw images/s | whole run {small} | whole run {large} | "
+        "marginal | marginal / raw | marginal / TF fp32 marginal | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    tensorflow = {r["model"]: r["marginal"] for r in rows if r["engine"] == "tensorflow"}
+    for r in rows:
+        base = tensorflow.get(r["model"])
+        versus = f"{r['marginal'] / base:.2f}" if base else "-"
+        print(
+            f"| {r['model']} | {r['engine']} {r['precision']} | {r['raw']:.1f} | "
+            f"{r['whole_run'][small]:.1f} | {r['whole_run'][large]:.1f} | {r['marginal']:.1f} | "
+            f"{r['marginal'] / r['raw']:.2f} | "
+            f"{versus} | {r['peak_rss_mb']:.0f} |"
+        )
     return 0
 
 

@@ -90,7 +90,7 @@ def resnet(tmp_path_factory):
     output = root / "out"
     result = run_cli(
         "--input", str(csv_path), "--output", str(output), "--weights", "random",
-        "--seed", "3", "--keep_columns", "label", "--num_shards", "3",
+        "--precision", "float32", "--seed", "3", "--keep_columns", "label", "--num_shards", "3",
         "--max_failure_fraction", "0.5",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -105,7 +105,7 @@ def clip(tmp_path_factory):
     output = root / "out"
     result = run_cli(
         "--input", str(csv_path), "--output", str(output), "--model", CLIP,
-        "--weights", str(preset), "--keep_columns", "label",
+        "--weights", str(preset), "--keep_columns", "label", "--precision", "float32",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return {"output": output, "preset": preset}
@@ -186,7 +186,7 @@ def test_ties_are_broken_by_uri(resnet, tmp_path):
     output = tmp_path / "out"
     result = run_cli(
         "--input", str(write_catalogue(tmp_path / "copies.csv", [*copies, PHOTO_PATHS[4]])),
-        "--output", str(output), "--weights", "random", "--seed", "3",
+        "--output", str(output), "--weights", "random", "--precision", "float32", "--seed", "3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     found = json_results(run_search(str(output), "--image", PHOTO_PATHS[2], "--json"))

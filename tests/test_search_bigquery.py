@@ -46,7 +46,8 @@ def loaded(tmp_path_factory):
                 output = f"gs://{BUCKET}/out"
                 result = run_cli(
                     "--input", f"gs://{BUCKET}/lists/photos.csv", "--output", output,
-                    "--weights", "random", "--seed", "7", "--keep_columns", "label",
+                    "--weights", "random", "--precision", "float32", "--seed", "7",
+                    "--keep_columns", "label",
                     "--num_shards", "2", "--bigquery_table", TABLE, env=env,
                 )  # fmt: skip
                 assert result.returncode == 0, result.stderr[-3000:]

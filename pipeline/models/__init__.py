@@ -9,7 +9,7 @@ from pipeline.models.backbones import (
     ModelSpec,
     embedding_shape,
 )
-from pipeline.models.engines import ENGINES, PRECISIONS, EngineUnavailableError
+from pipeline.models.engines import ENGINES, PRECISIONS, EngineUnavailableError, make_embedder
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
 from pipeline.models.labels import (
@@ -63,5 +63,6 @@ __all__ = [
     "check_weights_file",
     "embedding_shape",
     "ensure_imagenet",
+    "make_embedder",
     "read_labels",
 ]

@@ -10,9 +10,11 @@ from pipeline.inputs import LoadImageFn
 from pipeline.models import (
     BACKBONES,
     EmbeddingFunction,
+    EngineUnavailableError,
     TextTower,
     WeightsUnavailableError,
     build_embedding_model,
+    make_embedder,
 )
 from pipeline.search.recorded import Recorded, SearchError
 
@@ -69,7 +71,8 @@ def embed_image(recorded: Recorded, uri: str) -> np.ndarray:
     """(d,) float32: the image's embedding as the run made the stored ones."""
     pixels = load_image(recorded, uri)
     try:
-        model = EmbeddingFunction(build_embedding_model(recorded.spec))
-    except WeightsUnavailableError as error:
+        function = EmbeddingFunction(build_embedding_model(recorded.spec))
+        embed, _ = make_embedder(function, recorded.spec.model, recorded.engine, recorded.precision)
+    except (WeightsUnavailableError, EngineUnavailableError) as error:
         raise SearchError(str(error)) from error
-    return model(pixels[np.newaxis])[0].reshape(-1)
+    return np.asarray(embed(pixels[np.newaxis]))[0].reshape(-1)

@@ -36,6 +36,8 @@ class Recorded:
     max_bytes: int
     keep_columns: tuple[str, ...]
     metadata: dict[str, str]  # model, weights, pooling, resize as the summary gives them
+    engine: str = "tensorflow"  # what embedded the images, so that a query image is alike
+    precision: str = "float32"
 
     @property
     def shards(self) -> str:
@@ -93,7 +95,25 @@ def _recorded(output: str, summary: dict) -> Recorded:
         max_bytes=int(summary.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
         keep_columns=tuple(summary.get("keep_columns", ())),
         metadata={key: str(summary[key]) for key in SHARD_METADATA},
+        **_engine(summary),
     )
+
+
+def _engine(summary: dict) -> dict[str, str]:
+    """The engine and precision the run's workers used: the one engine counter of a local
+    run's metrics, else the options it asked for (resolved here as a worker would)."""
+    ran = [
+        name.split("_", 2)[1:]
+        for name, count in summary.get("metrics", {}).items()
+        if name.startswith("engine_") and name != "engine_fallback_tensorflow" and count
+    ]
+    if len(ran) == 1:
+        engine, precision = ran[0]
+        return {"engine": engine, "precision": precision}
+    return {
+        "engine": summary.get("engine", "tensorflow"),
+        "precision": summary.get("precision", "float32"),
+    }
 
 
 def _resize(spec: ModelSpec, recorded: str) -> Resize:
