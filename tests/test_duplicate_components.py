@@ -61,6 +61,8 @@ def expected_labels(edges) -> list[tuple[str, str]]:
     )  # fmt: skip
 
 
+# slow: a 20,000-node chain through every star round (about 5 s).
+@pytest.mark.slow
 def test_a_chain_needs_about_log2_of_its_length_in_rounds():
     # Measured: 1,000 images 10 rounds, 20,000 15, 100,000 17 (in URI order or reversed;
     # fewer in random order). STAR_ROUNDS covers a chain of 2^22 images.

@@ -83,6 +83,8 @@ def cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return dot / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
 
 
+# slow: each case converts and compiles a model with OpenVINO (5-12 s).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "clip", "siglip", "dinov2"])
 def test_openvino_float32_equals_tensorflow_for_each_family(name, presets):
     spec = spec_of(name, presets)
@@ -95,6 +97,8 @@ def test_openvino_float32_equals_tensorflow_for_each_family(name, presets):
 
 
 @needs_bf16
+# slow: two OpenVINO compilations of the model per case.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "clip"])
 def test_bfloat16_embeddings_point_where_float32_ones_do(name, presets):
     spec = spec_of(name, presets)

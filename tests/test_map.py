@@ -341,6 +341,8 @@ def _synthetic_points(count: int) -> tuple[list, dict, object]:
     return points, thumbnails, projection
 
 
+# slow: starts Chromium of its own and draws 5,000 points (5-7 s).
+@pytest.mark.slow
 def test_report_with_5000_points_loads_and_responds(tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -74,8 +74,10 @@ def embed(images):
         ("resnet50", "avg", (2048,)),
         ("resnet50", "max", (2048,)),
         ("resnet50", "none", (7, 7, 2048)),
-        ("resnet101", "avg", (2048,)),
-        ("efficientnet_b0", "avg", (1280,)),
+        # slow: the same code path as resnet50's, with a larger or another Keras model to
+        # build and run twice (7-10 s each); make test runs them.
+        pytest.param("resnet101", "avg", (2048,), marks=pytest.mark.slow),
+        pytest.param("efficientnet_b0", "avg", (1280,), marks=pytest.mark.slow),
     ],
 )
 def test_handler_equals_keras_with_preprocess_input(model_name, pooling, shape, embed, keras_maps):

@@ -7,6 +7,7 @@ import gc
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from support import run_cli, write_csv
@@ -72,8 +73,25 @@ def test_each_line_builds_the_published_architecture(name):
 
 
 def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    """python -m pipeline, as a user runs it (its own process: all it prints is checked)."""
     csv = write_csv(tmp_path / "one.csv", ["tests/data/photos/chelsea.png"])
     return run_cli("--input", str(csv), "--output", str(tmp_path / "out"), *args, env=env)
+
+
+class Finished(NamedTuple):
+    returncode: int
+    stderr: str
+
+
+def cli_here(tmp_path: Path, capsys, *args: str) -> Finished:
+    """The command line's main() in this process: the same checks and messages, without
+    an interpreter's start-up per case (cli runs one case in its own process)."""
+    from pipeline.cli import main
+
+    csv = write_csv(tmp_path / "one.csv", ["tests/data/photos/chelsea.png"])
+    capsys.readouterr()
+    code = main(["--input", str(csv), "--output", str(tmp_path / "out"), *args])
+    return Finished(code, capsys.readouterr().err)
 
 
 def one_line(result) -> str:
@@ -106,26 +124,28 @@ def dinov2_preset(tmp_path_factory) -> Path:
     return small_preset(tmp_path_factory.mktemp("dinov2") / "preset")
 
 
-def test_a_preset_folder_without_its_weights_is_one_line(dinov2_preset, tmp_path):
+def test_a_preset_folder_without_its_weights_is_one_line(dinov2_preset, tmp_path, capsys):
     partial = tmp_path / "partial"
     shutil.copytree(dinov2_preset, partial)
     (partial / "model.weights.h5").unlink()
-    result = cli(tmp_path, "--model", "dinov2_small", "--weights", str(partial))
+    result = cli_here(tmp_path, capsys, "--model", "dinov2_small", "--weights", str(partial))
     assert result.returncode == 2
     assert "no model.weights.h5 or model.weights.json" in one_line(result)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_folder_without_a_config_is_one_line(tmp_path):
+def test_a_folder_without_a_config_is_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = cli(tmp_path, "--model", "dinov2_small", "--weights", str(empty))
+    result = cli_here(tmp_path, capsys, "--model", "dinov2_small", "--weights", str(empty))
     assert result.returncode == 2
     assert f"--weights {empty}: no readable config.json" in one_line(result)
 
 
-def test_a_preset_of_another_architecture_is_refused(dinov2_preset, tmp_path):
-    result = cli(tmp_path, "--model", "clip_vit_base_patch16", "--weights", str(dinov2_preset))
+def test_a_preset_of_another_architecture_is_refused(dinov2_preset, tmp_path, capsys):
+    result = cli_here(
+        tmp_path, capsys, "--model", "clip_vit_base_patch16", "--weights", str(dinov2_preset)
+    )
     assert result.returncode == 2
     assert "holds a DINOV2Backbone, not the CLIPBackbone of clip_vit_base_patch16" in (
         one_line(result)
@@ -136,7 +156,7 @@ def test_a_preset_of_another_architecture_is_refused(dinov2_preset, tmp_path):
     other = tmp_path / "patch16"
     shutil.copytree(dinov2_preset, other)
     (other / "config.json").write_text(json.dumps(config))
-    result = cli(tmp_path, "--model", "dinov2_small", "--weights", str(other))
+    result = cli_here(tmp_path, capsys, "--model", "dinov2_small", "--weights", str(other))
     assert result.returncode == 2
     assert "its patch_size is 16, dinov2_small's is 14" in one_line(result)
 
@@ -165,8 +185,8 @@ def test_pretrained_offline_is_one_line_before_any_work(tmp_path):
     ],
 )
 def test_options_of_the_keras_applications_models_are_refused_for_a_hub_model(
-    flags, expected, tmp_path
+    flags, expected, tmp_path, capsys
 ):
-    result = cli(tmp_path, "--model", "siglip2_base_patch16_224", *flags)
+    result = cli_here(tmp_path, capsys, "--model", "siglip2_base_patch16_224", *flags)
     assert result.returncode == 2
     assert expected in one_line(result)

@@ -335,6 +335,8 @@ def test_similarity_flags_are_checked(flags, message):
         parse_options(["--input", "in.csv", "--output", "out", *flags])
 
 
+# slow: three FindSimilar runs with every near-duplicate round (about 10 s idle).
+@pytest.mark.slow
 def test_tiny_collections_are_still_answered(tmp_path):
     generator = np.random.default_rng(5)
     image = generator.normal(size=DIMENSIONS) + 3.0
