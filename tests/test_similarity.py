@@ -86,6 +86,8 @@ def exact_top(similarities: np.ndarray, k: int) -> list[list[int]]:
     return [list(np.argsort(-row, kind="stable")[:k]) for row in scores]
 
 
+# slow: a FindSimilar run over thousands of vectors with a brute-force reference (4-5 s).
+@pytest.mark.slow
 def test_partitioned_search_recalls_brute_forces_neighbours(tmp_path):
     vectors = clustered(3000, clusters=30, seed=0)
     files = store(tmp_path, vectors)
