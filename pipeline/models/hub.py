@@ -3,6 +3,7 @@ from a preset folder or the published preset, then made into an embedding model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -10,7 +11,12 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models.backbones import Architecture, ModelSpec
-from pipeline.models.weights import PRESET_CONFIG, WeightsUnavailableError, baked_preset
+from pipeline.models.weights import (
+    PRESET_CONFIG,
+    WeightsUnavailableError,
+    baked_preset,
+    copy_file,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -74,30 +80,37 @@ def local_preset_copy(folder: str) -> str:
 
     keras-hub would read gs:// through TensorFlow's own file system; Beam's FileSystems is
     what every other path of the pipeline goes through, with its credentials and retries.
+    The copy is shared by the worker processes of a VM (one per vCPU): each finds the one
+    made for the same files (path, size, time) instead of downloading them again.
     """
-    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(folder) in (None, "file"):
         return os.path.abspath(folder)  # keras-hub takes a bare name for a Kaggle preset
     root = folder.rstrip("/")
-    local = tempfile.mkdtemp(prefix="preset-")
     matched = FileSystems.match([f"{root}/**"])[0].metadata_list
+    made = hashlib.sha256(
+        "\n".join(
+            f"{m.path} {m.size_in_bytes} {m.last_updated_in_seconds}"
+            for m in sorted(matched, key=lambda m: m.path)
+        ).encode()
+    ).hexdigest()[:20]
+    local = os.path.join(tempfile.gettempdir(), "presets", made)
+    if os.path.isfile(os.path.join(local, PRESET_CONFIG)):
+        return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f"{made}-", dir=os.path.dirname(local))
     for metadata in matched:
-        relative = metadata.path[len(root) + 1 :]
-        target = os.path.join(local, *relative.split("/"))
+        target = os.path.join(partial, *metadata.path[len(root) + 1 :].split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with (
-            FileSystems.open(
-                metadata.path,
-                mime_type="application/octet-stream",
-                compression_type=CompressionTypes.UNCOMPRESSED,
-            ) as source,
-            open(target, "wb") as copy,
-        ):
-            shutil.copyfileobj(source, copy, length=16 << 20)
-    if not os.path.isfile(os.path.join(local, PRESET_CONFIG)):
+        copy_file(metadata.path, target)
+    if not os.path.isfile(os.path.join(partial, PRESET_CONFIG)):
+        shutil.rmtree(partial, ignore_errors=True)
         raise WeightsUnavailableError(f"--weights {folder}: no {PRESET_CONFIG} in the folder")
+    try:
+        os.rename(partial, local)  # whole or not at all; another process may have won
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
     return local
 
 

@@ -79,13 +79,21 @@ def local_copy(path: str) -> str:
 
     Keras reads weights by file name, so the suffix (.weights.h5 / .h5) survives.
     """
-    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(path) in (None, "file"):
         return path
     name = path.rstrip("/").rsplit("/", 1)[-1]
     local = os.path.join(tempfile.mkdtemp(prefix="weights-"), name)
+    copy_file(path, local)
+    return local
+
+
+def copy_file(path: str, local: str) -> None:
+    """The bytes of path (any Beam filesystem) into the local file, 16 MiB at a time."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
     with (
         FileSystems.open(
             path,
@@ -95,7 +103,6 @@ def local_copy(path: str) -> str:
         open(local, "wb") as copy,
     ):
         shutil.copyfileobj(source, copy, length=16 << 20)
-    return local
 
 
 def read_layout(path: str) -> Layout:
