@@ -1,7 +1,8 @@
 """The engines on real photographs: OpenVINO float32 against TensorFlow on the same Keras
 function for each model family, bfloat16 against float32 (embeddings, neighbours and
-near-duplicate groups of pipeline runs), auto's choice and its fallback, and what a run
-records of them."""
+near-duplicate groups of pipeline runs), mixed float16 through grappler's CPU emulation of
+its GPU rewrite, auto's choice (on this CPU, and for given GPUs) and its fallbacks, and
+what a run records of them."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from pipeline.inputs.images import decode
 from pipeline.models.backbones import ModelSpec
 from pipeline.models.engines import (
     BFLOAT16,
+    FLOAT16,
     FLOAT32,
+    MIXED_FLOAT16_CPU_EMULATION,
     OPENVINO,
     TENSORFLOW,
     EngineUnavailableError,
     Resolved,
+    TensorFlowEmbedder,
     choose,
     cpu_has_bf16,
     gpu_visible,
@@ -126,6 +130,92 @@ def test_auto_runs_openvino_on_a_cpu_in_bfloat16_where_the_cpu_has_it():
     assert choose("auto", "auto") == Resolved(OPENVINO, expected)
     assert choose("auto", "float32") == Resolved(OPENVINO, FLOAT32)
     assert choose("tensorflow", "auto") == Resolved(TENSORFLOW, FLOAT32)
+
+
+L4 = {"device_name": "NVIDIA L4", "compute_capability": (8, 9)}
+T4 = {"device_name": "Tesla T4", "compute_capability": (7, 5)}
+P100 = {"device_name": "Tesla P100-PCIE-16GB", "compute_capability": (6, 0)}
+
+
+@pytest.mark.parametrize(
+    ("gpus", "engine", "precision", "expected"),
+    [
+        ([L4], "auto", "auto", Resolved(TENSORFLOW, FLOAT16)),
+        ([T4], "auto", "auto", Resolved(TENSORFLOW, FLOAT16)),
+        ([T4], "tensorflow", "auto", Resolved(TENSORFLOW, FLOAT16)),
+        ([P100], "auto", "auto", Resolved(TENSORFLOW, FLOAT32)),  # no tensor cores
+        ([L4, P100], "auto", "auto", Resolved(TENSORFLOW, FLOAT32)),
+        (
+            [{"device_name": "no capability reported"}],
+            "auto",
+            "auto",
+            Resolved(TENSORFLOW, FLOAT32),
+        ),
+        ([L4], "tensorflow", "float32", Resolved(TENSORFLOW, FLOAT32)),
+        ([L4], "auto", "float32", Resolved(TENSORFLOW, FLOAT32)),
+        ([], "tensorflow", "auto", Resolved(TENSORFLOW, FLOAT32)),
+    ],
+)
+def test_auto_precision_is_float16_only_on_gpus_with_tensor_cores(
+    gpus, engine, precision, expected
+):
+    assert choose(engine, precision, gpus) == expected
+
+
+def test_float16_is_counted_under_its_own_name():
+    assert Resolved(TENSORFLOW, FLOAT16).counter == "engine_tensorflow_float16"
+
+
+def test_without_a_gpu_auto_runs_openvino_whatever_the_precision():
+    assert choose("auto", "float32", []) == Resolved(OPENVINO, FLOAT32)
+    assert choose("auto", "bfloat16", [L4]).engine == OPENVINO
+
+
+def small_convolutional_function(size: int, offset: float = 0.0, scale: float = 1.0):
+    """Convolutions, a pooling and a dense layer on uint8 images: a model whose graph
+    grappler's CPU emulation of the float16 rewrite handles (it crashes TensorFlow 2.21 on
+    ResNet50, EfficientNet and CLIP's graphs: docs/engine.md). offset and scale make the
+    dense layer's outputs pass float16's largest value (65504)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255, offset)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(64, kernel_initializer=keras.initializers.Constant(scale))
+    return EmbeddingFunction(keras.Model(inputs, dense(x)))
+
+
+def test_mixed_float16_points_where_float32_does_and_float32_stays_float32():
+    spec = spec_of("resnet50", {})
+    images = photographs(spec)
+    function = small_convolutional_function(spec.input_size)
+    reference = function(images)
+    got = TensorFlowEmbedder(function, FLOAT16, MIXED_FLOAT16_CPU_EMULATION)(images)
+    assert got.dtype == np.float32 and got.shape == reference.shape
+    assert cosines(got, reference).min() >= MIN_COSINE
+    # The rewrite acted (values rounded to float16 between operations)...
+    assert max(relative_error(a, e) for a, e in zip(got, reference, strict=True)) > 1e-4
+    # ...on its own calls only: the same function, called as float32, is float32 again.
+    np.testing.assert_array_equal(TensorFlowEmbedder(function)(images), reference)
+
+
+def test_auto_on_a_tensor_core_gpu_embeds_in_float16_and_falls_back_where_it_overflows():
+    images = photographs(spec_of("resnet50", {}))[:3]
+    on_gpu = {"gpus": [L4], "float16_rewrite": MIXED_FLOAT16_CPU_EMULATION}
+    function = small_convolutional_function(224)
+    embedder, resolved = make_embedder(function, "small", "auto", "auto", **on_gpu)
+    assert resolved == Resolved(TENSORFLOW, FLOAT16) and embedder.precision == FLOAT16
+    assert 0 < np.abs(embedder(images) - function(images)).max() < 1e-2
+
+    overflowing = small_convolutional_function(224, offset=300.0, scale=1000.0)
+    embedder, resolved = make_embedder(overflowing, "overflowing", "auto", "auto", **on_gpu)
+    assert (resolved.engine, resolved.precision) == (TENSORFLOW, FLOAT32)
+    assert "not finite" in resolved.fallback
+    assert np.all(np.isfinite(embedder(images)))
+    np.testing.assert_array_equal(embedder(images), overflowing(images))
 
 
 def pixel_means_function() -> EmbeddingFunction:

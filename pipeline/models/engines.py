@@ -1,5 +1,6 @@
-"""What runs the embedding function on a worker: TensorFlow, or OpenVINO on the CPU in
-float32 or bfloat16, chosen once per worker process from --engine and --precision.
+"""What runs the embedding function on a worker: TensorFlow (float32, or mixed float16 on a
+GPU with tensor cores), or OpenVINO on the CPU in float32 or bfloat16, chosen once per worker
+process from --engine and --precision.
 
 The launcher only names the choices (ENGINES, PRECISIONS); TensorFlow and OpenVINO are
 imported on the workers.
@@ -7,8 +8,10 @@ imported on the workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,8 +24,23 @@ TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
+FLOAT16 = "float16"  # what auto resolves to on a GPU; not a --precision value
 ENGINES = (AUTO, TENSORFLOW, OPENVINO)
 PRECISIONS = (AUTO, FLOAT32, BFLOAT16)
+
+# Grappler's mixed-precision graph rewrites (tensorflow/core/protobuf/rewriter_config.proto).
+# auto_mixed_precision turns the ops on its allow list (Conv2D, MatMul, Einsum...) and the
+# ops between them to float16 and keeps those on its deny list (Softmax, Exp, Pow, Sum,
+# Mean, the norms' reductions...) in float32 (core/grappler/optimizers/
+# auto_mixed_precision_lists.h); it acts only where a GPU of compute capability 7.0 or more
+# is visible (auto_mixed_precision.cc: HasFastFP16Support, kMinGPUArch = {7, 0}) and logs
+# "No (suitable) GPUs detected" otherwise. auto_mixed_precision_cpu is the same rewrite with
+# the same lists for a CPU (AutoMixedPrecisionMode::CPU, there to test it without a GPU):
+# the CPU has no float16 kernels for the allow list, so those ops compute in float32
+# between casts, and the values between ops are rounded to float16 as on a GPU.
+MIXED_FLOAT16_GPU = "auto_mixed_precision"
+MIXED_FLOAT16_CPU_EMULATION = "auto_mixed_precision_cpu"
+MIN_FLOAT16_CAPABILITY = (7, 0)  # tensor cores: Volta and later
 
 # OpenVINO's names for the precisions (INFERENCE_PRECISION_HINT).
 _OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16"}
@@ -57,7 +75,7 @@ class Resolved:
 
     engine: str
     precision: str
-    fallback: str = ""  # why auto runs TensorFlow where it chose OpenVINO
+    fallback: str = ""  # why auto runs TensorFlow float32 where it chose otherwise
 
     @property
     def counter(self) -> str:
@@ -71,6 +89,24 @@ def gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def gpu_details() -> list[dict]:
+    """What TensorFlow reports of each visible GPU (device_name, compute_capability)."""
+    import tensorflow as tf
+
+    return [
+        dict(tf.config.experimental.get_device_details(gpu))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+
+
+def fast_float16(gpus: Sequence[Mapping]) -> bool:
+    """Whether grappler's auto_mixed_precision acts on these GPUs: every one reports a
+    compute capability of 7.0 or more (a GPU without one, e.g. ROCm's, counts as older)."""
+    return bool(gpus) and all(
+        tuple(gpu.get("compute_capability") or (0, 0)) >= MIN_FLOAT16_CAPABILITY for gpu in gpus
+    )
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes bfloat16 natively (AVX512_BF16 or AMX): the
     plugin's own OPTIMIZATION_CAPABILITIES, which is what compile_model acts on."""
@@ -79,17 +115,29 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose(engine: str, precision: str) -> Resolved:
+def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -> Resolved:
     """The engine and precision this worker runs for --engine and --precision.
 
-    auto: TensorFlow where a GPU is visible, otherwise OpenVINO on the CPU; its precision
-    auto: bfloat16 where the CPU computes it natively, float32 elsewhere. bfloat16 asked for
-    runs on OpenVINO (parsing refuses it with --engine tensorflow).
+    auto: TensorFlow where a GPU is visible, otherwise OpenVINO on the CPU. Precision auto:
+    on OpenVINO, bfloat16 where the CPU computes it natively; on TensorFlow, mixed float16
+    where every visible GPU has tensor cores (fast_float16); float32 elsewhere. bfloat16
+    asked for runs on OpenVINO (parsing refuses it with --engine tensorflow). gpus: the
+    device details of the visible GPUs (gpu_details(), read only when needed, by default).
     """
+
+    def visible() -> Sequence[Mapping]:
+        nonlocal gpus
+        if gpus is None:
+            gpus = gpu_details()
+        return gpus
+
     if engine == AUTO:
-        engine = OPENVINO if precision == BFLOAT16 or not gpu_visible() else TENSORFLOW
+        engine = OPENVINO if precision == BFLOAT16 or not visible() else TENSORFLOW
     if precision == AUTO:
-        precision = BFLOAT16 if engine == OPENVINO and cpu_has_bf16() else FLOAT32
+        if engine == OPENVINO:
+            precision = BFLOAT16 if cpu_has_bf16() else FLOAT32
+        else:
+            precision = FLOAT16 if fast_float16(visible()) else FLOAT32
     if engine == OPENVINO and precision == BFLOAT16 and not cpu_has_bf16():
         raise EngineUnavailableError(
             "--precision bfloat16: this worker's CPU does not compute bfloat16 (OpenVINO's "
@@ -99,17 +147,61 @@ def choose(engine: str, precision: str) -> Resolved:
     return Resolved(engine, precision)
 
 
+@contextlib.contextmanager
+def _rewritten(config: Any) -> Iterator[None]:
+    """TensorFlow functions called in this block, on this thread, are optimized with
+    `config` (the process's config with one grappler rewrite turned on).
+
+    The option could be set for the whole process (tf.config.optimizer.
+    set_experimental_options({"auto_mixed_precision": True})), but that would rewrite every
+    function the process calls afterwards, a float32 embedder's included, and it does not
+    take auto_mixed_precision_cpu (eager/context.py maps only auto_mixed_precision and the
+    oneDNN bfloat16 ones). Grappler optimizes a function once per config it is called with,
+    so each call here runs the rewritten graph and a call outside runs the plain one.
+    """
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    before = eager.function_call_options
+    eager.function_call_options = context.FunctionCallOptions(
+        executor_type=before.executor_type, config_proto=config
+    )
+    try:
+        yield
+    finally:
+        eager.function_call_options = before
+
+
 class TensorFlowEmbedder:
-    """The Keras function run by TensorFlow (float32)."""
+    """The Keras function run by TensorFlow: float32 as traced, or float16 through grappler's
+    mixed-precision rewrite of the same graph (no change to the model or its weights)."""
 
     engine = TENSORFLOW
-    precision = FLOAT32
 
-    def __init__(self, function: EmbeddingFunction):
+    def __init__(
+        self,
+        function: EmbeddingFunction,
+        precision: str = FLOAT32,
+        rewrite: str = MIXED_FLOAT16_GPU,
+    ):
         self._function = function
+        self.precision = precision
+        self._config = None  # a ConfigProto with the rewrite on, for float16
+        if precision == FLOAT16:
+            from tensorflow.core.protobuf import rewriter_config_pb2
+            from tensorflow.python.eager import context
+
+            config = context.context().config
+            setattr(
+                config.graph_options.rewrite_options, rewrite, rewriter_config_pb2.RewriterConfig.ON
+            )
+            self._config = config
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._function(images)
+        if self._config is None:
+            return self._function(images)
+        with _rewritten(self._config):
+            return self._function(images)
 
 
 class OpenVinoEmbedder:
@@ -180,20 +272,50 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {(summary or lines or [''])[0]}"
 
 
+def _float16_embedder(
+    function: EmbeddingFunction, model: str, chosen: Resolved, rewrite: str
+) -> tuple[Embedder, Resolved]:
+    """Mixed float16, tried on one black image; where it cannot run or gives values that
+    are not finite (float16 ends at 65504), TensorFlow float32, with the reason logged."""
+    try:
+        embedder = TensorFlowEmbedder(function, FLOAT16, rewrite)
+        probe(embedder, function.size)
+    except Exception as error:
+        reason = _reason(error)
+        _LOG.warning(
+            "--precision auto: %s in mixed float16 failed (%s); embedding in float32",
+            model,
+            reason,
+        )
+        return TensorFlowEmbedder(function), Resolved(TENSORFLOW, FLOAT32, reason)
+    return embedder, chosen
+
+
 def make_embedder(
-    function: EmbeddingFunction, model: str, engine: str, precision: str
+    function: EmbeddingFunction,
+    model: str,
+    engine: str,
+    precision: str,
+    *,
+    gpus: Sequence[Mapping] | None = None,
+    float16_rewrite: str = MIXED_FLOAT16_GPU,
 ) -> tuple[Embedder, Resolved]:
     """The embedder this worker process runs, and what was chosen (with auto's fallback).
 
     An explicit --engine openvino that cannot convert or run the model raises
     EngineUnavailableError naming the model; under auto, TensorFlow takes over and the
-    reason is logged and returned.
+    reason is logged and returned. Mixed float16 (auto on a GPU) that fails its probe falls
+    back to TensorFlow float32 the same way. gpus and float16_rewrite are choose()'s device
+    details and the grappler rewrite float16 runs with (MIXED_FLOAT16_CPU_EMULATION to
+    exercise it on a CPU).
     """
     try:
-        chosen = choose(engine, precision)
+        chosen = choose(engine, precision, gpus)
     except EngineUnavailableError as error:
         raise EngineUnavailableError(f"{model}: {error}") from error
     if chosen.engine == TENSORFLOW:
+        if chosen.precision == FLOAT16:
+            return _float16_embedder(function, model, chosen, float16_rewrite)
         return TensorFlowEmbedder(function), chosen
     try:
         embedder = OpenVinoEmbedder(function, chosen.precision)

@@ -313,18 +313,20 @@ ENGINE = Group(
             default="auto",
             choices=PRECISIONS,
             help="auto: bfloat16 on OpenVINO where the CPU computes it natively (AVX512_BF16 "
-            "or AMX), float32 elsewhere; float32; bfloat16 (OpenVINO only; about 3x faster "
+            "or AMX), mixed float16 on TensorFlow with a GPU of compute capability 7.0 or more, "
+            "float32 elsewhere; float32; bfloat16 (OpenVINO only; about 3x faster "
             "on such CPUs, cosine to float32 above 0.999). --skip_existing refuses to mix "
             "runs asked for different precisions. (default: %(default)s)",
             summary="`auto`, `float32` or `bfloat16` (OpenVINO; see [Engine](engine.md))",
             form=Form(
                 "Precision",
                 "auto computes in bfloat16 with OpenVINO where the worker's CPU supports it "
-                "natively (AVX512_BF16 or AMX) and in float32 elsewhere; bfloat16 needs the "
+                "natively (AVX512_BF16 or AMX), in mixed float16 on a GPU with tensor cores and in "
+                "float32 elsewhere; bfloat16 needs the "
                 "openvino or auto engine. For example, auto",
                 "Performance",
                 enum={
-                    "auto": ("Automatic", "bfloat16 where the CPU computes it, else float32"),
+                    "auto": ("Automatic", "bfloat16 or float16 where the hardware computes it"),
                     "float32": ("float32", "Full precision on every engine"),
                     "bfloat16": ("bfloat16", "OpenVINO on a CPU with AVX512_BF16 or AMX"),
                 },
