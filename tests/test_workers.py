@@ -1,15 +1,19 @@
-"""The cores each worker process's engine may use, for each runner layout, and OpenVINO
-compiled for that many threads giving the same embeddings."""
+"""What worker threads and processes must not change: the cores each process's engine may
+use, for each runner layout (OpenVINO compiled for that many threads giving the same
+embeddings), and random weights while other threads run."""
 
 from __future__ import annotations
 
 import os
+import random
+import threading
 
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from support import relative_error
 
+from pipeline.models.backbones import ModelSpec, build_backbone
 from pipeline.models.engines import FLOAT32, OpenVinoEmbedder
 from pipeline.models.handler import EmbeddingFunction
 from pipeline.workers import engine_threads
@@ -54,3 +58,27 @@ def test_openvino_compiled_for_one_thread_uses_one_and_embeds_the_same():
     assert every.threads == os.cpu_count()
     for embedder in (one, every):
         assert relative_error(embedder(images), reference) <= 1e-4
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [np.asarray(weight) for weight in model.get_weights()]
+
+
+def test_random_weights_follow_from_the_seed_while_other_threads_draw_random_numbers():
+    spec = ModelSpec.of("efficientnet_b0", "random", "avg", 3)
+    alone = weights_of(build_backbone(spec))
+    stop = threading.Event()
+
+    def draw():  # as Beam's element-size sampling does in a bundle's thread
+        while not stop.is_set():
+            random.random()
+
+    drawing = threading.Thread(target=draw)
+    drawing.start()
+    try:
+        beside = weights_of(build_backbone(spec))
+    finally:
+        stop.set()
+        drawing.join()
+    assert len(alone) == len(beside)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, beside, strict=True))
