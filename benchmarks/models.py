@@ -47,17 +47,19 @@ def raw_rate(model: str, engine: str, precision: str, paths: list[str], batch: i
     return repeats * len(images) / (time.perf_counter() - started)
 
 
-def end_to_end(model: str, engine: str, precision: str, csv_path: Path, output: Path) -> dict:
-    """python -m pipeline on the local runner, JPEG files to Parquet."""
+def end_to_end(
+    model: str, engine: str, precision: str, csv_path: Path, output: Path, extra: tuple = ()
+) -> dict:
+    """python -m pipeline on the local runner, JPEG files to Parquet (extra: more flags)."""
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "pipeline", "--input", str(csv_path),
                "--output", str(output), "--model", model, "--weights", "random",
-               "--engine", engine, "--precision", precision]  # fmt: skip
+               "--engine", engine, "--precision", precision, *extra]  # fmt: skip
     result = measure(command)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["reconciled"] and summary["failed"] == 0, summary
     return {"images": summary["embedded"], "seconds": result["seconds"],
-            "peak_rss_mb": result["peak_rss_mb"]}  # fmt: skip
+            "peak_rss_mb": result["peak_rss_mb"], "cpu": result["cpu_utilisation"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.inputs import Resize
+from pipeline.models.seeding import keras_seed
 from pipeline.models.weights import (
     ImagenetWeights,
     Layout,
@@ -347,8 +348,8 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
     if spec.weights == "random":
         # Keras's own initialisers under a fixed seed: every worker process, and any
         # reference built the same way, gets bit-identical weights.
-        keras.utils.set_random_seed(spec.seed)
-        return constructor(weights=None, **kwargs)
+        with keras_seed(spec.seed):
+            return constructor(weights=None, **kwargs)
     if spec.weights == "imagenet":
         try:
             return constructor(weights="imagenet", **kwargs)

@@ -211,23 +211,27 @@ class OpenVinoEmbedder:
     each batch is split into one part per stream and the parts inferred at once (faster
     than one request for the whole batch: docs/engine.md). Each thread that calls it has
     its own requests: an InferRequest serves one inference at a time.
+
+    threads: how many of the machine's cores this process may use (0: all of them). Where
+    one worker process runs per core, each compiles for one thread, so the processes do
+    not contend for the cores (docs/performance.md, "Processes and threads").
     """
 
     engine = OPENVINO
 
-    def __init__(self, function: EmbeddingFunction, precision: str):
+    def __init__(self, function: EmbeddingFunction, precision: str, threads: int = 0):
         import openvino as ov
 
         self.precision = precision
         model = ov.convert_model(function.concrete_function())
-        self._compiled = ov.Core().compile_model(
-            model,
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
-                "PERFORMANCE_HINT": "THROUGHPUT",
-            },
-        )
+        config = {
+            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = ov.Core().compile_model(model, "CPU", config)
+        self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         self._parallel = max(
             1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         )
@@ -296,11 +300,13 @@ def make_embedder(
     model: str,
     engine: str,
     precision: str,
+    threads: int = 0,
     *,
     gpus: Sequence[Mapping] | None = None,
     float16_rewrite: str = MIXED_FLOAT16_GPU,
 ) -> tuple[Embedder, Resolved]:
-    """The embedder this worker process runs, and what was chosen (with auto's fallback).
+    """The embedder this worker process runs, and what was chosen (with auto's fallback);
+    threads as OpenVinoEmbedder takes them.
 
     An explicit --engine openvino that cannot convert or run the model raises
     EngineUnavailableError naming the model; under auto, TensorFlow takes over and the
@@ -318,7 +324,7 @@ def make_embedder(
             return _float16_embedder(function, model, chosen, float16_rewrite)
         return TensorFlowEmbedder(function), chosen
     try:
-        embedder = OpenVinoEmbedder(function, chosen.precision)
+        embedder = OpenVinoEmbedder(function, chosen.precision, threads)
         probe(embedder, function.size)
     except Exception as error:
         reason = _reason(error)

@@ -11,6 +11,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models.backbones import Architecture, ModelSpec
+from pipeline.models.seeding import keras_seed
 from pipeline.models.weights import (
     PRESET_CONFIG,
     WeightsUnavailableError,
@@ -37,18 +38,17 @@ def build(architecture: Architecture) -> Any:
 
 def load_backbone(spec: ModelSpec) -> Any:
     """The whole keras-hub backbone (both towers) with the spec's weights."""
-    import keras
     import keras_hub
 
     line = spec.backbone
     if spec.weights == "random":
         # Keras's own initialisers under a fixed seed: every worker process, and any
         # reference built the same way, gets the same weights.
-        keras.utils.set_random_seed(spec.seed)
         architecture = line.architecture
         if line.resizable:
             architecture = _with_image_size(architecture, line.input_size)
-        return build(architecture)
+        with keras_seed(spec.seed):
+            return build(architecture)
     preset = preset_location(spec)
     constructor = getattr(keras_hub.models, line.class_name)
     kwargs = {"image_shape": (line.input_size, line.input_size, 3)} if line.resizable else {}
