@@ -16,21 +16,20 @@ LOCAL_RUNNERS = {
     "TestDirectRunner",
 }
 
+# One process whose threads run a bundle each (an SDK harness in this process, as
+# Dataflow runs one with several harness threads): one model, shared by the threads,
+# built once; decoding (Pillow releases the GIL) overlaps inference (so do TensorFlow
+# and OpenVINO). Measured against one thread and a process per core in
+# docs/performance.md, "Processes and threads".
+LOCAL_MODE = "multi_threading"
 
-# Up to this many input rows, one in-process worker finishes first: a worker process
-# per core pays a process start, a TensorFlow import and a model build each (about 3 s
-# on 2 cores) for a rate only about 10% higher; docs/performance.md, "Start-up", has the figures.
-SMALL_INPUT_ROWS = 500
 
-
-def use_local_runner_defaults(
-    options: PipelineOptions, argv: Sequence[str], *, small_input: bool
-) -> str | None:
-    """With no --runner: Beam's FnApiRunner; returns the running mode it chose, if it did.
+def use_local_runner_defaults(options: PipelineOptions, argv: Sequence[str]) -> str | None:
+    """With no --runner: Beam's FnApiRunner, in this process with a bundle thread per CPU
+    core; returns the running mode if it chose it.
 
     Beam's DirectRunner would first try to download the Prism runner; FnApiRunner runs
-    offline. A small input runs in this process (in_memory); a larger one in one worker
-    process per core (multi_processing), each with its own model and GIL.
+    offline. --direct_running_mode and --direct_num_workers override the choice.
     """
     standard = options.view_as(StandardOptions)
     if standard.runner is not None:
@@ -39,10 +38,10 @@ def use_local_runner_defaults(
     direct = options.view_as(DirectOptions)
     chosen = None
     if not any(flag.startswith("--direct_running_mode") for flag in argv):
-        chosen = direct.direct_running_mode = "in_memory" if small_input else "multi_processing"
+        chosen = direct.direct_running_mode = LOCAL_MODE
     if not any(flag.startswith("--direct_num_workers") for flag in argv):
-        # in_memory runs one bundle at a time (Beam warns about any other count); 0 is one
-        # process per CPU core.
+        # 0 is one per CPU core; in_memory runs one bundle at a time (Beam warns about any
+        # other count).
         direct.direct_num_workers = 1 if direct.direct_running_mode == "in_memory" else 0
     return chosen
 

@@ -44,7 +44,6 @@ from pipeline.outputs import (
 from pipeline.publish import STAGED_VECTORS, PublishPlan
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.similarity import FindSimilar, SimilaritySettings
-from pipeline.workers import engine_threads
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ class RunPlan:
         self.stage = run_folder(opts.output, run_id)
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self._local = is_local(options)
-        self._engine_threads = engine_threads(options)
         self.context = {"run_id": run_id, **run_context(opts, self.spec, self.shape)}
         self.outputs = optional_outputs(self)
         for output in self.outputs:
@@ -102,7 +100,6 @@ class RunPlan:
             max_batch_size=self.opts.max_batch_size,
             engine=self.opts.engine,
             precision=self.opts.precision,
-            engine_threads=self._engine_threads,
         )
 
     def label_images(self) -> LabelImages:

@@ -6,7 +6,6 @@ from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
     check_glob,
-    count_inputs,
     is_glob,
     keep_columns_layout,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "ReadImageUris",
     "Resize",
     "check_glob",
-    "count_inputs",
     "is_glob",
     "keep_columns_layout",
 ]

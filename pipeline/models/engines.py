@@ -211,15 +211,11 @@ class OpenVinoEmbedder:
     each batch is split into one part per stream and the parts inferred at once (faster
     than one request for the whole batch: docs/engine.md). Each thread that calls it has
     its own requests: an InferRequest serves one inference at a time.
-
-    threads: how many of the machine's cores this process may use (0: all of them). Where
-    one worker process runs per core, each compiles for one thread, so the processes do
-    not contend for the cores (docs/performance.md, "Processes and threads").
     """
 
     engine = OPENVINO
 
-    def __init__(self, function: EmbeddingFunction, precision: str, threads: int = 0):
+    def __init__(self, function: EmbeddingFunction, precision: str):
         import openvino as ov
 
         self.precision = precision
@@ -228,10 +224,7 @@ class OpenVinoEmbedder:
             "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
             "PERFORMANCE_HINT": "THROUGHPUT",
         }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = ov.Core().compile_model(model, "CPU", config)
-        self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         self._parallel = max(
             1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         )
@@ -300,13 +293,11 @@ def make_embedder(
     model: str,
     engine: str,
     precision: str,
-    threads: int = 0,
     *,
     gpus: Sequence[Mapping] | None = None,
     float16_rewrite: str = MIXED_FLOAT16_GPU,
 ) -> tuple[Embedder, Resolved]:
-    """The embedder this worker process runs, and what was chosen (with auto's fallback);
-    threads as OpenVinoEmbedder takes them.
+    """The embedder this worker process runs, and what was chosen (with auto's fallback).
 
     An explicit --engine openvino that cannot convert or run the model raises
     EngineUnavailableError naming the model; under auto, TensorFlow takes over and the
@@ -324,7 +315,7 @@ def make_embedder(
             return _float16_embedder(function, model, chosen, float16_rewrite)
         return TensorFlowEmbedder(function), chosen
     try:
-        embedder = OpenVinoEmbedder(function, chosen.precision, threads)
+        embedder = OpenVinoEmbedder(function, chosen.precision)
         probe(embedder, function.size)
     except Exception as error:
         reason = _reason(error)

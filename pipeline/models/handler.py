@@ -75,11 +75,7 @@ class WorkerModel:
 
 class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
     """Loads the embedding model once per worker process, on the engine --engine and
-    --precision choose there; embeds uint8 image batches.
-
-    engine_threads: the cores each worker process's engine may use (0: all; see
-    local_runner.engine_threads).
-    """
+    --precision choose there; embeds uint8 image batches."""
 
     def __init__(
         self,
@@ -89,18 +85,16 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
         max_batch_size: int,
         engine: str = AUTO,
         precision: str = AUTO,
-        engine_threads: int = 0,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._spec = spec
         self._engine = engine
         self._precision = precision
-        self._engine_threads = engine_threads
 
     def load_model(self) -> WorkerModel:
         function = EmbeddingFunction(build_embedding_model(self._spec))
         embedder, resolved = make_embedder(
-            function, self._spec.model, self._engine, self._precision, self._engine_threads
+            function, self._spec.model, self._engine, self._precision
         )
         return WorkerModel(embedder, resolved)
 
