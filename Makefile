@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-models benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
+.PHONY: help demo test test-fast benchmark benchmark-models benchmark-layout benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and t
 
 benchmark-models: $(VENV)/.installed ## Images/s per model and engine: raw, and end to end on 60 and 300 JPEGs (marginal rate)
 	$(BIN)/python benchmarks/models.py $(BENCHMARK_ARGS)
+
+benchmark-layout: $(VENV)/.installed ## Images/s per process and thread layout of the local runner, 60 and 600 JPEGs
+	$(BIN)/python benchmarks/layout.py $(BENCHMARK_ARGS)
 
 benchmark-map: $(VENV)/.installed ## Peak memory of the --map branch, 10,000 to 80,000 embeddings
 	$(BIN)/python benchmarks/map_memory.py
