@@ -24,7 +24,7 @@ from pipeline.local_runner import (
 from pipeline.models import ExtractEmbeddings, ReportProgressFn, embedding_shape
 from pipeline.options import EmbeddingOptions, kept_columns, parse_options
 from pipeline.outputs import OptionalOutput, WriteFailures, embedding_metadata, new_run_id
-from pipeline.plan import RunPlan, model_spec, run_context
+from pipeline.plan import RunPlan, calibration_uris, model_spec, run_context
 from pipeline.publish import Publish, verdict
 from pipeline.summary import RunFailedError, Summarise, read_summary
 
@@ -32,15 +32,21 @@ _LOG = logging.getLogger(__name__)
 
 
 def build_pipeline(
-    p: beam.Pipeline, opts: EmbeddingOptions, run_id: str, started_at: float, *, fail_job: bool
+    p: beam.Pipeline,
+    opts: EmbeddingOptions,
+    run_id: str,
+    started_at: float,
+    *,
+    fail_job: bool,
+    calibration: tuple[str, ...] | None = None,
 ) -> None:
     """Adds every step to p, in the order the data flows; fail_job makes the job itself
-    fail when the run fails.
+    fail when the run fails; calibration: int8's sample (plan.calibration_uris), if read.
 
     Every file goes to the run's own folder first; Publish makes it the output only once
     the run has passed (pipeline/publish.py).
     """
-    plan = RunPlan(opts, run_id, p.options)
+    plan = RunPlan(opts, run_id, p.options, calibration)
     earlier = plan.embedded_earlier(p)
     read = p | "Read URIs" >> ReadImageUris(opts.input, earlier, plan.keep)
     loaded = read["uris"] | "Load images" >> plan.load_images()
@@ -140,12 +146,13 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
         preflight.check_vector_search_folder(opts.vector_search_output)
 
 
-def check_earlier_outputs(opts: EmbeddingOptions) -> None:
-    """With --skip_existing, that what is there was made as this run makes it; checked
-    once this run holds the output, so that no other run changes it in between."""
+def check_earlier_outputs(opts: EmbeddingOptions, calibration: tuple[str, ...] = ()) -> None:
+    """With --skip_existing, that what is there was made as this run makes it (for int8,
+    on the same calibration sample); checked once this run holds the output, so that no
+    other run changes it in between."""
     if opts.skip_existing:
         spec = model_spec(opts)
-        made = embedding_metadata(run_context(opts, spec, embedding_shape(spec)))
+        made = embedding_metadata(run_context(opts, spec, embedding_shape(spec), calibration))
         preflight.check_earlier_outputs(
             opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made,
             labelled=bool(opts.zero_shot_labels),
@@ -163,6 +170,8 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     opts = options.view_as(EmbeddingOptions)
     local = is_local(options)
     check_before_work(opts, local=local)
+    # Picked once, here: every worker process quantises int8 on these same images.
+    calibration = calibration_uris(opts)
     started_at = time.time()
     run_id = new_run_id(started_at)
     take_lease(
@@ -175,11 +184,11 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         process_bound=local,
     )
     try:
-        check_earlier_outputs(opts)
+        check_earlier_outputs(opts, calibration)
         if local and use_local_runner_defaults(options, argv):
             _LOG.info("local run: in this process, a bundle thread per CPU core")
         p = beam.Pipeline(options=options)
-        build_pipeline(p, opts, run_id, started_at, fail_job=not local)
+        build_pipeline(p, opts, run_id, started_at, fail_job=not local, calibration=calibration)
         result = p.run()
         if not local:
             return None

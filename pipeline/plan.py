@@ -15,15 +15,19 @@ from pipeline.destinations import (
     WriteVectorSearch,
     parse_table,
 )
-from pipeline.inputs import LoadImages
+from pipeline.inputs import LoadImages, first_uris
 from pipeline.local_runner import is_local
 from pipeline.models import (
+    CALIBRATION_IMAGES,
+    INT8,
+    CalibrationSample,
     KerasEmbeddingHandler,
     LabelImages,
     LabelList,
     ModelSpec,
     embedding_shape,
     read_labels,
+    sample_digest,
 )
 from pipeline.options import EmbeddingOptions, kept_columns
 from pipeline.outputs import (
@@ -49,9 +53,19 @@ _LOG = logging.getLogger(__name__)
 
 
 class RunPlan:
-    """One run's steps as its options configure them."""
+    """One run's steps as its options configure them.
 
-    def __init__(self, opts: EmbeddingOptions, run_id: str, options: Any):
+    calibration: int8's calibration URIs (calibration_uris), where the caller has them
+    already; read from the input otherwise.
+    """
+
+    def __init__(
+        self,
+        opts: EmbeddingOptions,
+        run_id: str,
+        options: Any,
+        calibration: tuple[str, ...] | None = None,
+    ):
         self.opts = opts
         self.run_id = run_id
         self.spec = model_spec(opts)
@@ -64,7 +78,11 @@ class RunPlan:
         self.stage = run_folder(opts.output, run_id)
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self._local = is_local(options)
-        self.context = {"run_id": run_id, **run_context(opts, self.spec, self.shape)}
+        self.calibration = calibration_uris(opts) if calibration is None else calibration
+        self.context = {
+            "run_id": run_id,
+            **run_context(opts, self.spec, self.shape, self.calibration),
+        }
         self.outputs = optional_outputs(self)
         for output in self.outputs:
             self.context["outputs"] |= output.final_files()
@@ -74,8 +92,8 @@ class RunPlan:
     @property
     def metadata(self) -> dict[str, str]:
         """How the embeddings were made, as every embedding file records it."""
-        made = ("model", "weights", "pooling", "resize", "engine", "precision")
-        return {key: str(self.context[key]) for key in made}
+        made = ("model", "weights", "pooling", "resize", "engine", "precision", "calibration")
+        return {key: str(self.context[key]) for key in made if key in self.context}
 
     def embedded_earlier(self, p: beam.Pipeline) -> beam.PCollection | None:
         """With --skip_existing, the URIs the output already holds."""
@@ -100,7 +118,18 @@ class RunPlan:
             max_batch_size=self.opts.max_batch_size,
             engine=self.opts.engine,
             precision=self.opts.precision,
+            calibration=self.calibration_sample(),
         )
+
+    def calibration_sample(self) -> CalibrationSample | None:
+        """int8's sample, read and decoded as the load step reads and decodes images."""
+        if self.opts.precision != INT8:
+            return None
+        opts = self.opts
+        return CalibrationSample(
+            self.calibration, self.spec.resize(opts.resize), opts.jpeg_draft,
+            opts.max_image_pixels, max_bytes=opts.max_image_bytes, local_paths=self._local,
+        )  # fmt: skip
 
     def label_images(self) -> LabelImages:
         return LabelImages(self.spec, self.labels.labels, self.opts.label_template)
@@ -200,13 +229,23 @@ def model_spec(opts: EmbeddingOptions) -> ModelSpec:
     return ModelSpec.of(opts.model, opts.weights, opts.pooling, opts.seed)
 
 
+def calibration_uris(opts: EmbeddingOptions) -> tuple[str, ...]:
+    """For --precision int8, the input's first CALIBRATION_IMAGES URIs: picked here, once,
+    so that every worker process quantises the model on the same images; () otherwise."""
+    if opts.precision != INT8:
+        return ()
+    return first_uris(opts.input, CALIBRATION_IMAGES)
+
+
 def run_context(
     opts: EmbeddingOptions,
     spec: ModelSpec,
     shape: tuple[int, ...],
+    calibration: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What the summary records about how the embeddings were made, and where the files
-    every run writes are (RunPlan adds the optional outputs')."""
+    every run writes are (RunPlan adds the optional outputs'). calibration: int8's sample,
+    recorded as its digest (models.sample_digest), only for int8."""
     files = {
         "embeddings": FORMATS[opts.output_format].embedding_files(opts.output),
         "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
@@ -225,6 +264,7 @@ def run_context(
         # As asked: each worker process resolves auto, and the metrics count what ran.
         "engine": opts.engine,
         "precision": opts.precision,
+        **({"calibration": sample_digest(calibration)} if opts.precision == INT8 else {}),
         "jpeg_draft": opts.jpeg_draft,
         "max_image_pixels": opts.max_image_pixels,
         "max_image_bytes": opts.max_image_bytes,

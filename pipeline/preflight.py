@@ -17,6 +17,7 @@ from pipeline.destinations import TableName, check_dataset, check_table_matches,
 from pipeline.models import (
     BACKBONES,
     BAKED_PRESETS,
+    CALIBRATION_IMAGES,
     KERAS_HUB,
     LabelList,
     LabelsError,
@@ -191,6 +192,14 @@ def _check_earlier_files(
             for key in RUN_METADATA_KEYS
             if key in recorded and key in made and recorded[key] != made[key]
         }
+        if set(differ) == {"calibration"}:
+            theirs, ours = differ["calibration"]
+            raise UsageError(
+                f"--skip_existing: the int8 embeddings under {output} (run {run_id}) were "
+                f"quantised on another calibration sample (digest {theirs[:12]} there, "
+                f"{ours[:12]} here: the input's first {CALIBRATION_IMAGES} URIs differ); list "
+                "the same images first, give another --output, or run without --skip_existing"
+            )
         if differ:
             described = "; ".join(
                 f"{key} {theirs} there, {ours} here" for key, (theirs, ours) in differ.items()

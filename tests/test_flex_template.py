@@ -469,7 +469,8 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     """Google's launcher: DataflowRunner flags, the parameters, the image's environment.
 
     The job description goes to --template_location, as the launcher has it; the
-    strict flag parser must accept every flag, and TensorFlow must not be imported.
+    strict flag parser must accept every flag, and neither TensorFlow nor OpenVINO and NNCF
+    must be imported.
     """
     from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -487,6 +488,7 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
         "vector_search_crowding_column": "label",
         "bigquery_table": f"{PROJECT}.images.embeddings",
         "bigquery_vector_index": "true",
+        "precision": "int8",  # the launcher picks the calibration sample
     }
     # Beam flags the launch environment may add (machine type, disk, network, labels).
     extra = [
@@ -528,7 +530,7 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
     assert set(image_variables) <= set(launcher_environment("", ""))
     imported = imported_packages(result.stderr)
     assert "apache_beam" in imported  # the log is complete
-    assert not imported & {"tensorflow", "keras", "tf_keras"}
+    assert not imported & {"tensorflow", "keras", "tf_keras", "openvino", "nncf"}
     left = [name for name in blobs if name.startswith(("embeddings/", "vector-search/"))]
     # The job runs later: the launcher took the output's lease for it, and left no probe.
     assert left == ["embeddings/run1/_lease.json"], "probe left behind"

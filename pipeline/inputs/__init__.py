@@ -1,11 +1,12 @@
 """The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
 
-from pipeline.inputs.images import Resize
-from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImageFn, LoadImages
+from pipeline.inputs.images import Resize, decode
+from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImageFn, LoadImages, read_bytes
 from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
     check_glob,
+    first_uris,
     is_glob,
     keep_columns_layout,
 )
@@ -18,6 +19,9 @@ __all__ = [
     "ReadImageUris",
     "Resize",
     "check_glob",
+    "decode",
+    "first_uris",
     "is_glob",
     "keep_columns_layout",
+    "read_bytes",
 ]

@@ -134,6 +134,46 @@ def check_glob(pattern: str) -> None:
         raise InputError(f"--input {pattern}: the pattern matches no files")
 
 
+def first_uris(path: str, count: int) -> tuple[str, ...]:
+    """The input's first `count` distinct URIs in input order, as the reader takes them: for
+    a CSV, the rows ParseRowFn yields a URI for (after the header; blank, unreadable and
+    URI-less rows skipped), read only as far as needed; for a glob, its matches sorted.
+
+    Runs in the launching process, which picks int8's calibration sample once for every
+    worker (models/calibration.py).
+    """
+    if is_glob(path):
+        matched = FileSystems.match([path])[0].metadata_list
+        return tuple(sorted({m.path for m in matched if _is_utf8_name(m.path)})[:count])
+    layout = sniff_layout(path)
+    uris: dict[str, None] = {}  # ordered, without repeats
+    with FileSystems.open(path) as handle:
+        for number, raw in enumerate(_lines(handle), start=1):
+            if len(uris) >= count:
+                break
+            if number <= layout.skip_lines:
+                continue
+            try:
+                # The line without its ending, as ReadFromText gives it.
+                fields = _loose_fields(raw.decode("utf-8").removesuffix("\n").removesuffix("\r"))
+            except UnicodeDecodeError:
+                continue
+            if fields is None:
+                continue
+            fields = [field.strip() for field in fields]
+            if layout.column < len(fields) and fields[layout.column]:
+                uris.setdefault(fields[layout.column])
+    return tuple(uris)
+
+
+def _is_utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ParseRowFn(beam.DoFn):
     """One CSV line (bytes) to (uri, kept values); a non-blank row without a URI, not
     UTF-8 text or that the csv module cannot split is a read failure.

@@ -9,7 +9,14 @@ from pipeline.models.backbones import (
     ModelSpec,
     embedding_shape,
 )
-from pipeline.models.engines import ENGINES, PRECISIONS, EngineUnavailableError, make_embedder
+from pipeline.models.calibration import CALIBRATION_IMAGES, CalibrationSample, sample_digest
+from pipeline.models.engines import (
+    ENGINES,
+    INT8,
+    PRECISIONS,
+    EngineUnavailableError,
+    make_embedder,
+)
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
 from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
 from pipeline.models.labels import (
@@ -37,14 +44,17 @@ __all__ = [
     "APPLICATIONS",
     "BACKBONES",
     "BAKED_PRESETS",
+    "CALIBRATION_IMAGES",
     "DEFAULT_TEMPLATE",
     "EMBEDDED_COUNTER",
     "ENGINES",
+    "INT8",
     "KERAS_HUB",
     "MAX_LABELS",
     "PRECISIONS",
     "TOP_LABELS",
     "Backbone",
+    "CalibrationSample",
     "EmbeddingFunction",
     "EngineUnavailableError",
     "ExtractEmbeddings",
@@ -65,4 +75,5 @@ __all__ = [
     "ensure_imagenet",
     "make_embedder",
     "read_labels",
+    "sample_digest",
 ]

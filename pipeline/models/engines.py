@@ -1,8 +1,8 @@
 """What runs the embedding function on a worker: TensorFlow (float32, or mixed float16 on a
-GPU with tensor cores), or OpenVINO on the CPU in float32 or bfloat16, chosen once per worker
-process from --engine and --precision.
+GPU with tensor cores), or OpenVINO on the CPU in float32, bfloat16 or int8 (quantised by
+NNCF on a calibration sample), chosen once per worker process from --engine and --precision.
 
-The launcher only names the choices (ENGINES, PRECISIONS); TensorFlow and OpenVINO are
+The launcher only names the choices (ENGINES, PRECISIONS); TensorFlow, OpenVINO and NNCF are
 imported on the workers.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
+INT8 = "int8"
 FLOAT16 = "float16"  # what auto resolves to on a GPU; not a --precision value
 ENGINES = (AUTO, TENSORFLOW, OPENVINO)
-PRECISIONS = (AUTO, FLOAT32, BFLOAT16)
+PRECISIONS = (AUTO, FLOAT32, BFLOAT16, INT8)
 
 # Grappler's mixed-precision graph rewrites (tensorflow/core/protobuf/rewriter_config.proto).
 # auto_mixed_precision turns the ops on its allow list (Conv2D, MatMul, Einsum...) and the
@@ -42,8 +44,13 @@ MIXED_FLOAT16_GPU = "auto_mixed_precision"
 MIXED_FLOAT16_CPU_EMULATION = "auto_mixed_precision_cpu"
 MIN_FLOAT16_CAPABILITY = (7, 0)  # tensor cores: Volta and later
 
-# OpenVINO's names for the precisions (INFERENCE_PRECISION_HINT).
-_OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16"}
+# OpenVINO's names for the precisions (INFERENCE_PRECISION_HINT). int8 runs its quantised
+# operations in int8 and the rest in f32: with bf16 there too, CLIP's recall@10 against
+# float32 fell from 0.959 to 0.941 (docs/engine.md).
+_OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16", INT8: "f32"}
+# Fewer calibration images than this that decode: the quantisation ranges would rest on
+# too few images to trust, so --precision int8 fails instead.
+MIN_CALIBRATION_IMAGES = 8
 
 
 class EngineUnavailableError(RuntimeError):
@@ -121,7 +128,8 @@ def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -
     auto: TensorFlow where a GPU is visible, otherwise OpenVINO on the CPU. Precision auto:
     on OpenVINO, bfloat16 where the CPU computes it natively; on TensorFlow, mixed float16
     where every visible GPU has tensor cores (fast_float16); float32 elsewhere. bfloat16
-    asked for runs on OpenVINO (parsing refuses it with --engine tensorflow). gpus: the
+    and int8 asked for run on OpenVINO (parsing refuses them with --engine tensorflow); auto
+    never chooses int8. gpus: the
     device details of the visible GPUs (gpu_details(), read only when needed, by default).
     """
 
@@ -132,7 +140,7 @@ def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -
         return gpus
 
     if engine == AUTO:
-        engine = OPENVINO if precision == BFLOAT16 or not visible() else TENSORFLOW
+        engine = OPENVINO if precision in (BFLOAT16, INT8) or not visible() else TENSORFLOW
     if precision == AUTO:
         if engine == OPENVINO:
             precision = BFLOAT16 if cpu_has_bf16() else FLOAT32
@@ -211,15 +219,29 @@ class OpenVinoEmbedder:
     each batch is split into one part per stream and the parts inferred at once (faster
     than one request for the whole batch: docs/engine.md). Each thread that calls it has
     its own requests: an InferRequest serves one inference at a time.
+
+    int8 needs calibration: the images (uint8, as the load step gives them) whose
+    activations set the quantisation ranges (quantize).
     """
 
     engine = OPENVINO
 
-    def __init__(self, function: EmbeddingFunction, precision: str):
+    def __init__(
+        self,
+        function: EmbeddingFunction,
+        precision: str,
+        calibration: np.ndarray | None = None,
+        *,
+        transformer: bool = False,
+    ):
         import openvino as ov
 
         self.precision = precision
         model = ov.convert_model(function.concrete_function())
+        if precision == INT8:
+            if calibration is None:
+                raise EngineUnavailableError("--precision int8 needs calibration images")
+            model = quantize(model, calibration, transformer=transformer)
         config = {
             "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
             "PERFORMANCE_HINT": "THROUGHPUT",
@@ -249,6 +271,25 @@ class OpenVinoEmbedder:
             # A copy: the request's output tensor is overwritten by its next inference.
             outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outputs)
+
+
+def quantize(model: Any, calibration: np.ndarray, *, transformer: bool = False) -> Any:
+    """The OpenVINO model with NNCF's post-training int8 quantisation, its ranges set from
+    the activations of the calibration images (uint8, one inference each); transformer:
+    NNCF's model type for attention models (its ignored patterns for them, SmoothQuant).
+    The same model and images give the same quantised model (tests/test_int8.py)."""
+    import nncf
+    from nncf.common.logging import nncf_logger
+
+    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    # NNCF logs and draws its progress bars on stdout, where the command lines print their
+    # results (a run's summary, a search's --json rows): both go to stderr instead.
+    for handler in nncf_logger.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setStream(sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(model, dataset, subset_size=len(calibration), **kwargs)
 
 
 def probe(embedder: Embedder, size: int) -> None:
@@ -296,6 +337,8 @@ def make_embedder(
     *,
     gpus: Sequence[Mapping] | None = None,
     float16_rewrite: str = MIXED_FLOAT16_GPU,
+    calibration: np.ndarray | None = None,
+    transformer: bool = False,
 ) -> tuple[Embedder, Resolved]:
     """The embedder this worker process runs, and what was chosen (with auto's fallback).
 
@@ -304,7 +347,8 @@ def make_embedder(
     reason is logged and returned. Mixed float16 (auto on a GPU) that fails its probe falls
     back to TensorFlow float32 the same way. gpus and float16_rewrite are choose()'s device
     details and the grappler rewrite float16 runs with (MIXED_FLOAT16_CPU_EMULATION to
-    exercise it on a CPU).
+    exercise it on a CPU). calibration: int8's calibration images (CalibrationSample.load);
+    transformer: quantise with NNCF's model type for attention models.
     """
     try:
         chosen = choose(engine, precision, gpus)
@@ -314,12 +358,16 @@ def make_embedder(
         if chosen.precision == FLOAT16:
             return _float16_embedder(function, model, chosen, float16_rewrite)
         return TensorFlowEmbedder(function), chosen
+    if chosen.precision == INT8 and calibration is None:
+        raise EngineUnavailableError(f"{model}: --precision int8 needs calibration images")
     try:
-        embedder = OpenVinoEmbedder(function, chosen.precision)
+        embedder = OpenVinoEmbedder(
+            function, chosen.precision, calibration, transformer=transformer
+        )
         probe(embedder, function.size)
     except Exception as error:
         reason = _reason(error)
-        if engine == OPENVINO or precision == BFLOAT16:
+        if engine == OPENVINO or precision in (BFLOAT16, INT8):
             raise EngineUnavailableError(
                 f"--engine {engine} --precision {precision}: OpenVINO cannot run {model} in "
                 f"{chosen.precision} ({reason})"

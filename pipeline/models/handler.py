@@ -12,6 +12,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from pipeline.common import NAMESPACE, counter
 from pipeline.models import hub
 from pipeline.models.backbones import KERAS_HUB, ModelSpec, applications_embedding_model
+from pipeline.models.calibration import CalibrationSample
 from pipeline.models.engines import AUTO, Embedder, Resolved, make_embedder
 
 if TYPE_CHECKING:
@@ -75,7 +76,11 @@ class WorkerModel:
 
 class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
     """Loads the embedding model once per worker process, on the engine --engine and
-    --precision choose there; embeds uint8 image batches."""
+    --precision choose there; embeds uint8 image batches.
+
+    calibration: for --precision int8, the sample every worker process loads and quantises
+    the model on, the same for all, so that no embedding depends on the worker that made it.
+    """
 
     def __init__(
         self,
@@ -85,16 +90,25 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
         max_batch_size: int,
         engine: str = AUTO,
         precision: str = AUTO,
+        calibration: CalibrationSample | None = None,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._spec = spec
         self._engine = engine
         self._precision = precision
+        self._calibration = calibration
 
     def load_model(self) -> WorkerModel:
+        # Before the model is built: a sample that does not load fails the worker at once.
+        calibration = self._calibration.load() if self._calibration else None
         function = EmbeddingFunction(build_embedding_model(self._spec))
         embedder, resolved = make_embedder(
-            function, self._spec.model, self._engine, self._precision
+            function,
+            self._spec.model,
+            self._engine,
+            self._precision,
+            calibration=calibration,
+            transformer=self._spec.backbone.library == KERAS_HUB,
         )
         return WorkerModel(embedder, resolved)
 

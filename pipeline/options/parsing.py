@@ -120,10 +120,10 @@ def validate(opts: EmbeddingOptions) -> None:
             _require_choice(option.name, getattr(opts, option.name), option.choices)
     _check_model_options(opts)
     _check_labels(opts)
-    if opts.engine == "tensorflow" and opts.precision == "bfloat16":
+    if opts.engine == "tensorflow" and opts.precision in ("bfloat16", "int8"):
         raise UsageError(
-            "--precision bfloat16 runs on OpenVINO; TensorFlow computes in float32: use "
-            "--engine openvino (or auto), or --precision float32 (see docs/engine.md)"
+            f"--precision {opts.precision} runs on OpenVINO; TensorFlow computes in float32: "
+            "use --engine openvino (or auto), or --precision float32 (see docs/engine.md)"
         )
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
         raise UsageError(

@@ -34,14 +34,23 @@ from pipeline.outputs.sinks import (
 
 # What makes embeddings comparable: runs that differ in any of these never share an output.
 # The precision is --precision as asked (bfloat16 and float32 embeddings differ in the
-# third decimal); the engine is not: OpenVINO float32 equals TensorFlow's to 1e-4.
-RUN_METADATA_KEYS = ("model", "weights", "pooling", "resize", "precision", "embedding_shape")
+# third decimal); the engine is not: OpenVINO float32 equals TensorFlow's to 1e-4. An int8
+# run also records its calibration sample's digest: a model quantised on other images has
+# other quantisation ranges. Runs of other precisions record none.
+RUN_METADATA_KEYS = (
+    "model", "weights", "pooling", "resize", "precision", "calibration", "embedding_shape",
+)  # fmt: skip
 
 
 def embedding_metadata(context: dict[str, Any]) -> dict[str, Any]:
-    """How a run embeds, from its context (plan.run_context): model, weights, pooling and
-    resize as strings, embedding_shape as a list of ints."""
-    made = {key: str(context[key]) for key in RUN_METADATA_KEYS if key != "embedding_shape"}
+    """How a run embeds, from its context (plan.run_context): model, weights, pooling,
+    resize, precision (and for int8 calibration) as strings, embedding_shape as a list of
+    ints."""
+    made = {
+        key: str(context[key])
+        for key in RUN_METADATA_KEYS
+        if key != "embedding_shape" and key in context
+    }
     return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}
 
 

@@ -6,15 +6,20 @@ from __future__ import annotations
 import numpy as np
 from apache_beam import pvalue
 
-from pipeline.inputs import LoadImageFn
+from pipeline.inputs import InputError, LoadImageFn, first_uris
 from pipeline.models import (
     BACKBONES,
+    CALIBRATION_IMAGES,
+    INT8,
+    KERAS_HUB,
+    CalibrationSample,
     EmbeddingFunction,
     EngineUnavailableError,
     TextTower,
     WeightsUnavailableError,
     build_embedding_model,
     make_embedder,
+    sample_digest,
 )
 from pipeline.search.recorded import Recorded, SearchError
 
@@ -71,8 +76,32 @@ def embed_image(recorded: Recorded, uri: str) -> np.ndarray:
     """(d,) float32: the image's embedding as the run made the stored ones."""
     pixels = load_image(recorded, uri)
     try:
+        calibration = calibration_images(recorded) if recorded.precision == INT8 else None
         function = EmbeddingFunction(build_embedding_model(recorded.spec))
-        embed, _ = make_embedder(function, recorded.spec.model, recorded.engine, recorded.precision)
+        embed, _ = make_embedder(
+            function, recorded.spec.model, recorded.engine, recorded.precision,
+            calibration=calibration, transformer=recorded.spec.backbone.library == KERAS_HUB,
+        )  # fmt: skip
     except (WeightsUnavailableError, EngineUnavailableError) as error:
         raise SearchError(str(error)) from error
     return np.asarray(embed(pixels[np.newaxis]))[0].reshape(-1)
+
+
+def calibration_images(recorded: Recorded) -> np.ndarray:
+    """int8's calibration images, picked from the run's input as its launcher picked them;
+    SearchError if the input no longer starts with the images the run calibrated on."""
+    try:
+        uris = first_uris(recorded.input, CALIBRATION_IMAGES)
+    except InputError as error:
+        raise SearchError(f"int8 embeddings' calibration sample: {error}") from error
+    if sample_digest(uris) != recorded.calibration:
+        raise SearchError(
+            f"{recorded.output} holds int8 embeddings calibrated on the first images of "
+            f"{recorded.input}, which now lists others first; the query cannot be quantised "
+            "as they were"
+        )
+    sample = CalibrationSample(
+        uris, recorded.resize, recorded.jpeg_draft, recorded.max_pixels,
+        max_bytes=recorded.max_bytes,
+    )  # fmt: skip
+    return sample.load()

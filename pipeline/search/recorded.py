@@ -38,6 +38,8 @@ class Recorded:
     metadata: dict[str, str]  # model, weights, pooling, resize as the summary gives them
     engine: str = "tensorflow"  # what embedded the images, so that a query image is alike
     precision: str = "float32"
+    input: str = ""  # the run's --input, where int8's calibration sample came from
+    calibration: str = ""  # int8's calibration sample digest (models.sample_digest)
 
     @property
     def shards(self) -> str:
@@ -96,6 +98,8 @@ def _recorded(output: str, summary: dict) -> Recorded:
         keep_columns=tuple(summary.get("keep_columns", ())),
         metadata={key: str(summary[key]) for key in SHARD_METADATA},
         **_engine(summary),
+        input=str(summary.get("input", "")),
+        calibration=str(summary.get("calibration", "")),
     )
 
 
