@@ -6,6 +6,7 @@ from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
     check_glob,
+    count_inputs,
     is_glob,
     keep_columns_layout,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "ReadImageUris",
     "Resize",
     "check_glob",
+    "count_inputs",
     "is_glob",
     "keep_columns_layout",
 ]
