@@ -19,11 +19,11 @@ LOCAL_RUNNERS = {
 # A larger input runs in one process whose threads run a bundle each (an SDK harness in
 # this process, as Dataflow runs one with several harness threads): one model, shared by
 # the threads; decoding (Pillow releases the GIL) overlaps inference (so do TensorFlow
-# and OpenVINO). Up to SMALL_INPUT_ROWS rows, one thread finishes first: the harness
-# costs 0.5-1.5 s more per run (its gRPC data plane, per step) than the overlap gains,
-# about 3-6 ms per image here. docs/performance.md, "Processes and threads", has the
-# figures.
-SMALL_INPUT_ROWS = 500
+# and OpenVINO). Up to SMALL_INPUT_ROWS rows, one thread finishes first: the threads'
+# harness costs about 0.5 s more per run (its gRPC data plane, per step; 1.5 s with the
+# map and neighbour steps), which the overlap, 3.2 ms per image with OpenVINO bfloat16,
+# wins back only past about 150 images. docs/performance.md, "Processes and threads".
+SMALL_INPUT_ROWS = 150
 LARGE_INPUT_MODE = "multi_threading"
 
 

@@ -218,7 +218,7 @@ def run_npy(csv_path: Path, output: Path, weights: Path, *extra: str):
     )  # fmt: skip
 
 
-# The mode of runs over 500 rows: a bundle thread per core, sharing one model.
+# The mode of runs over 150 rows: a bundle thread per core, sharing one model.
 NPY_RUN_MODE = ("--direct_running_mode", "multi_threading")
 
 
