@@ -14,10 +14,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOpt
 from pipeline import preflight
 from pipeline.common import NAMESPACE
 from pipeline.destinations import parse_table
-from pipeline.inputs import ReadImageUris, check_glob, is_glob, keep_columns_layout
+from pipeline.inputs import ReadImageUris, check_glob, count_inputs, is_glob, keep_columns_layout
 from pipeline.lease import release_lease, take_lease
 from pipeline.local_runner import (
     LOCAL_RUNNER,
+    SMALL_INPUT_ROWS,
     is_local,
     use_local_runner_defaults,
 )
@@ -185,8 +186,15 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     )
     try:
         check_earlier_outputs(opts, calibration)
-        if local and use_local_runner_defaults(options, argv):
-            _LOG.info("local run: in this process, a bundle thread per CPU core")
+        if local:
+            count = count_inputs(opts.input, SMALL_INPUT_ROWS)
+            mode = use_local_runner_defaults(options, argv, small_input=count is not None)
+            if mode:
+                _LOG.info(
+                    "local run, %s input rows: in this process, %s",
+                    count if count is not None else f"over {SMALL_INPUT_ROWS}",
+                    "one thread" if mode == "in_memory" else "a bundle thread per CPU core",
+                )
         p = beam.Pipeline(options=options)
         build_pipeline(p, opts, run_id, started_at, fail_job=not local, calibration=calibration)
         result = p.run()

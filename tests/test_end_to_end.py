@@ -218,8 +218,8 @@ def run_npy(csv_path: Path, output: Path, weights: Path, *extra: str):
     )  # fmt: skip
 
 
-# The mode of runs over 500 rows: a worker process per core, each loading the file.
-NPY_RUN_MODE = ("--direct_running_mode", "multi_processing")
+# The mode of runs over 150 rows: a bundle thread per core, sharing one model.
+NPY_RUN_MODE = ("--direct_running_mode", "multi_threading")
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_a_job_that_fails_its_check_publishes_nothing(tmp_path):
 
     argv = ["--input", str(bad), "--output", str(output), *EVERY_OUTPUT]
     options = parse_options(argv)
-    use_local_runner_defaults(options, argv)
+    use_local_runner_defaults(options, argv, small_input=True)
     started_at = time.time()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(

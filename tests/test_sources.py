@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from pipeline.inputs.sources import (
     CsvLayout,
     InputError,
     ReadImageUris,
+    count_inputs,
     keep_columns_layout,
     sniff_layout,
 )
@@ -126,6 +128,7 @@ def test_a_row_that_is_not_utf8_is_a_read_failure_and_the_others_are_read(tmp_pa
         b"uri,label\ngs://b/a.jpg,cat\ngs://b/caf\xe9.jpg,caf\xe9\n\xff\xfe\ngs://b/b.jpg,dog\n"
     )
     assert sniff_layout(str(path)).skip_lines == 1
+    assert count_inputs(str(path), 500) == 4
     run_read(
         path,
         ["gs://b/a.jpg", "gs://b/b.jpg"],
@@ -142,6 +145,7 @@ def test_a_first_line_that_is_not_utf8_is_a_row_unless_it_is_the_header(tmp_path
     rows = tmp_path / "rows.csv"
     rows.write_bytes(b"gs://b/caf\xe9.jpg\ngs://b/b.jpg\n")
     assert sniff_layout(str(rows)).skip_lines == 0
+    assert count_inputs(str(rows), 500) == 2
     run_read(
         rows,
         ["gs://b/b.jpg"],
@@ -153,12 +157,15 @@ def test_a_first_line_that_is_not_utf8_is_a_row_unless_it_is_the_header(tmp_path
     header.write_bytes(b"uri,caf\xe9\ngs://b/a.jpg,x\n")
     with pytest.raises(InputError, match=r"line 1 of .*header.csv.* is not UTF-8.*byte 7"):
         sniff_layout(str(header))
+    with pytest.raises(InputError, match="is not UTF-8"):
+        count_inputs(str(header), 500)
 
 
 def test_rows_the_csv_module_cannot_split_are_read_failures(tmp_path):
     long_uri = "gs://b/" + "x" * 200_000 + ".jpg"
     path = tmp_path / "awkward.csv"
     path.write_bytes(f"uri\ngs://b/a.jpg\n{long_uri}\ngs://b/c\rd.jpg\ngs://b/b.jpg\n".encode())
+    assert count_inputs(str(path), 500) == 4
     run_read(
         path,
         ["gs://b/a.jpg", "gs://b/b.jpg"],
@@ -173,6 +180,7 @@ def test_rows_the_csv_module_cannot_split_are_read_failures(tmp_path):
     mac = tmp_path / "mac.csv"
     mac.write_bytes(b"uri\rgs://b/a.jpg\rgs://b/b.jpg\r")
     assert sniff_layout(str(mac)) == CsvLayout()
+    assert count_inputs(str(mac), 500) == 1
 
 
 def test_a_matched_file_name_that_is_not_utf8_is_a_read_failure(tmp_path):
@@ -187,18 +195,40 @@ def test_a_matched_file_name_that_is_not_utf8_is_a_read_failure(tmp_path):
     )
 
 
+def test_count_inputs_counts_rows_as_the_reader_does_and_stops_past_the_limit(tmp_path):
+    def csv_file(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    rows = "".join(f"gs://b/{i}.jpg\n" for i in range(500))
+    assert count_inputs(csv_file("500.csv", "uri\n" + rows), 500) == 500
+    assert count_inputs(csv_file("501.csv", "uri\n" + rows + "gs://b/x.jpg\n"), 500) is None
+    assert count_inputs(csv_file("empty.csv", ""), 500) == 0
+    assert count_inputs(csv_file("header.csv", "label,uri\n"), 500) == 0
+    # Blank lines and all-empty rows are not rows; a header-less file counts its first line.
+    assert count_inputs(csv_file("sparse.csv", "a.jpg\n\n , \nb.jpg,x\n"), 500) == 2
+    with gzip.open(tmp_path / "rows.csv.gz", "wt") as handle:
+        handle.write("uri\n" + rows[:300])
+    assert count_inputs(str(tmp_path / "rows.csv.gz"), 500) == len(rows[:300].splitlines())
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    assert count_inputs(str(tmp_path / "*.png"), 500) == 3
+    assert count_inputs(str(tmp_path / "*.png"), 2) is None
+
+
 @pytest.mark.parametrize(
-    ("argv", "mode", "workers"),
+    ("argv", "small", "mode", "workers"),
     [
-        ([], "multi_threading", 0),
-        (["--direct_running_mode=in_memory"], "in_memory", 1),
-        (["--direct_running_mode=multi_processing"], "multi_processing", 0),
-        (["--direct_num_workers=3"], "multi_threading", 3),
+        ([], True, "in_memory", 1),
+        ([], False, "multi_threading", 0),
+        (["--direct_running_mode=multi_processing"], True, "multi_processing", 0),
+        (["--direct_num_workers=3"], False, "multi_threading", 3),
     ],
 )
-def test_the_local_runner_runs_a_bundle_thread_per_core_unless_told_otherwise(argv, mode, workers):
+def test_the_local_runner_mode_follows_the_input_size_unless_set(argv, small, mode, workers):
     options = PipelineOptions(argv)
-    use_local_runner_defaults(options, argv)
+    use_local_runner_defaults(options, argv, small_input=small)
     direct = options.view_as(DirectOptions)
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert (direct.direct_running_mode, direct.direct_num_workers) == (mode, workers)

@@ -129,6 +129,25 @@ def keep_columns_layout(path: str, keep_columns: tuple[str, ...]) -> CsvLayout:
     return CsvLayout(layout.column, layout.skip_lines, layout.header, kept)
 
 
+def count_inputs(path: str, limit: int) -> int | None:
+    """How many images path lists or matches, or None if more than limit (read no further)."""
+    if is_glob(path):
+        matched = FileSystems.match([path], limits=[limit + 1])[0].metadata_list
+        return len(matched) if len(matched) <= limit else None
+    layout = sniff_layout(path)
+    rows = 0
+    with FileSystems.open(path) as handle:
+        for number, raw in enumerate(_lines(handle), start=1):
+            fields = _loose_fields(raw.decode("utf-8", errors="replace"))
+            if number > layout.skip_lines and (
+                fields is None or any(field.strip() for field in fields)
+            ):
+                rows += 1
+                if rows > limit:
+                    return None
+    return rows
+
+
 def check_glob(pattern: str) -> None:
     if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
         raise InputError(f"--input {pattern}: the pattern matches no files")
