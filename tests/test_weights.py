@@ -54,8 +54,16 @@ def resnet50_files(tmp_path_factory):
     return folder
 
 
+# slow for the deeper ResNets: each builds a full-size model (2-3 s); the others stay fast.
+DEEP = ("resnet101", "resnet152")
+
+
 @pytest.mark.parametrize(
-    "name", sorted(n for n, b in BACKBONES.items() if b.library == APPLICATIONS)
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n
+        for n in sorted(n for n, b in BACKBONES.items() if b.library == APPLICATIONS)
+    ],
 )
 def test_the_table_matches_the_model_keras_builds(name):
     model = keras_backbone(name)
