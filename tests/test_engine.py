@@ -37,7 +37,7 @@ from pipeline.models.engines import (
     TensorFlowEmbedder,
     choose,
     cpu_has_bf16,
-    gpu_visible,
+    gpu_details,
     make_embedder,
 )
 from pipeline.models.handler import EmbeddingFunction, build_embedding_model
@@ -118,7 +118,7 @@ def test_bfloat16_embeddings_point_where_float32_ones_do(name, presets):
 
 
 def test_auto_runs_openvino_on_a_cpu_in_bfloat16_where_the_cpu_has_it():
-    if gpu_visible():
+    if gpu_details():
         pytest.skip("a GPU is visible: auto runs TensorFlow here")
     flags = (
         set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else None

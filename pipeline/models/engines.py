@@ -90,12 +90,6 @@ class Resolved:
         return f"engine_{self.engine}_{self.precision}"
 
 
-def gpu_visible() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def gpu_details() -> list[dict]:
     """What TensorFlow reports of each visible GPU (device_name, compute_capability)."""
     import tensorflow as tf
