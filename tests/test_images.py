@@ -303,3 +303,47 @@ def test_jpeg_draft_keeps_twice_what_the_first_resize_scales_to(rule):
         else:
             assert difference == 0, f"{name}: drafted below {need} pixels"
         assert difference <= DRAFT_MEAN_TOLERANCE, name
+
+
+def strip(width: int, height: int) -> Image.Image:
+    """A photograph squeezed into a thin strip."""
+    return photo("rocket.jpg").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("shape", [(3, 100), (100, 3)], ids=["tall", "wide"])
+def test_the_pixel_limit_counts_the_scaled_image_before_its_crop(shape):
+    # torchvision's Resize(224) scales a 3 x 100 strip to 224 x 7466 before CenterCrop.
+    image = strip(*shape)
+    scaled = (224, 7466) if shape[0] < shape[1] else (7466, 224)
+    limit = scaled[0] * scaled[1]
+    data = encode(image, "PNG")
+    expected = torchvision_reference(image, CLIP.shorter_side, CLIP.size)
+    assert np.array_equal(decode(data, CLIP, max_pixels=limit).pixels, expected)
+    with pytest.raises(Image.DecompressionBombError) as refused:
+        decode(data, CLIP, max_pixels=limit - 1)
+    assert str(refused.value) == (
+        f"resizing {shape[0]}x{shape[1]} ({CLIP.describe()}) makes a {scaled[0]}x{scaled[1]} "
+        f"image on the way ({limit} pixels), more than --max_image_pixels {limit - 1}"
+    )
+
+
+def test_the_pixel_limit_counts_pillows_pass_across_the_image():
+    # Pillow resizes across first, then down (src/libImaging/Resample.c): a 1 x 1000 strip
+    # is 224 x 1000 between the passes, a 1000 x 1 strip only 224 x 1.
+    tall = strip(1, 1000)
+    data = encode(tall, "PNG")
+    assert np.array_equal(decode(data, SQUASH, max_pixels=224 * 1000).pixels, squash(tall))
+    with pytest.raises(Image.DecompressionBombError, match=r"makes a 224x1000 image"):
+        decode(data, SQUASH, max_pixels=224 * 1000 - 1)
+    wide = strip(1000, 1)
+    assert np.array_equal(decode(encode(wide, "PNG"), SQUASH, max_pixels=1000).pixels, squash(wide))
+
+
+def test_pillows_own_bomb_check_is_reported_against_max_image_pixels(tmp_path, monkeypatch):
+    # Image.open refuses an image over twice Image.MAX_IMAGE_PIXELS by itself, naming that
+    # figure; LoadImageFn.setup sets it to --max_image_pixels.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    write_bomb(tmp_path / "bomb.png", side=3000)
+    with pytest.raises(Image.DecompressionBombError) as refused:
+        decode((tmp_path / "bomb.png").read_bytes(), SQUASH, max_pixels=1_000_000)
+    assert str(refused.value) == "9000000 pixels, more than --max_image_pixels 1000000"

@@ -1,4 +1,4 @@
-"""Reading an image's bytes: the size limit, what is not a regular file, local paths."""
+"""Reading an image's bytes: the size limits, what is not a regular file, local paths."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 from cloud import MetadataServer, emulator_client, storage_emulator
-from support import PHOTO_PATHS, REPO
+from PIL import Image
+from support import PHOTO_PATHS, REPO, write_bomb
 
+from pipeline.common import FAILED
+from pipeline.inputs.images import Resize
 from pipeline.inputs.loading import (
     ImageTooLargeError,
+    LoadImageFn,
     NotARegularFileError,
     UnsupportedUriError,
     read_bytes,
@@ -117,3 +121,18 @@ def test_a_cloud_storage_object_over_the_limit_is_refused():
         metadata.close()
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == (f"{uri}: {size} bytes, more than --max_image_bytes {size - 1}")
+
+
+def test_a_bomb_that_pillow_refuses_itself_is_reported_against_max_image_pixels(
+    tmp_path, monkeypatch
+):
+    # setup sets Pillow's own limit, which Image.open enforces at twice its value
+    # (20,000,000 here) before the load step sees the image's size.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    write_bomb(tmp_path / "bomb.png", side=5000)
+    load = LoadImageFn(Resize(224), jpeg_draft=True, max_pixels=10_000_000)
+    load.setup()
+    (output,) = load.process(str(tmp_path / "bomb.png"))
+    assert output.tag == FAILED
+    assert output.value.error_type == "DecompressionBombError"
+    assert output.value.message == "25000000 pixels, more than --max_image_pixels 10000000"

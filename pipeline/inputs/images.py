@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ THUMBNAIL_QUALITY = 75
 _ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Pillow's own bomb check: "Image size (N pixels) exceeds limit of M pixels, ...".
+_PILLOWS_BOMB = re.compile(r"Image size \((\d+) pixels\) exceeds limit")
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,19 @@ def _check_pixel_limit(image: Image.Image, max_pixels: int) -> None:
     if width * height > max_pixels:
         # Raised before any pixel is decoded: Image.open reads only the header.
         raise Image.DecompressionBombError(
-            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-            "(--max_image_pixels)"
+            f"{width}x{height} = {width * height} pixels, more than --max_image_pixels {max_pixels}"
+        )
+
+
+def _check_resize(resize: Resize, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = resize.largest_step(*size)
+    if width * height > max_pixels:
+        # Also raised before any pixel is decoded: a 161-byte PNG of 1 x 20000 pixels
+        # would otherwise be scaled to 224 x 4,480,000 (4 GB) for CLIP's crop.
+        raise Image.DecompressionBombError(
+            f"resizing {size[0]}x{size[1]} ({resize.describe()}) makes a {width}x{height} "
+            f"image on the way ({width * height} pixels), more than --max_image_pixels "
+            f"{max_pixels}"
         )
 
 
@@ -75,6 +89,9 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 POLICIES = ("squash", "center_crop", "shorter_side")
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# How many source pixels either side of an output pixel's centre each filter reads when
+# enlarging; when shrinking, that times the scale (Pillow's src/libImaging/Resample.c).
+_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,19 @@ class Resize:
         """What the first resize scales the shorter edge to (JPEG draft keeps more)."""
         return max(self.size, self.shorter_side)
 
+    def largest_step(self, width: int, height: int) -> tuple[int, int]:
+        """The largest image this rule makes from a width x height one on its way to the
+        output: for shorter_side the scaled image before the crop, and for every rule
+        the image Pillow's resize holds between its pass across and its pass down."""
+        support = _SUPPORT[self.interpolation]
+        if self.policy == "shorter_side":
+            scaled = _scaled_size(width, height, self.shorter_side)
+            steps = [scaled, _between_passes((width, height), scaled, None, support)]
+        else:
+            box = crop_box(width, height) if self.policy == "center_crop" else None
+            steps = [_between_passes((width, height), (self.size, self.size), box, support)]
+        return max(steps, key=lambda step: step[0] * step[1])
+
     def apply(self, image: Image.Image) -> Image.Image:
         """The image, size x size, by this rule."""
         resample = FILTERS[self.interpolation]
@@ -138,20 +168,50 @@ class Resize:
         return image.resize((self.size, self.size), resample, box=box)
 
 
+def _between_passes(
+    source: tuple[int, int],
+    output: tuple[int, int],
+    box: tuple[float, float, float, float] | None,
+    support: float,
+) -> tuple[int, int]:
+    """What Pillow's resize of source (within box) to output holds between its passes:
+    the output's width by the source rows the pass down reads; (0, 0) for one pass."""
+    # src/libImaging/Resample.c, ImagingResampleInner: across first, then down, so a
+    # tall strip is first widened at its full height.
+    width, height = source
+    left, top, right, bottom = box or (0, 0, width, height)
+    across = output[0] != width or (left, right) != (0, width)
+    down = output[1] != height or (top, bottom) != (0, height)
+    if not (across and down):
+        return 0, 0
+    # precompute_coeffs: output row i reads the rows within support * max(scale, 1) of
+    # top + (i + 0.5) * scale.
+    scale = (bottom - top) / output[1]
+    reach = support * max(scale, 1.0)
+    first = max(int(top + 0.5 * scale - reach + 0.5), 0)
+    last = min(int(bottom - 0.5 * scale + reach + 0.5), height)
+    return output[0], last - first
+
+
+def _scaled_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
+    """torchvision's Resize(shorter_side): the shorter edge to shorter_side, the longer
+    to int(shorter_side * long / short)."""
+    # pytorch/vision, torchvision/transforms/functional.py: _compute_resized_output_size.
+    short, long = (width, height) if width <= height else (height, width)
+    scaled_long = int(shorter_side * long / short)
+    return (shorter_side, scaled_long) if width <= height else (scaled_long, shorter_side)
+
+
 def _shorter_side_then_centre(
     image: Image.Image, shorter_side: int, size: int, resample: Image.Resampling
 ) -> Image.Image:
-    # pytorch/vision, torchvision/transforms/functional.py: _compute_resized_output_size
-    # scales the shorter edge to shorter_side and the longer one to
-    # int(shorter_side * long / short); resize on a PIL image is then
-    # image.resize((w, h), resample); center_crop takes its offsets as
-    # int(round((h - size) / 2.0)), Python's round, halves to even. The resized image
-    # is never smaller than the crop (Resize checks shorter_side >= size), so
-    # center_crop's padding does not arise.
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    scaled_long = int(shorter_side * long / short)
-    scaled = (shorter_side, scaled_long) if width <= height else (scaled_long, shorter_side)
+    # torchvision's resize on a PIL image is image.resize((w, h), resample); center_crop
+    # takes its offsets as int(round((h - size) / 2.0)), Python's round, halves to even.
+    # The resized image is never smaller than the crop (Resize checks shorter_side >=
+    # size), so center_crop's padding does not arise. Resizing only the crop's box
+    # instead would move about 1% of the values by a level or two (Pillow passes a box
+    # to its C code as 32-bit floats), so decode refuses what this would make too large.
+    scaled = _scaled_size(*image.size, shorter_side)
     resized = image.resize(scaled, resample)
     left = round((scaled[0] - size) / 2)
     top = round((scaled[1] - size) / 2)
@@ -177,8 +237,26 @@ def decode(
 ) -> DecodedImage:
     """Decodes the first frame, applies EXIF orientation, converts and resizes by the rule.
 
-    thumbnail_size > 0 also makes a JPEG thumbnail of the upright image.
+    thumbnail_size > 0 also makes a JPEG thumbnail of the upright image. An image larger
+    than max_pixels, or whose resize would make one on the way, is refused undecoded.
     """
+    try:
+        return _decode(data, resize, jpeg_draft, max_pixels, thumbnail_size)
+    except Image.DecompressionBombError as error:
+        # Pillow's own check (in Image.open, and for GIF frames and TIFF tiles as they
+        # load) refuses more than twice Image.MAX_IMAGE_PIXELS and names that figure,
+        # not the option a user can change.
+        pillows = _PILLOWS_BOMB.match(str(error))
+        if pillows is None or int(pillows[1]) <= max_pixels:
+            raise
+        raise Image.DecompressionBombError(
+            f"{pillows[1]} pixels, more than --max_image_pixels {max_pixels}"
+        ) from error
+
+
+def _decode(
+    data: bytes, resize: Resize, jpeg_draft: bool, max_pixels: int, thumbnail_size: int
+) -> DecodedImage:
     with Image.open(io.BytesIO(data)) as image:
         _check_pixel_limit(image, max_pixels)
         width, height = _displayed_size(image)
@@ -186,6 +264,9 @@ def decode(
             # draft keeps both sides at least the requested one.
             draft = max(resize.scaled_side, thumbnail_size) * DRAFT_OVERSAMPLE
             image.draft(None, (draft, draft))
+        # The thumbnail needs no check: Pillow first reduces by whole factors (its
+        # reducing_gap), so nothing it makes exceeds the source or a few thumbnails.
+        _check_resize(resize, _displayed_size(image), max_pixels)
         # Animated GIF/WebP and multi-page TIFF open on their first frame.
         rgb = to_rgb(ImageOps.exif_transpose(image))
         pixels = np.asarray(resize.apply(rgb), dtype=np.uint8)

@@ -160,8 +160,9 @@ class LoadImageFn(beam.DoFn):
         self._loaded = counter("images_loaded")
 
     def setup(self):
-        # Pillow's own bomb check (used by formats that allocate while opening) then
-        # agrees with ours.
+        # Pillow's own bomb check (in Image.open, and for GIF frames and TIFF tiles as
+        # they load, before ours can see the size) then refuses at twice our limit, not
+        # twice its default; images.decode restates its message in our terms.
         Image.MAX_IMAGE_PIXELS = self._max_pixels
 
     def process(self, row: str | tuple[str, tuple[str, ...]]):
