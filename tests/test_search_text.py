@@ -1,11 +1,17 @@
 """The text query's token ids and embedding, for the tiny CLIP and SigLIP 2 presets with
 their tokenizers: ids as each model was trained on them, and the embedding equal to
-keras-hub's own get_text_embeddings on those ids."""
+keras-hub's own get_text_embeddings on those ids; and a text (or path) that is not UTF-8
+refused in one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from support import REPO
 from text_presets import tiny_clip, tiny_siglip
 
 from pipeline.models import ModelSpec, TextTower
@@ -84,3 +90,51 @@ def test_the_text_query_embedding_equals_keras_hubs_on_the_same_ids(presets, mod
     # Another text is another embedding: the comparison can fail.
     other = embed_text(recorded(model, presets[model]), "a blue car", tower)
     assert np.abs(other - expected).max() > 1e-3
+
+
+# --- Arguments that are not UTF-8 ----------------------------------------------------------
+
+
+def search_with_bytes(*args: bytes) -> subprocess.CompletedProcess:
+    """python -m pipeline.search with argv as bytes, as a shell passes $'caf\\xe9'."""
+    return subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"pipeline.search", *args],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (  # Latin-1
+            [b"{output}", b"--text", b"caf\xe9 au lait"],
+            r"error: --text 'caf\xe9 au lait' is not UTF-8: give the text in UTF-8",
+        ),
+        (  # a UTF-8 sequence cut short
+            [b"{output}", b"--text", b"caf\xc3"],
+            r"error: --text 'caf\xc3' is not UTF-8: give the text in UTF-8",
+        ),
+        (
+            [b"{output}", b"--image", b"photos/caf\xe9.jpg"],
+            r"error: --image 'photos/caf\xe9.jpg' is not UTF-8: give the image's path in UTF-8"
+            " (rename the file)",
+        ),
+        (
+            [b"{output}\xe9", b"--text", b"a cat"],
+            r"error: OUTPUT '{output}\xe9' is not UTF-8: give the output's path in UTF-8",
+        ),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path, argv, line):
+    """On Linux such argv bytes reach Python as surrogate escapes, which a tokenizer cannot
+    take (before: a TypeError traceback, exit 1). Refused before the output is read, so
+    before any model loads: the output named here holds nothing."""
+    output = os.fsencode(tmp_path / "out")
+    argv = [arg.replace(b"{output}", output) for arg in argv]
+    result = search_with_bytes(*argv)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert result.stdout == b"" and "Traceback" not in stderr, stderr
+    assert stderr.splitlines() == [line.replace("{output}", os.fsdecode(output))]

@@ -48,8 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def escaped(value: str) -> str:
+    """The value with each byte that is not UTF-8 shown as \\xNN."""
+    try:
+        # On POSIX, Python decodes such argv bytes to lone surrogates (surrogateescape).
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no byte decodes to
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def check_utf8(args: argparse.Namespace) -> None:
+    """SearchError for an argument that is not UTF-8, before anything is read: a tokenizer
+    cannot take such a text, and no run embeds an image or writes an output so named (a
+    row that is not UTF-8 goes to its dead letter)."""
+    named = (
+        ("OUTPUT", args.output, "give the output's path in UTF-8"),
+        ("--text", args.text, "give the text in UTF-8"),
+        ("--image", args.image, "give the image's path in UTF-8 (rename the file)"),
+        ("--bigquery_table", args.bigquery_table, "give the table's name in UTF-8"),
+    )
+    for name, value, instead in named:
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SearchError(f"{name} '{escaped(value)}' is not UTF-8: {instead}") from None
+
+
 def search(args: argparse.Namespace) -> list[Match]:
     """The k matches the arguments ask for."""
+    check_utf8(args)
     recorded = read_recorded(args.output)
     # Before any model loads, so that these are refused at once: an output without
     # shards, a table that cannot be read or holds other embeddings.
