@@ -174,3 +174,11 @@ def test_a_writable_output_is_created_and_no_probe_is_left(tmp_path):
     output = tmp_path / "new" / "out"
     check_output(str(output))
     assert output.is_dir() and list(output.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["out\udce9", "caf\udce9.csv"])
+def test_an_argument_that_is_not_utf8_is_refused_naming_its_bytes(value, tmp_path):
+    """POSIX hands argv bytes that are not UTF-8 over as lone surrogates; Beam's display
+    data and every output file would fail on them later."""
+    with pytest.raises(UsageError, match=r"\\xe9[^']*' is not UTF-8"):
+        parse_options(["--input", "x.csv", "--output", str(tmp_path / value)])

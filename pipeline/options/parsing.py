@@ -99,6 +99,14 @@ def _require_choice(flag: str, value: str, choices: Sequence[str]) -> None:
 
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
     """Parses argv into Beam options, rejecting unknown flags and invalid values."""
+    for argument in argv:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            # POSIX hands bytes that are not UTF-8 over as lone surrogates, which Beam,
+            # the summary and every output would fail to write later.
+            message = f"'{_escaped(argument)}' is not UTF-8: give every argument in UTF-8"
+            raise UsageError(message) from None
     _, unknown = build_parser().parse_known_args(list(argv))
     if unknown:
         raise UsageError(
@@ -107,6 +115,14 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
     options = PipelineOptions(list(argv))
     validate(options.view_as(EmbeddingOptions))
     return options
+
+
+def _escaped(value: str) -> str:
+    """The value with each byte that is not UTF-8 shown as \\xNN."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decodes to
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def validate(opts: EmbeddingOptions) -> None:
