@@ -454,3 +454,92 @@ class PreconditionProxy(LoopbackServer):
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
         self.url = f"http://127.0.0.1:{self._start(Handler)}"
+
+
+class ForeignNamesProxy(LoopbackServer):
+    """Forwards HTTP to a GCS emulator, showing object names that Cloud Storage allows
+    and gcp-storage-emulator refuses or drops (a `..` or `.` segment).
+
+    An object uploaded to the emulator with a placeholder segment (a key of `shown`) is
+    seen through this proxy with the segment it stands for, as Cloud Storage would list
+    and serve it: in the JSON of listings and metadata (name, id, selfLink, mediaLink), and
+    by name in requests (the object's path, a listing's prefix).
+    """
+
+    def __init__(self, upstream: str, shown: dict[str, str]):
+        import http.client
+        from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+        # An empty segment could not be told from a prefix's trailing slash.
+        assert all(shown.values()), "each shown segment is a non-empty name"
+        target = urlsplit(upstream)
+        stored = {segment: placeholder for placeholder, segment in shown.items()}
+        proxy = self
+
+        def rename(name: str, names: dict[str, str]) -> str:
+            return "/".join(names.get(segment, segment) for segment in name.split("/"))
+
+        def upstream_path(path: str) -> str:
+            url = urlsplit(path)
+            named = re.fullmatch(r"(/(?:download/)?storage/v1/b/[^/]+/o/)(.+)", url.path)
+            route = url.path
+            if named:
+                route = named.group(1) + quote(rename(unquote(named.group(2)), stored), safe="")
+            query = [
+                (key, rename(value, stored) if key == "prefix" else value)
+                for key, value in parse_qsl(url.query, keep_blank_values=True)
+            ]
+            return route + (f"?{urlencode(query)}" if query else "")
+
+        def as_shown(resource: dict) -> dict:
+            if resource.get("kind") != "storage#object":
+                return resource
+            name = rename(resource["name"], shown)
+            bucket, generation = resource["bucket"], resource["generation"]
+            quoted = quote(name, safe="")
+            return {
+                **resource,
+                "name": name,
+                "id": f"{bucket}/{name}/{generation}",
+                "selfLink": f"{proxy.url}/storage/v1/b/{bucket}/o/{quoted}",
+                "mediaLink": f"{proxy.url}/download/storage/v1/b/{bucket}/o/{quoted}"
+                f"?generation={generation}&alt=media",
+            }
+
+        class Handler(QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle(self):
+                # A client process that exits resets its kept-alive connections: not a fault.
+                with contextlib.suppress(ConnectionError):
+                    super().handle()
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    connection.request(self.command, upstream_path(self.path), body, headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                    answer = response.getheaders()
+                finally:
+                    connection.close()
+                media = self.path.startswith("/download/") or "alt=media" in self.path
+                json_answer = response.getheader("Content-Type", "").startswith("application/json")
+                if data and json_answer and not media:  # an object's own bytes pass as they are
+                    value = json.loads(data)
+                    if isinstance(value.get("items"), list):
+                        value["items"] = [as_shown(item) for item in value["items"]]
+                    data = json.dumps(as_shown(value)).encode()
+                passed = [
+                    (key, value)
+                    for key, value in answer
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length")
+                ]
+                self.reply(response.status, data, passed)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self.url = f"http://127.0.0.1:{self._start(Handler)}"

@@ -329,6 +329,17 @@ def test_a_labels_list_or_file_drops_blanks_and_repeats_in_the_order_given(tmp_p
     assert read_labels("a,b").source == "list"
 
 
+def test_a_labels_file_is_split_only_at_line_ends_not_at_other_unicode_breaks(tmp_path):
+    """U+2028, U+0085 and a form feed are characters of a label, as any text editor
+    shows them; only \\n, \\r\\n and \\r end a line."""
+    labels = ("line\u2028separator", "next\u0085line", "form\ffeed")
+    path = tmp_path / "labels.txt"
+    path.write_bytes((labels[0] + "\r\n" + labels[1] + "\r" + labels[2] + "\n").encode())
+    assert read_labels(str(path)).labels == labels
+    path.write_bytes(b"cat\r\ndog\r\n\r\nred car\r")
+    assert read_labels(str(path)).labels == ("cat", "dog", "red car")
+
+
 def test_report_shows_each_labels_images_and_colours_the_map_in_chromium(presets, tmp_path):
     """report.html with --map: the Labels section's counts and thumbnails are the Parquet
     rows', and the map's dots take each label's legend colour once asked to."""

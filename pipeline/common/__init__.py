@@ -1,8 +1,9 @@
 """What every stage shares: the records passed between steps, counters, CSV lines, atomic writes."""
 
 from pipeline.common.atomic import read_json, write_atomically, write_json
-from pipeline.common.csvlines import csv_fields, csv_line
+from pipeline.common.csvlines import csv_fields, csv_line, csv_records, unwritable
 from pipeline.common.metrics import NAMESPACE, counter
+from pipeline.common.paths import UnsafeNameError, path_inside, plain_parts
 from pipeline.common.records import FAILED, STAGES, Failure, ImageKey, Labels
 
 __all__ = [
@@ -12,10 +13,15 @@ __all__ = [
     "Failure",
     "ImageKey",
     "Labels",
+    "UnsafeNameError",
     "counter",
     "csv_fields",
     "csv_line",
+    "csv_records",
+    "path_inside",
+    "plain_parts",
     "read_json",
+    "unwritable",
     "write_atomically",
     "write_json",
 ]

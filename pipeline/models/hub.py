@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from pipeline.common import path_inside
 from pipeline.models.backbones import Architecture, ModelSpec
 from pipeline.models.seeding import keras_seed
 from pipeline.models.weights import (
@@ -17,6 +18,7 @@ from pipeline.models.weights import (
     WeightsUnavailableError,
     baked_preset,
     copy_file,
+    remote_preset_files,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +40,6 @@ def build(architecture: Architecture) -> Any:
 
 def load_backbone(spec: ModelSpec) -> Any:
     """The whole keras-hub backbone (both towers) with the spec's weights."""
-    import keras_hub
-
     line = spec.backbone
     if spec.weights == "random":
         # Keras's own initialisers under a fixed seed: every worker process, and any
@@ -49,7 +49,11 @@ def load_backbone(spec: ModelSpec) -> Any:
             architecture = _with_image_size(architecture, line.input_size)
         with keras_seed(spec.seed):
             return build(architecture)
+    # The preset first: a folder refused (local_preset_copy) says so before TensorFlow
+    # loads and logs.
     preset = preset_location(spec)
+    import keras_hub
+
     constructor = getattr(keras_hub.models, line.class_name)
     kwargs = {"image_shape": (line.input_size, line.input_size, 3)} if line.resizable else {}
     try:
@@ -81,18 +85,17 @@ def local_preset_copy(folder: str) -> str:
     keras-hub would read gs:// through TensorFlow's own file system; Beam's FileSystems is
     what every other path of the pipeline goes through, with its credentials and retries.
     The copy is shared by the worker processes of a VM (one per vCPU): each finds the one
-    made for the same files (path, size, time) instead of downloading them again.
+    made for the same files (path, size, time) instead of downloading them again. An
+    object whose name would leave the copy is refused before anything is written.
     """
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(folder) in (None, "file"):
         return os.path.abspath(folder)  # keras-hub takes a bare name for a Kaggle preset
-    root = folder.rstrip("/")
-    matched = FileSystems.match([f"{root}/**"])[0].metadata_list
+    files = remote_preset_files(folder)
     made = hashlib.sha256(
         "\n".join(
-            f"{m.path} {m.size_in_bytes} {m.last_updated_in_seconds}"
-            for m in sorted(matched, key=lambda m: m.path)
+            f"{m.path} {m.size_in_bytes} {m.last_updated_in_seconds}" for m, _ in files
         ).encode()
     ).hexdigest()[:20]
     local = os.path.join(tempfile.gettempdir(), "presets", made)
@@ -100,8 +103,8 @@ def local_preset_copy(folder: str) -> str:
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f"{made}-", dir=os.path.dirname(local))
-    for metadata in matched:
-        target = os.path.join(partial, *metadata.path[len(root) + 1 :].split("/"))
+    for metadata, name in files:
+        target = path_inside(partial, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         copy_file(metadata.path, target)
     if not os.path.isfile(os.path.join(partial, PRESET_CONFIG)):
@@ -129,11 +132,11 @@ EMBEDDINGS = {"vision_embeddings": _vision_embeddings, "cls_token": _cls_token}
 def embedding_model(spec: ModelSpec) -> keras.Model:
     """uint8 RGB images, already resized by the load step, in; embeddings out, the
     model's normalisation and (for CLIP and SigLIP) L2 normalisation included."""
+    backbone = load_backbone(spec)  # before Keras: see load_backbone
     import keras
     import numpy as np
 
     line = spec.backbone
-    backbone = load_backbone(spec)
     size = line.input_size
     images = keras.Input((size, size, 3), dtype="uint8", name="images")
     mean = np.asarray(line.mean, dtype="float32")

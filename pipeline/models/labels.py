@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -23,6 +24,7 @@ PLACEHOLDER = "{}"
 TOP_LABELS = 5  # labels_top: this many best labels per image
 # Counted each time a worker process embeds the label list: once per process.
 EMBEDDED_COUNTER = "label_sets_embedded"
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class LabelsError(ValueError):
@@ -62,7 +64,9 @@ def read_labels(value: str) -> LabelList:
                 f"{reason[:300]}); give a text file of one label per line, or a "
                 "comma-separated list"
             ) from error
-        items, source = text.splitlines(), value
+        # Not str.splitlines, which also breaks at U+2028, U+0085 and form feeds: a label
+        # may hold them.
+        items, source = _LINE_END.split(text), value
     else:
         items, source = value.split(","), "list"
     labels = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))

@@ -18,6 +18,9 @@ import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
+
+from pipeline.common import UnsafeNameError, path_inside, plain_parts
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,7 +87,14 @@ def local_copy(path: str) -> str:
     if FileSystems.get_scheme(path) in (None, "file"):
         return path
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), name)
+    try:
+        plain_parts(name)
+    except UnsafeNameError as error:
+        raise WeightsUnavailableError(
+            f"--weights {path}: its last segment {error.segment!r} is no file name; give the "
+            "path of a weights file"
+        ) from error
+    local = path_inside(tempfile.mkdtemp(prefix="weights-"), name)
     copy_file(path, local)
     return local
 
@@ -227,9 +237,41 @@ def baked_preset(model: str) -> str | None:
     return folder if folder and os.path.isfile(os.path.join(folder, PRESET_CONFIG)) else None
 
 
+def remote_preset_files(folder: str) -> list[tuple[Any, str]]:
+    """Each file of a preset folder on a remote Beam filesystem (gs://): its metadata and
+    its name inside the folder, in path order. Every name is checked before any is used:
+    WeightsUnavailableError names an object whose copy would land outside the folder's."""
+    from apache_beam.io.filesystems import FileSystems
+
+    root = folder.rstrip("/")
+    try:
+        matched = FileSystems.match([f"{root}/**"])[0].metadata_list
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"--weights {root}: cannot list the folder ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})"
+        ) from error
+    files = []
+    for metadata in sorted(matched, key=lambda m: m.path):
+        name = metadata.path[len(root) + 1 :]
+        if (not name or name.endswith("/")) and metadata.size_in_bytes == 0:
+            continue  # a folder placeholder (the Cloud Console's "Create folder"): no file
+        try:
+            plain_parts(name)
+        except UnsafeNameError as error:
+            raise WeightsUnavailableError(
+                f"--weights {root}: refusing the object {metadata.path!r}, whose segment "
+                f"{error.segment!r} is no plain file name, so its copy could land outside "
+                "the folder's; rename or remove it"
+            ) from error
+        files.append((metadata, name))
+    return files
+
+
 def read_preset_config(folder: str) -> dict:
     """A keras-hub preset folder's config.json (local or any Beam filesystem), checked to
-    sit beside its weights; raises WeightsUnavailableError."""
+    sit beside its weights, and a remote folder's object names checked for a local copy;
+    raises WeightsUnavailableError."""
     from apache_beam.io.filesystems import FileSystems
 
     folder = folder.rstrip("/")
@@ -252,6 +294,8 @@ def read_preset_config(folder: str) -> dict:
         raise WeightsUnavailableError(
             f"--weights {folder}: {PRESET_CONFIG} is not a keras-hub backbone config"
         )
+    if FileSystems.get_scheme(folder) not in (None, "file"):
+        remote_preset_files(folder)  # what the workers' copy would refuse, refused at launch
     return config
 
 
