@@ -183,6 +183,24 @@ def test_rows_the_csv_module_cannot_split_are_read_failures(tmp_path):
     assert count_inputs(str(mac), 500) == 1
 
 
+def test_a_quoted_line_break_in_the_input_is_a_read_failure_that_says_why(tmp_path):
+    """The input is read a line at a time (Beam splits it at line ends): a record whose
+    quoted URI holds a line break arrives as two lines; the first says what happened."""
+    path = tmp_path / "newline.csv"
+    path.write_text('uri\n"/p/two\nlines.jpg"\n/p/b.jpg\n')
+    run_read(
+        path,
+        ['lines.jpg"', "/p/b.jpg"],
+        rows=2,
+        duplicates=0,
+        failed_lines=[("/p/two", "read", "MalformedRow")],
+    )
+    with local_pipeline() as p:
+        failed = p | ReadImageUris(str(path))
+        reasons = failed["failed"] | beam.Map(lambda f: "cannot hold a line break" in f.message)
+        assert_that(reasons, equal_to([True]))
+
+
 def test_a_matched_file_name_that_is_not_utf8_is_a_read_failure(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     os.close(os.open(os.fsencode(tmp_path) + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))

@@ -54,6 +54,16 @@ def _loose_fields(line: str) -> list[str] | None:
         return None
 
 
+def _quote_left_open(line: str) -> bool:
+    """Whether a quoted field is still open at the line's end: the first half of a
+    record whose field holds a line break (the csv module's strict mode says so)."""
+    try:
+        _fields(line, strict=True)
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False
+
+
 def _shown(line: str) -> str:
     line = line.strip()
     return line if len(line) <= _SHOWN_CHARACTERS else f"{line[:_SHOWN_CHARACTERS]}..."
@@ -225,6 +235,11 @@ class ParseRowFn(beam.DoFn):
                 return
         else:
             malformed = None
+        if malformed is None and '"' in line and _quote_left_open(line):
+            malformed = (
+                "a quoted field runs past the end of the line: the input is read a line at a "
+                "time, so a URI cannot hold a line break (list such files with a glob --input)"
+            )
         fields = [field.strip() for field in raw]
         if not any(fields):  # blank lines and all-empty rows are not rows
             return

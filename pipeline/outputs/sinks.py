@@ -15,7 +15,15 @@ import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
 
-from pipeline.common import FAILED, Failure, ImageKey, counter, csv_line, write_atomically
+from pipeline.common import (
+    FAILED,
+    Failure,
+    ImageKey,
+    counter,
+    csv_line,
+    unwritable,
+    write_atomically,
+)
 from pipeline.outputs.naming import (
     EMBEDDINGS,
     FAILURES,
@@ -88,6 +96,33 @@ def parquet_row(
     }
 
 
+def refusal(columns: tuple[str, ...], fields: list) -> str | None:
+    """Why a record no CSV output can hold is refused, naming its first such field, or
+    None."""
+    for column, value in zip(columns, fields, strict=True):
+        if isinstance(value, str) and (reason := unwritable(value)):
+            return f"column {column} {reason}: no CSV output could give it back to every reader"
+    return None
+
+
+def refused(key: ImageKey, message: str) -> Failure:
+    # A URI that is not UTF-8 would fail the dead letter too: it is shown escaped.
+    shown = key.uri.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return Failure(shown, "store", "UnwritableText", message)
+
+
+class RefuseUnwritableFn(beam.DoFn):
+    """Passes on the embeddings whose URI the CSV outputs (map coordinates, duplicates) can
+    hold; the others go to the dead letter (tagged `failed`)."""
+
+    def process(self, keyed: tuple[ImageKey, np.ndarray]):
+        message = refusal(("uri",), [keyed[0].uri])
+        if message:
+            yield pvalue.TaggedOutput(FAILED, refused(keyed[0], message))
+        else:
+            yield keyed
+
+
 class CountEmbeddedFn(beam.DoFn):
     def __init__(self):
         self._embedded = counter("images_embedded")
@@ -117,7 +152,10 @@ class WriteParquet(beam.PTransform):
         self._keep_columns = keep_columns
 
     def expand(self, embeddings):
-        counted = embeddings | "Count embedded" >> beam.ParDo(CountEmbeddedFn())
+        checked = embeddings | "Refuse unwritable URIs" >> beam.ParDo(
+            RefuseUnwritableFn()
+        ).with_outputs(FAILED, main="writable")
+        counted = checked.writable | "Count embedded" >> beam.ParDo(CountEmbeddedFn())
         rows = counted | "To rows" >> beam.Map(
             parquet_row,
             self._keep_columns,
@@ -134,7 +172,7 @@ class WriteParquet(beam.PTransform):
         )
         return {
             "embedded": rows | "Embedded" >> beam.combiners.Count.Globally(),
-            "failed": embeddings.pipeline | "No store failures" >> beam.Create([]),
+            "failed": checked[FAILED],
             "files": written,
             "stored": counted,
         }
@@ -145,16 +183,24 @@ STORED = "stored"
 
 class WriteNpyFn(beam.DoFn):
     """One .npy per image, embeddings/RUN/NAME.npy with NAME derived from its URI; outputs
-    index lines, what was stored (tagged `stored`) and write errors (`failed`)."""
+    index lines, what was stored (tagged `stored`), and write errors and index records no
+    CSV can hold (`failed`)."""
 
-    def __init__(self, embeddings_folder: str, run_id: str):
+    def __init__(self, embeddings_folder: str, run_id: str, columns: tuple[str, ...]):
         self._directory = output_path(embeddings_folder, run_id)
         self._run_id = run_id
+        self._columns = columns
         self._embedded = counter("images_embedded")
 
     def process(self, keyed: tuple[ImageKey, np.ndarray]):
         key, embedding = keyed
         name = npy_name(key.uri)
+        # The index names each file relative to embeddings/.
+        fields = _index_fields(key, f"{self._run_id}/{name}")
+        message = refusal(self._columns, fields)
+        if message:
+            yield pvalue.TaggedOutput(FAILED, refused(key, message))
+            return
         buffer = io.BytesIO()
         np.save(buffer, embedding, allow_pickle=False)
         try:
@@ -163,19 +209,16 @@ class WriteNpyFn(beam.DoFn):
             yield pvalue.TaggedOutput(FAILED, Failure.from_exception(key.uri, "store", error))
         else:
             self._embedded.inc()
-            # The index names each file relative to embeddings/.
-            yield _index_line(key, f"{self._run_id}/{name}")
+            yield csv_line(fields)
             yield pvalue.TaggedOutput(STORED, keyed)
 
 
 NPY_INDEX_COLUMNS = ("uri", "file", "width", "height", "datapoint_id")
 
 
-def _index_line(key: ImageKey, name: str) -> str:
-    return csv_line(
-        [key.uri, name, key.width, key.height, datapoint_id(key.uri), *index_labels(key),
-         *key.columns]
-    )  # fmt: skip
+def _index_fields(key: ImageKey, name: str) -> list:
+    return [key.uri, name, key.width, key.height, datapoint_id(key.uri), *index_labels(key),
+            *key.columns]  # fmt: skip
 
 
 def index_labels(key: ImageKey) -> list[str]:
@@ -248,15 +291,16 @@ class WriteNpy(beam.PTransform):
         self._labels = LABEL_COLUMNS if labelled else ()
 
     def expand(self, embeddings):
+        columns = (*NPY_INDEX_COLUMNS, *self._labels, *self._keep_columns)
         written = embeddings | "Write .npy" >> beam.ParDo(
-            WriteNpyFn(output_path(self._output, NPY_DIRECTORY), self._run_id)
+            WriteNpyFn(output_path(self._output, NPY_DIRECTORY), self._run_id, columns)
         ).with_outputs(FAILED, STORED, main="index")
         index_files = written.index | "Write index" >> WriteRunShards(
             self._stage,
             NPY_INDEX,
             ".csv",
             self._run_id,
-            header=csv_line([*NPY_INDEX_COLUMNS, *self._labels, *self._keep_columns]),
+            header=csv_line(columns),
             num_shards=self._num_shards,
         )
         return {
