@@ -134,7 +134,7 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
     _ = {"files": p | beam.Create(files)} | FindSimilar(
-        str(output), str(output), "parquet", "20260101T000001-000001", False, settings
+        str(output), str(output), "parquet", "20260101T000001-000001", (), settings
     )
     result = p.run()
     result.wait_until_finish()

@@ -23,8 +23,16 @@ from pipeline.local_runner import (
     use_local_runner_defaults,
 )
 from pipeline.models import ExtractEmbeddings, ReportProgressFn, embedding_shape
-from pipeline.options import EmbeddingOptions, kept_columns, parse_options
-from pipeline.outputs import OptionalOutput, WriteFailures, embedding_metadata, new_run_id
+from pipeline.options import EmbeddingOptions, UsageError, kept_columns, parse_options
+from pipeline.outputs import (
+    JournalError,
+    OptionalOutput,
+    UnfinishedPublishError,
+    WriteFailures,
+    embedding_metadata,
+    new_run_id,
+    roll_forward,
+)
 from pipeline.plan import RunPlan, calibration_uris, model_spec, run_context
 from pipeline.publish import Publish, verdict
 from pipeline.summary import RunFailedError, Summarise, read_summary
@@ -185,6 +193,7 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         process_bound=local,
     )
     try:
+        finish_earlier_publish(opts.output)
         check_earlier_outputs(opts, calibration)
         if local:
             count = count_inputs(opts.input, SMALL_INPUT_ROWS)
@@ -205,11 +214,28 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         # This process is the run (or launched none): nobody else will release the lease.
         release_lease(opts.output, run_id)
         raise
+    # A publish that stopped midway (a file that could not be deleted) is tried once more.
+    finish_earlier_publish(opts.output, after_run=run_id)
     summary = read_summary(opts.output, run_id)
     summary["metrics"] = counters(result)
     if summary.get("status") == "failed":
         raise RunFailedError(summary["failure_reason"], summary)
     return summary
+
+
+def finish_earlier_publish(output: str, after_run: str | None = None) -> None:
+    """Finishes a publish that a crash or a failed delete left half done, before anything
+    reads the output: UsageError for a journal this pipeline did not write,
+    RunFailedError for one that cannot be finished now (after_run: this run's own)."""
+    try:
+        roll_forward(output)
+    except JournalError as error:
+        raise UsageError(str(error)) from error
+    except UnfinishedPublishError as error:
+        if after_run:
+            message = f"run {after_run} passed and summary.json names it, but {error}"
+            raise RunFailedError(message, read_summary(output, after_run)) from error
+        raise RunFailedError(str(error)) from error
 
 
 def runner_description(options) -> str:

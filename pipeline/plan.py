@@ -34,10 +34,12 @@ from pipeline.outputs import (
     EMBEDDINGS,
     FAILURES,
     FORMATS,
+    STAGED_VECTORS,
     SUMMARY,
     CountLabels,
     OptionalOutput,
     ReadEmbeddedUris,
+    current_runs,
     embedding_metadata,
     output_path,
     parquet_schema,
@@ -45,7 +47,7 @@ from pipeline.outputs import (
     run_temp_folder,
     shard_prefix,
 )
-from pipeline.publish import STAGED_VECTORS, PublishPlan
+from pipeline.publish import PublishPlan
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.similarity import FindSimilar, SimilaritySettings
 
@@ -79,6 +81,11 @@ class RunPlan:
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self._local = is_local(options)
         self.calibration = calibration_uris(opts) if calibration is None else calibration
+        # With --skip_existing, the runs whose embeddings the output holds (read while
+        # this run holds the output): the only earlier files any step reads.
+        self.earlier_runs = (
+            current_runs(opts.output, opts.output_format) if opts.skip_existing else ()
+        )
         self.context = {
             "run_id": run_id,
             **run_context(opts, self.spec, self.shape, self.calibration),
@@ -100,7 +107,7 @@ class RunPlan:
         if not self.opts.skip_existing:
             return None
         return p | "Read embedded URIs" >> ReadEmbeddedUris(
-            self.opts.output, self.opts.output_format
+            self.opts.output, self.opts.output_format, self.earlier_runs
         )
 
     def load_images(self) -> LoadImages:
@@ -156,6 +163,7 @@ class RunPlan:
             opts.output_format,
             opts.vector_search_output or None,
             {**embedding_metadata(self.context), "run_id": self.run_id},
+            self.earlier_runs,
         )
 
     # The optional outputs, one method each; optional_outputs says which a run writes.
@@ -166,7 +174,7 @@ class RunPlan:
     def find_similar(self) -> FindSimilar:
         opts = self.opts
         return FindSimilar(
-            opts.output, self.stage, opts.output_format, self.run_id, opts.skip_existing,
+            opts.output, self.stage, opts.output_format, self.run_id, self.earlier_runs,
             similarity_settings(opts), run_temp_folder(self._temp, opts.output, self.run_id),
         )  # fmt: skip
 
@@ -197,6 +205,7 @@ class RunPlan:
                 opts.bigquery_vector_index,
                 this_run_shards=shard_prefix(self.stage, EMBEDDINGS, self.run_id) + "-*.parquet",
                 metadata=embedding_metadata(self.context),
+                earlier_runs=self.earlier_runs,
             )
         )  # fmt: skip
 

@@ -7,12 +7,12 @@ that starts workers and fails at its first or last step.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.common import read_json
 from pipeline.destinations import TableName, check_dataset, check_table_matches, foreign_files
 from pipeline.models import (
     BACKBONES,
@@ -33,9 +33,14 @@ from pipeline.options import UsageError
 from pipeline.outputs import (
     FORMATS,
     LABEL_COLUMNS,
-    RUN_ID_PATTERN,
     RUN_METADATA_KEYS,
+    SUMMARY,
+    current_record_files,
+    current_runs,
     matching_files,
+    of_runs,
+    output_path,
+    run_of_shard,
 )
 
 
@@ -141,16 +146,22 @@ def check_earlier_outputs(
     labelled as it labels (--zero_shot_labels or not) and keep the same columns (one folder must
     hold one table), and, for a BigQuery load, are all
     in the current layout and the table's were made as this run's are (made: as
-    formats.embedding_metadata gives it)."""
+    formats.embedding_metadata gives it), in the same --output_format."""
+    _check_earlier_format(output, output_format)
+    try:
+        runs = current_runs(output, output_format)
+    except ValueError as error:
+        raise UsageError(f"--skip_existing: {error}") from error
     if output_format == "parquet" and bigquery_table:
-        legacy = matching_files([FORMATS["parquet"].legacy_files(output)])
+        legacy = of_runs(matching_files([FORMATS["parquet"].legacy_files(output)]), runs)
         if legacy:
             raise UsageError(
                 f"--bigquery_table with --skip_existing: {output} holds shards in the earlier "
                 f"layout, such as {legacy[0]}, which lack the columns the table has; run "
                 "once without --skip_existing (or without --bigquery_table) first"
             )
-    _check_earlier_files(output, FORMATS[output_format], keep_columns, made, labelled)
+    records = current_record_files(output, output_format, runs)
+    _check_earlier_files(output, output_format, records, keep_columns, made, labelled)
     if bigquery_table:
         try:
             check_table_matches(bigquery_table, made)
@@ -158,16 +169,30 @@ def check_earlier_outputs(
             raise UsageError(str(error)) from error
 
 
+def _check_earlier_format(output: str, output_format: str) -> None:
+    summary = read_json(output_path(output, SUMMARY)) or {}
+    earlier = summary.get("output_format", output_format)
+    if earlier != output_format:
+        raise UsageError(
+            f"--skip_existing: the embeddings under {output} are --output_format {earlier}, "
+            f"this run's would be {output_format}; one output holds embeddings made one way, "
+            f"so give --output_format {earlier}, another --output, or run without "
+            "--skip_existing to replace them"
+        )
+
+
 def _check_earlier_files(
     output: str,
-    stored_format,
+    output_format: str,
+    records: list[str],
     keep_columns: tuple[str, ...],
     made: dict[str, Any],
     labelled: bool,
 ) -> None:
-    records = matching_files(stored_format.record_files(output))
+    """records: the record files of the runs summary.json names."""
     if not records:
         return
+    stored_format = FORMATS[output_format]
     names = stored_format.column_names(records[-1])
     earlier_labelled = set(LABEL_COLUMNS) <= set(names)
     if earlier_labelled != labelled:
@@ -216,9 +241,9 @@ def first_record_per_run(records: list[str]) -> dict[str, str]:
     """The first record file of each run among shard names NAME-RUN-SSSSS-of-NNNNN."""
     runs: dict[str, str] = {}
     for path in records:
-        found = re.search(rf"-({RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}\.[a-z]+$", path)
-        if found:
-            runs.setdefault(found.group(1), path)
+        run = run_of_shard(path)
+        if run:
+            runs.setdefault(run, path)
     return runs
 
 

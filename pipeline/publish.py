@@ -3,8 +3,10 @@
 Every writer puts its files in the run's own folder (OUTPUT/_runs/RUN/, laid out as the
 output is). The Publish step waits for all of them (side inputs), takes the verdict, and:
 
-- passed: moves the staged files to their final names, deletes the files they replace,
-  writes summary.json last, removes the run's folder and releases the lease;
+- passed: writes a journal (pipeline/outputs/journal.py) naming every file it will
+  rename and delete, then moves the staged files to their final names, writes
+  summary.json, deletes the files they replace, removes the run's folder and the
+  journal, and releases the lease. Whoever finds the journal first finishes it;
 - failed: keeps the output exactly as it was, leaves the run's dead letter and a summary
   marked failed in the run's folder, and releases the lease.
 
@@ -27,6 +29,7 @@ from pipeline.lease import read_lease, release_lease
 from pipeline.outputs import (
     COORDINATES,
     DUPLICATES,
+    EMBEDDING_RUNS,
     EMBEDDINGS,
     EMBEDDINGS_DIRECTORY,
     FAILURES,
@@ -36,26 +39,37 @@ from pipeline.outputs import (
     MAP_PNG,
     NEIGHBORS,
     NPY_INDEX,
-    NPY_METADATA,
     REPORT_HTML,
     RUN_ID_PATTERN,
     RUNS,
     SUMMARY,
     VECTORS,
+    Journal,
+    JournalError,
+    UnfinishedPublishError,
+    as_folder,
+    delete_paths,
+    finish,
     matching_files,
     output_path,
+    published_path,
+    read_journal,
     run_folder,
+    still_there,
+    write_journal,
 )
 from pipeline.summary import RunFailedError, check
 
 _LOG = logging.getLogger(__name__)
 
-STAGED_VECTORS = "vectors"  # the Vector Search files' folder inside the run's folder
-
 
 @dataclass(frozen=True)
 class PublishPlan:
-    """Where a run's files go, and which earlier files it keeps."""
+    """Where a run's files go, and which earlier files it keeps.
+
+    earlier_runs: with --skip_existing, the runs whose embeddings the output holds
+    (outputs.current_runs, read once the run holds the output); they stay current.
+    """
 
     output: str
     run_id: str
@@ -63,24 +77,37 @@ class PublishPlan:
     output_format: str
     vector_folder: str | None = None
     npy_metadata: dict[str, Any] | None = None  # written beside an npy run's files
+    earlier_runs: tuple[str, ...] = ()
 
     @property
     def stage(self) -> str:
         return run_folder(self.output, self.run_id)
 
-    def final_path(self, staged: str) -> str:
-        """Where a staged file is published: the same relative name under the output,
-        or directly in the Vector Search folder."""
-        relative = staged[len(self.stage) :].lstrip("/")
-        vectors = f"{STAGED_VECTORS}/"
-        if self.vector_folder and relative.startswith(vectors):
-            return output_path(self.vector_folder, relative[len(vectors) :])
-        return output_path(self.output, relative)
-
     def npy_folder(self, run_id: str) -> str:
         """The folder an npy run writes its .npy files into, in place: readers find them
         only through an index file, which is published after the verdict."""
         return output_path(self.output, f"{EMBEDDINGS_DIRECTORY}/{run_id}")
+
+    @property
+    def current_runs(self) -> list[str]:
+        """The runs whose embeddings the output holds once this run is published."""
+        earlier = [run for run in self.earlier_runs if run != self.run_id]
+        return [*earlier, self.run_id] if self.incremental else [self.run_id]
+
+
+def relative_name(folder: str, path: str) -> str:
+    """path's name inside folder (a folder's trailing slash kept); ValueError if outside."""
+    if FileSystems.get_filesystem(folder).has_dirs():
+        name = os.path.relpath(path, folder).replace(os.sep, "/")
+        name += "/" if path.endswith("/") and not name.endswith("/") else ""
+    else:
+        prefix = folder.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under {folder}")
+        name = path[len(prefix) :]
+    if name.startswith("../") or name in ("", ".", ".."):
+        raise ValueError(f"{path} is not under {folder}")
+    return name
 
 
 def shard_pattern(base: str, suffix: str) -> re.Pattern:
@@ -128,43 +155,6 @@ def published_shards(plan: PublishPlan) -> list[Shards]:
     return kinds
 
 
-def _delete(paths: list[str]) -> None:
-    """Deletes what exists of paths (a folder with all it holds); a retry finds less."""
-    for path in paths:
-        try:
-            FileSystems.delete([path])
-        except Exception as error:
-            if _still_there(path):
-                raise
-            _LOG.debug("already gone: %s (%s)", path, error)
-        # Beam's recursive gs:// delete only logs the objects it could not delete.
-        if path.endswith("/") and _still_there(path):
-            raise OSError(f"{path}: some files could not be deleted; the step is retried")
-
-
-def _still_there(path: str) -> bool:
-    """Whether a file, or a folder (or object prefix) with anything in it, is there."""
-    return FileSystems.exists(path.rstrip("/")) or bool(matching_files([f"{path.rstrip('/')}/**"]))
-
-
-def _folder(path: str) -> str:
-    """A folder as FileSystems.delete takes it: itself where there are folders, otherwise
-    the prefix of everything under it."""
-    has_dirs = FileSystems.get_filesystem(path).has_dirs()
-    return path.rstrip("/") if has_dirs else path.rstrip("/") + "/"
-
-
-def _move(pairs: list[tuple[str, str]]) -> None:
-    """Renames each staged file that is still there (a retry skips the ones moved)."""
-    todo = [(src, dst) for src, dst in pairs if FileSystems.exists(src)]
-    if not todo:
-        return
-    for _, dst in todo:
-        if FileSystems.get_filesystem(dst).has_dirs():
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-    FileSystems.rename([src for src, _ in todo], [dst for _, dst in todo])
-
-
 def other_runs(output: str, run_id: str) -> dict[str, bool]:
     """Other runs' folders under _runs/: run id -> whether it holds a summary (a failed
     run's record); those without one are runs that crashed or were given up."""
@@ -192,32 +182,33 @@ def leftovers(plan: PublishPlan) -> list[str]:
         for path in matching_files([output_path(folder, "beam-temp-*/**")]):
             match = temp.match(path)
             if match:
-                found.add(_folder(match["folder"]))
+                found.add(as_folder(match["folder"]))
     found.update(matching_files([output_path(output, f"{LEGACY_SPILL}-*.spill")]))
-    index = Shards(output, NPY_INDEX, ".csv")
-    published_runs = {index.run_of(path) for path in matching_files([index.glob])}
     for run, has_summary in other_runs(output, plan.run_id).items():
         if not has_summary and run < plan.run_id:
-            found.add(_folder(run_folder(output, run)))
-            # A run killed while it published may have index files out that list them.
-            if run not in published_runs and _still_there(plan.npy_folder(run)):
-                found.add(_folder(plan.npy_folder(run)))
+            found.add(as_folder(run_folder(output, run)))
+            # Its .npy files, unless it is one of the runs whose embeddings stay.
+            if run not in plan.current_runs and still_there(plan.npy_folder(run)):
+                found.add(as_folder(plan.npy_folder(run)))
     return sorted(found)
 
 
 def replaced(plan: PublishPlan, published: set[str]) -> list[str]:
-    """The files (and npy run folders) that the run's published files replace."""
+    """The files (and npy run folders) that the run's published files replace: every
+    other run's shards, but with --skip_existing the current runs' embeddings."""
     gone: list[str] = []
     npy_runs: set[str] = set()
+    kept = set(plan.current_runs)
     for kind in published_shards(plan):
-        if plan.incremental and kind.kept_by_increments:
-            continue
         for path in matching_files([kind.glob]):
             run = kind.run_of(path)
-            if run and run != plan.run_id and path not in published:
-                gone.append(path)
-                if kind.base.endswith(NPY_INDEX):
-                    npy_runs.add(run)
+            if not run or run == plan.run_id or path in published:
+                continue
+            if plan.incremental and kind.kept_by_increments and run in kept:
+                continue
+            gone.append(path)
+            if kind.base.endswith(NPY_INDEX):
+                npy_runs.add(run)
     for name in (MAP_PNG, REPORT_HTML):
         path = output_path(plan.output, name)
         if path not in published and FileSystems.exists(path):
@@ -227,8 +218,8 @@ def replaced(plan: PublishPlan, published: set[str]) -> list[str]:
         # index files this run replaces.
         gone += matching_files([output_path(plan.output, f"{EMBEDDINGS_DIRECTORY}/*.npy")])
     for run in sorted(npy_runs):
-        if _still_there(plan.npy_folder(run)):
-            gone.append(_folder(plan.npy_folder(run)))
+        if still_there(plan.npy_folder(run)):
+            gone.append(as_folder(plan.npy_folder(run)))
     return gone
 
 
@@ -264,6 +255,12 @@ class PublishFn(beam.DoFn):
 
     def process(self, unused, summary, staged, bigquery=None):
         plan = self._plan
+        journal = read_journal(plan.output)
+        if journal is not None and journal.run_id == plan.run_id:
+            yield self._finish(journal)  # a retried bundle: this run's publish had begun
+            return
+        if journal is not None:
+            finish(plan.output, journal)  # a publish a crash left, before this run's
         published = read_json(output_path(plan.output, SUMMARY))
         if published and published.get("run_id") == plan.run_id:
             yield published  # a retried bundle: this run published, and gave the lease back
@@ -273,29 +270,49 @@ class PublishFn(beam.DoFn):
         failed = self._failed_summary(summary)
         reason = verdict(failed, bigquery) or lease_lost(plan.output, plan.run_id)
         if reason is None:
-            yield self._publish(summary, staged)
+            journal = self._journal(summary, staged)
+            write_journal(plan.output, journal)
+            yield self._finish(journal)
         else:
             yield self._keep_earlier({**failed, "failure_reason": reason})
 
-    def _publish(self, summary: dict[str, Any], staged: list[str]) -> dict[str, Any]:
+    def _journal(self, summary: dict[str, Any], staged: list[str]) -> Journal:
+        """What publishing renames and deletes, decided before anything is."""
         plan = self._plan
-        pairs = [(path, plan.final_path(path)) for path in sorted(set(staged))]
-        _move(pairs)
-        if plan.output_format == "npy" and plan.npy_metadata is not None:
-            write_json(output_path(plan.npy_folder(plan.run_id), NPY_METADATA), plan.npy_metadata)
-        published = {final for _, final in pairs}
+        vectors = plan.vector_folder
+        names = tuple(sorted({relative_name(plan.stage, path) for path in staged}))
+        published = {published_path(plan.output, vectors, name) for name in names}
         gone = replaced(plan, published) + leftovers(plan)
-        _LOG.info("publishing %d files, removing %d replaced", len(published), len(gone))
-        _delete(gone)
-        summary = {**summary, "status": "passed"}
-        # Last: summary.json names the run whose files the output now holds.
-        write_json(output_path(plan.output, SUMMARY), summary)
-        _delete([_folder(plan.stage)])
-        runs = output_path(plan.output, RUNS)
-        if FileSystems.get_filesystem(runs).has_dirs() and not matching_files([f"{runs}/**"]):
-            _delete([runs])  # an empty folder, where there are folders
+        in_vectors = [path for path in gone if vectors and _inside(vectors, path)]
+        return Journal(
+            plan.run_id,
+            names,
+            tuple(relative_name(plan.output, path) for path in gone if path not in in_vectors),
+            {**summary, "status": "passed", EMBEDDING_RUNS: plan.current_runs},
+            plan.npy_metadata if plan.output_format == "npy" else None,
+            vectors,
+            tuple(relative_name(vectors, path) for path in in_vectors) if vectors else (),
+        )
+
+    def _finish(self, journal: Journal) -> dict[str, Any]:
+        plan = self._plan
+        _LOG.info(
+            "publishing %d files, removing %d replaced",
+            len(journal.staged),
+            len(journal.replaced) + len(journal.replaced_vectors),
+        )
+        try:
+            finish(plan.output, journal)
+        except (UnfinishedPublishError, JournalError) as error:
+            # summary.json may name this run already; the journal holds the rest, and
+            # whoever takes the output next finishes it, so the lease need not wait.
+            release_lease(plan.output, plan.run_id)
+            if self._fail_job:
+                raise  # Dataflow retries the bundle, which finishes from the journal
+            _LOG.error("%s", error)
+            return journal.summary
         release_lease(plan.output, plan.run_id)
-        return summary
+        return journal.summary
 
     def _failed_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The summary as a failed run keeps it: its dead letter stays in its folder."""
@@ -310,9 +327,9 @@ class PublishFn(beam.DoFn):
         reason = summary["failure_reason"]
         dead_letter = shard_pattern(output_path(plan.stage, FAILURES), ".jsonl")
         staged = matching_files([output_path(plan.stage, "**")])
-        _delete([path for path in staged if not dead_letter.match(path)])
-        if _still_there(plan.npy_folder(plan.run_id)):
-            _delete([_folder(plan.npy_folder(plan.run_id))])
+        delete_paths([path for path in staged if not dead_letter.match(path)])
+        if still_there(plan.npy_folder(plan.run_id)):
+            delete_paths([as_folder(plan.npy_folder(plan.run_id))])
         write_json(summary["outputs"]["summary"], summary)
         release_lease(plan.output, plan.run_id)
         _LOG.error("the run failed; the output is as it was: %s", reason)
@@ -320,6 +337,14 @@ class PublishFn(beam.DoFn):
             # Nobody waits for a templated job: a failed job is how the verdict shows.
             raise RunFailedError(reason, summary)
         return summary
+
+
+def _inside(folder: str, path: str) -> bool:
+    try:
+        relative_name(folder, path)
+    except ValueError:
+        return False
+    return True
 
 
 class Publish(beam.PTransform):

@@ -313,8 +313,9 @@ def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
     return f"gs://{BUCKET}/{name}"
 
 
-def load_fn(table: str, output: str, run_id: str, this_run_shards: str, **made):
-    """The pipeline's load step, as job.py builds it, for shards a test wrote."""
+def load_fn(table: str, output: str, run_id: str, this_run_shards: str, earlier_runs=(), **made):
+    """The pipeline's load step, as job.py builds it, for shards a test wrote; earlier_runs:
+    the runs whose embeddings the output's summary names."""
     from pipeline.destinations.bigquery import LoadIntoBigQueryFn, TableName
     from pipeline.outputs.sinks import parquet_schema
 
@@ -326,6 +327,7 @@ def load_fn(table: str, output: str, run_id: str, this_run_shards: str, **made):
         made.pop("vector_index", False),
         this_run_shards=this_run_shards,
         metadata={**MADE, **made},
+        earlier_runs=earlier_runs,
     )
 
 
@@ -474,9 +476,14 @@ def test_bigquery_loads_this_runs_shards_from_where_the_caller_says(cloud, monke
         return shard_prefix(run_folder(output, run_id), EMBEDDINGS, run_id) + "-*.parquet"
 
     ours = staged(this_run, 4, 3)
-    [described] = load_fn("staged", "staged", this_run, ours).process([], earlier_rows=3)
+    # A shard of a run that summary.json does not name is never loaded.
+    write_shard(cloud, f"staged/embeddings/embeddings-{next_run}-00000-of-00001.parquet",
+                5, 100, next_run)  # fmt: skip
+    first = load_fn("staged", "staged", this_run, ours, earlier_runs=(earlier_run,))
+    [described] = first.process([], earlier_rows=3)
     assert described["why"] == "the table did not exist"
-    assert described["sources"] == [f"{output}/embeddings/embeddings-*.parquet", ours]
+    assert described["sources"] == [f"{output}/embeddings/embeddings-{earlier_run}-*.parquet", ours]
+    cloud["bucket"].blob(f"staged/embeddings/embeddings-{next_run}-00000-of-00001.parquet").delete()
     assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
         "replace", 7, 7,
     )  # fmt: skip

@@ -58,6 +58,18 @@ def test_skip_existing_refuses_embeddings_made_otherwise(earlier_output, flags, 
     assert snapshot(output) == before, "a refused run wrote something"
 
 
+def test_skip_existing_refuses_another_output_format(earlier_output):
+    """One output holds embeddings made one way: a second format is not added beside."""
+    output_format, output, all_csv = earlier_output
+    other = "npy" if output_format == "parquet" else "parquet"
+    before = snapshot(output)
+    result = run(all_csv, output, "--output_format", other, "--skip_existing")
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert f"are --output_format {output_format}, this run's would be {other}" in line, line
+    assert snapshot(output) == before, "a refused run wrote something"
+
+
 def test_skip_existing_with_the_same_settings_adds_the_rest(earlier_output, tmp_path):
     output_format, output, all_csv = earlier_output
     copy = tmp_path / "out"

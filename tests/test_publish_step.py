@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.lease import release_lease, take_lease
 from pipeline.options import UsageError, parse_options
+from pipeline.outputs import JournalError, current_runs, roll_forward
 from pipeline.publish import PublishFn, PublishPlan
 
 RUN = "20261201T100000-aaaaaa"
@@ -71,24 +72,182 @@ def test_a_retried_publish_finds_its_work_done(tmp_path):
     assert shard.read_bytes() == b"rows"
 
 
-def test_the_npy_files_of_a_run_killed_while_it_published_stay_while_listed(tmp_path):
+def test_with_skip_existing_the_npy_files_of_the_summarys_runs_stay_and_others_go(tmp_path):
     output = tmp_path / "out"
-    # Killed midway through publishing: one index file out, its folder not yet removed.
-    index = output / f"embeddings-index-{OTHER}-00000-of-00002.csv"
-    index.parent.mkdir(parents=True)
-    index.write_text("uri,file,width,height,datapoint_id\na,x.npy,1,1,a\n")
-    (output / "_runs" / OTHER / "embeddings").mkdir(parents=True)
-    npy = output / "embeddings" / OTHER / "x.npy"
-    npy.parent.mkdir(parents=True)
-    npy.write_bytes(b"npy")
+    # An earlier run the summary names, and a run killed while it wrote (a stray index
+    # file, its .npy files and its folder) that it does not.
+    stray = "20261201T080000-cccccc"
+    for run in (OTHER, stray):
+        index = output / f"embeddings-index-{run}-00000-of-00001.csv"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.write_text(f"uri,file,width,height,datapoint_id\n{run},{run}/x.npy,1,1,a\n")
+        npy = output / "embeddings" / run / "x.npy"
+        npy.parent.mkdir(parents=True)
+        npy.write_bytes(b"npy")
+    (output / "_runs" / stray / "embeddings").mkdir(parents=True)
+    (output / "summary.json").write_text(json.dumps({"run_id": OTHER, "embedding_runs": [OTHER]}))
     staged = staged_shard(output)
     take_lease(str(output), RUN, time.time(), runner="FnApiRunner")
-    plan = PublishPlan(str(output), RUN, True, "npy")
+    earlier = current_runs(str(output), "npy")
+    assert earlier == (OTHER,)
+    plan = PublishPlan(str(output), RUN, True, "npy", earlier_runs=earlier)
     [summary] = PublishFn(plan, fail_job=False).process(None, passing_summary(output), [staged])
-    assert summary["status"] == "passed"
-    assert npy.read_bytes() == b"npy", "a published index file lists it"
-    assert not (output / "_runs" / OTHER).exists()
-    release_lease(str(output), RUN)
+    assert summary["status"] == "passed" and summary["embedding_runs"] == [OTHER, RUN]
+    assert (output / "embeddings" / OTHER / "x.npy").read_bytes() == b"npy"
+    assert (output / f"embeddings-index-{OTHER}-00000-of-00001.csv").exists()
+    assert not (output / "embeddings" / stray).exists()
+    assert not list(output.glob(f"embeddings-index-{stray}-*"))
+    assert not (output / "_runs").exists() and not (output / "_publish.json").exists()
+
+
+# --- The journal: a publish stopped at any step is finished by whoever comes next -----
+
+
+class Stopped(BaseException):
+    """The process stops here: nothing after this line of the publish runs."""
+
+
+def earlier_output(output: Path) -> list[str]:
+    """A published run OTHER (two kinds of shard, a map), and RUN's staged files."""
+    for name in (
+        f"embeddings/embeddings-{OTHER}-00000-of-00001.parquet",
+        f"failures-{OTHER}-00000-of-00001.jsonl",
+        "map.png",
+    ):
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_bytes(OTHER.encode())
+    (output / "summary.json").write_text(json.dumps({"run_id": OTHER, "embedding_runs": [OTHER]}))
+    staged = []
+    for name in (
+        f"embeddings/embeddings-{RUN}-00000-of-00002.parquet",
+        f"embeddings/embeddings-{RUN}-00001-of-00002.parquet",
+        f"failures-{RUN}-00000-of-00001.jsonl",
+    ):
+        path = output / "_runs" / RUN / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(RUN.encode())
+        staged.append(str(path))
+    return staged
+
+
+def stop_at(step: str, monkeypatch) -> None:
+    """Makes the publish stop at step, as a killed worker would."""
+    from pipeline.outputs import journal
+
+    real_move, real_write = journal.move_files, journal.write_json
+
+    def move_some(pairs):
+        real_move(pairs[:1])
+        raise Stopped
+
+    def stop_at_summary(path, value):
+        if path.endswith("summary.json"):
+            raise Stopped
+        real_write(path, value)
+
+    if step == "after the journal":
+        monkeypatch.setattr(journal, "move_files", lambda pairs: (_ for _ in ()).throw(Stopped))
+    elif step == "after some renames":
+        monkeypatch.setattr(journal, "move_files", move_some)
+    elif step == "after all renames":
+        monkeypatch.setattr(journal, "write_json", stop_at_summary)
+
+
+def undeletable(monkeypatch, name: str) -> None:
+    """The file refuses deletion, as one under a retention policy does."""
+    from apache_beam.io.filesystems import FileSystems
+
+    real_delete = FileSystems.delete
+
+    def delete(paths):
+        if any(path.endswith(name) for path in paths):
+            raise PermissionError(f"{name}: permission denied")
+        real_delete(paths)
+
+    monkeypatch.setattr(FileSystems, "delete", delete)
+
+
+def published_state(output: Path) -> tuple[str, set[str]]:
+    files = {
+        str(path.relative_to(output))
+        for path in output.rglob("*")
+        if path.is_file() and path.name != "_lease.json"
+    }
+    return json.loads((output / "summary.json").read_text())["run_id"], files
+
+
+ONLY_RUN = {
+    f"embeddings/embeddings-{RUN}-00000-of-00002.parquet",
+    f"embeddings/embeddings-{RUN}-00001-of-00002.parquet",
+    f"failures-{RUN}-00000-of-00001.jsonl",
+    "summary.json",
+}
+
+
+@pytest.mark.parametrize(
+    "step", ["after the journal", "after some renames", "after all renames", "during the deletes"]
+)
+@pytest.mark.parametrize("finisher", ["the retried bundle", "a reader", "the next run"])
+def test_a_publish_stopped_at_any_step_is_finished_by_whoever_comes_next(
+    step, finisher, tmp_path, monkeypatch
+):
+    output = tmp_path / "out"
+    staged = earlier_output(output)
+    take_lease(str(output), RUN, time.time(), runner="FnApiRunner")
+    with monkeypatch.context() as faults:
+        if step == "during the deletes":
+            undeletable(faults, f"embeddings-{OTHER}-00000-of-00001.parquet")
+            [left] = PublishFn(PublishPlan(str(output), RUN, False, "parquet"), False).process(
+                None, passing_summary(output), staged
+            )
+            assert left["run_id"] == RUN  # published; the journal keeps the deletes
+            # Readers of summary.json already see only RUN's files.
+            assert published_state(output)[0] == RUN
+        else:
+            stop_at(step, faults)
+            with pytest.raises(Stopped):
+                publish(output, staged)
+            # Until the journal is finished, summary.json names a run whose files are all out.
+            named = json.loads((output / "summary.json").read_text())["run_id"]
+            shards = len(list((output / "embeddings").glob(f"embeddings-{named}-*.parquet")))
+            assert shards == (1 if named == OTHER else 2)
+    assert (output / "_publish.json").exists()
+    if finisher == "the retried bundle":
+        publish(output, staged)
+    elif finisher == "a reader":
+        assert roll_forward(str(output)) == RUN
+    else:
+        release_lease(str(output), RUN)
+        nxt = "20261201T110000-dddddd"
+        take_lease(str(output), nxt, time.time(), runner="FnApiRunner")
+        assert roll_forward(str(output)) == RUN  # job.run does this before anything else
+        assert current_runs(str(output), "parquet") == (RUN,)
+        release_lease(str(output), nxt)
+    assert published_state(output) == (RUN, ONLY_RUN)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "passed" and summary["embedding_runs"] == [RUN]
+
+
+def test_a_journal_that_names_a_path_outside_the_output_is_refused(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    for replaced in (["../victim.txt"], ["a/../../victim.txt"], [str(victim)]):
+        journal = {
+            "run_id": RUN, "staged": [], "replaced": replaced, "replaced_vectors": [],
+            "vector_folder": None, "npy_metadata": None, "summary": {"run_id": RUN},
+        }  # fmt: skip
+        (output / "_publish.json").write_text(json.dumps(journal))
+        with pytest.raises(JournalError, match="not a name inside the folder"):
+            roll_forward(str(output))
+        assert victim.read_text() == "keep"
+    journal["replaced"], journal["vector_folder"] = [], str(tmp_path)
+    journal["replaced_vectors"] = ["victim.txt"]
+    (output / "_publish.json").write_text(json.dumps(journal))
+    with pytest.raises(JournalError, match="not a name a run writes in a vector folder"):
+        roll_forward(str(output))
+    assert victim.read_text() == "keep"
 
 
 def test_the_vector_search_folder_must_be_on_the_outputs_storage(tmp_path):

@@ -254,3 +254,42 @@ def test_text_with_random_weights_is_refused_for_want_of_a_vocabulary(clip, tmp_
     (output / "summary.json").write_text(json.dumps(recorded))
     line = one_line_refusal(run_search(str(output), "--text", "a cat"))
     assert "--weights random" in line and "vocabulary" in line
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(clip):
+    """$'caf\\xe9' from a shell reaches Python as a surrogate escape, which CLIP's tokenizer
+    took with a TypeError traceback and exit 1; now one line, before any model loads."""
+    from test_search_text import search_with_bytes
+
+    result = search_with_bytes(os.fsencode(clip["output"]), b"--text", b"caf\xe9")
+    stderr = result.stderr.decode()
+    assert (result.returncode, result.stdout) == (2, b""), stderr[-3000:]
+    assert stderr.splitlines() == [
+        r"error: --text 'caf\xe9' is not UTF-8: give the text in UTF-8"
+    ], stderr[-3000:]
+
+
+def test_search_reads_the_older_layout_and_only_the_runs_its_summary_names(resnet, tmp_path):
+    """Shards beside the other outputs (the layout before embeddings/) still count; a
+    shard of a run that summary.json does not name is never read."""
+    older = tmp_path / "older"
+    shutil.copytree(resnet["output"], older)
+    recorded_summary = json.loads((older / "summary.json").read_text())
+    run_id = recorded_summary.pop("embedding_runs")[0]
+    (older / "summary.json").write_text(json.dumps(recorded_summary))  # as that version wrote
+    for shard in (older / "embeddings").glob("embeddings-*.parquet"):
+        shard.rename(older / shard.name)
+    recorded = read_recorded(str(older))
+    assert recorded.runs == (run_id,)
+    paths = shard_paths(recorded)
+    assert [Path(path).parent for path in paths] == [older] * 3
+    uris = [uri for rows in stored_rows(recorded, paths) for uri in rows.uris]
+    assert sorted(uris) == sorted(PHOTO_PATHS)
+
+    stray = tmp_path / "stray"
+    shutil.copytree(resnet["output"], stray)
+    [first, *_] = sorted((stray / "embeddings").glob("embeddings-*.parquet"))
+    other_run = "20200101T000000-abcdef"
+    shutil.copy(first, first.with_name(first.name.replace(run_id, other_run)))
+    paths = shard_paths(read_recorded(str(stray)))
+    assert len(paths) == 3 and not any(other_run in path for path in paths)

@@ -58,7 +58,7 @@ def find_similar_in_each(collections: dict[Path, list[str]], settings: Similarit
         for folder, files in collections.items():
             files_read = p | f"Files {folder.name}" >> beam.Create(files)
             _ = {"files": files_read} | f"Find similar {folder.name}" >> FindSimilar(
-                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", False, settings
+                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", (), settings
             )
     for folder in collections:
         assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"

@@ -18,7 +18,13 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.outputs import FORMATS, OptionalOutput, matching_files
+from pipeline.outputs import (
+    EMBEDDINGS,
+    LEGACY_EMBEDDINGS,
+    OptionalOutput,
+    matching_files,
+    shard_prefix,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -182,7 +188,7 @@ def plan_load(
     table,
     earlier_rows: int | None,
     this_run_shards: str,
-    earlier_shards: str,
+    earlier_shards: list[str],
     columns: list[str],
     metadata: dict[str, Any],
 ) -> LoadPlan:
@@ -192,11 +198,12 @@ def plan_load(
     embeddings earlier runs left, and only this run's shards are appended when the
     table (None if missing) already holds exactly those, with this run's columns, made
     as this run makes them (ValueError if it records another way). Otherwise the
-    earlier runs' published shards and this run's are loaded, replacing. Wildcards keep
-    each job within BigQuery's 10,000 source URIs.
+    earlier runs' published shards (earlier_shards, wildcards of the runs summary.json
+    names) and this run's are loaded, replacing. Wildcards keep each job within
+    BigQuery's 10,000 source URIs.
     """
     ours = [this_run_shards]
-    everything = [earlier_shards, this_run_shards]
+    everything = [*earlier_shards, this_run_shards]
     if earlier_rows is None:
         return LoadPlan(ours, True, "the run replaced the output")
     if table is None:
@@ -315,6 +322,7 @@ class LoadIntoBigQueryFn(beam.DoFn):
         *,
         this_run_shards: str,
         metadata: dict[str, Any],
+        earlier_runs: tuple[str, ...] = (),
     ):
         self._table = table
         self._output = output
@@ -322,6 +330,7 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._columns = columns
         self._vector_index = vector_index
         self._this_run_shards = this_run_shards
+        self._earlier_runs = tuple(earlier_runs)
         self._metadata = json.loads(describe_table(metadata))
 
     @property
@@ -366,7 +375,12 @@ class LoadIntoBigQueryFn(beam.DoFn):
         """The plan's job (a load, a TRUNCATE, or None), its attempts, and why."""
         from google.cloud import bigquery
 
-        earlier_shards = FORMATS["parquet"].embedding_files(self._output)
+        # Each earlier run's shards, in either layout: only the runs the summary names.
+        earlier_shards = [
+            shard_prefix(self._output, name, run) + "-*.parquet"
+            for run in self._earlier_runs
+            for name in (EMBEDDINGS, LEGACY_EMBEDDINGS)
+        ]
         existing = self._get_table(bq)
         plan = plan_load(
             existing,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import io
 import json
+from contextlib import closing
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.common import csv_fields, read_json
+from pipeline.common import csv_records, read_json
 from pipeline.outputs.naming import (
     EMBEDDINGS,
     LEGACY_EMBEDDINGS,
@@ -23,6 +24,7 @@ from pipeline.outputs.naming import (
     NPY_METADATA,
     SUMMARY,
     output_path,
+    run_of_shard,
 )
 from pipeline.outputs.sinks import (
     NPY_INDEX_COLUMNS,
@@ -113,8 +115,8 @@ def _uri_of_row(row: dict) -> str:
     return row["uri"]
 
 
-def _first_field(line: str) -> str:
-    return csv_fields(line)[0]
+def _first_field(record: list[str]) -> str:
+    return record[0]
 
 
 def _parquet_batch(table) -> StoredBatch:
@@ -175,13 +177,14 @@ class ParquetFormat(EmbeddingFormat):
 
 
 class ReadNpyFn(beam.DoFn):
-    """An index line (uri,file,width,height) to a StoredBatch of that one embedding."""
+    """An index record (uri, file, width, height, ...) to a StoredBatch of that one
+    embedding."""
 
     def __init__(self, directory: str):
         self._directory = directory
 
-    def process(self, line: str):
-        uri, name, width, height = csv_fields(line)[:4]
+    def process(self, record: list[str]):
+        uri, name, width, height = record[:4]
         with FileSystems.open(output_path(self._directory, name)) as handle:
             embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
         yield StoredBatch([uri], embedding.reshape(1, -1), np.array([[int(width), int(height)]]))
@@ -206,8 +209,8 @@ class NpyFormat(EmbeddingFormat):
         return [output_path(output, f"{NPY_INDEX}-*.csv")]
 
     def column_names(self, record_file):
-        with FileSystems.open(record_file) as handle:
-            return csv_fields(handle.readline().decode("utf-8").rstrip("\r\n"))
+        with closing(csv_records(record_file)) as records:
+            return next(records, [])
 
     def run_metadata(self, output, run_id, record_file):
         # Runs of earlier versions wrote no metadata file; their summary.json said the same.
@@ -221,11 +224,15 @@ class NpyFormat(EmbeddingFormat):
         return {}
 
     def read_uris(self):
-        return beam.io.ReadAllFromText(skip_header_lines=1) | "URI field" >> beam.Map(_first_field)
+        records = "Index records" >> beam.FlatMap(csv_records, skip_header=True)
+        return records | "URI field" >> beam.Map(_first_field)
 
     def read_batches(self, output):
-        return beam.io.ReadAllFromText(skip_header_lines=1) | "Read .npy" >> beam.ParDo(
-            ReadNpyFn(output_path(output, NPY_DIRECTORY))
+        return (
+            "Index records" >> beam.FlatMap(csv_records, skip_header=True)
+            # One worker reads each index file; the .npy reads are spread over all.
+            | "Spread records" >> beam.Reshuffle()
+            | "Read .npy" >> beam.ParDo(ReadNpyFn(output_path(output, NPY_DIRECTORY)))
         )
 
 
@@ -233,19 +240,23 @@ FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFor
 
 
 class ReadEmbeddedUris(beam.PTransform):
-    """URIs already embedded under the output: the record of work an earlier run did."""
+    """URIs already embedded under the output: the record of work the earlier runs that
+    summary.json names did (runs); other runs' files there are not read."""
 
-    def __init__(self, output: str, output_format: str):
+    def __init__(self, output: str, output_format: str, runs: tuple[str, ...]):
         super().__init__()
         self._output = output
         self._format = FORMATS[output_format]
+        self._runs = frozenset(runs)
 
     def expand(self, pbegin):
+        runs = self._runs
         return (
             pbegin
             | "Record file patterns" >> beam.Create(self._format.record_files(self._output))
             | "Match earlier outputs"
             >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Current runs' files" >> beam.Filter(lambda path: run_of_shard(path) in runs)
             | "Read URIs" >> self._format.read_uris()
         )

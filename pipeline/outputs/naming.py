@@ -27,6 +27,9 @@ MAP_PNG = "map.png"
 REPORT_HTML = "report.html"
 SUMMARY = "summary.json"
 LEASE = "_lease.json"  # held by the one run writing the output (pipeline/lease.py)
+# What a passed run's publish renames and deletes, written before the first rename and
+# removed after the last delete (pipeline/outputs/journal.py).
+JOURNAL = "_publish.json"
 # _runs/RUN/: a run's own folder (staged outputs, working files, a failed run's summary);
 # dataset readers (pyarrow, Spark, DuckDB's embeddings/ globs) never look there.
 RUNS = "_runs"
@@ -36,6 +39,7 @@ SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 MAX_DATAPOINT_ID_BYTES = 128
 RUN_ID_PATTERN = r"\d{8}T\d{6}-[0-9a-f]{6}"
 
+_SHARD_RUN = re.compile(rf"-({RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}\.[A-Za-z]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 80
 
@@ -48,6 +52,12 @@ def matching_files(patterns: list[str]) -> list[str]:
     """The sorted paths that any of the globs match, each once."""
     matched = FileSystems.match(patterns)
     return sorted({metadata.path for result in matched for metadata in result.metadata_list})
+
+
+def run_of_shard(path: str) -> str | None:
+    """The run id in a shard name NAME-RUN-SSSSS-of-NNNNN.SUFFIX, or None."""
+    found = _SHARD_RUN.search(path)
+    return found.group(1) if found else None
 
 
 def new_run_id(started_at: float) -> str:

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pipeline.common import read_json
 from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, Resize
 from pipeline.models import BACKBONES, ModelSpec
-from pipeline.outputs import FORMATS, SUMMARY, output_path
+from pipeline.outputs import (
+    FORMATS,
+    SUMMARY,
+    JournalError,
+    UnfinishedPublishError,
+    current_runs,
+    output_path,
+    roll_forward,
+)
 
 # What the output's runs recorded before the summary held the pixel limit (the option's
 # default then as now).
@@ -40,16 +48,23 @@ class Recorded:
     precision: str = "float32"
     input: str = ""  # the run's --input, where int8's calibration sample came from
     calibration: str = ""  # int8's calibration sample digest (models.sample_digest)
+    runs: tuple[str, ...] | None = None  # the runs whose shards count; None: every run's
 
     @property
-    def shards(self) -> str:
-        """A glob of the output's Parquet shards (what the summary names, under output)."""
-        return FORMATS["parquet"].embedding_files(self.output)
+    def shards(self) -> list[str]:
+        """Globs of the output's Parquet shards, in either layout (of these, the runs'
+        the summary names count)."""
+        return FORMATS["parquet"].record_files(self.output)
 
 
 def read_recorded(output: str) -> Recorded:
     """The output's record; SearchError, saying why, for an output that has none, or one
-    this version cannot embed a query for."""
+    this version cannot embed a query for. A publish that stopped midway is finished
+    first, so that the summary and the shards agree."""
+    try:
+        roll_forward(output)
+    except (JournalError, UnfinishedPublishError) as error:
+        raise SearchError(str(error)) from error
     path = output_path(output, SUMMARY)
     try:
         summary = read_json(path)
@@ -100,6 +115,7 @@ def _recorded(output: str, summary: dict) -> Recorded:
         **_engine(summary),
         input=str(summary.get("input", "")),
         calibration=str(summary.get("calibration", "")),
+        runs=current_runs(output, "parquet"),
     )
 
 

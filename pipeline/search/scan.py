@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.outputs import SUMMARY, matching_files
+from pipeline.outputs import SUMMARY, matching_files, of_runs
 from pipeline.search.recorded import SHARD_METADATA, Recorded, SearchError
 
 BATCH_ROWS = 4096
@@ -42,12 +42,15 @@ def ranking(match: Match) -> tuple[float, str]:
 
 
 def shard_paths(recorded: Recorded) -> list[str]:
+    """The shards of the runs whose embeddings the output holds, in either layout."""
     try:
-        paths = matching_files([recorded.shards])
+        paths = matching_files(recorded.shards)
     except Exception as error:
-        raise SearchError(f"{recorded.shards} cannot be listed ({error})") from error
+        raise SearchError(f"{recorded.output}'s shards cannot be listed ({error})") from error
+    if recorded.runs is not None:
+        paths = of_runs(paths, recorded.runs)
     if not paths:
-        raise SearchError(f"{recorded.output} holds no embeddings ({recorded.shards} is empty)")
+        raise SearchError(f"{recorded.output} holds no embeddings (no shards of its runs)")
     return paths
 
 

@@ -27,6 +27,7 @@ from pipeline.outputs import (
     OptionalOutput,
     StoredBatch,
     matching_files,
+    of_runs,
     output_path,
     shard_prefix,
     spill_prefix,
@@ -271,13 +272,15 @@ def merge_bucket(bucket: tuple[int, list], k: int):
 
 class ListStoredFilesFn(beam.DoFn):
     """The earlier runs' record files under the output and this run's staged ones (a side
-    input): with --skip_existing the search covers earlier runs' embeddings too."""
+    input): with --skip_existing the search covers earlier runs' embeddings too. Only the
+    runs that summary.json names count: no other file there is read."""
 
-    def __init__(self, patterns: list[str]):
+    def __init__(self, patterns: list[str], runs: tuple[str, ...]):
         self._patterns = patterns
+        self._runs = runs
 
     def process(self, unused, this_run: list[str]):
-        yield from matching_files(self._patterns)
+        yield from of_runs(matching_files(self._patterns), self._runs)
         yield from this_run
 
 
@@ -304,11 +307,12 @@ def _describe(
 class FindSimilar(OptionalOutput):
     """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv in the stage.
 
-    Reads `files`, the names of this run's stored files; with keep_earlier, every stored
-    file under the output is searched too. Gives `neighbors` (one row dict per image,
-    when asked for), `groups` (one list of (group number, [(uri, similarity)], component
-    number), largest first, when asked for), `description` and `files` (the names
-    written). Spill files go to temp (naming.run_temp_folder), the stage when None.
+    Reads `files`, the names of this run's stored files; the record files of earlier_runs
+    (with --skip_existing, the runs whose embeddings the output holds) are searched too.
+    Gives `neighbors` (one row dict per image, when asked for), `groups` (one list of
+    (group number, [(uri, similarity)], component number), largest first, when asked
+    for), `description` and `files` (the names written). Spill files go to temp
+    (naming.run_temp_folder), the stage when None.
     """
 
     name = "similarity"
@@ -321,7 +325,7 @@ class FindSimilar(OptionalOutput):
         stage: str,
         output_format: str,
         run_id: str,
-        keep_earlier: bool,
+        earlier_runs: tuple[str, ...],
         settings: SimilaritySettings,
         temp: str | None = None,
     ):
@@ -331,7 +335,7 @@ class FindSimilar(OptionalOutput):
         self._temp = temp or stage
         self._format = FORMATS[output_format]
         self._run_id = run_id
-        self._keep_earlier = keep_earlier
+        self._earlier_runs = tuple(earlier_runs)
         self._settings = settings
 
     def final_files(self) -> dict[str, str]:
@@ -347,13 +351,13 @@ class FindSimilar(OptionalOutput):
         settings = self._settings
         spill = spill_prefix(self._temp)
         stored = files
-        if self._keep_earlier:
+        if self._earlier_runs:
             stored = (
                 files.pipeline
                 | "Start listing" >> beam.Create([None])
                 | "List stored files"
                 >> beam.ParDo(
-                    ListStoredFilesFn(self._format.record_files(self._output)),
+                    ListStoredFilesFn(self._format.record_files(self._output), self._earlier_runs),
                     this_run=beam.pvalue.AsList(files),
                 )
             )
