@@ -110,24 +110,24 @@ def test_the_proxy_lists_the_name_as_cloud_storage_would(gcs, monkeypatch):
         assert handle.read() == b"written outside the copy\n"
 
 
-def test_the_workers_copy_refuses_the_folder_and_writes_nothing(gcs, tmp_path, monkeypatch):
+@pytest.fixture
+def on_a_worker(gcs, tmp_path, monkeypatch):
+    """This process as a worker: the emulated bucket, and its temporary folder in tmp_path."""
     for name, value in gcs.items():
         monkeypatch.setenv(name, value)
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+
+def test_the_workers_copy_refuses_the_folder_and_writes_nothing(on_a_worker, tmp_path):
     with pytest.raises(WeightsUnavailableError) as raised:
         local_preset_copy(FOLDER)
     assert ESCAPING in str(raised.value) and "\n" not in str(raised.value)
     assert every_file(tmp_path) == []
 
 
-def test_a_folder_placeholder_object_is_no_file_and_the_copy_is_whole(gcs, tmp_path, monkeypatch):
-    for name, value in gcs.items():
-        monkeypatch.setenv(name, value)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+def test_a_folder_placeholder_object_is_no_file_and_the_copy_is_whole(on_a_worker, gcs, tmp_path):
     copy = Path(local_preset_copy(f"gs://{BUCKET}/presets/good"))
     names = sorted(path.name for path in copy.iterdir())
     assert names == sorted(file.name for file in Path(gcs["TINY_PRESET"]).iterdir())

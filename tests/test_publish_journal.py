@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from publish_faults import Stopped, stop_publish_at
 from support import PHOTO_PATHS, run_cli, write_csv
 
 from pipeline import job
@@ -26,10 +27,6 @@ pytestmark = pytest.mark.pipeline_run
 PHOTOS = PHOTO_PATHS[:4]
 # Cheap runs: the model is not what this proves.
 FLAGS = ("--weights", "random", "--engine", "tensorflow", "--precision", "float32")
-
-
-class Stopped(BaseException):
-    """The process stops here, as a killed worker would."""
 
 
 @dataclasses.dataclass
@@ -77,38 +74,6 @@ def interrupted(tmp_path_factory) -> Interrupted:
     return Interrupted(output, plan, summary, staged)
 
 
-def stop_at(step: str, monkeypatch, undeletable: str) -> None:
-    """Stops the publish at step (a kill), or makes one file refuse deletion."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipeline.outputs import journal
-
-    real_move, real_write, real_delete = journal.move_files, journal.write_json, FileSystems.delete
-
-    def move_some(pairs):
-        real_move(pairs[: len(pairs) // 2])
-        raise Stopped
-
-    def write(path, value):
-        if path.endswith("summary.json"):
-            raise Stopped
-        real_write(path, value)
-
-    def delete(paths):
-        if any(path.endswith(undeletable) for path in paths):
-            raise PermissionError(f"{undeletable}: permission denied")
-        real_delete(paths)
-
-    if step == "after the journal":
-        monkeypatch.setattr(journal, "move_files", lambda pairs: (_ for _ in ()).throw(Stopped))
-    elif step == "after some renames":
-        monkeypatch.setattr(journal, "move_files", move_some)
-    elif step == "after all renames":
-        monkeypatch.setattr(journal, "write_json", write)
-    else:
-        monkeypatch.setattr(FileSystems, "delete", delete)
-
-
 def folder_rows(output: Path) -> tuple[list[str], set[str]]:
     """The URIs and run ids a folder reader of embeddings/ sees (pyarrow and DuckDB)."""
     import duckdb
@@ -140,7 +105,7 @@ def test_a_stopped_publish_is_finished_by_whoever_comes_next(
     second_run = interrupted.summary["run_id"]
     earlier_shard = next((output / "embeddings").glob(f"embeddings-{first_run}-*.parquet")).name
     with monkeypatch.context() as faults:
-        stop_at(step, faults, undeletable=earlier_shard)
+        stop_publish_at(step, faults, undeletable=earlier_shard)
         with contextlib.suppress(Stopped):
             list(publish_fn.process(None, interrupted.summary, staged))
     assert (output / "_publish.json").exists()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from publish_faults import STEPS, Stopped, stop_publish_at
 
 from pipeline.lease import release_lease, take_lease
 from pipeline.options import UsageError, parse_options
@@ -103,10 +104,6 @@ def test_with_skip_existing_the_npy_files_of_the_summarys_runs_stay_and_others_g
 # --- The journal: a publish stopped at any step is finished by whoever comes next -----
 
 
-class Stopped(BaseException):
-    """The process stops here: nothing after this line of the publish runs."""
-
-
 def earlier_output(output: Path) -> list[str]:
     """A published run OTHER (two kinds of shard, a map), and RUN's staged files."""
     for name in (
@@ -130,43 +127,6 @@ def earlier_output(output: Path) -> list[str]:
     return staged
 
 
-def stop_at(step: str, monkeypatch) -> None:
-    """Makes the publish stop at step, as a killed worker would."""
-    from pipeline.outputs import journal
-
-    real_move, real_write = journal.move_files, journal.write_json
-
-    def move_some(pairs):
-        real_move(pairs[:1])
-        raise Stopped
-
-    def stop_at_summary(path, value):
-        if path.endswith("summary.json"):
-            raise Stopped
-        real_write(path, value)
-
-    if step == "after the journal":
-        monkeypatch.setattr(journal, "move_files", lambda pairs: (_ for _ in ()).throw(Stopped))
-    elif step == "after some renames":
-        monkeypatch.setattr(journal, "move_files", move_some)
-    elif step == "after all renames":
-        monkeypatch.setattr(journal, "write_json", stop_at_summary)
-
-
-def undeletable(monkeypatch, name: str) -> None:
-    """The file refuses deletion, as one under a retention policy does."""
-    from apache_beam.io.filesystems import FileSystems
-
-    real_delete = FileSystems.delete
-
-    def delete(paths):
-        if any(path.endswith(name) for path in paths):
-            raise PermissionError(f"{name}: permission denied")
-        real_delete(paths)
-
-    monkeypatch.setattr(FileSystems, "delete", delete)
-
-
 def published_state(output: Path) -> tuple[str, set[str]]:
     files = {
         str(path.relative_to(output))
@@ -184,9 +144,7 @@ ONLY_RUN = {
 }
 
 
-@pytest.mark.parametrize(
-    "step", ["after the journal", "after some renames", "after all renames", "during the deletes"]
-)
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("finisher", ["the retried bundle", "a reader", "the next run"])
 def test_a_publish_stopped_at_any_step_is_finished_by_whoever_comes_next(
     step, finisher, tmp_path, monkeypatch
@@ -195,16 +153,13 @@ def test_a_publish_stopped_at_any_step_is_finished_by_whoever_comes_next(
     staged = earlier_output(output)
     take_lease(str(output), RUN, time.time(), runner="FnApiRunner")
     with monkeypatch.context() as faults:
+        stop_publish_at(step, faults, undeletable=f"embeddings-{OTHER}-00000-of-00001.parquet")
         if step == "during the deletes":
-            undeletable(faults, f"embeddings-{OTHER}-00000-of-00001.parquet")
-            [left] = PublishFn(PublishPlan(str(output), RUN, False, "parquet"), False).process(
-                None, passing_summary(output), staged
-            )
+            left = publish(output, staged)
             assert left["run_id"] == RUN  # published; the journal keeps the deletes
             # Readers of summary.json already see only RUN's files.
             assert published_state(output)[0] == RUN
         else:
-            stop_at(step, faults)
             with pytest.raises(Stopped):
                 publish(output, staged)
             # Until the journal is finished, summary.json names a run whose files are all out.
