@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cloud import ForeignNamesProxy, MetadataServer, emulator_client, storage_emulator
 from support import PHOTO_PATHS, REPO, run_cli, write_csv
-from test_hub_models import FAMILIES, tiny_preset
+from test_hub_models import FAMILIES
 
 from pipeline.common import UnsafeNameError, path_inside
 from pipeline.models import ModelSpec, WeightsUnavailableError
@@ -31,10 +31,21 @@ FOLDER = f"gs://{BUCKET}/presets/hostile"
 ESCAPING = f"{FOLDER}/../../escaped.txt"
 
 
+def preset_files(folder: Path) -> Path:
+    """A folder laid out as keras-hub's save_to_preset lays one out: what is refused here
+    is refused by its names, before any file is read as a model."""
+    folder.mkdir(parents=True)
+    config = {"class_name": "DINOV2Backbone", "config": {"patch_size": 14}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metadata.json").write_text(json.dumps({"keras_version": "3"}))
+    (folder / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A valid tiny preset in the emulated bucket, plus one object named to escape."""
-    preset = tiny_preset("dinov2", tmp_path_factory.mktemp("preset") / "dinov2")
+    preset = preset_files(tmp_path_factory.mktemp("preset") / "dinov2")
     metadata = MetadataServer()
     with storage_emulator(BUCKET) as emulator:
         bucket = emulator_client(emulator).bucket(BUCKET)

@@ -127,14 +127,26 @@ def search_with_bytes(*args: bytes) -> subprocess.CompletedProcess:
         ),
     ],
 )
-def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path, argv, line):
-    """On Linux such argv bytes reach Python as surrogate escapes, which a tokenizer cannot
-    take (before: a TypeError traceback, exit 1). Refused before the output is read, so
-    before any model loads: the output named here holds nothing."""
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path, argv, line, capsys):
+    """On Linux such argv bytes reach Python as surrogate escapes (os.fsdecode), which a
+    tokenizer cannot take (before: a TypeError traceback, exit 1). Refused before the
+    output is read, so before any model loads: the output named here holds nothing."""
+    from pipeline.search.__main__ import main
+
     output = os.fsencode(tmp_path / "out")
-    argv = [arg.replace(b"{output}", output) for arg in argv]
-    result = search_with_bytes(*argv)
+    argv = [os.fsdecode(arg.replace(b"{output}", output)) for arg in argv]
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.splitlines() == [line.replace("{output}", os.fsdecode(output))]
+
+
+def test_argument_bytes_from_a_shell_are_refused_by_the_command(tmp_path):
+    """The same through the command, argv given as bytes, as a shell passes $'caf\\xe9'."""
+    result = search_with_bytes(os.fsencode(tmp_path / "out"), b"--text", b"caf\xe9 au lait")
     stderr = result.stderr.decode()
     assert result.returncode == 2, stderr
     assert result.stdout == b"" and "Traceback" not in stderr, stderr
-    assert stderr.splitlines() == [line.replace("{output}", os.fsdecode(output))]
+    assert stderr.splitlines() == [
+        r"error: --text 'caf\xe9 au lait' is not UTF-8: give the text in UTF-8"
+    ]
