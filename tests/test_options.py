@@ -70,10 +70,16 @@ def test_booleans_take_the_spellings_templates_and_shells_use():
     assert parse_options([*REQUIRED, "--jpeg_draft"]).view_as(EmbeddingOptions).jpeg_draft is True
 
 
-def test_help_lists_every_option_with_its_default():
+@pytest.fixture(scope="module")
+def help_text() -> str:
+    """python -m pipeline --help, as a user runs it (once for the tests that read it)."""
     result = run_cli("--help")
     assert result.returncode == 0
-    text = " ".join(result.stdout.split())
+    return result.stdout
+
+
+def test_help_lists_every_option_with_its_default(help_text):
+    text = " ".join(help_text.split())
     for flag, action in pipeline_flags().items():
         assert flag in text
         if action.default is not None:
@@ -138,10 +144,8 @@ def test_readme_options_section_points_to_the_options_page():
     assert "| `--" not in section, "the options table lives in docs/options.md only"
 
 
-def test_help_shows_each_group_with_its_flags_and_their_help():
-    result = run_cli("--help")
-    assert result.returncode == 0
-    by_title = sections(result.stdout, r"^(\S.*):$")
+def test_help_shows_each_group_with_its_flags_and_their_help(help_text):
+    by_title = sections(help_text, r"^(\S.*):$")
     flags = pipeline_flags()
     for group in GROUPS:
         body = by_title[group.title]
