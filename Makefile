@@ -21,7 +21,9 @@ demo: $(VENV)/.installed ## Embed the sample photographs locally; open out/demo/
 
 # Two test processes (pytest-xdist). The whole suite keeps each file's tests in one
 # process (--dist loadfile), so that the pipeline runs a file's fixtures share happen
-# once; the fast tier has no such fixtures and spreads its tests one by one.
+# once; the fast tier has no such fixtures and spreads its tests one by one, an idle
+# process taking queued tests from the busy one (--dist worksteal: its tests' times are
+# uneven, from milliseconds to 8 s).
 PYTEST := $(BIN)/python -m pytest -n 2
 
 test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs Chromium if it can)
@@ -30,7 +32,7 @@ test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs C
 
 # What earns a test its place in the fast tier: pyproject.toml, next to the markers.
 test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in under a minute
-	$(PYTEST) --dist load -m "not pipeline_run and not slow"
+	$(PYTEST) --dist worksteal -m "not pipeline_run and not slow"
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
