@@ -263,7 +263,10 @@ class PublishFn(beam.DoFn):
             finish(plan.output, journal)  # a publish a crash left, before this run's
         published = read_json(output_path(plan.output, SUMMARY))
         if published and published.get("run_id") == plan.run_id:
-            yield published  # a retried bundle: this run published, and gave the lease back
+            # A retried bundle: this run published (perhaps finished by a reader, which
+            # gives back no lease); a lease that still names it is released.
+            release_lease(plan.output, plan.run_id)
+            yield published
             return
         if bigquery is not None:
             summary = {**summary, "bigquery": bigquery}

@@ -171,6 +171,9 @@ def test_a_publish_stopped_at_any_step_is_finished_by_whoever_comes_next(
         publish(output, staged)
     elif finisher == "a reader":
         assert roll_forward(str(output)) == RUN
+        # The stopped bundle, retried after the reader finished it, gives the lease back.
+        assert publish(output, staged)["run_id"] == RUN
+        assert not (output / "_lease.json").exists()
     else:
         release_lease(str(output), RUN)
         nxt = "20261201T110000-dddddd"
