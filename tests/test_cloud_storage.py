@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cloud import SERVICE_ACCOUNT, FaultyProxy, MetadataServer, emulator_client, storage_emulator
+from publish_faults import STEPS, Stopped, stop_publish_at
 from support import (
     PHOTO_PATHS,
     REPO,
@@ -28,8 +32,12 @@ from support import (
     summary,
     write_csv,
 )
+from test_publish_step import ONLY_RUN, OTHER, RUN, passing_summary
 
+from pipeline.lease import take_lease
+from pipeline.outputs import roll_forward
 from pipeline.outputs.naming import run_temp_folder, spill_prefix
+from pipeline.publish import PublishFn, PublishPlan
 from pipeline.similarity.spill import SPILL_SUFFIX
 
 pytestmark = pytest.mark.pipeline_run
@@ -294,3 +302,41 @@ def test_the_metadata_stand_in_serves_a_credential_refreshed_again():
     accounts = "/computeMetadata/v1/instance/service-accounts"
     assert f"{accounts}/default/" in metadata.paths
     assert f"{accounts}/{SERVICE_ACCOUNT}/" in metadata.paths
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_publish_on_gcs_stopped_at_any_step_is_finished_by_a_reader(gcs, step, monkeypatch):
+    """The journal through Beam's GCS file system: renames as copies and deletes, object
+    prefixes as folders; the output then holds exactly the stopped run's objects."""
+    for name, value in gcs["env"].items():
+        monkeypatch.setenv(name, value)
+    prefix = f"journal-{STEPS.index(step)}"
+    output = f"gs://{BUCKET}/{prefix}"
+    bucket = gcs["bucket"]
+    for name in (f"embeddings/embeddings-{OTHER}-00000-of-00001.parquet",
+                 f"failures-{OTHER}-00000-of-00001.jsonl", "map.png"):  # fmt: skip
+        bucket.blob(f"{prefix}/{name}").upload_from_string(OTHER)
+    earlier = json.dumps({"run_id": OTHER, "embedding_runs": [OTHER]})
+    bucket.blob(f"{prefix}/summary.json").upload_from_string(earlier)
+    staged = []
+    for name in sorted(ONLY_RUN - {"summary.json"}):
+        bucket.blob(f"{prefix}/_runs/{RUN}/{name}").upload_from_string(RUN)
+        staged.append(f"{output}/_runs/{RUN}/{name}")
+    take_lease(output, RUN, time.time(), runner="FnApiRunner")
+    plan = PublishPlan(output, RUN, False, "parquet")
+    with monkeypatch.context() as faults:
+        stop_publish_at(step, faults, undeletable=f"embeddings-{OTHER}-00000-of-00001.parquet")
+        with contextlib.suppress(Stopped):
+            summary = {**passing_summary(Path(prefix)), "outputs": {"failures": f"{output}/f*"}}
+            list(PublishFn(plan, fail_job=False).process(None, summary, staged))
+    assert bucket.blob(f"{prefix}/_publish.json").exists()
+
+    assert roll_forward(output) == RUN
+    names = {
+        blob.name[len(prefix) + 1 :]
+        for blob in gcs["client"].list_blobs(BUCKET, prefix=f"{prefix}/")
+        if not blob.name.endswith("_lease.json")
+    }
+    assert names == ONLY_RUN
+    published = json.loads(bucket.blob(f"{prefix}/summary.json").download_as_bytes())
+    assert (published["run_id"], published["embedding_runs"]) == (RUN, [RUN])
