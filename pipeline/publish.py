@@ -18,37 +18,36 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+# The packages whose optional outputs declare file kinds: imported so that their classes
+# are defined, and every_file_kind() finds them, wherever a PublishPlan is made.
+import pipeline.destinations
+import pipeline.report
+import pipeline.similarity  # noqa: F401
 from pipeline.common import read_json, write_json
 from pipeline.lease import read_lease, release_lease
 from pipeline.outputs import (
-    COORDINATES,
-    DUPLICATES,
     EMBEDDING_RUNS,
-    EMBEDDINGS,
     EMBEDDINGS_DIRECTORY,
     FAILURES,
     LEASE,
-    LEGACY_EMBEDDINGS,
     LEGACY_SPILL,
-    MAP_PNG,
-    NEIGHBORS,
     NPY_INDEX,
-    REPORT_HTML,
     RUN_ID_PATTERN,
     RUNS,
     SUMMARY,
-    VECTORS,
+    FileKind,
     Journal,
     JournalError,
     UnfinishedPublishError,
     as_folder,
     delete_paths,
+    every_file_kind,
     finish,
     matching_files,
     output_path,
@@ -78,6 +77,9 @@ class PublishPlan:
     vector_folder: str | None = None
     npy_metadata: dict[str, Any] | None = None  # written beside an npy run's files
     earlier_runs: tuple[str, ...] = ()
+    # What the outputs declare they publish (outputs.every_file_kind), read where the
+    # plan is made, where every output's class is defined.
+    kinds: tuple[FileKind, ...] = field(default_factory=every_file_kind)
 
     @property
     def stage(self) -> str:
@@ -110,49 +112,9 @@ def relative_name(folder: str, path: str) -> str:
     return name
 
 
-def shard_pattern(base: str, suffix: str) -> re.Pattern:
-    """BASE-RUN-SSSSS-of-NNNNN.SUFFIX, capturing the run id."""
-    return re.compile(
-        re.escape(base)
-        + rf"-(?P<run>{RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}"
-        + re.escape(suffix)
-        + "$"
-    )
-
-
-class Shards:
-    """One kind of run shards in one folder: how to find them, and each one's run."""
-
-    def __init__(self, folder: str, name: str, suffix: str, kept_by_increments: bool = False):
-        self.base = output_path(folder, name)
-        self.suffix = suffix
-        self.kept_by_increments = kept_by_increments
-        self._pattern = shard_pattern(self.base, suffix)
-
-    @property
-    def glob(self) -> str:
-        return f"{self.base}-*-of-*{self.suffix}"
-
-    def run_of(self, path: str) -> str | None:
-        found = self._pattern.match(path)
-        return found["run"] if found else None
-
-
-def published_shards(plan: PublishPlan) -> list[Shards]:
-    """Every kind of shard a run publishes; each replaces the earlier runs' of its kind."""
-    output = plan.output
-    kinds = [
-        Shards(output, EMBEDDINGS, ".parquet", kept_by_increments=True),
-        Shards(output, LEGACY_EMBEDDINGS, ".parquet", kept_by_increments=True),
-        Shards(output, NPY_INDEX, ".csv", kept_by_increments=True),
-        Shards(output, FAILURES, ".jsonl"),
-        Shards(output, NEIGHBORS, ".parquet"),
-        Shards(output, DUPLICATES, ".csv"),
-        Shards(output, COORDINATES, ".csv"),
-    ]
-    if plan.vector_folder:
-        kinds.append(Shards(plan.vector_folder, VECTORS, ".json"))
-    return kinds
+def kind_folder(plan: PublishPlan, kind: FileKind) -> str | None:
+    """The folder a kind's files are published in (None: no Vector Search folder)."""
+    return plan.vector_folder if kind.in_vectors else plan.output
 
 
 def other_runs(output: str, run_id: str) -> dict[str, bool]:
@@ -195,24 +157,29 @@ def leftovers(plan: PublishPlan) -> list[str]:
 
 def replaced(plan: PublishPlan, published: set[str]) -> list[str]:
     """The files (and npy run folders) that the run's published files replace: every
-    other run's shards, but with --skip_existing the current runs' embeddings."""
+    other run's files of each kind the outputs declare, but with --skip_existing the
+    current runs' embeddings."""
     gone: list[str] = []
     npy_runs: set[str] = set()
     kept = set(plan.current_runs)
-    for kind in published_shards(plan):
-        for path in matching_files([kind.glob]):
-            run = kind.run_of(path)
+    for kind in plan.kinds:
+        folder = kind_folder(plan, kind)
+        if folder is None:
+            continue
+        if not kind.sharded:
+            path = output_path(folder, kind.name)
+            if path not in published and FileSystems.exists(path):
+                gone.append(path)
+            continue
+        for path in matching_files([kind.glob(folder)]):
+            run = kind.run_of(folder, path)
             if not run or run == plan.run_id or path in published:
                 continue
             if plan.incremental and kind.kept_by_increments and run in kept:
                 continue
             gone.append(path)
-            if kind.base.endswith(NPY_INDEX):
+            if kind.name == NPY_INDEX:
                 npy_runs.add(run)
-    for name in (MAP_PNG, REPORT_HTML):
-        path = output_path(plan.output, name)
-        if path not in published and FileSystems.exists(path):
-            gone.append(path)
     if not plan.incremental:
         # .npy files an earlier version wrote directly in embeddings/, listed by the
         # index files this run replaces.
@@ -328,9 +295,9 @@ class PublishFn(beam.DoFn):
     def _keep_earlier(self, summary: dict[str, Any]) -> dict[str, Any]:
         plan = self._plan
         reason = summary["failure_reason"]
-        dead_letter = shard_pattern(output_path(plan.stage, FAILURES), ".jsonl")
+        dead_letter = FileKind(FAILURES, ".jsonl")
         staged = matching_files([output_path(plan.stage, "**")])
-        delete_paths([path for path in staged if not dead_letter.match(path)])
+        delete_paths([path for path in staged if not dead_letter.run_of(plan.stage, path)])
         if still_there(plan.npy_folder(plan.run_id)):
             delete_paths([as_folder(plan.npy_folder(plan.run_id))])
         write_json(summary["outputs"]["summary"], summary)

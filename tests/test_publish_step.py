@@ -12,7 +12,14 @@ from publish_faults import STEPS, Stopped, stop_publish_at
 
 from pipeline.lease import release_lease, take_lease
 from pipeline.options import UsageError, parse_options
-from pipeline.outputs import JournalError, current_runs, roll_forward
+from pipeline.outputs import (
+    FileKind,
+    JournalError,
+    OptionalOutput,
+    current_runs,
+    every_file_kind,
+    roll_forward,
+)
 from pipeline.publish import PublishFn, PublishPlan
 
 RUN = "20261201T100000-aaaaaa"
@@ -212,3 +219,31 @@ def test_the_vector_search_folder_must_be_on_the_outputs_storage(tmp_path):
     with pytest.raises(UsageError, match="must be on the same storage"):
         parse_options(["--input", "x.csv", "--output", str(tmp_path / "out"),
                        "--vector_search_output", "gs://b/vectors"])  # fmt: skip
+
+
+def test_an_output_publish_never_heard_of_has_its_earlier_files_replaced(tmp_path, monkeypatch):
+    """Declaring the kind of file it publishes is all a new optional output does: publish
+    asks the outputs, and keeps no list of its own."""
+    from pipeline.outputs import optional
+
+    monkeypatch.setattr(optional, "_DEFINED", list(optional._DEFINED))  # defined for this test
+    output = tmp_path / "out"
+    earlier = output / f"thumbnails-{OTHER}-00000-of-00001.zip"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"earlier")
+    ours = output / "_runs" / RUN / f"thumbnails-{RUN}-00000-of-00001.zip"
+    staged = [staged_shard(output), str(ours)]
+    ours.write_bytes(b"this run's")
+    kind = FileKind("thumbnails", ".zip")
+    assert kind not in every_file_kind()
+
+    class Thumbnails(OptionalOutput):
+        name = "thumbnails"
+        step = "Thumbnails"
+        file_kinds = (kind,)
+
+    assert kind in every_file_kind()
+    take_lease(str(output), RUN, time.time(), runner="FnApiRunner")
+    assert publish(output, staged)["status"] == "passed"
+    assert not earlier.exists()
+    assert (output / f"thumbnails-{RUN}-00000-of-00001.zip").read_bytes() == b"this run's"

@@ -18,6 +18,7 @@ from pipeline.common import ImageKey
 from pipeline.outputs import (
     RUN_ID_PATTERN,
     VECTORS,
+    FileKind,
     OptionalOutput,
     WriteRunShards,
     datapoint_id,
@@ -78,6 +79,7 @@ class WriteVectorSearch(OptionalOutput):
 
     name = "vector_search"
     step = "Vector Search files"
+    file_kinds = (FileKind(VECTORS, ".json", in_vectors=True),)
     reads = ("stored", "embedded")
 
     def __init__(

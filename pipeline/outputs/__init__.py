@@ -28,6 +28,7 @@ from pipeline.outputs.journal import (
     still_there,
     write_journal,
 )
+from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.labels import CountLabels
 from pipeline.outputs.naming import (
     COORDINATES,
@@ -59,7 +60,7 @@ from pipeline.outputs.naming import (
     shard_prefix,
     spill_prefix,
 )
-from pipeline.outputs.optional import OptionalOutput
+from pipeline.outputs.optional import OptionalOutput, every_file_kind
 from pipeline.outputs.sinks import LABEL_COLUMNS, WriteFailures, WriteRunShards, parquet_schema
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "SUMMARY",
     "VECTORS",
     "CountLabels",
+    "FileKind",
     "Journal",
     "JournalError",
     "OptionalOutput",
@@ -102,6 +104,7 @@ __all__ = [
     "datapoint_id",
     "delete_paths",
     "embedding_metadata",
+    "every_file_kind",
     "finish",
     "matching_files",
     "new_run_id",

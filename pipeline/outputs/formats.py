@@ -16,6 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.common import csv_records, read_json
+from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
     EMBEDDINGS,
     LEGACY_EMBEDDINGS,
@@ -68,6 +69,7 @@ class EmbeddingFormat(abc.ABC):
     """What the pipeline needs to know of a format; one subclass per --output_format."""
 
     columns: tuple[str, ...] = ()  # the format's own columns, which kept ones may not reuse
+    file_kinds: tuple[FileKind, ...] = ()  # its record files, which --skip_existing keeps
 
     @abc.abstractmethod
     def store(
@@ -137,6 +139,10 @@ class ParquetFormat(EmbeddingFormat):
     model, run_id."""
 
     columns = PARQUET_COLUMNS
+    file_kinds = (
+        FileKind(EMBEDDINGS, ".parquet", kept_by_increments=True),
+        FileKind(LEGACY_EMBEDDINGS, ".parquet", kept_by_increments=True),
+    )
 
     def store(
         self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False
@@ -196,6 +202,7 @@ class NpyFormat(EmbeddingFormat):
     and the kept columns."""
 
     columns = NPY_INDEX_COLUMNS
+    file_kinds = (FileKind(NPY_INDEX, ".csv", kept_by_increments=True),)
 
     def store(
         self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False

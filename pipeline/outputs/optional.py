@@ -3,7 +3,16 @@ takes and gives, so that build_pipeline wires them all one way."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import apache_beam as beam
+
+from pipeline.outputs.formats import FORMATS
+from pipeline.outputs.kinds import FileKind
+from pipeline.outputs.sinks import WriteFailures
+
+# Every OptionalOutput class defined in this process, in the order defined.
+_DEFINED: list[type[OptionalOutput]] = []
 
 
 class OptionalOutput(beam.PTransform):
@@ -22,12 +31,27 @@ class OptionalOutput(beam.PTransform):
     Output: a dict of `files` (the names it staged in the run's folder), `description`
     (one dict the run records under `name`) or both, and what a later output reads.
     `final_files`: what the summary lists under "outputs" for it, by name. `step`: its
-    step's name in the job graph.
+    step's name in the job graph. `file_kinds`: the kinds of file it publishes, which
+    each run's publish replaces (whether or not that run writes the output).
     """
 
     name: str = ""
     step: str = ""
     reads: tuple[str, ...] = ()
+    file_kinds: ClassVar[tuple[FileKind, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _DEFINED.append(cls)
 
     def final_files(self) -> dict[str, str]:
         return {}
+
+
+def every_file_kind() -> tuple[FileKind, ...]:
+    """The kinds of file the outputs publish, each once: every embedding format's record
+    files, the dead letter's, and those of every optional output defined."""
+    kinds = [kind for stored in FORMATS.values() for kind in stored.file_kinds]
+    kinds += WriteFailures.file_kinds
+    kinds += [kind for output in _DEFINED for kind in output.file_kinds]
+    return tuple(dict.fromkeys(kinds))

@@ -24,6 +24,7 @@ from pipeline.common import (
     unwritable,
     write_atomically,
 )
+from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
     EMBEDDINGS,
     FAILURES,
@@ -313,6 +314,8 @@ class WriteNpy(beam.PTransform):
 
 class WriteFailures(beam.PTransform):
     """Failures to the dead letter: JSON lines with uri, stage, error_type, message."""
+
+    file_kinds = (FileKind(FAILURES, ".jsonl"),)
 
     def __init__(self, stage: str, run_id: str):
         super().__init__()

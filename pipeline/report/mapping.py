@@ -15,6 +15,7 @@ from pipeline.outputs import (
     FORMATS,
     MAP_PNG,
     REPORT_HTML,
+    FileKind,
     OptionalOutput,
     StoredBatch,
     WriteRunShards,
@@ -159,6 +160,11 @@ class MapEmbeddings(OptionalOutput):
 
     name = "map"
     step = "Map embeddings"
+    file_kinds = (
+        FileKind(COORDINATES, ".csv"),
+        FileKind(MAP_PNG, sharded=False),
+        FileKind(REPORT_HTML, sharded=False),
+    )
     reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups")
 
     def __init__(

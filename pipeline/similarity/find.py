@@ -24,6 +24,7 @@ from pipeline.outputs import (
     FORMATS,
     NEIGHBORS,
     SHARD_TEMPLATE,
+    FileKind,
     OptionalOutput,
     StoredBatch,
     matching_files,
@@ -317,6 +318,7 @@ class FindSimilar(OptionalOutput):
 
     name = "similarity"
     step = "Find similar images"
+    file_kinds = (FileKind(NEIGHBORS, ".parquet"), FileKind(DUPLICATES, ".csv"))
     reads = ("files",)
 
     def __init__(
