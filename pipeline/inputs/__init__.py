@@ -1,6 +1,6 @@
 """The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
 
-from pipeline.inputs.images import Resize, decode
+from pipeline.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, Resize, decode
 from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImageFn, LoadImages, read_bytes
 from pipeline.inputs.sources import (
     InputError,
@@ -14,6 +14,7 @@ from pipeline.inputs.sources import (
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "InputError",
     "LoadImageFn",
     "LoadImages",

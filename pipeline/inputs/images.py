@@ -19,6 +19,8 @@ DRAFT_OVERSAMPLE = 2
 
 THUMBNAIL_QUALITY = 75
 
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # --max_image_pixels: larger ones are bombs
+
 _ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -232,7 +234,7 @@ def decode(
     data: bytes,
     resize: Resize,
     jpeg_draft: bool = True,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     thumbnail_size: int = 0,
 ) -> DecodedImage:
     """Decodes the first frame, applies EXIF orientation, converts and resizes by the rule.

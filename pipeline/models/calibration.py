@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, Resize, decode, read_bytes
+from pipeline.inputs import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Resize,
+    decode,
+    read_bytes,
+)
 from pipeline.models.engines import MIN_CALIBRATION_IMAGES, EngineUnavailableError
 
 _LOG = logging.getLogger(__name__)
@@ -33,7 +39,7 @@ class CalibrationSample:
     uris: tuple[str, ...]
     resize: Resize
     jpeg_draft: bool = True
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     local_paths: bool = True
 

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES
+from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.models import (
     BACKBONES,
     CALIBRATION_IMAGES,
@@ -176,7 +176,7 @@ INPUT = Group(
         Option(
             "max_image_pixels",
             type=int,
-            default=100_000_000,
+            default=DEFAULT_MAX_IMAGE_PIXELS,
             help="Images with more pixels go to the dead letter as decompression bombs. "
             "(default: %(default)s)",
             summary="larger images are refused as decompression bombs",

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.common import read_json
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, Resize
+from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Resize
 from pipeline.models import BACKBONES, ModelSpec
 from pipeline.outputs import (
     FORMATS,
@@ -19,9 +19,6 @@ from pipeline.outputs import (
     roll_forward,
 )
 
-# What the output's runs recorded before the summary held the pixel limit (the option's
-# default then as now).
-_DEFAULT_MAX_PIXELS = 100_000_000
 _RANDOM_SEED = re.compile(r"random \(seed (\d+)")
 # What each shard's schema metadata records; a shard that says otherwise was not made
 # as the summary says.
@@ -108,7 +105,8 @@ def _recorded(output: str, summary: dict) -> Recorded:
         spec=spec,
         resize=resize,
         jpeg_draft=bool(summary["jpeg_draft"]),
-        max_pixels=int(summary.get("max_image_pixels", _DEFAULT_MAX_PIXELS)),
+        # Summaries before the pixel limit had its own key: the option's default, then as now.
+        max_pixels=int(summary.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
         max_bytes=int(summary.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
         keep_columns=tuple(summary.get("keep_columns", ())),
         metadata={key: str(summary[key]) for key in SHARD_METADATA},
