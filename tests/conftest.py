@@ -15,28 +15,26 @@ FAST_TEST_SECONDS = 10.0
 SLOWEST_SHOWN = 15
 
 _seconds: dict[str, float] = {}
-_peaks: dict[str, tuple[float, float]] = {}  # test process -> (its peak, its children's) MB
-
-
-def _peak_rss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+_peaks: dict[str, float] = {}  # test process -> its peak RSS, MB
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    peaks = (_peak_rss_mb(resource.RUSAGE_SELF), _peak_rss_mb(resource.RUSAGE_CHILDREN))
+    # Its own peak only: a child forked from it counts the parent's pages as its own until
+    # it execs, so the children's figure (RUSAGE_CHILDREN) says nothing of the programs run.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controlling process reports it
-        workeroutput["peak_rss_mb"] = peaks
+        workeroutput["peak_rss_mb"] = peak
     elif not _peaks:
-        _peaks["this process"] = peaks
+        _peaks["this process"] = peak
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
     # pytest-xdist, in the controlling process, as each worker ends.
-    peaks = getattr(node, "workeroutput", {}).get("peak_rss_mb")
-    if peaks:
-        _peaks[node.gateway.id] = tuple(peaks)
+    peak = getattr(node, "workeroutput", {}).get("peak_rss_mb")
+    if peak:
+        _peaks[node.gateway.id] = peak
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -67,7 +65,5 @@ def _whole_suite_summary(terminalreporter) -> None:
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
     if _peaks:
         terminalreporter.write_sep("-", "peak memory (RSS) of each test process")
-        for who, (own, children) in sorted(_peaks.items()):
-            terminalreporter.write_line(
-                f"{who}: {own:,.0f} MB; the largest program it started: {children:,.0f} MB"
-            )
+        for who, peak in sorted(_peaks.items()):
+            terminalreporter.write_line(f"{who}: {peak:,.0f} MB")
