@@ -47,6 +47,7 @@ def decode_seconds(model: str, paths: list[str]) -> float:
 def raw_rate(model: str, engine: str, precision: str, paths: list[str], batch: int) -> float:
     """images/s of the engine alone: the handler's own model, one batch again and again;
     int8 quantised as a pipeline run on these paths quantises it (its first images)."""
+    from pipeline.inputs import Decoding
     from pipeline.inputs.images import decode
     from pipeline.models.backbones import KERAS_HUB, ModelSpec
     from pipeline.models.calibration import CALIBRATION_IMAGES, CalibrationSample
@@ -60,7 +61,9 @@ def raw_rate(model: str, engine: str, precision: str, paths: list[str], batch: i
     if engine == "openvino":
         calibration = None
         if precision == INT8:
-            calibration = CalibrationSample(tuple(paths[:CALIBRATION_IMAGES]), rule).load()
+            calibration = CalibrationSample(
+                tuple(paths[:CALIBRATION_IMAGES]), Decoding(rule)
+            ).load()
         transformer = spec.backbone.library == KERAS_HUB
         embed = OpenVinoEmbedder(embed, precision, calibration, transformer=transformer)
     embed(images)  # trace or compile, and warm up

@@ -15,7 +15,7 @@ from pipeline.destinations import (
     WriteVectorSearch,
     parse_table,
 )
-from pipeline.inputs import LoadImages, first_uris
+from pipeline.inputs import Decoding, LoadImages, first_uris
 from pipeline.local_runner import is_local
 from pipeline.models import (
     CALIBRATION_IMAGES,
@@ -110,13 +110,20 @@ class RunPlan:
             self.opts.output, self.opts.output_format, self.earlier_runs
         )
 
-    def load_images(self) -> LoadImages:
+    @property
+    def decoding(self) -> Decoding:
+        """How the load step reads and decodes every image (int8's sample too)."""
         opts = self.opts
-        return LoadImages(
-            self.spec.resize(opts.resize), opts.jpeg_draft, opts.max_image_pixels,
-            THUMBNAIL_SIZE if opts.map else 0,
-            max_bytes=opts.max_image_bytes, local_paths=self._local,
-        )  # fmt: skip
+        return Decoding(
+            resize=self.spec.resize(opts.resize),
+            jpeg_draft=opts.jpeg_draft,
+            max_pixels=opts.max_image_pixels,
+            max_bytes=opts.max_image_bytes,
+            local_paths=self._local,
+        )
+
+    def load_images(self) -> LoadImages:
+        return LoadImages(self.decoding, THUMBNAIL_SIZE if self.opts.map else 0)
 
     def handler(self) -> KerasEmbeddingHandler:
         return KerasEmbeddingHandler(
@@ -132,11 +139,7 @@ class RunPlan:
         """int8's sample, read and decoded as the load step reads and decodes images."""
         if self.opts.precision != INT8:
             return None
-        opts = self.opts
-        return CalibrationSample(
-            self.calibration, self.spec.resize(opts.resize), opts.jpeg_draft,
-            opts.max_image_pixels, max_bytes=opts.max_image_bytes, local_paths=self._local,
-        )  # fmt: skip
+        return CalibrationSample(self.calibration, self.decoding)
 
     def label_images(self) -> LabelImages:
         return LabelImages(self.spec, self.labels.labels, self.opts.label_template)

@@ -25,6 +25,7 @@ from test_engine import (
     spec_of,
 )
 
+from pipeline.inputs import Decoding
 from pipeline.inputs.sources import ParseRowFn, first_uris, sniff_layout
 from pipeline.job import check_earlier_outputs
 from pipeline.models import CALIBRATION_IMAGES, CalibrationSample, sample_digest
@@ -152,11 +153,11 @@ def test_calibration_skips_images_that_fail_and_fails_below_the_minimum(tmp_path
     missing = str(tmp_path / "missing.jpg")
     resize = spec_of("resnet50", {}).resize("squash")
     good = PHOTO_PATHS[:MIN_CALIBRATION_IMAGES]
-    sample = CalibrationSample((str(broken), *good, missing), resize)
+    sample = CalibrationSample((str(broken), *good, missing), Decoding(resize))
     images = sample.load()
     assert images.shape == (len(good), 224, 224, 3) and images.dtype == np.uint8
 
-    too_few = CalibrationSample((str(broken), *good[:-1], missing), resize)
+    too_few = CalibrationSample((str(broken), *good[:-1], missing), Decoding(resize))
     with pytest.raises(EngineUnavailableError) as raised:
         too_few.load()
     message = str(raised.value)

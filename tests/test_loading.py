@@ -16,6 +16,7 @@ from support import PHOTO_PATHS, REPO, write_bomb
 from pipeline.common import FAILED
 from pipeline.inputs.images import Resize
 from pipeline.inputs.loading import (
+    Decoding,
     ImageTooLargeError,
     LoadImageFn,
     NotARegularFileError,
@@ -130,7 +131,7 @@ def test_a_bomb_that_pillow_refuses_itself_is_reported_against_max_image_pixels(
     # (20,000,000 here) before the load step sees the image's size.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     write_bomb(tmp_path / "bomb.png", side=5000)
-    load = LoadImageFn(Resize(224), jpeg_draft=True, max_pixels=10_000_000)
+    load = LoadImageFn(Decoding(Resize(224), jpeg_draft=True, max_pixels=10_000_000))
     load.setup()
     (output,) = load.process(str(tmp_path / "bomb.png"))
     assert output.tag == FAILED

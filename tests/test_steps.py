@@ -15,7 +15,7 @@ from support import PHOTO_PATHS, local_pipeline, make_bad_inputs
 
 from pipeline.common.records import STAGES, Failure, ImageKey
 from pipeline.inputs.images import Resize, decode
-from pipeline.inputs.loading import LoadImages
+from pipeline.inputs.loading import Decoding, LoadImages
 from pipeline.models.extraction import ExtractEmbeddings
 from pipeline.outputs.naming import RUN_ID_PATTERN, new_run_id
 from pipeline.outputs.sinks import WriteFailures
@@ -48,7 +48,7 @@ def test_load_sends_each_bad_input_to_the_dead_letter_with_its_error_type(tmp_pa
 
     with local_pipeline() as p:
         uris = p | beam.Create([*good, *(path for path, _ in bad.values()), *refused])
-        loaded = uris | LoadImages(Resize(SIZE), jpeg_draft=False, max_pixels=100_000_000)
+        loaded = uris | LoadImages(Decoding(Resize(SIZE), jpeg_draft=False))
         assert_that(
             loaded["images"] | "Keys" >> beam.Map(keys_and_shapes),
             equal_to([(uri, (SIZE, SIZE, 3), "uint8") for uri in good]),
@@ -72,8 +72,8 @@ def test_on_a_remote_runner_local_paths_go_to_the_dead_letter():
 
     with local_pipeline() as p:
         uris = p | beam.Create(good)
-        remote = uris | "Remote" >> LoadImages(Resize(SIZE), False, 10**8, local_paths=False)
-        local = uris | "Local" >> LoadImages(Resize(SIZE), False, 10**8, local_paths=True)
+        remote = uris | "Remote" >> LoadImages(Decoding(Resize(SIZE), False, local_paths=False))
+        local = uris | "Local" >> LoadImages(Decoding(Resize(SIZE), False, local_paths=True))
         assert_that(remote["images"], equal_to([]), label="remote images")
         assert_that(
             remote["failed"] | "Remote fields" >> beam.Map(failure_fields),
@@ -97,7 +97,7 @@ def test_loaded_pixels_are_the_decoders():
         assert np.array_equal(pixels, expected.pixels)
 
     with local_pipeline() as p:
-        loaded = p | beam.Create(PHOTO_PATHS[:1]) | LoadImages(Resize(SIZE), False, 10**8)
+        loaded = p | beam.Create(PHOTO_PATHS[:1]) | LoadImages(Decoding(Resize(SIZE), False))
         assert_that(loaded["images"], pixels_match)
 
 

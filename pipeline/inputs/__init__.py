@@ -1,7 +1,13 @@
 """The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
 
 from pipeline.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, Resize, decode
-from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, LoadImageFn, LoadImages, read_bytes
+from pipeline.inputs.loading import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    Decoding,
+    LoadImageFn,
+    LoadImages,
+    read_bytes,
+)
 from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
@@ -15,6 +21,7 @@ from pipeline.inputs.sources import (
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "Decoding",
     "InputError",
     "LoadImageFn",
     "LoadImages",

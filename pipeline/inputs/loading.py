@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import stat
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -137,44 +138,44 @@ def _check_size(uri: str, size: int, max_bytes: int) -> None:
         raise ImageTooLargeError(f"{uri}: {size} bytes, more than --max_image_bytes {max_bytes}")
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every image of a run is read and decoded: the model's resize rule, JPEG draft
+    decoding, the pixel and byte limits (--max_image_pixels, --max_image_bytes), and
+    whether a URI without a scheme may be read (on a local runner only: elsewhere it
+    would name a file on the worker's own disk)."""
+
+    resize: images.Resize
+    jpeg_draft: bool = True
+    max_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    local_paths: bool = True
+
+    def load(self, uri: str, thumbnail_size: int = 0) -> images.DecodedImage:
+        """The image at uri, read and decoded so; raises what reading or decoding raises."""
+        data = read_bytes(uri, self.max_bytes, local_paths=self.local_paths)
+        return images.decode(data, self.resize, self.jpeg_draft, self.max_pixels, thumbnail_size)
+
+
 class LoadImageFn(beam.DoFn):
     """A URI, or a (uri, kept columns) row, to (ImageKey, uint8 pixels); unreadable or
     undecodable inputs to `failed`."""
 
-    def __init__(
-        self,
-        resize: images.Resize,
-        jpeg_draft: bool,
-        max_pixels: int,
-        thumbnail_size: int = 0,
-        *,
-        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        local_paths: bool = True,
-    ):
-        self._resize = resize
-        self._jpeg_draft = jpeg_draft
-        self._max_pixels = max_pixels
+    def __init__(self, decoding: Decoding, thumbnail_size: int = 0):
+        self._decoding = decoding
         self._thumbnail_size = thumbnail_size
-        self._max_bytes = max_bytes
-        self._local_paths = local_paths
         self._loaded = counter("images_loaded")
 
     def setup(self):
         # Pillow's own bomb check (in Image.open, and for GIF frames and TIFF tiles as
         # they load, before ours can see the size) then refuses at twice our limit, not
         # twice its default; images.decode restates its message in our terms.
-        Image.MAX_IMAGE_PIXELS = self._max_pixels
+        Image.MAX_IMAGE_PIXELS = self._decoding.max_pixels
 
     def process(self, row: str | tuple[str, tuple[str, ...]]):
         uri, columns = (row, ()) if isinstance(row, str) else row
         try:
-            decoded = images.decode(
-                read_bytes(uri, self._max_bytes, local_paths=self._local_paths),
-                self._resize,
-                self._jpeg_draft,
-                self._max_pixels,
-                self._thumbnail_size,
-            )
+            decoded = self._decoding.load(uri, self._thumbnail_size)
         except Exception as error:
             yield pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", error))
         else:
@@ -184,17 +185,13 @@ class LoadImageFn(beam.DoFn):
 
 
 class LoadImages(beam.PTransform):
-    """URIs (or (uri, kept columns) rows) to model-sized RGB uint8 arrays; outputs images
-    and failed. Takes LoadImageFn's arguments.
+    """URIs (or (uri, kept columns) rows) to model-sized RGB uint8 arrays, decoded as
+    decoding says (with a JPEG thumbnail of thumbnail_size where > 0); outputs images and
+    failed."""
 
-    max_bytes: files larger than this are refused unread. local_paths: whether a URI
-    without a scheme may be read (on a local runner only: elsewhere it would name a file
-    on the worker's own disk).
-    """
-
-    def __init__(self, *args, **kwargs):
+    def __init__(self, decoding: Decoding, thumbnail_size: int = 0):
         super().__init__()
-        self._fn = LoadImageFn(*args, **kwargs)
+        self._fn = LoadImageFn(decoding, thumbnail_size)
 
     def expand(self, uris):
         loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")

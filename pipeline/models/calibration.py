@@ -9,13 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.inputs import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    Resize,
-    decode,
-    read_bytes,
-)
+from pipeline.inputs import Decoding
 from pipeline.models.engines import MIN_CALIBRATION_IMAGES, EngineUnavailableError
 
 _LOG = logging.getLogger(__name__)
@@ -34,14 +28,10 @@ def sample_digest(uris: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class CalibrationSample:
-    """The sample's URIs and how the load step reads and decodes each (RunPlan.load_images)."""
+    """The sample's URIs, and how the load step reads and decodes each (the run's)."""
 
     uris: tuple[str, ...]
-    resize: Resize
-    jpeg_draft: bool = True
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    local_paths: bool = True
+    decoding: Decoding
 
     @property
     def digest(self) -> str:
@@ -54,8 +44,7 @@ class CalibrationSample:
         images, failed = [], []
         for uri in self.uris:
             try:
-                data = read_bytes(uri, self.max_bytes, local_paths=self.local_paths)
-                images.append(decode(data, self.resize, self.jpeg_draft, self.max_pixels).pixels)
+                images.append(self.decoding.load(uri).pixels)
             except Exception as error:
                 failed.append(f"{uri} ({type(error).__name__}: {error})")
         if failed:

@@ -58,10 +58,7 @@ def embed_text(recorded: Recorded, text: str, tower: TextTower | None = None) ->
 def load_image(recorded: Recorded, uri: str) -> np.ndarray:
     """The query image's pixels, read, decoded, oriented and resized by the load step with
     the run's settings; SearchError with the dead letter's reason if it cannot be loaded."""
-    load = LoadImageFn(
-        recorded.resize, recorded.jpeg_draft, recorded.max_pixels,
-        max_bytes=recorded.max_bytes, local_paths=True,
-    )  # fmt: skip
+    load = LoadImageFn(recorded.decoding)
     load.setup()
     [loaded] = list(load.process(uri))
     if isinstance(loaded, pvalue.TaggedOutput):
@@ -100,8 +97,4 @@ def calibration_images(recorded: Recorded) -> np.ndarray:
             f"{recorded.input}, which now lists others first; the query cannot be quantised "
             "as they were"
         )
-    sample = CalibrationSample(
-        uris, recorded.resize, recorded.jpeg_draft, recorded.max_pixels,
-        max_bytes=recorded.max_bytes,
-    )  # fmt: skip
-    return sample.load()
+    return CalibrationSample(uris, recorded.decoding).load()

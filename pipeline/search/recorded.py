@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.common import read_json
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Resize
+from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Decoding, Resize
 from pipeline.models import BACKBONES, ModelSpec
 from pipeline.outputs import (
     FORMATS,
@@ -46,6 +46,12 @@ class Recorded:
     input: str = ""  # the run's --input, where int8's calibration sample came from
     calibration: str = ""  # int8's calibration sample digest (models.sample_digest)
     runs: tuple[str, ...] | None = None  # the runs whose shards count; None: every run's
+
+    @property
+    def decoding(self) -> Decoding:
+        """How the run read and decoded its images, so that a query image is alike (a
+        query's path is the user's own, so a local one may be read)."""
+        return Decoding(self.resize, self.jpeg_draft, self.max_pixels, self.max_bytes)
 
     @property
     def shards(self) -> list[str]:
