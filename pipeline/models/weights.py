@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.common import UnsafeNameError, path_inside, plain_parts
+from pipeline.common import UnsafeNameError, plain_parts
 
 _LOG = logging.getLogger(__name__)
 
@@ -88,13 +88,13 @@ def local_copy(path: str) -> str:
         return path
     name = path.rstrip("/").rsplit("/", 1)[-1]
     try:
-        plain_parts(name)
+        parts = plain_parts(name)
     except UnsafeNameError as error:
         raise WeightsUnavailableError(
             f"--weights {path}: its last segment {error.segment!r} is no file name; give the "
             "path of a weights file"
         ) from error
-    local = path_inside(tempfile.mkdtemp(prefix="weights-"), name)
+    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), *parts)
     copy_file(path, local)
     return local
 

@@ -5,6 +5,7 @@ from pipeline.outputs.current import (
     EMBEDDING_RUNS,
     current_record_files,
     current_runs,
+    named_runs,
     of_runs,
 )
 from pipeline.outputs.formats import (
@@ -107,6 +108,7 @@ __all__ = [
     "every_file_kind",
     "finish",
     "matching_files",
+    "named_runs",
     "new_run_id",
     "of_runs",
     "output_path",

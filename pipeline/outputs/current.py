@@ -21,11 +21,15 @@ EMBEDDING_RUNS = "embedding_runs"  # the summary's list of the runs whose embedd
 
 def current_runs(output: str, output_format: str) -> tuple[str, ...]:
     """The runs whose embeddings the output holds, oldest first: those summary.json names,
-    none without one. A summary of a version before the list counts every run whose
-    record files are there. ValueError for a list that is not one of run ids."""
+    none without one (named_runs)."""
     summary = read_json(output_path(output, SUMMARY))
-    if summary is None:
-        return ()
+    return () if summary is None else named_runs(summary, output, output_format)
+
+
+def named_runs(summary: dict, output: str, output_format: str) -> tuple[str, ...]:
+    """The runs an output's summary names. A summary of a version before the list counts
+    every run whose record files are there. ValueError for a list that is not one of run
+    ids."""
     runs = summary.get(EMBEDDING_RUNS)
     if runs is None:
         found = matching_files(FORMATS[output_format].record_files(output))

@@ -4,10 +4,9 @@ its own."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from pipeline.outputs.naming import RUN_ID_PATTERN, output_path
+from pipeline.outputs.naming import output_path, run_of_shard
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,6 @@ class FileKind:
 
     def run_of(self, folder: str, path: str) -> str | None:
         """The run whose shard path is, for a shard of this kind in folder; else None."""
-        pattern = (
-            re.escape(output_path(folder, self.name))
-            + rf"-(?P<run>{RUN_ID_PATTERN})-\d{{5}}-of-\d{{5}}"
-            + re.escape(self.suffix)
-            + "$"
-        )
-        found = re.match(pattern, path)
-        return found["run"] if found else None
+        run = run_of_shard(path)
+        base = f"{output_path(folder, self.name)}-{run}-"
+        return run if run and path.startswith(base) and path.endswith(self.suffix) else None

@@ -14,7 +14,7 @@ from pipeline.outputs import (
     SUMMARY,
     JournalError,
     UnfinishedPublishError,
-    current_runs,
+    named_runs,
     output_path,
     roll_forward,
 )
@@ -119,7 +119,7 @@ def _recorded(output: str, summary: dict) -> Recorded:
         **_engine(summary),
         input=str(summary.get("input", "")),
         calibration=str(summary.get("calibration", "")),
-        runs=current_runs(output, "parquet"),
+        runs=named_runs(summary, output, "parquet"),
     )
 
 
