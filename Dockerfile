@@ -58,7 +58,7 @@ RUN python -c "import keras; keras.applications.ResNet50(weights='imagenet', inc
 # cloudbuild.yaml's _PRESETS), for the same reason: each is downloaded as keras-hub's
 # from_preset downloads it, copied to /opt/presets/<model>/, and loaded once by keras-hub to
 # prove it; kagglehub's download cache is dropped in the same layer. The launcher refuses
-# --weights pretrained for a keras-hub model not baked in (pipeline/preflight.py), and the
+# --weights pretrained for a keras-hub model not baked in (pipeline/run/preflight.py), and the
 # workers load the baked copy (pipeline/models/hub.py). About 600 MB for CLIP ViT-B/16 and
 # 90 MB for DINOv2 small (docs/dataflow.md, "Pretrained presets").
 ARG PRESETS="clip_vit_base_patch16 dinov2_small"

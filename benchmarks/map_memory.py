@@ -71,7 +71,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
     from pipeline.plan import run_context
     from pipeline.report.mapping import MapEmbeddings, ProjectFn
     from pipeline.report.projection import PrincipalComponentsFn
-    from pipeline.summary import summarise
+    from pipeline.run.summary import summarise
 
     flags = ["--input", "synthetic.csv", "--output", str(output), "--map", "--weights", "random"]
     opts = PipelineOptions(flags).view_as(EmbeddingOptions)

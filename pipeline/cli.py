@@ -16,7 +16,7 @@ from pipeline.inputs import InputError
 from pipeline.job import run
 from pipeline.models import WeightsUnavailableError
 from pipeline.options import UsageError, build_parser
-from pipeline.summary import RunFailedError
+from pipeline.run import RunFailedError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,31 +11,36 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-from pipeline import preflight
 from pipeline.common import NAMESPACE
 from pipeline.destinations import parse_table
 from pipeline.inputs import ReadImageUris, check_glob, count_inputs, is_glob, keep_columns_layout
-from pipeline.lease import release_lease, take_lease
 from pipeline.local_runner import (
     LOCAL_RUNNER,
     SMALL_INPUT_ROWS,
     is_local,
     use_local_runner_defaults,
 )
-from pipeline.models import ExtractEmbeddings, ReportProgressFn, embedding_shape
+from pipeline.models import ExtractEmbeddings, ReportProgressFn
 from pipeline.options import EmbeddingOptions, UsageError, kept_columns, parse_options
 from pipeline.outputs import (
     JournalError,
     OptionalOutput,
     UnfinishedPublishError,
     WriteFailures,
-    embedding_metadata,
     new_run_id,
     roll_forward,
 )
-from pipeline.plan import RunPlan, calibration_uris, model_spec, run_context
-from pipeline.publish import Publish, verdict
-from pipeline.summary import RunFailedError, Summarise, read_summary
+from pipeline.plan import RunPlan, calibration_uris, model_spec, provenance
+from pipeline.run import (
+    Publish,
+    RunFailedError,
+    Summarise,
+    preflight,
+    read_summary,
+    release_lease,
+    take_lease,
+    verdict,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def build_pipeline(
     fail when the run fails; calibration: int8's sample (plan.calibration_uris), if read.
 
     Every file goes to the run's own folder first; Publish makes it the output only once
-    the run has passed (pipeline/publish.py).
+    the run has passed (pipeline/run/publish.py).
     """
     plan = RunPlan(opts, run_id, p.options, calibration)
     earlier = plan.embedded_earlier(p)
@@ -66,7 +71,7 @@ def build_pipeline(
     stored = embeddings | "Store embeddings" >> plan.store()
     steps = (read, loaded, extracted, stored)
     failures = tuple(step["failed"] for step in steps) | "All failures" >> beam.Flatten()
-    dead_letter = failures | "Dead letter" >> WriteFailures(plan.stage, run_id)
+    dead_letter = failures | "Dead letter" >> WriteFailures(plan.target.stage, run_id)
 
     run = RunOutputs(
         {"embeddings": embeddings, "failures": failures, **stored, "earlier": earlier},
@@ -74,7 +79,13 @@ def build_pipeline(
     )
     described = run.add([output for output in plan.outputs if not run.waits(output)])
     counts = {name: read[name] for name in ("rows", "duplicates", "skipped")}
-    parts = {**counts, "embedded": stored["embedded"], "failures": failures, **described}
+    parts = {
+        **counts,
+        "embedded": stored["embedded"],
+        "failures": failures,
+        "engines_ran": extracted["engines_ran"],
+        **described,
+    }
     run["summary"] = parts | "Summarise" >> Summarise(plan.context, started_at)
     judged = run.add([output for output in plan.outputs if run.waits(output)])
     publishing = {"summary": run["summary"], "staged": run.staged(), **judged}
@@ -160,12 +171,14 @@ def check_earlier_outputs(opts: EmbeddingOptions, calibration: tuple[str, ...] =
     on the same calibration sample); checked once this run holds the output, so that no
     other run changes it in between."""
     if opts.skip_existing:
-        spec = model_spec(opts)
-        made = embedding_metadata(run_context(opts, spec, embedding_shape(spec), calibration))
         preflight.check_earlier_outputs(
-            opts.output, opts.output_format, kept_columns(opts), opts.bigquery_table, made,
+            opts.output,
+            opts.output_format,
+            kept_columns(opts),
+            opts.bigquery_table,
+            provenance(opts, calibration),
             labelled=bool(opts.zero_shot_labels),
-        )  # fmt: skip
+        )
 
 
 def run(argv: Sequence[str]) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from pipeline.destinations import (
     LoadIntoBigQuery,
-    LoadIntoBigQueryFn,
+    TableLoad,
+    VectorSearchSettings,
     WriteVectorSearch,
     parse_table,
 )
@@ -31,24 +32,23 @@ from pipeline.models import (
 )
 from pipeline.options import EmbeddingOptions, kept_columns
 from pipeline.outputs import (
-    EMBEDDINGS,
     FAILURES,
     FORMATS,
-    STAGED_VECTORS,
+    IN_NPY_METADATA,
+    IN_SUMMARY,
     SUMMARY,
     CountLabels,
     OptionalOutput,
+    Provenance,
     ReadEmbeddedUris,
+    RunTarget,
     current_runs,
-    embedding_metadata,
     output_path,
     parquet_schema,
-    run_folder,
     run_temp_folder,
-    shard_prefix,
 )
-from pipeline.publish import PublishPlan
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
+from pipeline.run import PublishPlan
 from pipeline.similarity import FindSimilar, SimilaritySettings
 
 _LOG = logging.getLogger(__name__)
@@ -69,58 +69,32 @@ class RunPlan:
         calibration: tuple[str, ...] | None = None,
     ):
         self.opts = opts
-        self.run_id = run_id
         self.spec = model_spec(opts)
-        self.shape = embedding_shape(self.spec)
         self.keep = kept_columns(opts)
         # Read here, in the launching process, and carried to the workers with the step.
         self.labels: LabelList | None = (
             read_labels(opts.zero_shot_labels) if opts.zero_shot_labels else None
         )
-        self.stage = run_folder(opts.output, run_id)
         self._temp = options.view_as(GoogleCloudOptions).temp_location
-        self._local = is_local(options)
         self.calibration = calibration_uris(opts) if calibration is None else calibration
+        self.decoding = decoding(opts, self.spec, local_paths=is_local(options))
+        self.provenance = provenance(opts, self.calibration)
         # With --skip_existing, the runs whose embeddings the output holds (read while
-        # this run holds the output): the only earlier files any step reads.
-        self.earlier_runs = (
-            current_runs(opts.output, opts.output_format) if opts.skip_existing else ()
-        )
-        self.context = {
-            "run_id": run_id,
-            **run_context(opts, self.spec, self.shape, self.calibration),
-        }
+        # this run holds the output).
+        earlier = current_runs(opts.output, opts.output_format) if opts.skip_existing else ()
+        self.target = RunTarget(opts.output, run_id, opts.output_format, earlier)
+        self.context = {"run_id": run_id, **run_context(opts, self.provenance)}
         self.outputs = optional_outputs(self)
         for output in self.outputs:
             self.context["outputs"] |= output.final_files()
         if not self.spec.pretrained:
             _LOG.warning("--weights random: %s", self.spec.describe_weights())
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        """How the embeddings were made, as every embedding file records it."""
-        made = ("model", "weights", "pooling", "resize", "engine", "precision", "calibration")
-        return {key: str(self.context[key]) for key in made if key in self.context}
-
     def embedded_earlier(self, p: beam.Pipeline) -> beam.PCollection | None:
         """With --skip_existing, the URIs the output already holds."""
         if not self.opts.skip_existing:
             return None
-        return p | "Read embedded URIs" >> ReadEmbeddedUris(
-            self.opts.output, self.opts.output_format, self.earlier_runs
-        )
-
-    @property
-    def decoding(self) -> Decoding:
-        """How the load step reads and decodes every image (int8's sample too)."""
-        opts = self.opts
-        return Decoding(
-            resize=self.spec.resize(opts.resize),
-            jpeg_draft=opts.jpeg_draft,
-            max_pixels=opts.max_image_pixels,
-            max_bytes=opts.max_image_bytes,
-            local_paths=self._local,
-        )
+        return p | "Read embedded URIs" >> ReadEmbeddedUris(self.target)
 
     def load_images(self) -> LoadImages:
         return LoadImages(self.decoding, THUMBNAIL_SIZE if self.opts.map else 0)
@@ -145,28 +119,19 @@ class RunPlan:
         return LabelImages(self.spec, self.labels.labels, self.opts.label_template)
 
     def store(self) -> beam.PTransform:
-        opts = self.opts
-        return FORMATS[opts.output_format].store(
-            opts.output,
-            self.stage,
-            self.run_id,
-            self.shape,
-            self.metadata,
-            opts.num_shards,
-            self.keep,
-            labelled=self.labels is not None,
+        store_format = FORMATS[self.opts.output_format]
+        labelled = self.labels is not None
+        return store_format.store(
+            self.target, self.provenance, self.opts.num_shards, self.keep, labelled
         )
 
     def publish_plan(self) -> PublishPlan:
         opts = self.opts
         return PublishPlan(
-            opts.output,
-            self.run_id,
-            opts.skip_existing,
-            opts.output_format,
-            opts.vector_search_output or None,
-            {**embedding_metadata(self.context), "run_id": self.run_id},
-            self.earlier_runs,
+            self.target,
+            incremental=opts.skip_existing,
+            vector_folder=opts.vector_search_output or None,
+            npy_metadata={**self.provenance.written(IN_NPY_METADATA), "run_id": self.target.run_id},
         )
 
     # The optional outputs, one method each; optional_outputs says which a run writes.
@@ -175,42 +140,40 @@ class RunPlan:
         return CountLabels(self.labels, self.opts.label_template)
 
     def find_similar(self) -> FindSimilar:
-        opts = self.opts
-        return FindSimilar(
-            opts.output, self.stage, opts.output_format, self.run_id, self.earlier_runs,
-            similarity_settings(opts), run_temp_folder(self._temp, opts.output, self.run_id),
-        )  # fmt: skip
+        temp = run_temp_folder(self._temp, self.target.output, self.target.run_id)
+        return FindSimilar(self.target, similarity_settings(self.opts), temp)
 
     def vector_search_files(self) -> WriteVectorSearch:
         opts = self.opts
         return WriteVectorSearch(
-            output_path(self.stage, STAGED_VECTORS), opts.vector_search_output, self.run_id,
-            self.keep, opts.vector_search_crowding_column, opts.num_shards,
-        )  # fmt: skip
+            self.target,
+            VectorSearchSettings(
+                opts.vector_search_output,
+                self.keep,
+                opts.vector_search_crowding_column,
+                opts.num_shards,
+            ),
+        )
 
     def map_embeddings(self) -> MapEmbeddings:
-        opts = self.opts
-        return MapEmbeddings(
-            opts.output,
-            self.stage,
-            opts.output_format,
-            self.run_id,
-            opts.map_sample_size,
-            opts.seed,
-        )
+        return MapEmbeddings(self.target, self.opts.map_sample_size, self.opts.seed)
 
     def bigquery_load(self) -> LoadIntoBigQuery:
         opts = self.opts
-        return LoadIntoBigQuery(
-            LoadIntoBigQueryFn(
-                parse_table(opts.bigquery_table), opts.output, self.run_id,
-                parquet_schema(self.shape, self.metadata, self.keep, self.labels is not None).names,
-                opts.bigquery_vector_index,
-                this_run_shards=shard_prefix(self.stage, EMBEDDINGS, self.run_id) + "-*.parquet",
-                metadata=embedding_metadata(self.context),
-                earlier_runs=self.earlier_runs,
-            )
-        )  # fmt: skip
+        schema = parquet_schema(
+            self.provenance.embedding_shape,
+            self.provenance.shard_metadata(),
+            self.keep,
+            self.labels is not None,
+        )
+        load = TableLoad(
+            parse_table(opts.bigquery_table),
+            self.target,
+            schema.names,
+            self.provenance,
+            vector_index=opts.bigquery_vector_index,
+        )
+        return LoadIntoBigQuery(load)
 
 
 def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
@@ -249,15 +212,35 @@ def calibration_uris(opts: EmbeddingOptions) -> tuple[str, ...]:
     return first_uris(opts.input, CALIBRATION_IMAGES)
 
 
-def run_context(
-    opts: EmbeddingOptions,
-    spec: ModelSpec,
-    shape: tuple[int, ...],
-    calibration: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """What the summary records about how the embeddings were made, and where the files
-    every run writes are (RunPlan adds the optional outputs'). calibration: int8's sample,
-    recorded as its digest (models.sample_digest), only for int8."""
+def decoding(opts: EmbeddingOptions, spec: ModelSpec, *, local_paths: bool) -> Decoding:
+    """How the load step reads and decodes every image (int8's sample too)."""
+    return Decoding(
+        resize=spec.resize(opts.resize),
+        jpeg_draft=opts.jpeg_draft,
+        max_pixels=opts.max_image_pixels,
+        max_bytes=opts.max_image_bytes,
+        local_paths=local_paths,
+    )
+
+
+def provenance(opts: EmbeddingOptions, calibration: tuple[str, ...] = ()) -> Provenance:
+    """How the run makes its embeddings. calibration: int8's sample, recorded as its
+    digest (models.sample_digest), only for int8."""
+    spec = model_spec(opts)
+    return Provenance.made(
+        spec,
+        decoding(opts, spec, local_paths=False),
+        engine=opts.engine,
+        precision=opts.precision,
+        calibration=sample_digest(calibration) if opts.precision == INT8 else "",
+        shape=embedding_shape(spec),
+    )
+
+
+def run_context(opts: EmbeddingOptions, made: Provenance) -> dict[str, Any]:
+    """What the summary records: the run's input and output, how the embeddings were made,
+    the run's settings, and where the files every run writes are (RunPlan adds the
+    optional outputs')."""
     files = {
         "embeddings": FORMATS[opts.output_format].embedding_files(opts.output),
         "failures": output_path(opts.output, f"{FAILURES}-*.jsonl"),
@@ -267,21 +250,8 @@ def run_context(
         "input": opts.input,
         "output": opts.output,
         "output_format": opts.output_format,
-        "model": spec.model,
-        "weights": spec.describe_weights(),
-        "seed": opts.seed,
-        "pretrained": spec.pretrained,
-        "pooling": spec.pooling,
-        "resize": spec.resize(opts.resize).describe(),
-        # As asked: each worker process resolves auto, and the metrics count what ran.
-        "engine": opts.engine,
-        "precision": opts.precision,
-        **({"calibration": sample_digest(calibration)} if opts.precision == INT8 else {}),
-        "jpeg_draft": opts.jpeg_draft,
-        "max_image_pixels": opts.max_image_pixels,
-        "max_image_bytes": opts.max_image_bytes,
+        **made.written(IN_SUMMARY),
         "skip_existing": opts.skip_existing,
-        "embedding_shape": list(shape),
         "max_failure_fraction": opts.max_failure_fraction,
         "map": opts.map,
         "neighbors": opts.neighbors,

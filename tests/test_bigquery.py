@@ -316,18 +316,18 @@ def write_shard(cloud, name: str, rows: int, start: int, run_id: str) -> str:
 def load_fn(table: str, output: str, run_id: str, this_run_shards: str, earlier_runs=(), **made):
     """The pipeline's load step, as job.py builds it, for shards a test wrote; earlier_runs:
     the runs whose embeddings the output's summary names."""
-    from pipeline.destinations.bigquery import LoadIntoBigQueryFn, TableName
+    from pipeline.destinations.bigquery import TableLoad, TableName
+    from pipeline.outputs import Provenance, RunTarget
     from pipeline.outputs.sinks import parquet_schema
 
-    return LoadIntoBigQueryFn(
+    vector_index = made.pop("vector_index", False)
+    return TableLoad(
         TableName(PROJECT, DATASET, table),
-        f"gs://{BUCKET}/{output}",
-        run_id,
+        RunTarget(f"gs://{BUCKET}/{output}", run_id, earlier_runs=earlier_runs),
         parquet_schema((2048,), {}).names,
-        made.pop("vector_index", False),
+        Provenance.read({**MADE, "jpeg_draft": True, **made}),
+        vector_index=vector_index,
         this_run_shards=this_run_shards,
-        metadata={**MADE, **made},
-        earlier_runs=earlier_runs,
     )
 
 
@@ -358,24 +358,24 @@ def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubl
     table = f"{PROJECT}.{DATASET}.large"
     first_run, second_run = "20260101T000000-aaaaaa", "20260101T000001-bbbbbb"
     # 700 rows of 2,048 FLOAT64s: 11.5 MB, past BigQuery's 10 MB for a vector index.
-    first = write_shard(
+    write_shard(
         cloud, f"large/embeddings/embeddings-{first_run}-00000-of-00001.parquet", 700, 0, first_run
     )
-    first_load = load_fn("large", "large", first_run, published("large", first_run),
-                         vector_index=True)  # fmt: skip
-    [described] = first_load.process([first])
+    first_load = load_fn(
+        "large", "large", first_run, published("large", first_run), vector_index=True
+    )
+    described = first_load.load()
     assert described["rows_loaded"] == described["table_rows"] == 700
     assert described["vector_index"]["created"] is True
     index = cloud["standin"].vector_indexes[table]
     assert (index["column"], index["type"], index["distance"]) == ("embedding", "IVF", "COSINE")
 
-    second = write_shard(
-        cloud, f"large/embeddings/embeddings-{second_run}-00000-of-00001.parquet", 50, 700,
-        second_run,
-    )  # fmt: skip
-    append = load_fn("large", "large", second_run, published("large", second_run),
-                     vector_index=True)  # fmt: skip
-    [described] = append.process([second], earlier_rows=700)
+    second_shard = f"large/embeddings/embeddings-{second_run}-00000-of-00001.parquet"
+    write_shard(cloud, second_shard, 50, 700, second_run)
+    append = load_fn(
+        "large", "large", second_run, published("large", second_run), vector_index=True
+    )
+    described = append.load(earlier_rows=700)
     assert (described["write"], described["rows_loaded"], described["table_rows"]) == (
         "append", 50, 750,
     )  # fmt: skip
@@ -384,7 +384,7 @@ def test_bigquery_vector_index_once_large_enough_and_a_retried_load_is_not_doubl
     ]
     # A retried bundle: BigQuery refuses the job id it already has; the rows stay 750.
     jobs = len(cloud["standin"].jobs)
-    [retried] = append.process([second], earlier_rows=700)
+    retried = append.load(earlier_rows=700)
     assert len(cloud["standin"].jobs) == jobs
     assert retried == {**described, "why": "a retried step found this run's load job"}
     assert cloud["standin"].invalid == []
@@ -418,10 +418,10 @@ def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
     message = "Backend error: the job could not be completed (stand-in)"
     cloud["standin"].fail_next("load", message)
     with pytest.raises(BigQueryLoadError, match="Backend error"):
-        list(load.process([shard]))
+        load.load()
     assert f"{PROJECT}.{DATASET}.retried" not in cloud["standin"].tables
 
-    [described] = load.process([shard])  # the bundle, retried
+    described = load.load()  # the bundle, retried
     first_id = "image_embeddings_20260102_000000-cccccc_load"
     assert described["job_id"] == f"{first_id}_2"
     assert described["attempts"] == [
@@ -436,7 +436,7 @@ def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
     assert table_description(cloud, "retried") == MADE
     # Retried once more: the attempt that succeeded is the step's job; nothing is loaded.
     jobs = len(cloud["standin"].jobs)
-    [again] = load.process([shard])
+    again = load.load()
     assert len(cloud["standin"].jobs) == jobs
     assert again == {**described, "why": "a retried step found this run's load job"}
 
@@ -445,9 +445,9 @@ def test_bigquery_failed_job_is_followed_by_a_new_attempt(cloud, monkeypatch):
     truncate = load_fn("retried", "retried", empty_run, published("retried", empty_run))
     cloud["standin"].fail_next("query", message)
     with pytest.raises(BigQueryLoadError, match="Backend error"):
-        list(truncate.process([]))
+        truncate.load()
     assert len(table_rows(cloud, "retried")[0]) == 5
-    [described] = truncate.process([])
+    described = truncate.load()
     truncate_id = "image_embeddings_20260102_000001-dddddd_truncate"
     assert (described["write"], described["job_id"]) == ("replace", f"{truncate_id}_2")
     assert described["attempts"] == [
@@ -480,7 +480,7 @@ def test_bigquery_loads_this_runs_shards_from_where_the_caller_says(cloud, monke
     write_shard(cloud, f"staged/embeddings/embeddings-{next_run}-00000-of-00001.parquet",
                 5, 100, next_run)  # fmt: skip
     first = load_fn("staged", "staged", this_run, ours, earlier_runs=(earlier_run,))
-    [described] = first.process([], earlier_rows=3)
+    described = first.load(earlier_rows=3)
     assert described["why"] == "the table did not exist"
     assert described["sources"] == [f"{output}/embeddings/embeddings-{earlier_run}-*.parquet", ours]
     cloud["bucket"].blob(f"staged/embeddings/embeddings-{next_run}-00000-of-00001.parquet").delete()
@@ -496,9 +496,9 @@ def test_bigquery_loads_this_runs_shards_from_where_the_caller_says(cloud, monke
     # Embeddings made with other pooling must not join the table's.
     other = load_fn("staged", "staged", next_run, theirs, pooling="max")
     with pytest.raises(ValueError, match="--pooling avg; this run makes them with --pooling max"):
-        list(other.process([], earlier_rows=7))
+        other.load(earlier_rows=7)
     assert len(table_rows(cloud, "staged")[0]) == 7
-    [described] = load_fn("staged", "staged", next_run, theirs).process([], earlier_rows=7)
+    described = load_fn("staged", "staged", next_run, theirs).load(earlier_rows=7)
     assert (described["write"], described["sources"], described["table_rows"]) == (
         "append", [theirs], 9,
     )  # fmt: skip

@@ -34,10 +34,10 @@ from support import (
 )
 from test_publish_step import ONLY_RUN, OTHER, RUN, passing_summary
 
-from pipeline.lease import take_lease
-from pipeline.outputs import roll_forward
+from pipeline.outputs import RunTarget, roll_forward
 from pipeline.outputs.naming import run_temp_folder, spill_prefix
-from pipeline.publish import PublishFn, PublishPlan
+from pipeline.run.lease import take_lease
+from pipeline.run.publish import PublishFn, PublishPlan
 from pipeline.similarity.spill import SPILL_SUFFIX
 
 pytestmark = pytest.mark.pipeline_run
@@ -323,7 +323,7 @@ def test_a_publish_on_gcs_stopped_at_any_step_is_finished_by_a_reader(gcs, step,
         bucket.blob(f"{prefix}/_runs/{RUN}/{name}").upload_from_string(RUN)
         staged.append(f"{output}/_runs/{RUN}/{name}")
     take_lease(output, RUN, time.time(), runner="FnApiRunner")
-    plan = PublishPlan(output, RUN, False, "parquet")
+    plan = PublishPlan(RunTarget(output, RUN))
     with monkeypatch.context() as faults:
         stop_publish_at(step, faults, undeletable=f"embeddings-{OTHER}-00000-of-00001.parquet")
         with contextlib.suppress(Stopped):

@@ -129,3 +129,31 @@ def test_every_docs_page_has_a_title_links_back_and_is_in_the_readmes_map():
 
 def test_the_readme_is_at_most_300_lines():
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 300
+
+
+# The data path's optional branches, by the flags that ask for them: the label step
+# (job.build_pipeline) and each optional output (plan.optional_outputs).
+BRANCHES = {
+    "--zero_shot_labels",
+    "--neighbors",
+    "--duplicate_threshold",
+    "--vector_search_output",
+    "--map",
+    "--bigquery_table",
+}
+
+
+def readme_picture() -> str:
+    """The README's data-path picture: its first fenced block."""
+    return re.findall(r"^```\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)[0]
+
+
+def test_the_readme_picture_shows_every_branch_and_publish_after_the_verdict():
+    picture = readme_picture()
+    steps = [line.split()[0].rstrip(":") for line in picture.splitlines() if line[:1].isalpha()]
+    assert steps == ["read", "load", "extract", "store", "summary", "verdict", "publish"]
+    marked = re.findall(r"\[(--[^\]]+)\]", picture)
+    shown = {flag for flags in marked for flag in flags.split(", ")}
+    assert shown == BRANCHES
+    declared = re.findall(r"^\| `(--\w+)` \|", (DOCS / "options.md").read_text(), re.M)
+    assert set(declared) >= BRANCHES

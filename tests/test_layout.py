@@ -18,7 +18,8 @@ STAGES = (
     ("outputs",),
     ("destinations", "similarity", "report"),
     ("options",),
-    (None,),  # the top level: job, plan, preflight, summary, publish, lease, cli, ...
+    ("run",),
+    (None,),  # the top level: job, plan, cli, launch, ...
 )
 RANK = {package: rank for rank, packages in enumerate(STAGES) for package in packages}
 

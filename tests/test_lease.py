@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pytest
 from cloud import MetadataServer, PreconditionProxy, emulator_client, storage_emulator
 
-from pipeline.lease import LeaseHeldError, read_lease, release_lease, take_lease
 from pipeline.options import LEASE_STALE_AFTER_HOURS, UsageError
 from pipeline.outputs.naming import LEASE, new_run_id
+from pipeline.run.lease import LeaseHeldError, read_lease, release_lease, take_lease
 
 BUCKET = "lease-bucket"
 HOUR = 3600.0
@@ -102,7 +102,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_the_lease_stays_as_it_was
 
 def test_a_stale_lease_is_taken_over_with_a_warning_naming_its_holder(output, caplog):
     crashed = take(output, hours_ago=LEASE_STALE_AFTER_HOURS + 1)
-    caplog.set_level(logging.WARNING, logger="pipeline.lease")
+    caplog.set_level(logging.WARNING, logger="pipeline.run.lease")
     run = take(output)
     assert read_lease(output.path)["run_id"] == run
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -130,7 +130,7 @@ def test_break_lease_breaks_only_the_run_it_names(output, caplog):
     assert f"--break_lease {other} names another run" in str(refused.value)
     assert f"run {holder} holds" in str(refused.value)
     assert output.lease_bytes() == before
-    caplog.set_level(logging.WARNING, logger="pipeline.lease")
+    caplog.set_level(logging.WARNING, logger="pipeline.run.lease")
     breaker = take(output, break_lease=holder)
     assert read_lease(output.path)["run_id"] == breaker
     assert any(f"run {holder}" in r.getMessage() and "--break_lease" in r.getMessage()
@@ -180,7 +180,7 @@ def test_of_runs_racing_to_break_a_stale_lease_exactly_one_wins(output):
 def test_a_release_by_another_run_leaves_the_lease(output, caplog):
     holder = take(output)
     before = output.lease_bytes()
-    caplog.set_level(logging.INFO, logger="pipeline.lease")
+    caplog.set_level(logging.INFO, logger="pipeline.run.lease")
     other, _ = run_id()
     release_lease(output.path, other)
     assert output.lease_bytes() == before

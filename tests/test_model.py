@@ -10,7 +10,7 @@ from pipeline.inputs.images import Resize, decode
 from pipeline.models.backbones import BACKBONES, ModelSpec, build_backbone, embedding_shape
 from pipeline.models.handler import KerasEmbeddingHandler
 from pipeline.models.weights import WeightsUnavailableError
-from pipeline.preflight import check_weights
+from pipeline.run.preflight import check_weights
 
 SEED = BACKBONE_SEED  # the handler's seed: its backbone is keras_backbone's
 
@@ -62,7 +62,8 @@ def embed(images):
             handler = KerasEmbeddingHandler(
                 spec, min_batch_size=1, max_batch_size=8, engine="tensorflow"
             )
-            made[model_name, pooling] = list(handler.run_inference(images, handler.load_model()))
+            embedded = handler.run_inference(images, handler.load_model())
+            made[model_name, pooling] = [image.embedding for image in embedded]
         return made[model_name, pooling]
 
     return embeddings

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 
 import pytest
 from support import REPO, pipeline_flags, run_cli
 
 from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
-from pipeline.options.describe import options_page
-from pipeline.options.flags import GROUPS
-from pipeline.preflight import check_output
+from pipeline.options.describe import form_help, options_page, template_metadata
+from pipeline.options.flags import GROUPS, OPTIONS, POSITIVE, Limits, Option
+from pipeline.run.preflight import check_output
 
 REQUIRED = ["--input", "images.csv", "--output", "out"]
 
@@ -53,11 +54,86 @@ def test_unknown_or_abbreviated_flags_are_errors_that_name_them(flag):
         ([*REQUIRED, "--map_sample_size", "0"], "--map_sample_size must be at least 1"),
         ([*REQUIRED, "--break_lease", "latest"], "--break_lease 'latest' is not a run id"),
         ([*REQUIRED, "--lease_stale_after_hours", "0"], "--lease_stale_after_hours must be"),
+        # The refusals each flag's declaration makes, word for word.
+        ([*REQUIRED, "--max_image_pixels", "0"], "^--max_image_pixels must be positive, got 0$"),
+        ([*REQUIRED, "--max_image_bytes", "-5"], "^--max_image_bytes must be positive, got -5$"),
+        (
+            [*REQUIRED, "--num_shards", "-1"],
+            "^--num_shards must be 0 (runner decides) or more, got -1$",
+        ),
+        (
+            [*REQUIRED, "--max_failure_fraction", "nan"],
+            "^--max_failure_fraction must be between 0 and 1, got nan$",
+        ),
+        (
+            [*REQUIRED, "--lease_stale_after_hours", "-0.5"],
+            "^--lease_stale_after_hours must be positive, got -0.5$",
+        ),
+        # A missing required flag is named before any other flag's refusal.
+        (["--input", "x.csv", "--resize", "fit"], "^--output is required: a directory or"),
     ],
 )
 def test_invalid_values_are_explained(args, message):
-    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_options(args)
+
+
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [
+        (Limits(0, 100, low_means="none"), "between 0 (none) and 100"),
+        (
+            Limits(0, 1, low_means="none", high_means="a cosine similarity"),
+            "between 0 (none) and 1 (a cosine similarity)",
+        ),
+        (Limits(2), "at least 2"),
+        (Limits(0, low_means="runner decides"), "0 (runner decides) or more"),
+        (POSITIVE, "positive"),
+    ],
+)
+def test_limits_say_the_range_they_hold(limits, said):
+    assert limits.described() == said
+    low = limits.low
+    assert limits.holds(low) is not limits.positive
+    assert not limits.holds(low - 1)
+    if limits.high is not None:
+        assert limits.holds(limits.high) and not limits.holds(limits.high + 0.5)
+
+
+def candidates(option: Option) -> list[str]:
+    """Values on both sides of each end of the flag's range, as the form would send them."""
+    limits = option.limits
+    assert limits is not None
+    ends = [limits.low] if limits.high is None else [limits.low, limits.high]
+    steps = (-1, 0, 1) if option.type is int else (-1, -0.5, 0, 0.5, 1)
+    return [str(end + step) for end in ends for step in steps]
+
+
+def test_the_forms_regexes_take_exactly_the_numbers_each_flag_takes():
+    """The Console checks a value with its regexes before the launch; the pipeline with
+    the flag's declared limits. A value one takes, the other must take too."""
+    parameters = {p["name"]: p for p in template_metadata()["parameters"]}
+    limited = [option for option in OPTIONS if option.limits]
+    assert len(limited) >= 9
+    for option in limited:
+        regexes = [re.compile(r) for r in parameters[option.name]["regexes"]]
+        for value in candidates(option):
+            on_the_form = all(r.fullmatch(value) for r in regexes)
+            refusal = option.refusal(option.type(value))
+            assert on_the_form is (refusal is None), (option.flag, value, refusal)
+
+
+def test_each_flags_text_names_every_choice():
+    for option in OPTIONS:
+        for choice in option.choices:
+            assert f"`{choice}`" in option.help, (option.flag, choice)
+
+
+def test_the_form_names_parameters_as_the_form_sets_them():
+    text = "Seed for `--weights random` and `--map`; `gs://` paths, `{}` for the label."
+    assert form_help(text, "0") == (
+        "Seed for weights=random and map; gs:// paths, {} for the label. For example, 0"
+    )
 
 
 def test_booleans_take_the_spellings_templates_and_shells_use():
@@ -144,19 +220,38 @@ def test_readme_options_section_points_to_the_options_page():
     assert "| `--" not in section, "the options table lives in docs/options.md only"
 
 
+def listed(text: str, before: str) -> list[str]:
+    """The comma-separated list in parentheses right after `before` in text."""
+    [items] = re.findall(re.escape(before) + r"\s+\(([^)]*)\)", text)
+    return [" ".join(item.split()) for item in items.split(",")]
+
+
+def test_readme_lists_the_option_groups_flags_py_declares():
+    readme = (REPO / "README.md").read_text()
+    named = listed(readme, "Every option, grouped by feature")
+    assert named == [group.title.lower() for group in GROUPS]
+
+
+def test_readme_lists_the_console_forms_groups_as_metadata_json_orders_them():
+    readme = (REPO / "README.md").read_text()
+    named = listed(readme, "The form groups the parameters")
+    metadata = json.loads((REPO / "metadata.json").read_text())
+    groups = [parameter["groupName"] for parameter in metadata["parameters"]]
+    assert named == list(dict.fromkeys(groups))
+
+
 def test_help_shows_each_group_with_its_flags_and_their_help(help_text):
     by_title = sections(help_text, r"^(\S.*):$")
-    flags = pipeline_flags()
     for group in GROUPS:
         body = by_title[group.title]
         assert re.findall(r"^  (--\w+)", body, flags=re.MULTILINE) == [
             option.flag for option in group.options
         ], group.title
-        text = " ".join(body.split())
+        # argparse wraps lines after a hyphen too ("keras-" then "hub").
+        text = " ".join(body.split()).replace("- ", "-")
         assert " ".join(group.description.split()) in text
         for option in group.options:
-            shown = option.help % {"default": flags[option.flag].default}
-            assert " ".join(shown.split()) in text, option.flag
+            assert " ".join(option.plain.split()) in text, option.flag
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from vector_format import check_vector_search_folder
 
 from pipeline.options import UsageError
 from pipeline.outputs.naming import MAX_DATAPOINT_ID_BYTES, datapoint_id
-from pipeline.preflight import check_earlier_outputs
+from pipeline.run.preflight import check_earlier_outputs
 
 pytestmark = pytest.mark.pipeline_run
 

@@ -25,7 +25,7 @@ from support import REPO
 from test_model_table import small_preset
 
 from pipeline.models import BACKBONES, BAKED_PRESETS, KERAS_HUB, WeightsUnavailableError
-from pipeline.preflight import check_pretrained_preset
+from pipeline.run.preflight import check_pretrained_preset
 
 BAKE = REPO / "templates" / "bake_presets.py"
 

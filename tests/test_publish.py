@@ -27,10 +27,10 @@ from support import (
 )
 
 from pipeline.job import build_pipeline
-from pipeline.lease import take_lease
 from pipeline.local_runner import use_local_runner_defaults
 from pipeline.options import EmbeddingOptions, parse_options
 from pipeline.outputs.naming import new_run_id
+from pipeline.run.lease import take_lease
 
 pytestmark = pytest.mark.pipeline_run
 

@@ -17,8 +17,8 @@ from publish_faults import Stopped, stop_publish_at
 from support import PHOTO_PATHS, run_cli, write_csv
 
 from pipeline import job
-from pipeline.lease import take_lease
-from pipeline.publish import PublishFn
+from pipeline.run.lease import take_lease
+from pipeline.run.publish import PublishFn
 from pipeline.search.recorded import read_recorded
 from pipeline.search.scan import shard_paths
 
@@ -42,7 +42,8 @@ class Interrupted:
     def copy_to(self, folder: Path) -> tuple[Path, PublishFn, list[str]]:
         shutil.copytree(self.folder, folder)
         old, new = str(self.folder), str(folder)
-        plan = dataclasses.replace(self.plan, output=new)
+        target = dataclasses.replace(self.plan.target, output=new)
+        plan = dataclasses.replace(self.plan, target=target)
         staged = [path.replace(old, new, 1) for path in self.staged]
         # B still holds the output (its process is this one), as when it was stopped.
         take_lease(new, plan.run_id, time.time(), runner="FnApiRunner", process_bound=True)

@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 from publish_faults import STEPS, Stopped, stop_publish_at
 
-from pipeline.lease import release_lease, take_lease
 from pipeline.options import UsageError, parse_options
 from pipeline.outputs import (
     FileKind,
     JournalError,
     OptionalOutput,
+    RunTarget,
     current_runs,
     every_file_kind,
     roll_forward,
 )
-from pipeline.publish import PublishFn, PublishPlan
+from pipeline.run.lease import release_lease, take_lease
+from pipeline.run.publish import PublishFn, PublishPlan
 
 RUN = "20261201T100000-aaaaaa"
 OTHER = "20261201T090000-bbbbbb"
@@ -50,7 +51,7 @@ def staged_shard(output: Path, run_id: str = RUN) -> str:
 
 
 def publish(output: Path, staged: list[str], incremental: bool = False) -> dict:
-    plan = PublishPlan(str(output), RUN, incremental, "parquet")
+    plan = PublishPlan(RunTarget(str(output), RUN), incremental)
     [summary] = PublishFn(plan, fail_job=False).process(None, passing_summary(output), staged)
     return summary
 
@@ -98,7 +99,7 @@ def test_with_skip_existing_the_npy_files_of_the_summarys_runs_stay_and_others_g
     take_lease(str(output), RUN, time.time(), runner="FnApiRunner")
     earlier = current_runs(str(output), "npy")
     assert earlier == (OTHER,)
-    plan = PublishPlan(str(output), RUN, True, "npy", earlier_runs=earlier)
+    plan = PublishPlan(RunTarget(str(output), RUN, "npy", earlier), incremental=True)
     [summary] = PublishFn(plan, fail_job=False).process(None, passing_summary(output), [staged])
     assert summary["status"] == "passed" and summary["embedding_runs"] == [OTHER, RUN]
     assert (output / "embeddings" / OTHER / "x.npy").read_bytes() == b"npy"

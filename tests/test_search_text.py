@@ -14,7 +14,9 @@ import pytest
 from support import REPO
 from text_presets import tiny_clip, tiny_siglip
 
-from pipeline.models import ModelSpec, TextTower
+from pipeline.inputs import Decoding
+from pipeline.models import ModelSpec, TextTower, embedding_shape
+from pipeline.outputs import Provenance
 from pipeline.search import Recorded, embed_text
 
 CLIP, SIGLIP = "clip_vit_base_patch16", "siglip2_base_patch16_224"
@@ -28,7 +30,9 @@ def presets(tmp_path_factory):
 
 def recorded(model: str, folder) -> Recorded:
     spec = ModelSpec.of(model, str(folder), "avg", 0)
-    return Recorded(str(folder), spec, spec.resize("squash"), True, 10**8, 2**26, (), {})
+    decoding = Decoding(spec.resize("squash"), True, 10**8, 2**26)
+    made = Provenance.made(spec, decoding, "tensorflow", "float32", "", embedding_shape(spec))
+    return Recorded(str(folder), made, decoding.resize)
 
 
 def hub(model: str, folder):

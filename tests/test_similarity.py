@@ -15,11 +15,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from support import cosine_matrix, embeddings_table, local_pipeline, read_neighbors
 
 from pipeline.options import UsageError, parse_options
+from pipeline.outputs import RunTarget
 from pipeline.similarity.find import FindSimilar, SimilaritySettings
 from pipeline.similarity.spill import SPILL_SUFFIX, GroupThroughFiles
 
 DIMENSIONS = 96
 RUN = "20260101T000000-aaaaaa"
+
+
+SIMILARITY_RUN = "20260101T000001-bbbbbb"  # the run FindSimilar writes as
 
 
 def uri(index: int) -> str:
@@ -57,16 +61,22 @@ def find_similar_in_each(collections: dict[Path, list[str]], settings: Similarit
     with local_pipeline() as p:
         for folder, files in collections.items():
             files_read = p | f"Files {folder.name}" >> beam.Create(files)
+            target = RunTarget(str(folder), SIMILARITY_RUN)
             _ = {"files": files_read} | f"Find similar {folder.name}" >> FindSimilar(
-                str(folder), str(folder), "parquet", "20260101T000001-bbbbbb", (), settings
+                target, settings
             )
     for folder in collections:
         assert not glob.glob(str(folder / "_runs/*/similarity/*")), "spill files were left"
 
 
+def staged(folder: Path) -> Path:
+    """The folder FindSimilar's run writes its files to."""
+    return folder / "_runs" / SIMILARITY_RUN
+
+
 def read_groups(folder: Path) -> dict[int, dict[str, float]]:
     groups: dict[int, dict[str, float]] = {}
-    for path in glob.glob(str(folder / "duplicates-*.csv")):
+    for path in glob.glob(str(staged(folder) / "duplicates-*.csv")):
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 groups.setdefault(int(row["group"]), {})[row["uri"]] = float(row["similarity"])
@@ -94,7 +104,7 @@ def test_partitioned_search_recalls_brute_forces_neighbours(tmp_path):
     k = 10
     find_similar(tmp_path, files, SimilaritySettings(k, 0.0, 200, 3, seed=0))
 
-    found = read_neighbors(tmp_path)
+    found = read_neighbors(staged(tmp_path))
     similarities = cosine_matrix(vectors)
     exact = exact_top(similarities, k)
     assert set(found) == {uri(i) for i in range(len(vectors))}
@@ -116,7 +126,7 @@ def test_up_to_one_cell_the_search_is_exact(tmp_path):
     files = store(tmp_path, vectors)
     find_similar(tmp_path, files, SimilaritySettings(7, 0.0, 500, 3, seed=0))
 
-    found = read_neighbors(tmp_path)
+    found = read_neighbors(staged(tmp_path))
     similarities = cosine_matrix(vectors)
     for i, expected in enumerate(exact_top(similarities, 7)):
         names, values = found[uri(i)]
@@ -217,7 +227,7 @@ def reference_groups(
 
 
 def read_rows(folder: Path) -> list[dict[str, str]]:
-    (path,) = glob.glob(str(folder / "duplicates-*.csv"))
+    (path,) = glob.glob(str(staged(folder) / "duplicates-*.csv"))
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == ["group", "uri", "similarity", "component"]
@@ -295,7 +305,8 @@ def test_identical_vectors_group_at_a_threshold_of_one(tmp_path):
     groups = read_groups(tmp_path)
     found = [{index_of(u) for u in g} for g in groups.values()]
     assert found == [planted["identical"]]
-    assert not glob.glob(str(tmp_path / "neighbors-*.parquet"))
+    assert glob.glob(str(staged(tmp_path) / "duplicates-*.csv"))
+    assert not glob.glob(str(staged(tmp_path) / "neighbors-*.parquet"))
 
 
 def test_grouping_through_files_equals_group_by_key(tmp_path):
@@ -354,7 +365,7 @@ def test_tiny_collections_are_still_answered(tmp_path):
     find_similar_in_each(collections, SimilaritySettings(3, 1.0, 200, 3, seed=0))
     for name, (vectors, names, similarities, groups) in cases.items():
         folder = tmp_path / name
-        found = read_neighbors(folder)
+        found = read_neighbors(staged(folder))
         assert [found[uri(i)][0] for i in range(len(vectors))] == names, name
         for i, expected in enumerate(similarities):
             np.testing.assert_allclose(found[uri(i)][1], expected, atol=1e-6, err_msg=name)

@@ -16,12 +16,16 @@ from support import PHOTO_PATHS, local_pipeline, make_bad_inputs
 from pipeline.common.records import STAGES, Failure, ImageKey
 from pipeline.inputs.images import Resize, decode
 from pipeline.inputs.loading import Decoding, LoadImages
+from pipeline.models.engines import Resolved
 from pipeline.models.extraction import ExtractEmbeddings
+from pipeline.models.handler import Embedded
 from pipeline.outputs.naming import RUN_ID_PATTERN, new_run_id
 from pipeline.outputs.sinks import WriteFailures
-from pipeline.summary import RunFailedError, check, summarise
+from pipeline.run.summary import RunFailedError, check, summarise
 
 SIZE = 224
+# What MeanColourHandler says ran, as each engine's embedder says it.
+MEAN_COLOUR = Resolved("mean_colour", "float32")
 
 
 def failure_fields(failure: Failure) -> tuple[str, str, str]:
@@ -123,10 +127,10 @@ class MeanColourHandler(ModelHandler[np.ndarray, np.ndarray, MeanColour]):
 
     def run_inference(
         self, batch: Sequence[np.ndarray], model: MeanColour, inference_args=None
-    ) -> Iterable[np.ndarray]:
+    ) -> Iterable[Embedded]:
         if self._fail_with is not None:
             raise self._fail_with
-        return [model(image) for image in batch]
+        return [Embedded(model(image), MEAN_COLOUR) for image in batch]
 
 
 def keyed_images(count: int) -> list[tuple[ImageKey, np.ndarray]]:
@@ -150,6 +154,8 @@ def test_extract_keeps_each_embedding_with_its_key():
         extracted = p | beam.Create(inputs) | ExtractEmbeddings(MeanColourHandler())
         assert_that(extracted["embeddings"], embeddings_match, label="embeddings")
         assert_that(extracted["failed"], equal_to([]), label="failed")
+        ran = [[{"engine": "mean_colour", "precision": "float32"}]]
+        assert_that(extracted["engines_ran"], equal_to(ran), label="engines ran")
 
 
 def test_a_failed_batch_is_one_failure_per_image_of_it():
@@ -163,6 +169,7 @@ def test_a_failed_batch_is_one_failure_per_image_of_it():
     with local_pipeline() as p:
         extracted = p | beam.Create(inputs) | ExtractEmbeddings(handler)
         assert_that(extracted["embeddings"], equal_to([]), label="embeddings")
+        assert_that(extracted["engines_ran"], equal_to([[]]), label="engines ran")
         fields = extracted["failed"] | beam.Map(failure_fields)
         assert_that(fields, equal_to(expected), label="failed")
         assert_that(extracted["failed"], messages_name_the_error, label="messages")

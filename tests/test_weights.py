@@ -32,7 +32,7 @@ from pipeline.models.weights import (
     ensure_imagenet,
     read_layout,
 )
-from pipeline.preflight import check_weights
+from pipeline.run.preflight import check_weights
 
 
 def save_legacy_h5(model, path: Path) -> None:

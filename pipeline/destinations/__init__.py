@@ -4,7 +4,7 @@ from pipeline.destinations.bigquery import COLUMN as BIGQUERY_COLUMN
 from pipeline.destinations.bigquery import (
     RESERVED_PREFIXES,
     LoadIntoBigQuery,
-    LoadIntoBigQueryFn,
+    TableLoad,
     TableName,
     check_dataset,
     check_table_matches,
@@ -12,7 +12,12 @@ from pipeline.destinations.bigquery import (
     recorded_metadata,
 )
 from pipeline.destinations.vectorsearch import MAX_FILES as MAX_VECTOR_FILES
-from pipeline.destinations.vectorsearch import WriteVectorSearch, foreign_files, vector_files
+from pipeline.destinations.vectorsearch import (
+    VectorSearchSettings,
+    WriteVectorSearch,
+    foreign_files,
+    vector_files,
+)
 from pipeline.destinations.vectorsearch import describe as describe_vector_files
 
 __all__ = [
@@ -20,8 +25,9 @@ __all__ = [
     "MAX_VECTOR_FILES",
     "RESERVED_PREFIXES",
     "LoadIntoBigQuery",
-    "LoadIntoBigQueryFn",
+    "TableLoad",
     "TableName",
+    "VectorSearchSettings",
     "WriteVectorSearch",
     "check_dataset",
     "check_table_matches",

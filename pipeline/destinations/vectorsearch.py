@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
@@ -17,9 +18,11 @@ import numpy as np
 from pipeline.common import ImageKey
 from pipeline.outputs import (
     RUN_ID_PATTERN,
+    STAGED_VECTORS,
     VECTORS,
     FileKind,
     OptionalOutput,
+    RunTarget,
     WriteRunShards,
     datapoint_id,
     output_path,
@@ -33,6 +36,17 @@ _ALLOWED_PREFIXES = ("delete/", f"beam-temp-{VECTORS}-")
 LABEL_NAMESPACE = "label"
 # "There is a limit of 5000 objects (files) in the batch root directory."
 MAX_FILES = 5000
+
+
+@dataclass(frozen=True)
+class VectorSearchSettings:
+    """The Vector Search files a run writes: the folder (--vector_search_output), the
+    kept columns as restricts, the crowding column, the shard count."""
+
+    folder: str
+    keep_columns: tuple[str, ...] = ()
+    crowding_column: str = ""
+    num_shards: int = 0
 
 
 def datapoint_line(
@@ -74,30 +88,22 @@ def foreign_files(folder: str, paths: list[str]) -> list[str]:
 
 class WriteVectorSearch(OptionalOutput):
     """The stored (ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json (FOLDER:
-    the run's staged copy of final_folder, the Vector Search folder); gives the names
-    written as `files` and a `description`."""
+    the run's staged copy of the Vector Search folder); gives the names written as
+    `files` and a `description`."""
 
     name = "vector_search"
     step = "Vector Search files"
     file_kinds = (FileKind(VECTORS, ".json", in_vectors=True),)
     reads = ("stored", "embedded")
 
-    def __init__(
-        self,
-        folder: str,
-        final_folder: str,
-        run_id: str,
-        keep_columns: tuple[str, ...],
-        crowding_column: str,
-        num_shards: int,
-    ):
+    def __init__(self, target: RunTarget, settings: VectorSearchSettings):
         super().__init__()
-        self._folder = folder
-        self._final_folder = final_folder
-        self._run_id = run_id
-        self._keep_columns = keep_columns
-        self._crowding_column = crowding_column
-        self._num_shards = num_shards
+        self._folder = output_path(target.stage, STAGED_VECTORS)
+        self._final_folder = settings.folder
+        self._run_id = target.run_id
+        self._keep_columns = settings.keep_columns
+        self._crowding_column = settings.crowding_column
+        self._num_shards = settings.num_shards
 
     def final_files(self) -> dict[str, str]:
         return {self.name: vector_files(self._final_folder)}

@@ -50,7 +50,8 @@ def _arch(class_name: str, **args: Any) -> Architecture:
 @dataclass(frozen=True)
 class Backbone:
     """One model: where it comes from, how its input is made, what comes out; all known
-    without building it, so that the launching process never imports a model library."""
+    without building it, so that the launching process never imports a model library.
+    A line is an ApplicationsBackbone or a HubBackbone, with its library's own fields."""
 
     library: str  # APPLICATIONS or KERAS_HUB
     class_name: str  # in keras.applications or keras_hub.models, e.g. "ResNet50"
@@ -58,17 +59,36 @@ class Backbone:
     embedding_size: int  # of one pooled embedding (for keras.applications: channels)
     # How the load step resizes; None: --resize decides (bilinear squash or centre crop).
     resize: Resize | None
-    # Inside the model: keras.applications' preprocess_input of `module`, or
-    # (x / 255 - mean) / std.
-    module: str = ""
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
     source: str = ""  # where the resize and normalisation come from
     text_tower: bool = False
-    # keras.applications only
+
+    @property
+    def pretrained_weights(self) -> str:
+        return "imagenet" if self.library == APPLICATIONS else "pretrained"
+
+
+@dataclass(frozen=True)
+class ApplicationsBackbone(Backbone):
+    """A keras.applications model: its preprocessing and its ImageNet weights."""
+
+    module: str = ""  # inside the model: keras.applications' preprocess_input of `module`
     imagenet: ImagenetWeights | None = None
     layout: Layout | None = None  # of a weights file saved from this model without its top
-    # keras_hub only
+
+    @property
+    def feature_map_size(self) -> int:
+        # Every keras.applications backbone here downsamples by 32: 224 -> 7.
+        return self.input_size // 32
+
+
+@dataclass(frozen=True)
+class HubBackbone(Backbone):
+    """A keras-hub model: its normalisation, its preset and architecture, how it embeds,
+    and its text tower's tokens."""
+
+    # Inside the model: (x / 255 - mean) / std.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     preset: str = ""  # the pretrained preset's handle
     architecture: Architecture | None = None  # what --weights random builds
     parameters: int = 0  # the published count of the whole backbone, text tower included
@@ -84,26 +104,17 @@ class Backbone:
     sequence_length: int = 0  # of the text tower's token ids
     start_token: bool = False  # token ids begin with the tokenizer's start token
 
-    @property
-    def feature_map_size(self) -> int:
-        # Every keras.applications backbone here downsamples by 32: 224 -> 7.
-        return self.input_size // 32
-
-    @property
-    def pretrained_weights(self) -> str:
-        return "imagenet" if self.library == APPLICATIONS else "pretrained"
-
 
 _RESNET = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 _EFFICIENTNET = "https://storage.googleapis.com/keras-applications/"
 
 
-def _resnet(depth: int, imagenet_md5: str, layout: Layout) -> Backbone:
+def _resnet(depth: int, imagenet_md5: str, layout: Layout) -> ApplicationsBackbone:
     """keras.applications.ResNet<depth>: its names follow from the depth."""
     file_name = f"resnet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"
     module = "resnet50" if depth == 50 else "resnet"
     weights = ImagenetWeights(_RESNET, file_name, imagenet_md5)
-    return Backbone(
+    return ApplicationsBackbone(
         APPLICATIONS, f"ResNet{depth}", 224, 2048, None, module=module,
         source="keras.applications resnet.preprocess_input (caffe: BGR, ImageNet means)",
         imagenet=weights, layout=layout,
@@ -136,7 +147,7 @@ def _clip(
     projection: int,
     parameters: int,
     preset: str,
-) -> Backbone:
+) -> HubBackbone:
     """A CLIPBackbone line: vision and text as (hidden, layers, heads, intermediate)."""
     hidden, layers, heads, intermediate = vision
     width, depth, text_heads, text_intermediate = text
@@ -165,7 +176,7 @@ def _clip(
         ),
         projection_dim=projection,
     )
-    return Backbone(
+    return HubBackbone(
         KERAS_HUB, "CLIPBackbone", size, projection, Resize(size, "shorter_side", "bicubic", size),
         mean=_CLIP_MEAN, std=_CLIP_STD, source=_CLIP_SOURCE, text_tower=True, preset=preset,
         architecture=architecture, parameters=parameters, pooling="cls_projection",
@@ -177,7 +188,7 @@ def _clip(
 
 def _siglip2(
     size: int, patch: int, tower: tuple[int, int, int, int], parameters: int, preset: str
-) -> Backbone:
+) -> HubBackbone:
     """A SigLIPBackbone line with SigLIP 2's Gemma vocabulary; both towers as (hidden,
     layers, heads, intermediate)."""
     hidden, layers, heads, intermediate = tower
@@ -199,7 +210,7 @@ def _siglip2(
             **shared,
         ),
     )
-    return Backbone(
+    return HubBackbone(
         KERAS_HUB, "SigLIPBackbone", size, hidden, Resize(size, "squash", "bilinear"),
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), source=_SIGLIP_SOURCE, text_tower=True,
         preset=preset, architecture=architecture, parameters=parameters,
@@ -210,7 +221,7 @@ def _siglip2(
     )  # fmt: skip
 
 
-def _dinov2(hidden: int, heads: int, parameters: int, preset: str) -> Backbone:
+def _dinov2(hidden: int, heads: int, parameters: int, preset: str) -> HubBackbone:
     """A DINOV2Backbone line: ViT/14, 12 layers, its position embeddings made for 518 and
     interpolated to 224 when loaded (keras-hub's convert_dinov2.py)."""
     architecture = _arch(
@@ -218,7 +229,7 @@ def _dinov2(hidden: int, heads: int, parameters: int, preset: str) -> Backbone:
         intermediate_dim=4 * hidden, layer_scale_init_value=1.0, image_shape=(518, 518, 3),
         position_embedding_shape=(518, 518),
     )  # fmt: skip
-    return Backbone(
+    return HubBackbone(
         KERAS_HUB, "DINOV2Backbone", 224, hidden, Resize(224, "shorter_side", "bicubic", 256),
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD, source=_DINOV2_SOURCE, preset=preset,
         architecture=architecture, parameters=parameters, pooling="cls", embedding="cls_token",
@@ -248,7 +259,7 @@ BACKBONES: dict[str, Backbone] = {
         "ee4c566cf9a93f14d82f913c2dc6dd0c",
         Layout(930, 58_370_944, "f0502d2e08a14eb4c55bd4473b8a0272791488b49f659b38bbd8caa7332449ee"),
     ),
-    "efficientnet_b0": Backbone(
+    "efficientnet_b0": ApplicationsBackbone(
         APPLICATIONS,
         "EfficientNetB0",
         224,

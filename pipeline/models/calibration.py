@@ -50,8 +50,10 @@ class CalibrationSample:
         if failed:
             _LOG.warning(
                 "--precision int8: %d of %d calibration images failed to load, such as %s",
-                len(failed), len(self.uris), failed[0],
-            )  # fmt: skip
+                len(failed),
+                len(self.uris),
+                failed[0],
+            )
         if len(images) < MIN_CALIBRATION_IMAGES:
             shown = f", such as {failed[0]}" if failed else ""
             raise EngineUnavailableError(

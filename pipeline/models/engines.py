@@ -1,93 +1,79 @@
-"""What runs the embedding function on a worker: TensorFlow (float32, or mixed float16 on a
-GPU with tensor cores), or OpenVINO on the CPU in float32, bfloat16 or int8 (quantised by
-NNCF on a calibration sample), chosen once per worker process from --engine and --precision.
+"""The engine choice: which engine and precision run the embedding function on a worker,
+chosen once per worker process from --engine and --precision, and auto's fallback to
+TensorFlow float32.
 
-The launcher only names the choices (ENGINES, PRECISIONS); TensorFlow, OpenVINO and NNCF are
-imported on the workers.
+TensorFlow runs float32, or mixed float16 on a GPU with tensor cores (tensorflow_engine);
+OpenVINO runs on the CPU in float32, bfloat16 or int8 (openvino_engine), int8 quantised by
+NNCF on a calibration sample (quantisation). The launcher only names the choices (ENGINES,
+PRECISIONS, from embedder); TensorFlow, OpenVINO and NNCF are imported on the workers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.models.embedder import (
+    AUTO,
+    BFLOAT16,
+    ENGINES,
+    FLOAT16,
+    FLOAT32,
+    INT8,
+    OPENVINO,
+    PRECISIONS,
+    TENSORFLOW,
+    Embedder,
+    EmbeddingFunction,
+    EngineUnavailableError,
+    Resolved,
+)
+from pipeline.models.openvino_engine import OpenVinoEmbedder
+from pipeline.models.quantisation import MIN_CALIBRATION_IMAGES, quantize
+from pipeline.models.tensorflow_engine import (
+    MIXED_FLOAT16_CPU_EMULATION,
+    MIXED_FLOAT16_GPU,
+    TensorFlowEmbedder,
+)
+
+# What the rest of the package, the benchmarks and the tests import from here: the
+# interface, both engines and int8's quantisation, besides the choice itself.
+__all__ = [
+    "AUTO",
+    "BFLOAT16",
+    "ENGINES",
+    "FLOAT16",
+    "FLOAT32",
+    "INT8",
+    "MIN_CALIBRATION_IMAGES",
+    "MIN_FLOAT16_CAPABILITY",
+    "MIXED_FLOAT16_CPU_EMULATION",
+    "MIXED_FLOAT16_GPU",
+    "OPENVINO",
+    "PRECISIONS",
+    "TENSORFLOW",
+    "Embedder",
+    "EmbeddingFunction",
+    "EngineUnavailableError",
+    "OpenVinoEmbedder",
+    "Resolved",
+    "TensorFlowEmbedder",
+    "choose",
+    "cpu_has_bf16",
+    "fast_float16",
+    "gpu_details",
+    "make_embedder",
+    "probe",
+    "quantize",
+]
+
 _LOG = logging.getLogger(__name__)
 
-AUTO = "auto"
-TENSORFLOW = "tensorflow"
-OPENVINO = "openvino"
-FLOAT32 = "float32"
-BFLOAT16 = "bfloat16"
-INT8 = "int8"
-FLOAT16 = "float16"  # what auto resolves to on a GPU; not a --precision value
-ENGINES = (AUTO, TENSORFLOW, OPENVINO)
-PRECISIONS = (AUTO, FLOAT32, BFLOAT16, INT8)
-
-# Grappler's mixed-precision graph rewrites (tensorflow/core/protobuf/rewriter_config.proto).
-# auto_mixed_precision turns the ops on its allow list (Conv2D, MatMul, Einsum...) and the
-# ops between them to float16 and keeps those on its deny list (Softmax, Exp, Pow, Sum,
-# Mean, the norms' reductions...) in float32 (core/grappler/optimizers/
-# auto_mixed_precision_lists.h); it acts only where a GPU of compute capability 7.0 or more
-# is visible (auto_mixed_precision.cc: HasFastFP16Support, kMinGPUArch = {7, 0}) and logs
-# "No (suitable) GPUs detected" otherwise. auto_mixed_precision_cpu is the same rewrite with
-# the same lists for a CPU (AutoMixedPrecisionMode::CPU, there to test it without a GPU):
-# the CPU has no float16 kernels for the allow list, so those ops compute in float32
-# between casts, and the values between ops are rounded to float16 as on a GPU.
-MIXED_FLOAT16_GPU = "auto_mixed_precision"
-MIXED_FLOAT16_CPU_EMULATION = "auto_mixed_precision_cpu"
+# Where grappler's auto_mixed_precision acts (tensorflow_engine.MIXED_FLOAT16_GPU):
+# auto_mixed_precision.cc's kMinGPUArch = {7, 0}.
 MIN_FLOAT16_CAPABILITY = (7, 0)  # tensor cores: Volta and later
-
-# OpenVINO's names for the precisions (INFERENCE_PRECISION_HINT). int8 runs its quantised
-# operations in int8 and the rest in f32: with bf16 there too, CLIP's recall@10 against
-# float32 fell from 0.959 to 0.941 (docs/engine.md).
-_OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16", INT8: "f32"}
-# Fewer calibration images than this that decode: the quantisation ranges would rest on
-# too few images to trust, so --precision int8 fails instead.
-MIN_CALIBRATION_IMAGES = 8
-
-
-class EngineUnavailableError(RuntimeError):
-    """The engine asked for cannot embed with this model on this worker."""
-
-
-class EmbeddingFunction(Protocol):
-    """The Keras embedding model as one TensorFlow function (handler.EmbeddingFunction)."""
-
-    size: int  # of the square uint8 images it takes
-
-    def concrete_function(self) -> Any: ...
-
-    def __call__(self, images: np.ndarray) -> np.ndarray: ...
-
-
-class Embedder(Protocol):
-    """uint8 (n, size, size, 3) images to (n, ...) float32 embeddings."""
-
-    engine: str
-    precision: str
-
-    def __call__(self, images: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """The engine and precision a worker process runs, and why auto left its first choice."""
-
-    engine: str
-    precision: str
-    fallback: str = ""  # why auto runs TensorFlow float32 where it chose otherwise
-
-    @property
-    def counter(self) -> str:
-        """The Beam counter that counts worker processes running this engine."""
-        return f"engine_{self.engine}_{self.precision}"
 
 
 def gpu_details() -> list[dict]:
@@ -147,143 +133,6 @@ def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -
             "--precision auto or float32"
         )
     return Resolved(engine, precision)
-
-
-@contextlib.contextmanager
-def _rewritten(config: Any) -> Iterator[None]:
-    """TensorFlow functions called in this block, on this thread, are optimized with
-    `config` (the process's config with one grappler rewrite turned on).
-
-    The option could be set for the whole process (tf.config.optimizer.
-    set_experimental_options({"auto_mixed_precision": True})), but that would rewrite every
-    function the process calls afterwards, a float32 embedder's included, and it does not
-    take auto_mixed_precision_cpu (eager/context.py maps only auto_mixed_precision and the
-    oneDNN bfloat16 ones). Grappler optimizes a function once per config it is called with,
-    so each call here runs the rewritten graph and a call outside runs the plain one.
-    """
-    from tensorflow.python.eager import context
-
-    eager = context.context()
-    before = eager.function_call_options
-    eager.function_call_options = context.FunctionCallOptions(
-        executor_type=before.executor_type, config_proto=config
-    )
-    try:
-        yield
-    finally:
-        eager.function_call_options = before
-
-
-class TensorFlowEmbedder:
-    """The Keras function run by TensorFlow: float32 as traced, or float16 through grappler's
-    mixed-precision rewrite of the same graph (no change to the model or its weights)."""
-
-    engine = TENSORFLOW
-
-    def __init__(
-        self,
-        function: EmbeddingFunction,
-        precision: str = FLOAT32,
-        rewrite: str = MIXED_FLOAT16_GPU,
-    ):
-        self._function = function
-        self.precision = precision
-        self._config = None  # a ConfigProto with the rewrite on, for float16
-        if precision == FLOAT16:
-            from tensorflow.core.protobuf import rewriter_config_pb2
-            from tensorflow.python.eager import context
-
-            config = context.context().config
-            setattr(
-                config.graph_options.rewrite_options, rewrite, rewriter_config_pb2.RewriterConfig.ON
-            )
-            self._config = config
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self._config is None:
-            return self._function(images)
-        with _rewritten(self._config):
-            return self._function(images)
-
-
-class OpenVinoEmbedder:
-    """The same Keras function converted by OpenVINO and compiled for the CPU.
-
-    Compiled with the THROUGHPUT hint, OpenVINO runs several streams on the CPU's cores;
-    each batch is split into one part per stream and the parts inferred at once (faster
-    than one request for the whole batch: docs/engine.md). Each thread that calls it has
-    its own requests: an InferRequest serves one inference at a time.
-
-    int8 needs calibration: the images (uint8, as the load step gives them) whose
-    activations set the quantisation ranges (quantize).
-    """
-
-    engine = OPENVINO
-
-    def __init__(
-        self,
-        function: EmbeddingFunction,
-        precision: str,
-        calibration: np.ndarray | None = None,
-        *,
-        transformer: bool = False,
-    ):
-        import openvino as ov
-
-        self.precision = precision
-        model = ov.convert_model(function.concrete_function())
-        if precision == INT8:
-            if calibration is None:
-                raise EngineUnavailableError("--precision int8 needs calibration images")
-            model = quantize(model, calibration, transformer=transformer)
-        config = {
-            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
-            "PERFORMANCE_HINT": "THROUGHPUT",
-        }
-        self._compiled = ov.Core().compile_model(model, "CPU", config)
-        self._parallel = max(
-            1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        )
-        self._local = threading.local()
-
-    def _requests(self) -> list:
-        requests = getattr(self._local, "requests", None)
-        if requests is None:
-            requests = [self._compiled.create_infer_request() for _ in range(self._parallel)]
-            self._local.requests = requests
-        return requests
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.ascontiguousarray(images)
-        requests = self._requests()
-        parts = np.array_split(images, min(len(requests), len(images)))
-        for request, part in zip(requests, parts, strict=False):
-            request.start_async({0: part})
-        outputs = []
-        for request, _part in zip(requests, parts, strict=False):
-            request.wait()
-            # A copy: the request's output tensor is overwritten by its next inference.
-            outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-        return np.concatenate(outputs)
-
-
-def quantize(model: Any, calibration: np.ndarray, *, transformer: bool = False) -> Any:
-    """The OpenVINO model with NNCF's post-training int8 quantisation, its ranges set from
-    the activations of the calibration images (uint8, one inference each); transformer:
-    NNCF's model type for attention models (its ignored patterns for them, SmoothQuant).
-    The same model and images give the same quantised model (tests/test_int8.py)."""
-    import nncf
-    from nncf.common.logging import nncf_logger
-
-    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
-    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
-    # NNCF logs and draws its progress bars on stdout, where the command lines print their
-    # results (a run's summary, a search's --json rows): both go to stderr instead.
-    for handler in nncf_logger.handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setStream(sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(model, dataset, subset_size=len(calibration), **kwargs)
 
 
 def probe(embedder: Embedder, size: int) -> None:

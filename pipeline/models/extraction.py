@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from pipeline.common import Failure
+from pipeline.common import Failure, ImageKey
+from pipeline.models.engines import Resolved
+from pipeline.models.handler import Embedded
 
 _LOG = logging.getLogger(__name__)
 
@@ -22,20 +26,58 @@ def _batch_failures(batch_and_error):
         yield Failure(key.uri, "extract", name, error_repr[:2000])
 
 
+def _embedding(keyed: tuple[ImageKey, Embedded]) -> tuple[ImageKey, np.ndarray]:
+    key, embedded = keyed
+    return key, embedded.embedding
+
+
+def _ran(keyed: tuple[ImageKey, Embedded]) -> Resolved:
+    return keyed[1].ran
+
+
+class EnginesRanFn(beam.CombineFn):
+    """What ran on the workers, each engine and precision once: the summary's
+    engines_ran, in name order (a fallback's reason with it)."""
+
+    def create_accumulator(self) -> set[Resolved]:
+        return set()
+
+    def add_input(self, ran: set[Resolved], resolved: Resolved) -> set[Resolved]:
+        ran.add(resolved)
+        return ran
+
+    def merge_accumulators(self, accumulators) -> set[Resolved]:
+        return set().union(*accumulators)
+
+    def extract_output(self, ran: set[Resolved]) -> list[dict[str, str]]:
+        return [
+            {"engine": resolved.engine, "precision": resolved.precision}
+            | ({"fallback": resolved.fallback} if resolved.fallback else {})
+            for resolved in sorted(ran, key=dataclasses.astuple)
+        ]
+
+
 class ExtractEmbeddings(beam.PTransform):
-    """(ImageKey, pixels) to (ImageKey, embedding) in batches; outputs embeddings and failed."""
+    """(ImageKey, pixels) to (ImageKey, embedding) in batches, by a handler whose
+    predictions are Embedded; outputs embeddings, failed, and engines_ran (one list)."""
 
     def __init__(self, handler: ModelHandler):
         super().__init__()
         self._handler = handler
 
     def expand(self, images_):
-        embeddings, errors = (
+        inferred, errors = (
             images_
             | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
         )
         failed = errors.failed_inferences | "Failed batches" >> beam.FlatMap(_batch_failures)
-        return {"embeddings": embeddings, "failed": failed}
+        return {
+            "embeddings": inferred | "Embeddings" >> beam.Map(_embedding),
+            "failed": failed,
+            "engines_ran": inferred
+            | "What ran" >> beam.Map(_ran)
+            | "Engines that ran" >> beam.CombineGlobally(EnginesRanFn()),
+        }
 
 
 class ReportProgressFn(beam.DoFn):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
@@ -74,7 +74,15 @@ class WorkerModel:
             counter("engine_fallback_tensorflow").inc()
 
 
-class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
+class Embedded(NamedTuple):
+    """One image's embedding, and the engine and precision its worker process ran: what
+    ran is recorded as data, whatever auto chose or fell back to."""
+
+    embedding: np.ndarray
+    ran: Resolved
+
+
+class KerasEmbeddingHandler(ModelHandler[np.ndarray, Embedded, WorkerModel]):
     """Loads the embedding model once per worker process, on the engine --engine and
     --precision choose there; embeds uint8 image batches.
 
@@ -117,11 +125,11 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, WorkerModel]):
         batch: Sequence[np.ndarray],
         model: WorkerModel,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[np.ndarray]:
+    ) -> Iterable[Embedded]:
         model.count_once()
         # One compiled function for every batch; model.predict() would also build a
         # dataset and callbacks for each.
-        return list(model.embed(np.stack(batch)))
+        return [Embedded(embedding, model.resolved) for embedding in model.embed(np.stack(batch))]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.options.flags import BEAM_FORM_FIELDS, GROUPS, OPTIONS, Form, Option
+from pipeline.options.flags import BEAM_FORM_FIELDS, GROUPS, OPTIONS, BeamField, Form, Option
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "metadata.json"
@@ -45,6 +46,10 @@ _PAGE_END = """\
 Booleans accept `true/false`, `1/0` and `yes/no`; `--jpeg_draft` alone means true.
 """
 
+# A code span of a flag's one text, and a flag (with a value) inside one.
+_CODE = re.compile(r"`([^`]*)`")
+_FLAG = re.compile(r"--(\w+)(?: (.+))?")
+
 
 def _form_default(option: Option) -> str:
     """The default as the form shows it (booleans as true/false)."""
@@ -66,25 +71,40 @@ def _param_type(option: Option) -> str:
 def _enum_options(option: Option) -> list[dict]:
     if set(option.form.enum) != set(option.choices):
         raise ValueError(f"{option.flag}: the form's enum labels must name exactly its choices")
+    enum = option.form.enum
     return [
-        {"value": value, "label": option.form.enum[value][0],
-         "description": option.form.enum[value][1]}
+        {"value": value, "label": enum[value][0], "description": enum[value][1]}
         for value in option.choices
-    ]  # fmt: skip
+    ]
 
 
-def _field(name: str, form: Form, param_type: str) -> dict:
+def _as_set_on_the_form(code: re.Match[str]) -> str:
+    """A code span as the form shows it: `--flag value` as flag=value, `--flag` as flag."""
+    flag = _FLAG.fullmatch(code.group(1))
+    if not flag:
+        return code.group(1)
+    name, value = flag.groups()
+    return f"{name}={value}" if value else name
+
+
+def form_help(text: str, example: str) -> str:
+    """A parameter's help text on the form: its one text, the parameters named as the form
+    names them, then the example (the tests launch with it)."""
+    return f"{_CODE.sub(_as_set_on_the_form, text)} For example, {example}"
+
+
+def _field(name: str, help_text: str, form: Form, param_type: str) -> dict:
     return {
         "name": name,
         "label": form.label,
-        "helpText": form.help,
+        "helpText": form_help(help_text, form.example),
         "groupName": form.group,
         "paramType": param_type,
     }
 
 
 def _parameter(option: Option) -> dict:
-    parameter = _field(option.name, option.form, _param_type(option))
+    parameter = _field(option.name, option.help, option.form, _param_type(option))
     if option.default is not None:  # no default: the launch must give it
         parameter["isOptional"] = True
     if option.default not in (None, ""):  # "": unset unless the launch gives it
@@ -97,8 +117,9 @@ def _parameter(option: Option) -> dict:
     return parameter
 
 
-def _beam_parameter(name: str, form: Form) -> dict:
-    parameter = {**_field(name, form, form.type), "isOptional": True}
+def _beam_parameter(name: str, field: BeamField) -> dict:
+    form = field.form
+    parameter = {**_field(name, field.help, form, form.type), "isOptional": True}
     if form.regexes:
         parameter["regexes"] = list(form.regexes)
     return parameter
@@ -107,7 +128,7 @@ def _beam_parameter(name: str, form: Form) -> dict:
 def template_metadata() -> dict:
     """The Flex Template's metadata: a parameter per flag, then Beam's flags on the form."""
     parameters = [_parameter(option) for option in OPTIONS]
-    parameters += [_beam_parameter(name, form) for name, form in BEAM_FORM_FIELDS.items()]
+    parameters += [_beam_parameter(name, field) for name, field in BEAM_FORM_FIELDS.items()]
     return {"name": TEMPLATE_NAME, "description": TEMPLATE_DESCRIPTION, "parameters": parameters}
 
 
@@ -124,11 +145,17 @@ def _shown_default(option: Option) -> str:
     return f"`{_form_default(option)}`"
 
 
+def _meaning(option: Option) -> str:
+    """A flag's docs/options.md cell: its one text, and a link to where the docs say more."""
+    text = option.help.replace("|", r"\|")
+    return f"{text} See [{option.see.title}]({option.see.target})." if option.see else text
+
+
 def options_page() -> str:
     """docs/options.md: a table per group of flags."""
     sections = [_PAGE_INTRO]
     for group in GROUPS:
-        rows = [f"| `{o.flag}` | {_shown_default(o)} | {o.summary} |" for o in group.options]
+        rows = [f"| `{o.flag}` | {_shown_default(o)} | {_meaning(o)} |" for o in group.options]
         table = "\n".join(["| option | default | meaning |", "|---|---|---|", *rows])
         sections.append(f"## {group.title}\n\n{group.description}\n\n{table}\n")
     sections.append(_PAGE_END)

@@ -1,15 +1,18 @@
 """Every flag of the pipeline, declared once, a group per feature.
 
-Each declaration is what `--help` prints, its row in docs/options.md and its field on
-the Flex Template's Console form (metadata.json); pipeline/options/describe.py writes the last
-two from here.
+Each declaration holds the flag's one text, from which `--help`, its row in
+docs/options.md and its field on the Flex Template's Console form (metadata.json) are
+all written (pipeline/options/describe.py writes the last two), and the values the flag
+takes, which parsing.validate checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.models import (
@@ -21,7 +24,7 @@ from pipeline.models import (
     PRECISIONS,
     TOP_LABELS,
 )
-from pipeline.outputs import FORMATS
+from pipeline.outputs import FORMATS, RUN_ID_PATTERN
 
 OUTPUT_FORMATS = tuple(FORMATS)
 POOLINGS = ("avg", "max", "none")
@@ -37,6 +40,7 @@ LEASE_STALE_AFTER_HOURS = 48
 
 # Form regexes shared by several parameters.
 _NATURAL = "^[0-9]+$"
+_POSITIVE = "^[1-9][0-9]*$"
 _FRACTION = r"^(0(\.[0-9]+)?|1(\.0+)?)$"
 _GCS_FOLDER = "^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?$"
 
@@ -54,17 +58,74 @@ def parse_bool(value: str | bool) -> bool:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The numbers a flag takes: from `low` to `high` (no upper end when None).
+
+    A value outside is refused as "--flag must be ..., got VALUE", the range said from
+    these fields; `low_means` and `high_means` say what an end stands for ("0 (none)").
+    """
+
+    low: float
+    high: float | None = None
+    low_means: str = ""
+    high_means: str = ""
+    positive: bool = False  # low (0) itself is refused too: "must be positive"
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.positive else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def described(self) -> str:
+        """What the refusal says a value must be."""
+        if self.positive:
+            return "positive"
+        low = _end(self.low, self.low_means)
+        if self.high is not None:
+            return f"between {low} and {_end(self.high, self.high_means)}"
+        return f"{low} or more" if self.low_means else f"at least {low}"
+
+
+def _end(value: float, means: str) -> str:
+    return f"{value} ({means})" if means else f"{value}"
+
+
+POSITIVE = Limits(0, positive=True)
+
+
+@dataclass(frozen=True)
+class Matches:
+    """The form a text flag's value takes, when given: `regex`, whole. Another value is
+    refused as "--flag 'VALUE' " followed by `refusal`."""
+
+    regex: str
+    refusal: str
+
+
+class See(NamedTuple):
+    """Where the docs say more about a flag: a heading's title and its docs/ link."""
+
+    title: str
+    target: str  # relative to docs/: "input.md#decoding"
+
+    @property
+    def where(self) -> str:
+        """The place as --help says it: "Decoding in docs/input.md", or a whole page."""
+        page, anchored, _ = self.target.partition("#")
+        return f"{self.title} in docs/{page}" if anchored else f"docs/{page}"
+
+
+@dataclass(frozen=True)
 class Form:
     """A parameter's field on the Flex Template's Console form (a metadata.json entry).
 
-    Its name, whether it is optional, its default and its enum values follow from the
-    flag, and so does its type unless `type` names one (and a boolean's regex); the rest
-    is said here.
+    Its name, help text, whether it is optional, its default and its enum values follow
+    from the flag, and so does its type unless `type` names one (and a boolean's regex);
+    the rest is said here.
     """
 
     label: str
-    help: str  # ends with "For example, VALUE": the tests launch with that value
     group: str  # the form's section (groupName)
+    example: str  # the help text ends with "For example, EXAMPLE": the tests launch with it
     regexes: tuple[str, ...] = ()
     type: str = ""  # paramType where the flag's own type does not tell it
     enum: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # value: label, description
@@ -72,20 +133,33 @@ class Form:
 
 @dataclass(frozen=True)
 class Option:
-    """One flag: how it is read, its --help text, its docs row and its form field.
+    """One flag: how it is read, the values it takes, its one text and its form field.
+
+    `help` is the flag's one text, written for all three of its readers: --help prints it
+    without Markdown and with its default, docs/options.md as it is, and the Console form
+    with each `--flag value` spelled as the form sets it (describe.py). So it is plain
+    text with `code` in backticks, and names other flags as `--flag`.
 
     A bool default makes a boolean flag (true/false/1/0/yes/no; alone, it means true);
-    default None makes a required one. choices are checked by options.validate, so
-    that a wrong value is a UsageError like every other.
+    default None makes a required one, and `required` says what it takes. choices,
+    limits and matches are checked by options.validate (through `refusal`), so that a
+    wrong value is a UsageError like every other.
     """
 
     name: str
-    help: str  # for --help
-    summary: str  # for docs/options.md (Markdown)
+    help: str
     form: Form
     default: str | int | float | bool | None = None
     type: Callable[[str], object] | None = None
     choices: tuple[str, ...] = ()
+    limits: Limits | None = None
+    matches: Matches | None = None
+    required: str = ""  # what a required flag takes, said when it is missing
+    see: See | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.required) != (self.default is None):
+            raise ValueError(f"{self.flag}: a flag has a default or says what it requires")
 
     @property
     def flag(self) -> str:
@@ -95,6 +169,34 @@ class Option:
     def boolean(self) -> bool:
         return isinstance(self.default, bool)
 
+    @property
+    def plain(self) -> str:
+        """The one text without its Markdown."""
+        return self.help.replace("`", "")
+
+    def refusal(self, value: Any) -> str | None:
+        """Why the flag does not take value, as the UsageError says it; None if it does."""
+        if self.required and not value:
+            return f"{self.flag} is required: {self.required}"
+        if self.choices and value not in self.choices:
+            return f"{self.flag}: {value!r} is not one of {', '.join(self.choices)}"
+        if self.limits and not self.limits.holds(value):
+            return f"{self.flag} must be {self.limits.described()}, got {value}"
+        matches = self.matches
+        if matches and value and not re.fullmatch(matches.regex, str(value)):
+            return f"{self.flag} {value!r} {matches.refusal}"
+        return None
+
+    def help_line(self) -> str:
+        """What --help prints: the text, where the docs say more, and the default."""
+        text = self.plain.replace("%", "%%")  # argparse formats help with %
+        if self.see:
+            text += f" See {self.see.where}."
+        if self.default is None:
+            return f"{text} Required."
+        shown = "none" if self.default == "" else "%(default)s"
+        return f"{text} (default: {shown})"
+
     def argparse_kwargs(self) -> dict:
         """What ArgumentParser.add_argument takes for this flag, besides its name."""
         if self.boolean:
@@ -103,9 +205,9 @@ class Option:
                 "nargs": "?",
                 "const": True,
                 "default": self.default,
-                "help": self.help,
+                "help": self.help_line(),
             }
-        kwargs: dict = {"help": self.help}
+        kwargs: dict = {"help": self.help_line()}
         if self.default is not None:
             kwargs["default"] = self.default
         if self.type is not None:
@@ -128,16 +230,15 @@ INPUT = Group(
     (
         Option(
             "input",
-            help="CSV or text file of image URIs (local path or gs://), or a glob of images "
-            "such as gs://bucket/photos/**.jpg. Required.",
-            summary="CSV or text file of image URIs, or a glob of images "
-            "(see [Input](input.md#input))",
+            required="a CSV of image URIs or a glob of images",
+            help="A CSV or text file of image URIs, local paths or `gs://` (in a CSV with a "
+            "header column named `uri`, that column; otherwise the first), or a glob of "
+            "images such as `gs://bucket/photos/**.jpg`.",
+            see=See("Input", "input.md#input"),
             form=Form(
                 "Image list or pattern",
-                "A CSV or text file of image URIs in Cloud Storage (a header column named uri, "
-                "or the first column), or a glob of images. For example, "
-                "gs://my-bucket/lists/photos.csv or gs://my-bucket/photos/**.jpg",
                 "Input and output",
+                "gs://my-bucket/lists/photos.csv or gs://my-bucket/photos/**.jpg",
                 ("^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+$",),
             ),
         ),
@@ -145,14 +246,13 @@ INPUT = Group(
             "resize",
             default="squash",
             choices=RESIZE_POLICIES,
-            help="squash: stretch the whole image to the model's input size; center_crop: "
-            "keep the aspect ratio and crop the largest centred square. (default: %(default)s)",
-            summary="`squash` or `center_crop` (see [Decoding](input.md#decoding))",
+            help="`squash` stretches the whole image to the model's input size; "
+            "`center_crop` keeps the aspect ratio and crops the largest centred square.",
+            see=See("Decoding", "input.md#decoding"),
             form=Form(
                 "Resize policy",
-                "squash stretches the whole image to the model's input size; center_crop keeps "
-                "the aspect ratio and crops the largest centred square. For example, squash",
                 "Images",
+                "squash",
                 enum={
                     "squash": ("Squash", "Stretch the whole image"),
                     "center_crop": ("Centre crop", "Keep the aspect ratio, crop the centre"),
@@ -162,46 +262,29 @@ INPUT = Group(
         Option(
             "jpeg_draft",
             default=True,
-            help="Let the JPEG decoder scale large images down by 2, 4 or 8 while decoding "
-            "(much faster; see docs/input.md for the tolerance). (default: %(default)s)",
-            summary="let the JPEG decoder downscale while decoding "
-            "(see [Decoding](input.md#decoding))",
-            form=Form(
-                "Fast JPEG decoding",
-                "Let the JPEG decoder downscale large images while decoding (about 4x faster; "
-                "mean difference under 0.5 grey levels). For example, true",
-                "Images",
-            ),
+            help="Let the JPEG decoder scale large images down by 2, 4 or 8 while decoding: "
+            "about 4x faster, with a mean difference under 0.5 grey levels.",
+            see=See("Decoding", "input.md#decoding"),
+            form=Form("Fast JPEG decoding", "Images", "true"),
         ),
         Option(
             "max_image_pixels",
             type=int,
             default=DEFAULT_MAX_IMAGE_PIXELS,
-            help="Images with more pixels go to the dead letter as decompression bombs. "
-            "(default: %(default)s)",
-            summary="larger images are refused as decompression bombs",
-            form=Form(
-                "Pixel limit",
-                "Images with more pixels are refused as decompression bombs and listed in the "
-                "dead letter. For example, 100000000",
-                "Images",
-                (_NATURAL,),
-            ),
+            limits=POSITIVE,
+            help="Images with more pixels are refused as decompression bombs and listed in "
+            "the dead letter.",
+            form=Form("Pixel limit", "Images", "100000000", (_POSITIVE,)),
         ),
         Option(
             "max_image_bytes",
             type=int,
             default=DEFAULT_MAX_IMAGE_BYTES,
-            help="Image files larger than this many bytes go to the dead letter unread "
-            "(ImageTooLargeError). (default: %(default)s)",
-            summary="larger files (64 MiB) are refused unread (see [Decoding](input.md#decoding))",
-            form=Form(
-                "File size limit",
-                "Image files larger than this many bytes are not read and are listed in the "
-                "dead letter. For example, 67108864",
-                "Images",
-                (_NATURAL,),
-            ),
+            limits=POSITIVE,
+            help="Image files larger than this many bytes (64 MiB by default) are not read, "
+            "and are listed in the dead letter as `ImageTooLargeError`.",
+            see=See("Decoding", "input.md#decoding"),
+            form=Form("File size limit", "Images", "67108864", (_POSITIVE,)),
         ),
     ),
 )
@@ -214,15 +297,14 @@ MODEL = Group(
             "model",
             default="resnet50",
             choices=tuple(BACKBONES),
-            help=f"The model: {', '.join(BACKBONES)} (keras.applications ImageNet "
-            "classifiers; keras-hub CLIP, SigLIP 2 and DINOv2 presets, by their preset "
-            "names). (default: %(default)s)",
-            summary=", ".join(f"`{name}`" for name in BACKBONES) + " (see [Models](models.md))",
+            help=f"The model: {', '.join(f'`{name}`' for name in BACKBONES)} "
+            "(keras.applications ImageNet classifiers; keras-hub CLIP, SigLIP 2 and DINOv2 "
+            "presets, by their preset names).",
+            see=See("Models", "models.md#models"),
             form=Form(
                 "Model",
-                "The model: a keras.applications backbone, or a keras-hub CLIP, SigLIP 2 or "
-                "DINOv2 preset. For example, resnet50 or clip_vit_base_patch16",
                 "Model",
+                "resnet50 or clip_vit_base_patch16",
                 enum={
                     name: (backbone.class_name, f"{backbone.embedding_size} features")
                     for name, backbone in BACKBONES.items()
@@ -232,21 +314,17 @@ MODEL = Group(
         Option(
             "weights",
             default="pretrained",
-            help="pretrained (the model's published weights, downloaded and cached; "
-            "imagenet is the same for the keras.applications models), random (seeded, "
-            "untrained: smoke tests only), a Keras weights file (keras.applications) or a "
-            "keras-hub preset folder (CLIP, SigLIP 2, DINOv2), local or gs://. "
-            "(default: %(default)s)",
-            summary="`pretrained` (`imagenet`), `random`, a Keras weights file or a keras-hub "
-            "preset folder (local or `gs://`)",
+            help="`pretrained` (the model's published weights: downloaded and cached, or "
+            "built into the container image for `resnet50` and the models of its `PRESETS` "
+            "build argument; `imagenet` is the same for the keras.applications models), "
+            "`random` (seeded, untrained: smoke tests only), a Keras weights file saved from "
+            "the same keras.applications model without its top, or a keras-hub preset folder "
+            "(CLIP, SigLIP 2, DINOv2), local or `gs://`.",
+            see=See("Weights", "models.md#weights"),
             form=Form(
                 "Weights",
-                "pretrained (built into the container image for resnet50 and the models of "
-                "its PRESETS build argument), random (untrained, smoke tests only), a Keras "
-                "weights file in Cloud Storage saved from the same keras.applications model "
-                "without its top, or a keras-hub preset folder in Cloud Storage. For "
-                "example, gs://my-bucket/models/resnet50_notop.weights.h5",
                 "Model",
+                "gs://my-bucket/models/resnet50_notop.weights.h5",
                 (r"^(pretrained|imagenet|random|gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+)$",),
             ),
         ),
@@ -254,30 +332,21 @@ MODEL = Group(
             "seed",
             type=int,
             default=0,
-            help="Seed for --weights random, the --map report's sample and the similarity "
-            "search's cells. (default: %(default)s)",
-            summary="seed for `--weights random`, the report's sample and the similarity "
-            "search's cells",
-            form=Form(
-                "Random weights seed",
-                "Seed for weights=random, the map report's sample and the similarity search's "
-                "cells. For example, 0",
-                "Model",
-                (_NATURAL,),
-            ),
+            help="Seed for `--weights random`, the `--map` report's sample and the "
+            "similarity search's cells.",
+            form=Form("Random weights seed", "Model", "0", (_NATURAL,)),
         ),
         Option(
             "pooling",
             default="avg",
             choices=POOLINGS,
-            help=f"One of {', '.join(POOLINGS)}: global average or max pooling of the last "
-            "feature map, or none for the whole map. (default: %(default)s)",
-            summary="`avg` or `max` (one vector per image), `none` (the whole last feature map)",
+            help="How the last feature map becomes the embedding: `avg` or `max` (global "
+            "average or max pooling) give one vector per image; `none` keeps the whole map "
+            "(7x7x2048 for ResNet50).",
             form=Form(
                 "Pooling",
-                "How the last feature map becomes the embedding: avg or max give one vector per "
-                "image; none keeps the whole map (7x7x2048 for ResNet50). For example, avg",
                 "Model",
+                "avg",
                 enum={
                     "avg": ("Average", "Global average pooling"),
                     "max": ("Maximum", "Global max pooling"),
@@ -288,7 +357,7 @@ MODEL = Group(
     ),
 )
 
-_TEXT_MODELS = ", ".join(name for name, line in BACKBONES.items() if line.text_tower)
+_TEXT_MODELS = ", ".join(f"`{name}`" for name, line in BACKBONES.items() if line.text_tower)
 
 ENGINE = Group(
     "Engine",
@@ -298,17 +367,15 @@ ENGINE = Group(
             "engine",
             default="auto",
             choices=ENGINES,
-            help="auto: TensorFlow where the worker sees a GPU, otherwise OpenVINO on the CPU "
-            "(falling back to TensorFlow, logged and counted, where OpenVINO cannot convert "
-            "the model); tensorflow; openvino (the same Keras model converted by OpenVINO, "
-            "an error if it cannot run). (default: %(default)s)",
-            summary="`auto`, `tensorflow` or `openvino` (see [Engine](engine.md))",
+            help="`auto`: TensorFlow where the worker sees a GPU, otherwise OpenVINO on the "
+            "CPU (falling back to TensorFlow, logged and counted, where OpenVINO cannot "
+            "convert the model); `tensorflow`: the Keras model as it is; `openvino`: the same "
+            "Keras model converted by OpenVINO, failing the job if it cannot run.",
+            see=See("Engine", "engine.md"),
             form=Form(
                 "Engine",
-                "auto runs TensorFlow on a worker with a GPU and OpenVINO on the CPU "
-                "otherwise; openvino converts the same Keras model with OpenVINO and fails "
-                "the job if it cannot. For example, auto",
                 "Performance",
+                "auto",
                 enum={
                     "auto": ("Automatic", "TensorFlow with a GPU, OpenVINO on the CPU"),
                     "tensorflow": ("TensorFlow", "The Keras model as it is"),
@@ -320,23 +387,20 @@ ENGINE = Group(
             "precision",
             default="auto",
             choices=PRECISIONS,
-            help="auto: bfloat16 on OpenVINO where the CPU computes it natively (AVX512_BF16 "
-            "or AMX), mixed float16 on TensorFlow with a GPU of compute capability 7.0 or more, "
-            "float32 elsewhere; float32; bfloat16 (OpenVINO only; about 3x faster "
-            "on such CPUs, cosine to float32 above 0.999); int8 (OpenVINO only, never chosen "
-            f"by auto: the model quantised by NNCF on the input's first {CALIBRATION_IMAGES} "
-            "images, 1.5-1.8x bfloat16's speed, recall@10 against float32 about 0.95). "
-            "--skip_existing refuses to mix runs asked for different precisions, or int8 runs "
-            "calibrated on other images. (default: %(default)s)",
-            summary="`auto`, `float32`, `bfloat16` or `int8` (OpenVINO; see [Engine](engine.md))",
+            help="`auto`: bfloat16 on OpenVINO where the worker's CPU computes it natively "
+            "(AVX512_BF16 or AMX), mixed float16 on TensorFlow with a GPU of compute "
+            "capability 7.0 or more (tensor cores), float32 elsewhere; `float32`; `bfloat16` "
+            "(OpenVINO only; about 3x faster on such CPUs, cosine to float32 above 0.999); "
+            "`int8` (OpenVINO only, never chosen by auto: the model quantised by NNCF on the "
+            f"input's first {CALIBRATION_IMAGES} images in each worker process, 1.5-1.8x "
+            "bfloat16's speed, recall@10 against float32 about 0.95). bfloat16 and int8 need "
+            "`--engine openvino` or `auto`. `--skip_existing` refuses to mix runs asked for "
+            "different precisions, or int8 runs calibrated on other images.",
+            see=See("Engine", "engine.md"),
             form=Form(
                 "Precision",
-                "auto computes in bfloat16 with OpenVINO where the worker's CPU supports it "
-                "natively (AVX512_BF16 or AMX), in mixed float16 on a GPU with tensor cores and in "
-                "float32 elsewhere; bfloat16 and int8 need the openvino or auto engine; int8 "
-                f"quantises the model on the input's first {CALIBRATION_IMAGES} images in each "
-                "worker process. For example, auto",
                 "Performance",
+                "auto",
                 enum={
                     "auto": ("Automatic", "bfloat16 or float16 where the hardware computes it"),
                     "float32": ("float32", "Full precision on every engine"),
@@ -356,35 +420,24 @@ LABELS = Group(
             "zero_shot_labels",
             default="",
             help="Zero-shot labels: a comma-separated list, or a text file of one label per "
-            f"line (local or gs://; a path ending in .txt, or an existing file), at most "
-            f"{MAX_LABELS:,}. Each image gets its best label and score and its best "
-            f"{TOP_LABELS} in every output. Needs a model with a text tower ({_TEXT_MODELS}) "
-            "and its vocabulary (not --weights random). (default: none)",
-            summary="zero-shot labels, a comma-separated list or a file of one per line "
-            "(local or `gs://`), for CLIP and SigLIP 2 (see [Labels](labels.md))",
+            "line (local or `gs://`; a path ending in `.txt`, or an existing file), at most "
+            f"{MAX_LABELS:,}. Each image gets its most similar label, its score and its best "
+            f"{TOP_LABELS} in every output. Needs a model with a text tower, CLIP or SigLIP 2 "
+            f"({_TEXT_MODELS}), and its vocabulary (not `--weights random`).",
+            see=See("Labels", "labels.md"),
             form=Form(
                 "Zero-shot labels",
-                f"A text file in Cloud Storage of one label per line (at most {MAX_LABELS:,}), "
-                "or a comma-separated list; each image gets its most similar label, its "
-                f"score and its best {TOP_LABELS} in every output. Needs a CLIP or SigLIP 2 "
-                "model. For example, gs://my-bucket/labels/products.txt",
                 "Labels",
+                "gs://my-bucket/labels/products.txt",
                 (r"^.*[^,\s].*$",),
             ),
         ),
         Option(
             "label_template",
             default=DEFAULT_TEMPLATE,
-            help="The text each label is embedded as, {} standing for the label. "
-            "(default: %(default)s)",
-            summary="the text each label is embedded as, `{}` for the label",
-            form=Form(
-                "Label template",
-                "The text each label is embedded as, {} standing for the label (the default, "
-                f"{DEFAULT_TEMPLATE}, is CLIP's own prompt). For example, {{}}",
-                "Labels",
-                (r"^.*\{\}.*$",),
-            ),
+            help="The text each label is embedded as, `{}` standing for the label (the "
+            "default is CLIP's own prompt).",
+            form=Form("Label template", "Labels", "{}", (r"^.*\{\}.*$",)),
         ),
     ),
 )
@@ -395,13 +448,14 @@ OUTPUTS = Group(
     (
         Option(
             "output",
-            help="Directory or gs:// prefix for embeddings, dead letter and summary. Required.",
-            summary="local directory or `gs://` prefix for every output",
+            required="a directory or gs:// prefix",
+            help="Local directory or `gs://` prefix for the embeddings, the dead letter, "
+            "`summary.json` and every other output.",
+            see=See("Outputs", "outputs.md"),
             form=Form(
                 "Output prefix",
-                "Cloud Storage folder for embeddings, the dead letter and summary.json. For "
-                "example, gs://my-bucket/embeddings/2026-11-24",
                 "Input and output",
+                "gs://my-bucket/embeddings/2026-11-24",
                 (_GCS_FOLDER,),
                 type="GCS_WRITE_FOLDER",
             ),
@@ -410,13 +464,13 @@ OUTPUTS = Group(
             "output_format",
             default="parquet",
             choices=OUTPUT_FORMATS,
-            help=f"One of {', '.join(OUTPUT_FORMATS)}. (default: %(default)s)",
-            summary="`parquet` or `npy`",
+            help="`parquet`: sharded Parquet files with `uri`, `embedding`, `width` and "
+            "`height` columns; `npy`: one `.npy` file per image plus an index CSV.",
+            see=See("Files and formats", "outputs.md#files-and-formats"),
             form=Form(
                 "Output format",
-                "parquet: sharded Parquet files with uri, embedding, width and height columns; "
-                "npy: one .npy file per image plus an index CSV. For example, parquet",
                 "Input and output",
+                "parquet",
                 enum={
                     "parquet": ("Parquet", "Sharded Parquet files"),
                     "npy": ("NumPy .npy", "One .npy per image, with an index CSV"),
@@ -427,30 +481,18 @@ OUTPUTS = Group(
             "num_shards",
             type=int,
             default=0,
-            help="Number of Parquet / index files; 0 lets the runner decide. "
-            "(default: %(default)s)",
-            summary="number of Parquet / index files; `0` lets the runner decide",
-            form=Form(
-                "Output shards",
-                "Number of Parquet or index files; 0 lets Dataflow decide. For example, 0",
-                "Input and output",
-                (_NATURAL,),
-            ),
+            limits=Limits(0, low_means="runner decides"),
+            help="Number of Parquet or index files; `0` lets the runner (Dataflow) decide.",
+            form=Form("Output shards", "Input and output", "0", (_NATURAL,)),
         ),
         Option(
             "skip_existing",
             default=False,
-            help="Skip images whose embeddings are already under --output (from the Parquet "
-            "uri column or the .npy index) and add to them instead of replacing them. "
-            "(default: %(default)s)",
-            summary="skip images already embedded under `--output`, add the rest (see "
-            "[Incremental runs](outputs.md#incremental-runs))",
-            form=Form(
-                "Skip images already embedded",
-                "Skip images whose embeddings are already under the output prefix and add the "
-                "new ones beside them, for scheduled runs over a growing list. For example, true",
-                "Input and output",
-            ),
+            help="Skip images whose embeddings are already under the output (from the "
+            "Parquet `uri` column or the `.npy` index) and add the new ones beside them "
+            "instead of replacing them: for scheduled runs over a growing list.",
+            see=See("Incremental runs", "outputs.md#incremental-runs"),
+            form=Form("Skip images already embedded", "Input and output", "true"),
         ),
     ),
 )
@@ -462,34 +504,21 @@ REPORT = Group(
         Option(
             "map",
             default=False,
-            help="Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
-            "map.png and report.html (a self-contained page of image thumbnails). "
-            "(default: %(default)s)",
-            summary="also write 2-D coordinates, `map.png` and `report.html` "
-            "(see [Map and report](report.md))",
-            form=Form(
-                "Map and report",
-                "Also project the embeddings to 2-D by PCA and write map-coordinates-*.csv, "
-                "map.png and report.html (thumbnails you can zoom, pan and hover, plus the run "
-                "summary) under the output prefix. For example, true",
-                "Map",
-            ),
+            help="Also project the embeddings to 2-D by PCA and write "
+            "`map-coordinates-*.csv`, `map.png` and `report.html` (a self-contained page of "
+            "image thumbnails you can zoom, pan and hover, beside the run summary).",
+            see=See("Map and report", "report.md"),
+            form=Form("Map and report", "Map", "true"),
         ),
         Option(
             "map_sample_size",
             type=int,
             default=5000,
-            help="Most points map.png and report.html draw; larger runs show a seeded sample, "
-            "while the coordinates file holds every image. (default: %(default)s)",
-            summary="most points `map.png` and `report.html` draw; the coordinates hold every "
-            "image",
-            form=Form(
-                "Points drawn in the map and report",
-                "Most points map.png and report.html draw; larger runs show a seeded sample "
-                "while the coordinates file holds every image. For example, 5000",
-                "Map",
-                ("^[1-9][0-9]*$",),
-            ),
+            limits=Limits(1),
+            help="Most points `map.png` and `report.html` draw; larger runs show a seeded "
+            "sample, while the coordinates file holds every image.",
+            see=See("The sample", "report.md#the-sample"),
+            form=Form("Points drawn in the map and report", "Map", "5000", (_POSITIVE,)),
         ),
     ),
 )
@@ -502,17 +531,15 @@ SIMILARITY = Group(
             "neighbors",
             type=int,
             default=0,
-            help=f"Find every image's K most similar other images (cosine similarity of the "
-            f"mean-centred embeddings, all images under --output) and write "
-            f"neighbors-*.parquet; 0 for none, at most {MAX_NEIGHBORS}. (default: %(default)s)",
-            summary=f"write every image's K most similar images, at most {MAX_NEIGHBORS} "
-            "(see [Similarity](similarity.md))",
+            limits=Limits(0, MAX_NEIGHBORS, low_means="none"),
+            help="Find every image's K most similar other images (cosine similarity of the "
+            "mean-centred embeddings, over every image under the output) and write "
+            f"`neighbors-*.parquet`; `0` for none, at most {MAX_NEIGHBORS}.",
+            see=See("Similarity", "similarity.md"),
             form=Form(
                 "Nearest neighbours per image",
-                "Find every image's K most similar other images (cosine similarity of the "
-                "mean-centred embeddings, over every image under the output) and write "
-                f"neighbors-*.parquet; 0 for none, at most {MAX_NEIGHBORS}. For example, 10",
                 "Similarity",
+                "10",
                 ("^([0-9]|[1-9][0-9]|100)$",),
             ),
         ),
@@ -520,49 +547,32 @@ SIMILARITY = Group(
             "duplicate_threshold",
             type=float,
             default=0,
-            help="Group images joined by similarities >= this value (for example 0.95) into "
-            "near-duplicate groups in duplicates-*.csv; 0 for none. (default: %(default)s)",
-            summary="write near-duplicate groups of images joined by similarities >= this "
-            "(see [Similarity](similarity.md))",
-            form=Form(
-                "Near-duplicate threshold",
-                "Group images joined by similarities at or above this value into near-duplicate "
-                "groups in duplicates-*.csv; 0 for none. For example, 0.95",
-                "Similarity",
-                (_FRACTION,),
-            ),
+            limits=Limits(0, 1, low_means="none", high_means="a cosine similarity"),
+            help="Group images joined by similarities at or above this value (such as 0.95) "
+            "into near-duplicate groups in `duplicates-*.csv`; `0` for none.",
+            see=See("Similarity", "similarity.md"),
+            form=Form("Near-duplicate threshold", "Similarity", "0.95", (_FRACTION,)),
         ),
         Option(
             "similarity_cell_size",
             type=int,
             default=DEFAULT_CELL_SIZE,
-            help="Images per cell of the partitioned search for --neighbors and "
-            "--duplicate_threshold; up to this many images the search is exact. Larger: "
-            "better recall, slower. (default: %(default)s)",
-            summary="images per cell of the partitioned search; exact search up to this many "
-            "images",
-            form=Form(
-                "Images per search cell",
-                "Images per cell of the partitioned search; up to this many images the search "
-                "is exact. Larger: better recall, slower. For example, 200",
-                "Similarity",
-                ("^([2-9]|[1-9][0-9]+)$",),
-            ),
+            limits=Limits(2),
+            help="Images per cell of the partitioned search for `--neighbors` and "
+            "`--duplicate_threshold`; up to this many images the search is exact. Larger: "
+            "better recall, slower.",
+            see=See("Recall and time", "similarity.md#recall-and-time"),
+            form=Form("Images per search cell", "Similarity", "200", ("^([2-9]|[1-9][0-9]+)$",)),
         ),
         Option(
             "similarity_cells_per_image",
             type=int,
             default=DEFAULT_CELLS_PER_IMAGE,
+            limits=Limits(1, MAX_CELLS_PER_IMAGE),
             help="How many of its most similar cells each image joins. More: better "
-            "recall, slower (time grows as its square). (default: %(default)s)",
-            summary="cells each image joins; more: better recall, slower",
-            form=Form(
-                "Cells each image joins",
-                "How many of its most similar cells each image joins. More: better recall, "
-                "slower (time grows as its square). For example, 3",
-                "Similarity",
-                ("^([1-9]|1[0-6])$",),
-            ),
+            "recall, slower (time grows as its square).",
+            see=See("Recall and time", "similarity.md#recall-and-time"),
+            form=Form("Cells each image joins", "Similarity", "3", ("^([1-9]|1[0-6])$",)),
         ),
     ),
 )
@@ -574,35 +584,24 @@ DESTINATIONS = Group(
         Option(
             "keep_columns",
             default="",
-            help="Comma-separated columns of the input CSV's header to keep with each image, "
-            "as string columns of the Parquet output and the .npy index, BigQuery columns "
-            "and Vector Search restricts. (default: none)",
-            summary="comma-separated CSV columns to carry into every output "
-            "(see [Destinations](destinations.md))",
-            form=Form(
-                "Input columns to keep",
-                "Comma-separated columns of the input CSV's header to keep with each image: "
-                "string columns in the Parquet output, the .npy index and BigQuery, and "
-                "restricts in the Vector Search files. The input must be a CSV with a header. "
-                "For example, label,sku",
-                "Destinations",
-                ("^[^,]+(,[^,]+)*$",),
-            ),
+            help="Comma-separated columns of the input CSV's header to keep with each image: "
+            "string columns in the Parquet output, the `.npy` index and BigQuery, and "
+            "restricts in the Vector Search files. The input must be a CSV with a header.",
+            see=See("Your columns", "destinations.md#your-columns"),
+            form=Form("Input columns to keep", "Destinations", "label,sku", ("^[^,]+(,[^,]+)*$",)),
         ),
         Option(
             "vector_search_output",
             default="",
-            help="A folder (gs:// or local) to write this run's embeddings to as Vertex AI "
-            "Vector Search input: vectors-*.json, with the kept columns as restricts. "
-            "(default: none)",
-            summary="a folder (`gs://` or local) for Vertex AI Vector Search input files",
+            help="A folder of its own (`gs://` or local, like the output) to "
+            "write this run's embeddings to as Vertex AI Vector Search input: "
+            "`vectors-*.json`, with the kept columns as restricts, ready for "
+            "`gcloud ai indexes create` or `update`.",
+            see=See("Vertex AI Vector Search", "destinations.md#vertex-ai-vector-search"),
             form=Form(
                 "Vector Search input folder",
-                "A Cloud Storage folder of its own to write this run's embeddings to as Vertex "
-                "AI Vector Search input (vectors-*.json; the kept columns as restricts), ready "
-                "for gcloud ai indexes create or update. For example, "
-                "gs://my-bucket/vector-search/products",
                 "Destinations",
+                "gs://my-bucket/vector-search/products",
                 (_GCS_FOLDER,),
                 type="GCS_WRITE_FOLDER",
             ),
@@ -610,32 +609,22 @@ DESTINATIONS = Group(
         Option(
             "vector_search_crowding_column",
             default="",
-            help="A kept column whose value becomes each datapoint's crowding_tag in "
-            "--vector_search_output. (default: none)",
-            summary="a kept column whose value is each datapoint's `crowding_tag`",
-            form=Form(
-                "Vector Search crowding column",
-                "One of the kept columns whose value becomes each datapoint's crowding_tag. "
-                "For example, sku",
-                "Destinations",
-                ("^[^,]+$",),
-            ),
+            help="One of the kept columns, whose value becomes each datapoint's "
+            "`crowding_tag` in `--vector_search_output`.",
+            form=Form("Vector Search crowding column", "Destinations", "sku", ("^[^,]+$",)),
         ),
         Option(
             "bigquery_table",
             default="",
-            help="PROJECT.DATASET.TABLE to load the Parquet embeddings into with a load job "
-            "once they are written (created if missing; a re-run replaces its rows, "
-            "--skip_existing appends). Needs a gs:// --output. (default: none)",
-            summary="`PROJECT.DATASET.TABLE` to load the embeddings into (a load job; needs a "
-            "`gs://` output)",
+            help="`PROJECT.DATASET.TABLE` to load the Parquet embeddings into with one load "
+            "job once they are written (created if missing; a re-run replaces its rows, "
+            "`--skip_existing` appends). The dataset must exist, and the output must be on "
+            "`gs://`.",
+            see=See("BigQuery", "destinations.md#bigquery"),
             form=Form(
                 "BigQuery table",
-                "PROJECT.DATASET.TABLE to load the Parquet embeddings into with one load job "
-                "once they are written; created if missing, replaced on a re-run, appended to "
-                "with skip_existing. The dataset must exist. For example, "
-                "my-project.images.embeddings",
                 "Destinations",
+                "my-project.images.embeddings",
                 (r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]*[a-z0-9]\.[A-Za-z0-9_]+\.[^.`]+$",),
             ),
         ),
@@ -643,14 +632,8 @@ DESTINATIONS = Group(
             "bigquery_vector_index",
             default=False,
             help="Also create an IVF vector index (cosine distance) on the table's embedding "
-            "column once the table is large enough for one. (default: %(default)s)",
-            summary="also create an IVF, cosine vector index on the table once it holds 10 MB",
-            form=Form(
-                "BigQuery vector index",
-                "Also create an IVF vector index (cosine distance) on the table's embedding "
-                "column once the table holds the 10 MB BigQuery needs for one. For example, true",
-                "Destinations",
-            ),
+            "column once the table holds the 10 MB BigQuery needs for one.",
+            form=Form("BigQuery vector index", "Destinations", "true"),
         ),
     ),
 )
@@ -663,57 +646,41 @@ RUN = Group(
             "min_batch_size",
             type=int,
             default=8,
-            help="Smallest batch sent to the model. (default: %(default)s)",
-            summary="smallest batch given to the model",
-            form=Form(
-                "Minimum batch size",
-                "Smallest batch given to the model. For example, 8",
-                "Performance",
-                (_NATURAL,),
-            ),
+            help="Smallest batch given to the model.",
+            form=Form("Minimum batch size", "Performance", "8", (_NATURAL,)),
         ),
         Option(
             "max_batch_size",
             type=int,
             default=32,
-            help="Largest batch sent to the model. (default: %(default)s)",
-            summary="largest batch given to the model",
-            form=Form(
-                "Maximum batch size",
-                "Largest batch given to the model. For example, 32",
-                "Performance",
-                (_NATURAL,),
-            ),
+            help="Largest batch given to the model.",
+            form=Form("Maximum batch size", "Performance", "32", (_NATURAL,)),
         ),
         Option(
             "max_failure_fraction",
             type=float,
             default=0.05,
-            help="The run fails when more than this fraction of unique URIs could not be "
-            "embedded. (default: %(default)s)",
-            summary="the run fails when more of its inputs than this fail",
-            form=Form(
-                "Failure budget",
-                "The job fails when more than this fraction of its inputs cannot be embedded. "
-                "For example, 0.05",
-                "Input and output",
-                (_FRACTION,),
-            ),
+            limits=Limits(0, 1),
+            help="The run fails when more than this fraction of its unique URIs cannot be "
+            "embedded.",
+            see=See("Failures and the summary", "outputs.md#failures-and-the-summary"),
+            form=Form("Failure budget", "Input and output", "0.05", (_FRACTION,)),
         ),
         Option(
             "break_lease",
             default="",
-            help="The run id of a run that holds --output's lease (_lease.json) but is no "
-            "longer running, such as a cancelled job; this run breaks that run's lease, and "
-            "no other. (default: none)",
-            summary="break the lease of this run id, a run that no longer runs (see "
-            "[One run per output](publishing.md#one-run-per-output))",
+            matches=Matches(
+                RUN_ID_PATTERN,
+                "is not a run id such as 20261124T011106-3fa2c1; give the run id the refusal named",
+            ),
+            help="The run id of a run that holds the output's lease (`_lease.json`) but no "
+            "longer runs, such as a cancelled job, as a refused launch names it; this run "
+            "breaks that run's lease, and no other.",
+            see=See("One run per output", "publishing.md#one-run-per-output"),
             form=Form(
                 "Break the lease of run",
-                "The run id of a run that holds the output's lease (_lease.json) but no longer "
-                "runs, such as a cancelled job, as a refused launch names it; this run breaks "
-                "that run's lease, and no other. For example, 20261124T011106-3fa2c1",
                 "Input and output",
+                "20261124T011106-3fa2c1",
                 ("^[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$",),
             ),
         ),
@@ -721,15 +688,14 @@ RUN = Group(
             "lease_stale_after_hours",
             type=float,
             default=LEASE_STALE_AFTER_HOURS,
-            help="Hours after its start when this run's lease counts as stale: a later run "
-            "then breaks it without --break_lease. (default: %(default)s)",
-            summary="hours after its start when this run's lease counts as stale (see "
-            "[One run per output](publishing.md#one-run-per-output))",
+            limits=POSITIVE,
+            help="Hours after its start when this run's lease on the output counts as stale, "
+            "so that a later run breaks it without `--break_lease`.",
+            see=See("One run per output", "publishing.md#one-run-per-output"),
             form=Form(
                 "Lease stale after (hours)",
-                "Hours after its start when this run's lease on the output counts as stale, so "
-                "that a later run breaks it without break_lease. For example, 48",
                 "Input and output",
+                "48",
                 (r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$",),
             ),
         ),
@@ -739,15 +705,21 @@ RUN = Group(
 GROUPS = (INPUT, MODEL, ENGINE, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
 OPTIONS = tuple(option for group in GROUPS for option in group.options)
 
-# Apache Beam's own flags that the Console form offers too, by flag name.
+
+@dataclass(frozen=True)
+class BeamField:
+    """An Apache Beam flag the Console form offers too: Beam's --help has its own text;
+    this is the form's (no `--flag` in backticks: it names Beam's flag as it is)."""
+
+    help: str
+    form: Form
+
+
 BEAM_FORM_FIELDS = {
-    "max_num_workers": Form(
-        "Maximum workers",
+    "max_num_workers": BeamField(
         "Upper limit of workers Dataflow may autoscale to (Beam's --max_num_workers). Set it "
         "here or as the launch's maxWorkers (gcloud --max-workers), never both: Dataflow "
-        "refuses a launch that sets both. For example, 50",
-        "Performance",
-        ("^[1-9][0-9]*$",),
-        type="NUMBER",
+        "refuses a launch that sets both.",
+        Form("Maximum workers", "Performance", "50", (_POSITIVE,), type="NUMBER"),
     ),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -23,7 +22,7 @@ from pipeline.options.flags import (
     RESIZE_POLICIES,
     parse_bool,
 )
-from pipeline.outputs import FORMATS, LABEL_COLUMNS, RUN_ID_PATTERN
+from pipeline.outputs import FORMATS, LABEL_COLUMNS
 
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
 
@@ -92,11 +91,6 @@ def kept_columns(opts: EmbeddingOptions) -> tuple[str, ...]:
     return tuple(name.strip() for name in opts.keep_columns.split(",")) if opts.keep_columns else ()
 
 
-def _require_choice(flag: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise UsageError(f"--{flag}: {value!r} is not one of {', '.join(choices)}")
-
-
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
     """Parses argv into Beam options, rejecting unknown flags and invalid values."""
     for argument in argv:
@@ -126,14 +120,13 @@ def _escaped(value: str) -> str:
 
 
 def validate(opts: EmbeddingOptions) -> None:
-    """Checks values that argparse cannot, with messages that say what to do."""
-    if not opts.input:
-        raise UsageError("--input is required: a CSV of image URIs or a glob of images")
-    if not opts.output:
-        raise UsageError("--output is required: a directory or gs:// prefix")
-    for option in OPTIONS:
-        if option.choices:
-            _require_choice(option.name, getattr(opts, option.name), option.choices)
+    """Checks values that argparse cannot, with messages that say what to do: each flag
+    against its declaration (flags.py), then the flags that only mean something together."""
+    # Every missing required flag first: nothing else means much without it.
+    for option in sorted(OPTIONS, key=lambda option: not option.required):
+        refusal = option.refusal(getattr(opts, option.name))
+        if refusal:
+            raise UsageError(refusal)
     _check_model_options(opts)
     _check_labels(opts)
     if opts.engine == "tensorflow" and opts.precision in ("bfloat16", "int8"):
@@ -146,55 +139,16 @@ def validate(opts: EmbeddingOptions) -> None:
             f"batch sizes must satisfy 1 <= --min_batch_size <= --max_batch_size, got "
             f"{opts.min_batch_size} and {opts.max_batch_size}"
         )
-    if not 0.0 <= opts.max_failure_fraction <= 1.0:
-        raise UsageError(
-            f"--max_failure_fraction must be between 0 and 1, got {opts.max_failure_fraction}"
-        )
-    if opts.max_image_pixels < 1:
-        raise UsageError(f"--max_image_pixels must be positive, got {opts.max_image_pixels}")
-    if opts.max_image_bytes < 1:
-        raise UsageError(f"--max_image_bytes must be positive, got {opts.max_image_bytes}")
     if opts.map and opts.pooling == "none":
         raise UsageError(
             "--map needs pooled embeddings: with --pooling none each embedding has a whole "
             "feature map (100352 values for resnet50), too many for PCA's covariance; "
             "use --pooling avg or max"
         )
-    if not 0 <= opts.neighbors <= MAX_NEIGHBORS:
-        raise UsageError(
-            f"--neighbors must be between 0 (none) and {MAX_NEIGHBORS}, got {opts.neighbors}"
-        )
-    if not 0.0 <= opts.duplicate_threshold <= 1.0:
-        raise UsageError(
-            "--duplicate_threshold must be between 0 (none) and 1 (a cosine similarity), "
-            f"got {opts.duplicate_threshold}"
-        )
     if (opts.neighbors or opts.duplicate_threshold) and opts.pooling == "none":
         raise UsageError(
             "--neighbors and --duplicate_threshold need pooled embeddings: use --pooling avg or max"
         )
-    if opts.similarity_cell_size < 2:
-        raise UsageError(
-            f"--similarity_cell_size must be at least 2, got {opts.similarity_cell_size}"
-        )
-    if not 1 <= opts.similarity_cells_per_image <= MAX_CELLS_PER_IMAGE:
-        raise UsageError(
-            f"--similarity_cells_per_image must be between 1 and {MAX_CELLS_PER_IMAGE}, "
-            f"got {opts.similarity_cells_per_image}"
-        )
-    if opts.map_sample_size < 1:
-        raise UsageError(f"--map_sample_size must be at least 1, got {opts.map_sample_size}")
-    if opts.break_lease and not re.fullmatch(RUN_ID_PATTERN, opts.break_lease):
-        raise UsageError(
-            f"--break_lease {opts.break_lease!r} is not a run id such as "
-            "20261124T011106-3fa2c1; give the run id the refusal named"
-        )
-    if not opts.lease_stale_after_hours > 0:
-        raise UsageError(
-            f"--lease_stale_after_hours must be positive, got {opts.lease_stale_after_hours}"
-        )
-    if opts.num_shards < 0:
-        raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {opts.num_shards}")
     _validate_destinations(opts)
 
 

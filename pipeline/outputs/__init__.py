@@ -10,10 +10,8 @@ from pipeline.outputs.current import (
 )
 from pipeline.outputs.formats import (
     FORMATS,
-    RUN_METADATA_KEYS,
     ReadEmbeddedUris,
     StoredBatch,
-    embedding_metadata,
 )
 from pipeline.outputs.journal import (
     STAGED_VECTORS,
@@ -62,7 +60,16 @@ from pipeline.outputs.naming import (
     spill_prefix,
 )
 from pipeline.outputs.optional import OptionalOutput, every_file_kind
+from pipeline.outputs.provenance import (
+    IN_NPY_METADATA,
+    IN_SHARDS,
+    IN_SUMMARY,
+    IN_TABLE,
+    Provenance,
+    named,
+)
 from pipeline.outputs.sinks import LABEL_COLUMNS, WriteFailures, WriteRunShards, parquet_schema
+from pipeline.outputs.target import RunTarget
 
 __all__ = [
     "COORDINATES",
@@ -72,6 +79,10 @@ __all__ = [
     "EMBEDDING_RUNS",
     "FAILURES",
     "FORMATS",
+    "IN_NPY_METADATA",
+    "IN_SHARDS",
+    "IN_SUMMARY",
+    "IN_TABLE",
     "JOURNAL",
     "LABEL_COLUMNS",
     "LEASE",
@@ -84,7 +95,6 @@ __all__ = [
     "REPORT_HTML",
     "RUNS",
     "RUN_ID_PATTERN",
-    "RUN_METADATA_KEYS",
     "SHARD_TEMPLATE",
     "STAGED_VECTORS",
     "SUMMARY",
@@ -94,7 +104,9 @@ __all__ = [
     "Journal",
     "JournalError",
     "OptionalOutput",
+    "Provenance",
     "ReadEmbeddedUris",
+    "RunTarget",
     "StoredBatch",
     "UnfinishedPublishError",
     "WriteFailures",
@@ -104,10 +116,10 @@ __all__ = [
     "current_runs",
     "datapoint_id",
     "delete_paths",
-    "embedding_metadata",
     "every_file_kind",
     "finish",
     "matching_files",
+    "named",
     "named_runs",
     "new_run_id",
     "of_runs",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import abc
 import io
-import json
 from contextlib import closing
 from typing import Any, NamedTuple
 
@@ -27,6 +26,7 @@ from pipeline.outputs.naming import (
     output_path,
     run_of_shard,
 )
+from pipeline.outputs.provenance import Provenance
 from pipeline.outputs.sinks import (
     NPY_INDEX_COLUMNS,
     PARQUET_COLUMNS,
@@ -34,27 +34,7 @@ from pipeline.outputs.sinks import (
     WriteParquet,
     parquet_schema,
 )
-
-# What makes embeddings comparable: runs that differ in any of these never share an output.
-# The precision is --precision as asked (bfloat16 and float32 embeddings differ in the
-# third decimal); the engine is not: OpenVINO float32 equals TensorFlow's to 1e-4. An int8
-# run also records its calibration sample's digest: a model quantised on other images has
-# other quantisation ranges. Runs of other precisions record none.
-RUN_METADATA_KEYS = (
-    "model", "weights", "pooling", "resize", "precision", "calibration", "embedding_shape",
-)  # fmt: skip
-
-
-def embedding_metadata(context: dict[str, Any]) -> dict[str, Any]:
-    """How a run embeds, from its context (plan.run_context): model, weights, pooling,
-    resize, precision (and for int8 calibration) as strings, embedding_shape as a list of
-    ints."""
-    made = {
-        key: str(context[key])
-        for key in RUN_METADATA_KEYS
-        if key != "embedding_shape" and key in context
-    }
-    return {**made, "embedding_shape": [int(size) for size in context["embedding_shape"]]}
+from pipeline.outputs.target import RunTarget
 
 
 class StoredBatch(NamedTuple):
@@ -74,18 +54,15 @@ class EmbeddingFormat(abc.ABC):
     @abc.abstractmethod
     def store(
         self,
-        output: str,
-        stage: str,
-        run_id: str,
-        shape: tuple[int, ...],
-        metadata: dict[str, str],
+        target: RunTarget,
+        provenance: Provenance,
         num_shards: int,
         keep_columns: tuple[str, ...],
         labelled: bool = False,
     ) -> beam.PTransform:
-        """(ImageKey, embedding) to stored files under stage (the run's folder), with the
-        label columns when labelled; outputs embedded (int), failed, files (the staged
-        record files' names) and stored (the (ImageKey, embedding)s they hold)."""
+        """(ImageKey, embedding) to stored files in the run's folder, with the label
+        columns when labelled; outputs embedded (int), failed, files (the staged record
+        files' names) and stored (the (ImageKey, embedding)s they hold)."""
 
     @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
@@ -100,9 +77,9 @@ class EmbeddingFormat(abc.ABC):
         """The columns one record file holds, kept ones included."""
 
     @abc.abstractmethod
-    def run_metadata(self, output: str, run_id: str, record_file: str) -> dict[str, Any]:
-        """How one run embedded what record_file holds, as embedding_metadata gives it, as
-        far as the files record it."""
+    def recorded(self, output: str, run_id: str, record_file: str) -> dict[str, Any]:
+        """What the files say of how one run made what record_file holds, as far as they
+        record it (Provenance.differences reads it)."""
 
     @abc.abstractmethod
     def read_uris(self) -> beam.PTransform:
@@ -144,11 +121,11 @@ class ParquetFormat(EmbeddingFormat):
         FileKind(LEGACY_EMBEDDINGS, ".parquet", kept_by_increments=True),
     )
 
-    def store(
-        self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False
-    ):
-        schema = parquet_schema(shape, metadata, keep_columns, labelled)
-        return WriteParquet(stage, run_id, schema, num_shards, keep_columns)
+    def store(self, target, provenance, num_shards, keep_columns, labelled=False):
+        schema = parquet_schema(
+            provenance.embedding_shape, provenance.shard_metadata(), keep_columns, labelled
+        )
+        return WriteParquet(target.stage, target.run_id, schema, num_shards, keep_columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{EMBEDDINGS}-*.parquet")
@@ -165,13 +142,10 @@ class ParquetFormat(EmbeddingFormat):
         with FileSystems.open(record_file) as handle:
             return pq.read_schema(handle).names
 
-    def run_metadata(self, output, run_id, record_file):
+    def recorded(self, output, run_id, record_file):
         with FileSystems.open(record_file) as handle:
             metadata = pq.read_schema(handle).metadata or {}
-        recorded = {key.decode(): value.decode() for key, value in metadata.items()}
-        if "embedding_shape" in recorded:
-            recorded["embedding_shape"] = json.loads(recorded["embedding_shape"])
-        return {key: recorded[key] for key in RUN_METADATA_KEYS if key in recorded}
+        return {key.decode(): value.decode() for key, value in metadata.items()}
 
     def read_uris(self):
         return beam.io.ReadAllFromParquet(columns=["uri"]) | "URI column" >> beam.Map(_uri_of_row)
@@ -204,10 +178,10 @@ class NpyFormat(EmbeddingFormat):
     columns = NPY_INDEX_COLUMNS
     file_kinds = (FileKind(NPY_INDEX, ".csv", kept_by_increments=True),)
 
-    def store(
-        self, output, stage, run_id, shape, metadata, num_shards, keep_columns, labelled=False
-    ):
-        return WriteNpy(output, stage, run_id, num_shards, keep_columns, labelled)
+    def store(self, target, provenance, num_shards, keep_columns, labelled=False):
+        return WriteNpy(
+            target.output, target.stage, target.run_id, num_shards, keep_columns, labelled
+        )
 
     def embedding_files(self, output):
         return output_path(output, f"{NPY_DIRECTORY}/*/*.npy")
@@ -219,7 +193,7 @@ class NpyFormat(EmbeddingFormat):
         with closing(csv_records(record_file)) as records:
             return next(records, [])
 
-    def run_metadata(self, output, run_id, record_file):
+    def recorded(self, output, run_id, record_file):
         # Runs of earlier versions wrote no metadata file; their summary.json said the same.
         for path in (
             output_path(output, f"{NPY_DIRECTORY}/{run_id}/{NPY_METADATA}"),
@@ -227,7 +201,7 @@ class NpyFormat(EmbeddingFormat):
         ):
             recorded = read_json(path)
             if recorded is not None:
-                return {key: recorded[key] for key in RUN_METADATA_KEYS if key in recorded}
+                return recorded
         return {}
 
     def read_uris(self):
@@ -248,13 +222,13 @@ FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFor
 
 class ReadEmbeddedUris(beam.PTransform):
     """URIs already embedded under the output: the record of work the earlier runs that
-    summary.json names did (runs); other runs' files there are not read."""
+    summary.json names did (target.earlier_runs); other runs' files there are not read."""
 
-    def __init__(self, output: str, output_format: str, runs: tuple[str, ...]):
+    def __init__(self, target: RunTarget):
         super().__init__()
-        self._output = output
-        self._format = FORMATS[output_format]
-        self._runs = frozenset(runs)
+        self._output = target.output
+        self._format = FORMATS[target.output_format]
+        self._runs = frozenset(target.earlier_runs)
 
     def expand(self, pbegin):
         runs = self._runs

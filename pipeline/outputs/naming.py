@@ -26,7 +26,7 @@ COORDINATES = "map-coordinates"  # map-coordinates-RUN-SSSSS-of-NNNNN.csv
 MAP_PNG = "map.png"
 REPORT_HTML = "report.html"
 SUMMARY = "summary.json"
-LEASE = "_lease.json"  # held by the one run writing the output (pipeline/lease.py)
+LEASE = "_lease.json"  # held by the one run writing the output (pipeline/run/lease.py)
 # What a passed run's publish renames and deletes, written before the first rename and
 # removed after the last delete (pipeline/outputs/journal.py).
 JOURNAL = "_publish.json"

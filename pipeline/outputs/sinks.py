@@ -218,8 +218,15 @@ NPY_INDEX_COLUMNS = ("uri", "file", "width", "height", "datapoint_id")
 
 
 def _index_fields(key: ImageKey, name: str) -> list:
-    return [key.uri, name, key.width, key.height, datapoint_id(key.uri), *index_labels(key),
-            *key.columns]  # fmt: skip
+    return [
+        key.uri,
+        name,
+        key.width,
+        key.height,
+        datapoint_id(key.uri),
+        *index_labels(key),
+        *key.columns,
+    ]
 
 
 def index_labels(key: ImageKey) -> list[str]:
@@ -229,8 +236,12 @@ def index_labels(key: ImageKey) -> list[str]:
     if found is None:
         return []
     scores = "[" + ",".join(map(_float32, found.top_scores)) + "]"
-    return [found.label, _float32(found.score), json.dumps(list(found.top), ensure_ascii=False),
-            scores]  # fmt: skip
+    return [
+        found.label,
+        _float32(found.score),
+        json.dumps(list(found.top), ensure_ascii=False),
+        scores,
+    ]
 
 
 def _float32(value: float) -> str:

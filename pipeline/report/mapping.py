@@ -17,6 +17,7 @@ from pipeline.outputs import (
     REPORT_HTML,
     FileKind,
     OptionalOutput,
+    RunTarget,
     StoredBatch,
     WriteRunShards,
     output_path,
@@ -167,20 +168,12 @@ class MapEmbeddings(OptionalOutput):
     )
     reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups")
 
-    def __init__(
-        self,
-        output: str,
-        stage: str,
-        output_format: str,
-        run_id: str,
-        sample_size: int,
-        seed: int,
-    ):
+    def __init__(self, target: RunTarget, sample_size: int, seed: int):
         super().__init__()
-        self._output = output
-        self._stage = stage
-        self._format = output_format
-        self._run_id = run_id
+        self._output = target.output
+        self._stage = target.stage
+        self._format = target.output_format
+        self._run_id = target.run_id
         self._sample_size = sample_size
         self._seed = seed
 

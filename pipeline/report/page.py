@@ -98,9 +98,12 @@ def _similarity(summary: Mapping[str, Any]) -> str:
     rows = [("Images searched", found["images"])]
     if found["images"]:
         rows.append(
-            ("Search", f"{found['method']}: {found['cells']:,} cells, {found['cells_per_image']} "
-             "per image")
-        )  # fmt: skip
+            (
+                "Search",
+                f"{found['method']}: {found['cells']:,} cells, {found['cells_per_image']} "
+                "per image",
+            )
+        )
     if found["neighbors"]["k"]:
         rows.append(("Neighbours per image", found["neighbors"]["k"]))
     duplicates = found.get("duplicates")
@@ -110,9 +113,12 @@ def _similarity(summary: Mapping[str, Any]) -> str:
             ("Near-duplicate groups", duplicates["groups"]),
             ("Images in groups", duplicates["images"]),
             ("Components", duplicates["components"]),
-            ("Largest component", f"{duplicates['largest_component']['images']:,} images, "
-             f"{duplicates['largest_component']['pairs']:,} pairs"),
-        ]  # fmt: skip
+            (
+                "Largest component",
+                f"{duplicates['largest_component']['images']:,} images, "
+                f"{duplicates['largest_component']['pairs']:,} pairs",
+            ),
+        ]
         if "warning" in duplicates:
             rows.append(("Warning", duplicates["warning"]))
     return _section("Similarity", rows)

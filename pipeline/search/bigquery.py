@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from pipeline.destinations import BIGQUERY_COLUMN, TableName, parse_table, recorded_metadata
-from pipeline.search.recorded import SHARD_METADATA, Recorded, SearchError
+from pipeline.search.recorded import Recorded, SearchError
 from pipeline.search.scan import Match, ranking, unit
 
 QUERY_PARAMETER = "query"
@@ -52,10 +52,7 @@ def check_table(recorded: Recorded, table_spec: str) -> TableName:
         described = recorded_metadata(bigquery.Client(project=table.project).get_table(table.id))
     except exceptions.GoogleAPICallError as error:
         raise SearchError(f"--bigquery_table {table.id}: {error.message}") from error
-    differ = [
-        key for key in SHARD_METADATA
-        if described is not None and str(described[key]) != recorded.metadata[key]
-    ]  # fmt: skip
+    differ = recorded.made.differences(described) if described is not None else {}
     if differ:
         shown = ", ".join(f"{key} {json.dumps(described[key])}" for key in differ)
         raise SearchError(

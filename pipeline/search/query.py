@@ -76,9 +76,13 @@ def embed_image(recorded: Recorded, uri: str) -> np.ndarray:
         calibration = calibration_images(recorded) if recorded.precision == INT8 else None
         function = EmbeddingFunction(build_embedding_model(recorded.spec))
         embed, _ = make_embedder(
-            function, recorded.spec.model, recorded.engine, recorded.precision,
-            calibration=calibration, transformer=recorded.spec.backbone.library == KERAS_HUB,
-        )  # fmt: skip
+            function,
+            recorded.spec.model,
+            recorded.engine,
+            recorded.precision,
+            calibration=calibration,
+            transformer=recorded.spec.backbone.library == KERAS_HUB,
+        )
     except (WeightsUnavailableError, EngineUnavailableError) as error:
         raise SearchError(str(error)) from error
     return np.asarray(embed(pixels[np.newaxis]))[0].reshape(-1)

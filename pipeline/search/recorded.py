@@ -3,26 +3,21 @@ weights and the load step's settings that a query must be embedded with."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from pipeline.common import read_json
-from pipeline.inputs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Decoding, Resize
+from pipeline.inputs import Decoding, Resize
 from pipeline.models import BACKBONES, ModelSpec
 from pipeline.outputs import (
     FORMATS,
     SUMMARY,
     JournalError,
+    Provenance,
     UnfinishedPublishError,
     named_runs,
     output_path,
     roll_forward,
 )
-
-_RANDOM_SEED = re.compile(r"random \(seed (\d+)")
-# What each shard's schema metadata records; a shard that says otherwise was not made
-# as the summary says.
-SHARD_METADATA = ("model", "weights", "pooling", "resize")
 
 
 class SearchError(ValueError):
@@ -34,24 +29,29 @@ class Recorded:
     """An output and how its embeddings were made."""
 
     output: str
-    spec: ModelSpec
-    resize: Resize
-    jpeg_draft: bool
-    max_pixels: int
-    max_bytes: int
-    keep_columns: tuple[str, ...]
-    metadata: dict[str, str]  # model, weights, pooling, resize as the summary gives them
+    made: Provenance
+    resize: Resize  # the rule made.resize describes
+    keep_columns: tuple[str, ...] = ()
     engine: str = "tensorflow"  # what embedded the images, so that a query image is alike
     precision: str = "float32"
     input: str = ""  # the run's --input, where int8's calibration sample came from
-    calibration: str = ""  # int8's calibration sample digest (models.sample_digest)
     runs: tuple[str, ...] | None = None  # the runs whose shards count; None: every run's
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.made.model_spec()
+
+    @property
+    def calibration(self) -> str:
+        """int8's calibration sample digest (models.sample_digest)."""
+        return self.made.calibration
 
     @property
     def decoding(self) -> Decoding:
         """How the run read and decoded its images, so that a query image is alike (a
         query's path is the user's own, so a local one may be read)."""
-        return Decoding(self.resize, self.jpeg_draft, self.max_pixels, self.max_bytes)
+        made = self.made
+        return Decoding(self.resize, made.jpeg_draft, made.max_image_pixels, made.max_image_bytes)
 
     @property
     def shards(self) -> list[str]:
@@ -97,47 +97,25 @@ def _recorded(output: str, summary: dict) -> Recorded:
     model = summary["model"]
     if model not in BACKBONES:
         raise SearchError(f"{output} was made by {model!r}, a model this version does not know")
-    weights = summary["weights"]
-    seed = summary.get("seed", 0)
-    if weights.startswith("random"):
-        # Summaries before the seed had its own key said it only in the weights' text.
-        found = _RANDOM_SEED.match(weights)
-        seed = summary.get("seed", int(found.group(1)) if found else 0)
-        weights = "random"
-    spec = ModelSpec(model, weights, summary["pooling"], int(seed))
-    resize = _resize(spec, summary["resize"])
+    made = Provenance.read(summary)
     return Recorded(
         output=output,
-        spec=spec,
-        resize=resize,
-        jpeg_draft=bool(summary["jpeg_draft"]),
-        # Summaries before the pixel limit had its own key: the option's default, then as now.
-        max_pixels=int(summary.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
-        max_bytes=int(summary.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
+        made=made,
+        resize=_resize(made.model_spec(), made.resize),
         keep_columns=tuple(summary.get("keep_columns", ())),
-        metadata={key: str(summary[key]) for key in SHARD_METADATA},
-        **_engine(summary),
+        **_engine(summary, made),
         input=str(summary.get("input", "")),
-        calibration=str(summary.get("calibration", "")),
         runs=named_runs(summary, output, "parquet"),
     )
 
 
-def _engine(summary: dict) -> dict[str, str]:
-    """The engine and precision the run's workers used: the one engine counter of a local
-    run's metrics, else the options it asked for (resolved here as a worker would)."""
-    ran = [
-        name.split("_", 2)[1:]
-        for name, count in summary.get("metrics", {}).items()
-        if name.startswith("engine_") and name != "engine_fallback_tensorflow" and count
-    ]
+def _engine(summary: dict, made: Provenance) -> dict[str, str]:
+    """The engine and precision the run's workers used, where one ran (engines_ran), else
+    the options it asked for (resolved here as a worker would)."""
+    ran = summary.get("engines_ran") or []
     if len(ran) == 1:
-        engine, precision = ran[0]
-        return {"engine": engine, "precision": precision}
-    return {
-        "engine": summary.get("engine", "tensorflow"),
-        "precision": summary.get("precision", "float32"),
-    }
+        return {"engine": str(ran[0]["engine"]), "precision": str(ran[0]["precision"])}
+    return {"engine": made.engine, "precision": made.precision}
 
 
 def _resize(spec: ModelSpec, recorded: str) -> Resize:

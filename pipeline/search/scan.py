@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.outputs import SUMMARY, matching_files, of_runs
-from pipeline.search.recorded import SHARD_METADATA, Recorded, SearchError
+from pipeline.search.recorded import Recorded, SearchError
 
 BATCH_ROWS = 4096
 
@@ -74,7 +74,7 @@ def stored_rows(
 
 def _check_made_alike(recorded: Recorded, path: str, metadata: dict[bytes, bytes]) -> None:
     made = {key.decode(): value.decode() for key, value in metadata.items()}
-    differ = [key for key in SHARD_METADATA if key in made and made[key] != recorded.metadata[key]]
+    differ = recorded.made.differences(made)
     if differ:
         shown = ", ".join(f"{key} {made[key]!r}" for key in differ)
         raise SearchError(f"{path} was made with {shown}, not as {SUMMARY} says")
@@ -122,10 +122,13 @@ def top_k(batches: Iterable[StoredRows], query: np.ndarray, k: int) -> list[Matc
         similarity = np.clip(similarity, -1.0, 1.0)
         candidates = _candidates(similarity, k)
         offered = (
-            Match(rows.uris[i], float(similarity[i]),
-                  {name: values[i] for name, values in rows.columns.items()})
+            Match(
+                rows.uris[i],
+                float(similarity[i]),
+                {name: values[i] for name, values in rows.columns.items()},
+            )
             for i in candidates
-        )  # fmt: skip
+        )
         best = heapq.nsmallest(k, itertools.chain(best, offered), key=ranking)
     return best
 

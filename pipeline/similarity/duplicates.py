@@ -176,10 +176,13 @@ def walk(pairs: Iterable[Pair], threshold: float) -> list[Members]:
         if uri in grouped:
             continue
         joined = sorted(
-            ((other, min(similarity, 1.0)) for other, similarity in adjacent[uri]
-             if other not in grouped),
+            (
+                (other, min(similarity, 1.0))
+                for other, similarity in adjacent[uri]
+                if other not in grouped
+            ),
             key=lambda member: (-member[1], member[0]),
-        )  # fmt: skip
+        )
         if joined:
             grouped.add(uri)
             grouped.update(other for other, _ in joined)
@@ -202,8 +205,10 @@ class WalkComponentFn(beam.DoFn):
             logging.warning(
                 "A near-duplicate component of %d images has %d pairs at similarity >= %s; "
                 "one worker holds them all. A higher --duplicate_threshold splits it.",
-                images, distinct, self._threshold,
-            )  # fmt: skip
+                images,
+                distinct,
+                self._threshold,
+            )
         yield label, images, distinct, groups
 
 

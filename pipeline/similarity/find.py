@@ -26,6 +26,7 @@ from pipeline.outputs import (
     SHARD_TEMPLATE,
     FileKind,
     OptionalOutput,
+    RunTarget,
     StoredBatch,
     matching_files,
     of_runs,
@@ -308,8 +309,9 @@ def _describe(
 class FindSimilar(OptionalOutput):
     """Stored files to neighbors-RUN-*.parquet and duplicates-RUN-*.csv in the stage.
 
-    Reads `files`, the names of this run's stored files; the record files of earlier_runs
-    (with --skip_existing, the runs whose embeddings the output holds) are searched too.
+    Reads `files`, the names of this run's stored files; the record files of the
+    target's earlier_runs (with --skip_existing, the runs whose embeddings the output
+    holds) are searched too.
     Gives `neighbors` (one row dict per image, when asked for), `groups` (one list of
     (group number, [(uri, similarity)], component number), largest first, when asked
     for), `description` and `files` (the names written). Spill files go to temp
@@ -321,23 +323,14 @@ class FindSimilar(OptionalOutput):
     file_kinds = (FileKind(NEIGHBORS, ".parquet"), FileKind(DUPLICATES, ".csv"))
     reads = ("files",)
 
-    def __init__(
-        self,
-        output: str,
-        stage: str,
-        output_format: str,
-        run_id: str,
-        earlier_runs: tuple[str, ...],
-        settings: SimilaritySettings,
-        temp: str | None = None,
-    ):
+    def __init__(self, target: RunTarget, settings: SimilaritySettings, temp: str | None = None):
         super().__init__()
-        self._output = output
-        self._stage = stage
-        self._temp = temp or stage
-        self._format = FORMATS[output_format]
-        self._run_id = run_id
-        self._earlier_runs = tuple(earlier_runs)
+        self._output = target.output
+        self._stage = target.stage
+        self._temp = temp or target.stage
+        self._format = FORMATS[target.output_format]
+        self._run_id = target.run_id
+        self._earlier_runs = target.earlier_runs
         self._settings = settings
 
     def final_files(self) -> dict[str, str]:

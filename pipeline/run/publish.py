@@ -30,7 +30,6 @@ import pipeline.destinations
 import pipeline.report
 import pipeline.similarity  # noqa: F401
 from pipeline.common import read_json, write_json
-from pipeline.lease import read_lease, release_lease
 from pipeline.outputs import (
     EMBEDDING_RUNS,
     EMBEDDINGS_DIRECTORY,
@@ -44,6 +43,7 @@ from pipeline.outputs import (
     FileKind,
     Journal,
     JournalError,
+    RunTarget,
     UnfinishedPublishError,
     as_folder,
     delete_paths,
@@ -57,33 +57,40 @@ from pipeline.outputs import (
     still_there,
     write_journal,
 )
-from pipeline.summary import RunFailedError, check
+from pipeline.run.lease import read_lease, release_lease
+from pipeline.run.summary import RunFailedError, check
 
 _LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PublishPlan:
-    """Where a run's files go, and which earlier files it keeps.
+    """Where a run's files go, and which earlier files it keeps: with --skip_existing
+    (incremental), the target's earlier runs stay current."""
 
-    earlier_runs: with --skip_existing, the runs whose embeddings the output holds
-    (outputs.current_runs, read once the run holds the output); they stay current.
-    """
-
-    output: str
-    run_id: str
-    incremental: bool  # --skip_existing: earlier runs' embeddings stay
-    output_format: str
+    target: RunTarget
+    incremental: bool = False  # --skip_existing: earlier runs' embeddings stay
     vector_folder: str | None = None
     npy_metadata: dict[str, Any] | None = None  # written beside an npy run's files
-    earlier_runs: tuple[str, ...] = ()
     # What the outputs declare they publish (outputs.every_file_kind), read where the
     # plan is made, where every output's class is defined.
     kinds: tuple[FileKind, ...] = field(default_factory=every_file_kind)
 
     @property
+    def output(self) -> str:
+        return self.target.output
+
+    @property
+    def run_id(self) -> str:
+        return self.target.run_id
+
+    @property
+    def output_format(self) -> str:
+        return self.target.output_format
+
+    @property
     def stage(self) -> str:
-        return run_folder(self.output, self.run_id)
+        return self.target.stage
 
     def npy_folder(self, run_id: str) -> str:
         """The folder an npy run writes its .npy files into, in place: readers find them
@@ -93,7 +100,7 @@ class PublishPlan:
     @property
     def current_runs(self) -> list[str]:
         """The runs whose embeddings the output holds once this run is published."""
-        earlier = [run for run in self.earlier_runs if run != self.run_id]
+        earlier = [run for run in self.target.earlier_runs if run != self.run_id]
         return [*earlier, self.run_id] if self.incremental else [self.run_id]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -33,8 +32,8 @@ from pipeline.options import UsageError
 from pipeline.outputs import (
     FORMATS,
     LABEL_COLUMNS,
-    RUN_METADATA_KEYS,
     SUMMARY,
+    Provenance,
     current_record_files,
     current_runs,
     matching_files,
@@ -138,15 +137,15 @@ def check_earlier_outputs(
     output_format: str,
     keep_columns: tuple[str, ...],
     bigquery_table: str,
-    made: dict[str, Any],
+    made: Provenance,
     labelled: bool = False,
 ) -> None:
     """With --skip_existing, raises UsageError unless the embeddings already there were
     made as this run would make them (model, weights, pooling, resize, shape), are
     labelled as it labels (--zero_shot_labels or not) and keep the same columns (one folder must
     hold one table), and, for a BigQuery load, are all
-    in the current layout and the table's were made as this run's are (made: as
-    formats.embedding_metadata gives it), in the same --output_format."""
+    in the current layout and the table's were made as this run's are, in the same
+    --output_format."""
     _check_earlier_format(output, output_format)
     try:
         runs = current_runs(output, output_format)
@@ -186,7 +185,7 @@ def _check_earlier_files(
     output_format: str,
     records: list[str],
     keep_columns: tuple[str, ...],
-    made: dict[str, Any],
+    made: Provenance,
     labelled: bool,
 ) -> None:
     """records: the record files of the runs summary.json names."""
@@ -211,12 +210,7 @@ def _check_earlier_files(
             "--keep_columns, or run without --skip_existing to replace them"
         )
     for run_id, record_file in first_record_per_run(records).items():
-        recorded = stored_format.run_metadata(output, run_id, record_file)
-        differ = {
-            key: (recorded[key], made[key])
-            for key in RUN_METADATA_KEYS
-            if key in recorded and key in made and recorded[key] != made[key]
-        }
+        differ = made.differences(stored_format.recorded(output, run_id, record_file))
         if set(differ) == {"calibration"}:
             theirs, ours = differ["calibration"]
             raise UsageError(

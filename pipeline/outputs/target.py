@@ -1,0 +1,33 @@
+"""Where a run writes: its output, its id and folder, the format, and the earlier runs
+whose embeddings stay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.outputs.naming import EMBEDDINGS, run_folder, shard_prefix
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """One run's place in its output, passed whole to every step that writes or reads
+    there.
+
+    earlier_runs: with --skip_existing, the runs whose embeddings the output holds (read
+    once the run holds the output): the only earlier files any step reads.
+    """
+
+    output: str
+    run_id: str
+    output_format: str = "parquet"
+    earlier_runs: tuple[str, ...] = ()
+
+    @property
+    def stage(self) -> str:
+        """The run's own folder, where it writes everything before the verdict."""
+        return run_folder(self.output, self.run_id)
+
+    @property
+    def staged_shards(self) -> str:
+        """A wildcard of the Parquet shards the run stages."""
+        return shard_prefix(self.stage, EMBEDDINGS, self.run_id) + "-*.parquet"
