@@ -10,6 +10,7 @@ not taken, to show what the measurement would catch. See docs/report.md, "The br
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,10 +66,9 @@ def run_branch(count: int, output: Path, design: str) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.models.backbones import ModelSpec
     from pipeline.options import EmbeddingOptions
-    from pipeline.outputs import naming, sinks
-    from pipeline.plan import run_context
+    from pipeline.outputs import RunTarget, naming, sinks
+    from pipeline.plan import provenance, run_context
     from pipeline.report.mapping import MapEmbeddings, ProjectFn
     from pipeline.report.projection import PrincipalComponentsFn
     from pipeline.run.summary import summarise
@@ -78,14 +78,18 @@ def run_branch(count: int, output: Path, design: str) -> None:
     shape = (DIMENSIONS,)
     started = time.time()
     run_id = naming.new_run_id(started)
-    context = {
-        "run_id": run_id,
-        **run_context(opts, ModelSpec("resnet50", "random", "avg", 0), shape),
-    }
+    made = dataclasses.replace(provenance(opts), embedding_shape=shape)
+    context = {"run_id": run_id, **run_context(opts, made)}
     record = summarise(
-        None, rows_with_uri=count, duplicates=0, skipped=0, embedded=count, failed_by_stage={},
-        context=context, started_at=started,
-    )  # fmt: skip
+        None,
+        rows_with_uri=count,
+        duplicates=0,
+        skipped=0,
+        embedded=count,
+        failed_by_stage={},
+        context=context,
+        started_at=started,
+    )
     centres = np.random.default_rng(0).normal(size=(CLUSTERS, DIMENSIONS))
     thumbnails = photo_thumbnails()
     options = PipelineOptions([], runner="FnApiRunner", direct_running_mode="in_memory")
@@ -105,9 +109,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
                 "files": stored["files"],
                 "failures": p | "No failures" >> beam.Create([]),
                 "summary": p | "Summary" >> beam.Create([record]),
-            } | "Map embeddings" >> MapEmbeddings(
-                str(output), str(output), "parquet", run_id, 5000, 0
-            )
+            } | "Map embeddings" >> MapEmbeddings(RunTarget(str(output), run_id), 5000, 0)
         else:
             projection = (
                 embeddings
@@ -138,7 +140,8 @@ def measure(count: int, work: Path, design: str) -> dict:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}")
-    report = output / "report.html"
+    # The map branch writes into its run's folder, as in a run before publishing.
+    report = next(iter(output.glob("_runs/*/report.html")), output / "report.html")
     return {
         "design": design,
         "embeddings": count,

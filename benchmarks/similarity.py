@@ -122,6 +122,7 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.outputs import RunTarget
     from pipeline.similarity.find import FindSimilar, SimilaritySettings
 
     files = sorted(str(path) for path in folder.glob("embeddings-*.parquet"))
@@ -133,11 +134,14 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
-    _ = {"files": p | beam.Create(files)} | FindSimilar(
-        str(output), str(output), "parquet", "20260101T000001-000001", (), settings
-    )
+    target = RunTarget(str(output), "20260101T000001-000001")
+    _ = {"files": p | beam.Create(files)} | FindSimilar(target, settings)
     result = p.run()
     result.wait_until_finish()
+    # As publishing would: the run's files beside the embeddings, where the checks read.
+    for path in Path(target.stage).iterdir():
+        if path.is_file():
+            path.replace(output / path.name)
     seconds = time.perf_counter() - started
     cells = result.metrics().query(MetricsFilter().with_name("cell_rows"))["distributions"]
     rows = cells[0].committed
