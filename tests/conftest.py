@@ -14,14 +14,22 @@ FAST_TEST_SECONDS = 10.0
 
 SLOWEST_SHOWN = 15
 
+SHOWN_FILES = 5
+
 _seconds: dict[str, float] = {}
 _peaks: dict[str, float] = {}  # test process -> its peak RSS, MB
+_raised: dict[str, float] = {}  # test file -> MB its tests raised their process's peak by
+_last_peak: dict[str, float] = {}  # test process -> its peak after its last test
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Its own peak only: a child forked from it counts the parent's pages as its own until
     # it execs, so the children's figure (RUSAGE_CHILDREN) says nothing of the programs run.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak = _peak_mb()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controlling process reports it
         workeroutput["peak_rss_mb"] = peak
@@ -37,9 +45,30 @@ def pytest_testnodedown(node, error) -> None:
         _peaks[node.gateway.id] = peak
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when in ("setup", "teardown"):
+        # Travels with the report to the controlling process (xdist serialises it).
+        outcome.get_result().user_properties.append(("peak_rss_mb", _peak_mb()))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # With xdist this runs in the controlling process too, for every worker's reports.
     _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+    peak = dict(report.user_properties).get("peak_rss_mb")
+    if peak is None:
+        return
+    node = getattr(report, "node", None)
+    process = node.gateway.id if node is not None else "this process"
+    # A process's first set-up sets where it starts: collection is no test file's doing.
+    _last_peak.setdefault(process, peak)
+    if report.when == "teardown":
+        raised = peak - _last_peak[process]
+        if raised > 0:
+            test_file = report.nodeid.split("::")[0]
+            _raised[test_file] = _raised.get(test_file, 0.0) + raised
+            _last_peak[process] = peak
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -63,7 +92,21 @@ def _whole_suite_summary(terminalreporter) -> None:
         terminalreporter.write_sep("-", f"the {len(slowest)} slowest tests")
         for seconds, nodeid in slowest:
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+    per_file: dict[str, float] = {}
+    for nodeid, seconds in _seconds.items():
+        per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + seconds
+    files = sorted(((s, n) for n, s in per_file.items()), reverse=True)[:SLOWEST_SHOWN]
+    if files:
+        # --dist loadfile runs each file in one process: the largest bound the suite's time.
+        terminalreporter.write_sep("-", f"the {len(files)} slowest test files")
+        for seconds, name in files:
+            terminalreporter.write_line(f"{seconds:6.1f} s  {name}")
     if _peaks:
         terminalreporter.write_sep("-", "peak memory (RSS) of each test process")
         for who, peak in sorted(_peaks.items()):
             terminalreporter.write_line(f"{who}: {peak:,.0f} MB")
+    raisers = sorted(((mb, name) for name, mb in _raised.items()), reverse=True)[:SHOWN_FILES]
+    if raisers:
+        terminalreporter.write_sep("-", "test files that raised a test process's peak the most")
+        for mb, name in raisers:
+            terminalreporter.write_line(f"{mb:7,.0f} MB  {name}")

@@ -53,6 +53,11 @@ def test_a_summary_of_an_earlier_version_reads_as_it_meant_then():
     )
     assert (record.engine, record.precision, record.calibration) == ("tensorflow", "float32", "")
     assert record.embedding_shape == (2048,)
+    # A summary that does not say the shape (one written by hand) records none: nothing
+    # is compared against it.
+    shapeless = Provenance.read({k: v for k, v in earlier.items() if k != "embedding_shape"})
+    assert shapeless.embedding_shape == () and "embedding_shape" not in shapeless.written(IN_TABLE)
+    assert shapeless.differences(record.shard_metadata()) == {}
     with pytest.raises(KeyError, match="jpeg_draft"):
         Provenance.read({key: value for key, value in earlier.items() if key != "jpeg_draft"})
 

@@ -63,7 +63,7 @@ class Provenance:
     max_image_pixels: int = _recorded(IN_SUMMARY, default=DEFAULT_MAX_IMAGE_PIXELS)
     max_image_bytes: int = _recorded(IN_SUMMARY, default=DEFAULT_MAX_IMAGE_BYTES)
     embedding_shape: tuple[int, ...] = _recorded(
-        *_EVERYWHERE, named="the embedding shape", compared=True
+        *_EVERYWHERE, named="the embedding shape", compared=True, default=()
     )
 
     @classmethod
@@ -114,13 +114,13 @@ class Provenance:
         return cls(**found)
 
     def written(self, where: str) -> dict[str, Any]:
-        """The fields recorded in `where`, as JSON values, in declaration order (an
-        empty calibration, of a run that is not int8, is left out)."""
+        """The fields recorded in `where`, as JSON values, in declaration order. An empty
+        value is not recorded: the calibration of a run that is not int8, or a field a
+        summary read back did not record."""
         return {
             field.name: _json_value(getattr(self, field.name))
             for field in dataclasses.fields(self)
-            if where in field.metadata["where"]
-            and not (field.name == "calibration" and not self.calibration)
+            if where in field.metadata["where"] and getattr(self, field.name) not in ("", ())
         }
 
     def shard_metadata(self) -> dict[str, str]:
