@@ -71,6 +71,7 @@ def parquet_run(corpus, tmp_path_factory):
         "--jpeg_draft", "false",
         "--max_failure_fraction", "0.5",
         "--precision", "float32",  # parity in full precision (auto may be bfloat16)
+        as_user=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result
@@ -215,6 +216,7 @@ def run_npy(csv_path: Path, output: Path, weights: Path, *extra: str):
         "--jpeg_draft", "false",
         "--precision", "float32",  # parity in full precision (auto may be bfloat16)
         *extra,
+        as_user=True,
     )  # fmt: skip
 
 
