@@ -18,7 +18,12 @@ from pipeline.models.engines import (
     make_embedder,
 )
 from pipeline.models.extraction import ExtractEmbeddings, ReportProgressFn
-from pipeline.models.handler import EmbeddingFunction, KerasEmbeddingHandler, build_embedding_model
+from pipeline.models.handler import (
+    EmbeddingFunction,
+    KerasEmbeddingHandler,
+    build_embedding_model,
+    spec_embedder,
+)
 from pipeline.models.labels import (
     DEFAULT_TEMPLATE,
     EMBEDDED_COUNTER,
@@ -76,4 +81,5 @@ __all__ = [
     "make_embedder",
     "read_labels",
     "sample_digest",
+    "spec_embedder",
 ]

@@ -74,6 +74,22 @@ class WorkerModel:
             counter("engine_fallback_tensorflow").inc()
 
 
+def spec_embedder(
+    spec: ModelSpec, engine: str, precision: str, calibration: np.ndarray | None = None
+) -> tuple[Embedder, Resolved]:
+    """The spec's embedding model on the engine and precision asked for, resolved here as
+    on a worker (engines.make_embedder). calibration: int8's calibration images."""
+    function = EmbeddingFunction(build_embedding_model(spec))
+    return make_embedder(
+        function,
+        spec.model,
+        engine,
+        precision,
+        calibration=calibration,
+        transformer=spec.backbone.library == KERAS_HUB,
+    )
+
+
 class Embedded(NamedTuple):
     """One image's embedding, and the engine and precision its worker process ran: what
     ran is recorded as data, whatever auto chose or fell back to."""
@@ -109,16 +125,7 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, Embedded, WorkerModel]):
     def load_model(self) -> WorkerModel:
         # Before the model is built: a sample that does not load fails the worker at once.
         calibration = self._calibration.load() if self._calibration else None
-        function = EmbeddingFunction(build_embedding_model(self._spec))
-        embedder, resolved = make_embedder(
-            function,
-            self._spec.model,
-            self._engine,
-            self._precision,
-            calibration=calibration,
-            transformer=self._spec.backbone.library == KERAS_HUB,
-        )
-        return WorkerModel(embedder, resolved)
+        return WorkerModel(*spec_embedder(self._spec, self._engine, self._precision, calibration))
 
     def run_inference(
         self,

@@ -11,15 +11,12 @@ from pipeline.models import (
     BACKBONES,
     CALIBRATION_IMAGES,
     INT8,
-    KERAS_HUB,
     CalibrationSample,
-    EmbeddingFunction,
     EngineUnavailableError,
     TextTower,
     WeightsUnavailableError,
-    build_embedding_model,
-    make_embedder,
     sample_digest,
+    spec_embedder,
 )
 from pipeline.search.recorded import Recorded, SearchError
 
@@ -74,15 +71,7 @@ def embed_image(recorded: Recorded, uri: str) -> np.ndarray:
     pixels = load_image(recorded, uri)
     try:
         calibration = calibration_images(recorded) if recorded.precision == INT8 else None
-        function = EmbeddingFunction(build_embedding_model(recorded.spec))
-        embed, _ = make_embedder(
-            function,
-            recorded.spec.model,
-            recorded.engine,
-            recorded.precision,
-            calibration=calibration,
-            transformer=recorded.spec.backbone.library == KERAS_HUB,
-        )
+        embed, _ = spec_embedder(recorded.spec, recorded.engine, recorded.precision, calibration)
     except (WeightsUnavailableError, EngineUnavailableError) as error:
         raise SearchError(str(error)) from error
     return np.asarray(embed(pixels[np.newaxis]))[0].reshape(-1)
