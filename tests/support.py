@@ -136,21 +136,23 @@ def local_pipeline() -> TestPipeline:
     return pipeline
 
 
-# A run that names no --engine or --precision runs on TensorFlow float32 here: OpenVINO's
-# conversion takes about 3.4 s of a 13-photo run's 13 s and proves nothing about files,
-# leases, publishing or search. The engines have tests of their own (test_engine.py,
-# test_int8.py), and the runs that stand for a user's (as_user) take the command's own
-# default, auto.
+# A run that names no --engine runs on TensorFlow here (unless it asks for a precision
+# only OpenVINO computes): OpenVINO's conversion takes about 3.4 s of a 13-photo run's
+# 13 s and proves nothing about files, leases, publishing or search. The engines have
+# tests of their own (test_engine.py, test_int8.py), and the runs that stand for a
+# user's (as_user) take the command's own default, auto.
 ENGINE_UNLESS_NAMED = ("--engine", "tensorflow")
+OPENVINO_PRECISIONS = ("bfloat16", "int8")
 
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, as_user: bool = False
 ) -> subprocess.CompletedProcess:
     """python -m pipeline ARGS from the repository root; on ENGINE_UNLESS_NAMED unless
-    ARGS name an engine or a precision, or as_user asks for the command exactly as a user
-    runs it."""
-    named = "--engine" in args or "--precision" in args
+    ARGS name an engine or an OpenVINO precision, or as_user asks for the command exactly
+    as a user runs it."""
+    precision = args[args.index("--precision") + 1] if "--precision" in args else ""
+    named = "--engine" in args or precision in OPENVINO_PRECISIONS
     engine = () if as_user or named else ENGINE_UNLESS_NAMED
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args, *engine],

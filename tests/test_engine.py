@@ -395,6 +395,8 @@ def test_a_run_records_the_engine_asked_for_and_counts_the_one_that_ran(two_runs
     for precision, engine in ((FLOAT32, TENSORFLOW), (BFLOAT16, OPENVINO)):
         output, printed = two_runs[precision]
         assert (printed["engine"], printed["precision"]) == (engine, precision)
+        # What ran, as data the extract step carries with each embedding.
+        assert printed["engines_ran"] == [{"engine": engine, "precision": precision}]
         # One model per worker process: at least one process, none on another engine.
         engines = {k: v for k, v in printed["metrics"].items() if k.startswith("engine_")}
         assert (
