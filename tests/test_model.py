@@ -26,6 +26,7 @@ def keras_maps(images):
     """Keras's feature maps of the images per (model, preprocess_input or not), made once
     each: a model's references for every pooling start from the same maps."""
     made: dict[tuple[str, bool], np.ndarray] = {}
+    models: dict[str, object] = {}  # one Keras model per name serves both inputs
 
     def maps(model_name: str, preprocess: bool = True) -> np.ndarray:
         import keras
@@ -35,8 +36,9 @@ def keras_maps(images):
             if preprocess:
                 module = getattr(keras.applications, BACKBONES[model_name].module)
                 batch = module.preprocess_input(batch)
-            model = keras_backbone(model_name)
-            made[model_name, preprocess] = np.asarray(model(batch, training=False))
+            if model_name not in models:
+                models[model_name] = keras_backbone(model_name)
+            made[model_name, preprocess] = np.asarray(models[model_name](batch, training=False))
         return made[model_name, preprocess]
 
     return maps
@@ -73,10 +75,11 @@ def embed(images):
     ("model_name", "pooling", "shape"),
     [
         ("resnet50", "avg", (2048,)),
-        ("resnet50", "max", (2048,)),
-        ("resnet50", "none", (7, 7, 2048)),
-        # slow: the same code path as resnet50's, with a larger or another Keras model to
-        # build and run twice (7-10 s each); make test runs them.
+        # slow: another pooling of the same model, one more model to build and run (3 s
+        # each), or the same code path as resnet50's, with a larger or another Keras model
+        # to build and run twice (7-10 s each); make test runs them.
+        pytest.param("resnet50", "max", (2048,), marks=pytest.mark.slow),
+        pytest.param("resnet50", "none", (7, 7, 2048), marks=pytest.mark.slow),
         pytest.param("resnet101", "avg", (2048,), marks=pytest.mark.slow),
         pytest.param("efficientnet_b0", "avg", (1280,), marks=pytest.mark.slow),
     ],
