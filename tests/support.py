@@ -9,9 +9,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -295,6 +297,24 @@ def pipeline_flags() -> dict:
 
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def shared_folder(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder that every test process of this session shares, made once by make(folder)
+    in the first process that asks, under a lock (pytest-xdist's workers keep their
+    folders in one session folder). Its contents must not depend on the process."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"shared-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".made").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
 
 
 def altered_copies(image: Image.Image) -> dict[str, tuple[Image.Image, dict]]:

@@ -19,6 +19,7 @@ from support import (
     read_parquet,
     relative_error,
     run_cli,
+    shared_folder,
     write_csv,
 )
 from test_hub_models import FAMILIES, tiny_preset
@@ -294,17 +295,26 @@ def copies(photo_copies) -> list[str]:  # noqa: F811
     return [uri for members in photo_copies.values() for uri in members.values()]
 
 
+def float32_run(copies: list[str], tmp_path_factory) -> tuple[Path, dict]:
+    """The copies embedded in float32 by TensorFlow: the run the other precisions are
+    measured against, made once per session for this file and test_int8.py."""
+
+    def make(root: Path) -> None:
+        _, printed = neighbour_run(copies, root, "--engine", "tensorflow", "--precision", FLOAT32)
+        (root / "printed.json").write_text(json.dumps(printed))
+
+    root = shared_folder(tmp_path_factory, "float32-run", make)
+    return root / "out", json.loads((root / "printed.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def two_runs(copies, tmp_path_factory):
     """The copies embedded in float32 by TensorFlow and in bfloat16 by OpenVINO."""
-    uris = copies
-    runs = {}
-    for precision, flags in (
-        (FLOAT32, ("--engine", "tensorflow", "--precision", "float32")),
-        (BFLOAT16, ("--engine", "openvino", "--precision", "bfloat16")),
-    ):
-        runs[precision] = neighbour_run(uris, tmp_path_factory.mktemp(precision), *flags)
-    return runs
+    bfloat16 = ("--engine", "openvino", "--precision", BFLOAT16)
+    return {
+        FLOAT32: float32_run(copies, tmp_path_factory),
+        BFLOAT16: neighbour_run(copies, tmp_path_factory.mktemp(BFLOAT16), *bfloat16),
+    }
 
 
 def neighbour_sets(output: Path) -> dict[str, set[str]]:

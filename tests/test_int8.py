@@ -17,6 +17,7 @@ from test_engine import (
     L4,
     copies,  # noqa: F401 (a fixture)
     cosines,
+    float32_run,
     neighbour_run,
     neighbour_sets,
     photo_copies,  # noqa: F401 (a fixture)
@@ -192,13 +193,15 @@ def runs(copies, tmp_path_factory):  # noqa: F811
     """The similarity test's photographs and copies embedded by TensorFlow in float32, and
     twice in int8, in two processes (one --engine auto, one --engine openvino)."""
     flags = {
-        "float32": ("--engine", "tensorflow", "--precision", "float32"),
         "int8": ("--engine", "auto", "--precision", "int8"),
         "int8-again": ("--engine", "openvino", "--precision", "int8"),
     }
     return {
-        name: neighbour_run(copies, tmp_path_factory.mktemp(name), *flag)
-        for name, flag in flags.items()
+        "float32": float32_run(copies, tmp_path_factory),
+        **{
+            name: neighbour_run(copies, tmp_path_factory.mktemp(name), *flag)
+            for name, flag in flags.items()
+        },
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import itertools
+import json
 import re
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from support import (
     parquet_embeddings,
     read_neighbors,
     run_cli,
+    shared_folder,
     summary,
     write_csv,
 )
@@ -57,14 +59,11 @@ LOOSE = 0.9  # with random weights, altered copies and other photographs' images
 IDENTICAL = 1 - 1e-6  # byte-identical copies' similarity: 1 up to float32 rounding
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> dict[str, dict[str, str]]:
-    """photo name -> {kind: uri}: "original" (the photograph in place), one per alteration,
-    and "identical", a byte-identical copy under another name in another folder."""
-    root = tmp_path_factory.mktemp("copies")
+def write_family(root: Path) -> dict[str, dict[str, str]]:
+    """Writes each photograph's copies under root; photo name -> {kind: uri}."""
     altered, identical = root / "altered", root / "identical"
-    altered.mkdir()
-    identical.mkdir()
+    altered.mkdir(exist_ok=True)
+    identical.mkdir(exist_ok=True)
     families = {}
     for name in PHOTO_NAMES:
         source = PHOTOS / name
@@ -79,7 +78,17 @@ def family(tmp_path_factory) -> dict[str, dict[str, str]]:
         shutil.copyfile(source, copy_path)
         members["identical"] = str(copy_path)
         families[name] = members
+    (root / "family.json").write_text(json.dumps(families))
     return families
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """photo name -> {kind: uri}: "original" (the photograph in place), one per alteration,
+    and "identical", a byte-identical copy under another name in another folder. Made
+    once per session: runs that other files share embed the same URIs."""
+    root = shared_folder(tmp_path_factory, "photo-copies", write_family)
+    return json.loads((root / "family.json").read_text())
 
 
 def photo_of(family: dict[str, dict[str, str]]) -> dict[str, str]:
