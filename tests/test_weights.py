@@ -145,6 +145,8 @@ class FileServer(LoopbackServer):
         self.url = f"http://127.0.0.1:{self._start(Handler)}/"
 
 
+# slow: Keras, in a process of its own, looks for the file (its import alone takes 4.5 s).
+@pytest.mark.slow
 def test_imagenet_weights_land_where_keras_looks_for_them(resnet50_files, tmp_path, monkeypatch):
     body = (resnet50_files / "resnet50.h5").read_bytes()
     md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
