@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 
+import forked
 import pytest
 
 # pyproject.toml's [tool.pytest.ini_options] says how a test earns its place in the fast
@@ -18,6 +19,7 @@ SHOWN_FILES = 5
 
 _seconds: dict[str, float] = {}
 _peaks: dict[str, float] = {}  # test process -> its peak RSS, MB
+_forked_peaks: dict[str, float] = {}  # test process -> its largest forked run's, MB
 _raised: dict[str, float] = {}  # test file -> MB its tests raised their process's peak by
 _last_peak: dict[str, float] = {}  # test process -> its peak after its last test
 
@@ -33,16 +35,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controlling process reports it
         workeroutput["peak_rss_mb"] = peak
+        workeroutput["forked_peak_rss_mb"] = forked.largest_child_mb
     elif not _peaks:
         _peaks["this process"] = peak
+        _forked_peaks["this process"] = forked.largest_child_mb
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
     # pytest-xdist, in the controlling process, as each worker ends.
-    peak = getattr(node, "workeroutput", {}).get("peak_rss_mb")
-    if peak:
-        _peaks[node.gateway.id] = peak
+    output = getattr(node, "workeroutput", {})
+    if output.get("peak_rss_mb"):
+        _peaks[node.gateway.id] = output["peak_rss_mb"]
+        _forked_peaks[node.gateway.id] = output.get("forked_peak_rss_mb", 0.0)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -104,7 +109,9 @@ def _whole_suite_summary(terminalreporter) -> None:
     if _peaks:
         terminalreporter.write_sep("-", "peak memory (RSS) of each test process")
         for who, peak in sorted(_peaks.items()):
-            terminalreporter.write_line(f"{who}: {peak:,.0f} MB")
+            runs = _forked_peaks.get(who)
+            forked_runs = f" (its largest forked run: {runs:,.0f} MB)" if runs else ""
+            terminalreporter.write_line(f"{who}: {peak:,.0f} MB{forked_runs}")
     raisers = sorted(((mb, name) for name, mb in _raised.items()), reverse=True)[:SHOWN_FILES]
     if raisers:
         terminalreporter.write_sep("-", "test files that raised a test process's peak the most")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from forked import run_module
 from PIL import Image, ImageEnhance, ImageOps
 
 if TYPE_CHECKING:
@@ -150,20 +151,24 @@ OPENVINO_PRECISIONS = ("bfloat16", "int8")
 def run_cli(
     *args: str, env: dict[str, str] | None = None, as_user: bool = False
 ) -> subprocess.CompletedProcess:
-    """python -m pipeline ARGS from the repository root; on ENGINE_UNLESS_NAMED unless
-    ARGS name an engine or an OpenVINO precision, or as_user asks for the command exactly
-    as a user runs it."""
+    """python -m pipeline ARGS from the repository root, in a child of a preloaded
+    interpreter (forked.run_module), on ENGINE_UNLESS_NAMED unless ARGS name an engine or
+    an OpenVINO precision; as_user runs the command exactly as a user does, in a fresh
+    interpreter on the command's own engine."""
     precision = args[args.index("--precision") + 1] if "--precision" in args else ""
     named = "--engine" in args or precision in OPENVINO_PRECISIONS
     engine = () if as_user or named else ENGINE_UNLESS_NAMED
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args, *engine],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    environment = {**os.environ, **(env or {})}
+    if as_user:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=REPO,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    return run_module("pipeline", [*args, *engine], cwd=REPO, env=environment, timeout=600)
 
 
 def read_parquet(output: Path):

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from cloud import ForeignNamesProxy, MetadataServer, emulator_client, storage_emulator
+from forked import run_module
 from support import PHOTO_PATHS, REPO, run_cli, write_csv
 from test_hub_models import FAMILIES
 
@@ -185,12 +185,11 @@ def test_search_with_the_folder_in_its_summary_is_refused(gcs, tmp_path):
     shard.parent.mkdir(parents=True)
     shard.touch()  # search lists the shards before the model loads; this one is never read
     (output / "summary.json").write_text(json.dumps(record))
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.search", str(output), "--image", PHOTO_PATHS[0]],
+    result = run_module(
+        "pipeline.search",
+        [str(output), "--image", PHOTO_PATHS[0]],
         cwd=REPO,
         env={**os.environ, **gcs, "TMPDIR": str(temp)},
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     refusal(result)

@@ -10,11 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import run_module
 from support import PHOTO_PATHS, REPO, dead_letter, parquet_embeddings, run_cli, summary
 from text_presets import tiny_clip
 
@@ -34,15 +34,9 @@ def write_catalogue(path: Path, uris: list[str]) -> Path:
 
 
 def run_search(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """python -m pipeline.search ARGS, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.search", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """python -m pipeline.search ARGS, in a child of a preloaded interpreter."""
+    environment = {**os.environ, **(env or {})}
+    return run_module("pipeline.search", list(args), cwd=REPO, env=environment, timeout=600)
 
 
 def json_results(result: subprocess.CompletedProcess) -> list[dict]:
