@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-models benchmark-layout benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean
+.PHONY: help demo test test-fast benchmark benchmark-models benchmark-layout benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean dry-run
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -62,6 +62,14 @@ lint: $(VENV)/.installed ## ruff lint and format check
 format: $(VENV)/.installed ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline tests benchmarks templates
 	$(BIN)/ruff format pipeline tests benchmarks templates
+
+# Each variable reaches the module through the recipe's environment (make exports the
+# command line's), so a value needs no quoting here. docs/dataflow.md, "Dry run".
+dry-run: $(VENV)/.installed ## Check a Dataflow launch offline: PROJECT= REGION= BUCKET= INPUT= OUTPUT= [PARAMETERS=]
+	@$(BIN)/python -m pipeline.dry_run --project "$$PROJECT" --region "$$REGION" \
+		--bucket "$$BUCKET" --input "$$INPUT" --output "$$OUTPUT" --parameters "$$PARAMETERS" \
+		--job_name "$$JOB_NAME" --machine_type "$$MACHINE_TYPE" --template "$$TEMPLATE" \
+		--image "$$IMAGE"
 
 metadata: $(VENV)/.installed ## Write metadata.json and docs/options.md from the flags (pipeline/options/flags.py)
 	$(BIN)/python -m pipeline.options.describe

@@ -146,16 +146,20 @@ def if_passed(summary: dict[str, Any], unused_staged: list[str]):
         yield None
 
 
-def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
-    """What would otherwise fail only once workers run: input glob and columns, the
-    labels, weights, the outputs, the BigQuery dataset."""
+def check_input(opts: EmbeddingOptions) -> None:
+    """That a glob matches and the kept columns are the input's."""
     if is_glob(opts.input):
         check_glob(opts.input)
-    if opts.zero_shot_labels:
-        preflight.check_labels(opts.zero_shot_labels)
     keep = kept_columns(opts)
     if keep:
         keep_columns_layout(opts.input, keep)
+
+
+def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
+    """What would otherwise fail only once workers run: the labels, weights, the outputs,
+    the BigQuery dataset."""
+    if opts.zero_shot_labels:
+        preflight.check_labels(opts.zero_shot_labels)
     if opts.bigquery_table:
         preflight.check_bigquery_dataset(parse_table(opts.bigquery_table))
     # Before any folder is created; for a local run it may download the ImageNet weights.
@@ -191,9 +195,10 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     options = parse_options(argv)
     opts = options.view_as(EmbeddingOptions)
     local = is_local(options)
-    check_before_work(opts, local=local)
+    check_input(opts)
     # Picked once, here: every worker process quantises int8 on these same images.
     calibration = calibration_uris(opts)
+    check_before_work(opts, local=local)
     started_at = time.time()
     run_id = new_run_id(started_at)
     take_lease(
@@ -213,8 +218,9 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
             mode = use_local_runner_defaults(options, argv, small_input=count is not None)
             if mode:
                 _LOG.info(
-                    "local run, %s input rows: in this process, %s",
+                    "local run, %s %s: in this process, %s",
                     count if count is not None else f"over {SMALL_INPUT_ROWS}",
+                    "files matched" if is_glob(opts.input) else "input rows",
                     "one thread" if mode == "in_memory" else "a bundle thread per CPU core",
                 )
         p = beam.Pipeline(options=options)

@@ -21,6 +21,7 @@ from pipeline.local_runner import is_local
 from pipeline.models import (
     CALIBRATION_IMAGES,
     INT8,
+    MIN_CALIBRATION_IMAGES,
     CalibrationSample,
     KerasEmbeddingHandler,
     LabelImages,
@@ -30,7 +31,7 @@ from pipeline.models import (
     read_labels,
     sample_digest,
 )
-from pipeline.options import EmbeddingOptions, kept_columns
+from pipeline.options import EmbeddingOptions, UsageError, kept_columns
 from pipeline.outputs import (
     FAILURES,
     FORMATS,
@@ -206,10 +207,17 @@ def model_spec(opts: EmbeddingOptions) -> ModelSpec:
 
 def calibration_uris(opts: EmbeddingOptions) -> tuple[str, ...]:
     """For --precision int8, the input's first CALIBRATION_IMAGES URIs: picked here, once,
-    so that every worker process quantises the model on the same images; () otherwise."""
+    so that every worker process quantises the model on the same images; () otherwise.
+    UsageError when the input lists fewer than calibration needs."""
     if opts.precision != INT8:
         return ()
-    return first_uris(opts.input, CALIBRATION_IMAGES)
+    uris = first_uris(opts.input, CALIBRATION_IMAGES)
+    if len(uris) < MIN_CALIBRATION_IMAGES:
+        raise UsageError(
+            f"--precision int8 calibrates on at least {MIN_CALIBRATION_IMAGES} images, and "
+            f"the input lists {len(uris)}: use --precision bfloat16 or float32 for so few"
+        )
+    return uris
 
 
 def decoding(opts: EmbeddingOptions, spec: ModelSpec, *, local_paths: bool) -> Decoding:
@@ -253,6 +261,7 @@ def run_context(opts: EmbeddingOptions, made: Provenance) -> dict[str, Any]:
         **made.written(IN_SUMMARY),
         "skip_existing": opts.skip_existing,
         "max_failure_fraction": opts.max_failure_fraction,
+        "max_failures": opts.max_failures,
         "map": opts.map,
         "neighbors": opts.neighbors,
         "duplicate_threshold": opts.duplicate_threshold,

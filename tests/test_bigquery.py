@@ -274,7 +274,7 @@ def test_bigquery_a_run_that_fails_its_budget_leaves_table_and_output_as_they_we
         cloud["catalogue"][uri] = {"label": "gone", "sku": uri}
     try:
         failed = run(cloud, upload_csv(cloud, "lists/half.csv", [*uris[:3], *missing]),
-                     "kept", "kept")  # fmt: skip
+                     "kept", "kept", "--max_failures", "0")  # fmt: skip
     finally:
         for uri in missing:
             del cloud["catalogue"][uri]

@@ -238,7 +238,7 @@ def test_skip_existing_embeds_only_new_rows(output_format, tmp_path):
     for path in extra:
         Path(path).write_bytes(Path(PHOTO_PATHS[0]).read_bytes())
     grown = write_csv(tmp_path / "15.csv", [*first, *second, *extra])
-    result = run_cli("--input", str(grown), *common)
+    result = run_cli("--input", str(grown), *common, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     printed = summary(output)
     assert printed["skipped_existing"] == 10 and printed["embedded"] == 5

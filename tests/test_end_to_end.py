@@ -71,6 +71,7 @@ def parquet_run(corpus, tmp_path_factory):
         "--jpeg_draft", "false",
         "--max_failure_fraction", "0.5",
         "--precision", "float32",  # parity in full precision (auto may be bfloat16)
+        "--json",
         as_user=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -318,13 +319,21 @@ def test_too_many_failures_fail_the_run(tmp_path):
     missing = [str(tmp_path / f"missing-{i}.jpg") for i in range(3)]
     csv_path = write_csv(tmp_path / "mostly_missing.csv", [*PHOTO_PATHS[:2], *missing])
     output = tmp_path / "out"
-    result = run_cli("--input", str(csv_path), "--output", str(output), "--weights", "random")
+    result = run_cli("--input", str(csv_path), "--output", str(output), "--weights", "random",
+                     "--max_failures", "0")  # fmt: skip
     assert result.returncode == 1
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert "3 of 5 inputs failed" in last_line and "--max_failure_fraction 0.05" in last_line
+    lines = result.stderr.strip().splitlines()
+    [error] = [line for line in lines if line.startswith("error:")]
+    assert "3 of 5 inputs failed" in error and "--max_failure_fraction 0.05" in error
+    # The first failures by URI, each with its reason, and the command that lists them all.
+    kept, failures = failed_run_record(output)
+    first = sorted(failures, key=lambda record: record["uri"])[:3]
+    assert [record["uri"] for record in first] == sorted(missing)
+    assert lines[-4:-1] == [f"  {r['uri']}: {r['error_type']}: {r['message']}" for r in first]
+    run_folder = output / "_runs" / kept["run_id"]
+    assert lines[-1] == f"  list them all: cat {run_folder}/failures-*.jsonl"
     # Nothing is published: the failed run's summary and dead letter stay in its folder.
     assert not (output / "summary.json").exists() and not dead_letter(output)
-    kept, failures = failed_run_record(output)
     assert (kept["status"], kept["failure_fraction"]) == ("failed", 0.6)
     assert "3 of 5 inputs failed" in kept["failure_reason"]
     assert {record["uri"] for record in failures} == set(missing)

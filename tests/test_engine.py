@@ -283,6 +283,7 @@ def neighbour_run(uris: list[str], root: Path, *engine_flags: str) -> tuple[Path
         "--weights", "random",
         "--neighbors", str(K),
         "--duplicate_threshold", "0.9999",
+        "--json",
         *engine_flags,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

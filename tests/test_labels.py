@@ -112,7 +112,7 @@ def test_labels_and_scores_equal_a_numpy_reference_in_parquet_and_vector_search(
     result = run_cli(
         "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
         "--output", str(output), "--model", MODELS[family], "--weights", str(presets[family]),
-        "--zero_shot_labels", str(names), "--vector_search_output", str(vectors),
+        "--zero_shot_labels", str(names), "--vector_search_output", str(vectors), "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = parquet_rows(output)
@@ -156,7 +156,7 @@ def test_labels_in_the_npy_index_embedded_once_per_worker_process(presets, tmp_p
         "--input", str(write_csv(tmp_path / "photos.csv", PHOTO_PATHS)),
         "--output", str(output), "--output_format", "npy", "--model", MODELS["clip"],
         "--weights", str(presets["clip"]), "--zero_shot_labels", ",".join(LABELS),
-        "--direct_running_mode", "multi_processing", "--direct_num_workers", "2",
+        "--direct_running_mode", "multi_processing", "--direct_num_workers", "2", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     index = npy_index(output)

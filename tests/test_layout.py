@@ -19,6 +19,7 @@ STAGES = (
     ("destinations", "similarity", "report"),
     ("options",),
     ("run",),
+    ("console",),
     (None,),  # the top level: job, plan, cli, launch, ...
 )
 RANK = {package: rank for rank, packages in enumerate(STAGES) for package in packages}

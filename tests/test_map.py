@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import collections
 import csv
+import functools
 import glob
 import hashlib
 import io
 import json
+import random
 import time
 from pathlib import Path
 
@@ -26,9 +29,11 @@ from support import (
 )
 
 from pipeline.inputs.images import THUMBNAIL_QUALITY
+from pipeline.models.labels import LabelList
+from pipeline.outputs.labels import describe_labels
 from pipeline.report import page as report
 from pipeline.report.mapping import THUMBNAIL_SIZE
-from pipeline.report.projection import Moments, principal_components
+from pipeline.report.projection import Moments, Projection, principal_components
 
 SEED = 5
 SAMPLE = 8  # fewer than the 13 photos, so that the report shows a sample
@@ -275,6 +280,8 @@ def test_report_in_chromium_offline(mapped):
         assert f"Embedded {record['embedded']}" in text
         assert "truncated.jpg" in text and "FileNotFoundError" in text
         assert f"Failures ({record['failed']})" in text
+        # No --zero_shot_labels: nothing to colour by, so no switch.
+        assert not driver.find_element(By.ID, "colour-toggle").is_displayed()
         assert console_problems(driver) == []
 
 
@@ -316,6 +323,20 @@ def test_report_zooms_and_pans(mapped):
         assert console_problems(driver) == []
 
 
+@functools.cache
+def _photo_jpegs() -> dict[str, bytes]:
+    """Each photograph's JPEG thumbnail, by path, made as the load step makes them."""
+    jpegs = {}
+    for path in PHOTO_PATHS:
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+        small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        jpegs[path] = buffer.getvalue()
+    return jpegs
+
+
 def _synthetic_points(count: int) -> tuple[list, dict, object]:
     """count points in ten overlapping clusters, each with one of the photographs' thumbnails."""
     generator = np.random.default_rng(0)
@@ -325,14 +346,7 @@ def _synthetic_points(count: int) -> tuple[list, dict, object]:
     for row in matrix:
         moments.add(row)
     projection = principal_components(moments)
-    photo_thumbnails = []
-    for path in PHOTO_PATHS:
-        with Image.open(path) as image:
-            small = image.convert("RGB")
-        small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        buffer = io.BytesIO()
-        small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
-        photo_thumbnails.append(buffer.getvalue())
+    photo_thumbnails = list(_photo_jpegs().values())
     points, thumbnails = [], {}
     for index, (x, y) in enumerate(projection.apply(matrix)):
         uri = f"gs://bucket/synthetic/{index:06d}.jpg"
@@ -341,14 +355,10 @@ def _synthetic_points(count: int) -> tuple[list, dict, object]:
     return points, thumbnails, projection
 
 
-# slow: starts Chromium of its own and draws 5,000 points (5-7 s).
-@pytest.mark.slow
-def test_report_with_5000_points_loads_and_responds(tmp_path):
-    from selenium.webdriver.common.by import By
-
-    points, thumbnails, projection = _synthetic_points(5000)
-    record = {
-        "rows_read": 5000, "embedded": 5000, "failed": 0, "duplicates_dropped": 0,
+def _record(count: int) -> dict:
+    """A run's summary as render reads it: count images embedded, none failed."""
+    return {
+        "rows_read": count, "embedded": count, "failed": 0, "duplicates_dropped": 0,
         "skipped_existing": 0, "reconciled": True,
         "failed_by_stage": {"read": 0, "load": 0, "extract": 0, "store": 0},
         "model": "resnet50", "weights": "imagenet", "pooling": "avg", "resize": "squash",
@@ -357,7 +367,15 @@ def test_report_with_5000_points_loads_and_responds(tmp_path):
         "input": "gs://bucket/images.csv", "output": "gs://bucket/out",
         "outputs": {"failures": "gs://bucket/out/failures-*.jsonl"},
     }  # fmt: skip
-    page = report.render(points, thumbnails, projection, record, [], sample_rule="all")
+
+
+# slow: starts Chromium of its own and draws 5,000 points (5-7 s).
+@pytest.mark.slow
+def test_report_with_5000_points_loads_and_responds(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    points, thumbnails, projection = _synthetic_points(5000)
+    page = report.render(points, thumbnails, projection, _record(5000), [], sample_rule="all")
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
     with chromium() as driver:
@@ -414,3 +432,234 @@ def test_map_with_npy_output(tmp_path):
     data = page.split('<script type="application/json" id="map-data">', 1)[1]
     points = json.loads(data.split("</script>", 1)[0])["points"]
     assert sorted(point["uri"] for point in points) == sorted(PHOTO_PATHS)
+
+
+# Reports built in process from the photographs at chosen places: one Chromium opens them all.
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as driver:
+        yield driver
+
+
+def _write_report(folder: Path, placed: dict[str, tuple[float, float]], labels=None) -> Path:
+    """report.html of the photographs placed at (x, y), made by page.render; labels: each
+    one's (label, score), as --zero_shot_labels gives them."""
+    points = [(uri, x, y) for uri, (x, y) in placed.items()]
+    record = _record(len(points))
+    if labels:
+        counts = collections.Counter(label for label, _ in labels.values())
+        names = LabelList(tuple(sorted(counts)), "list")
+        record["labels"] = describe_labels(list(counts.items()), names, "a photo of {}")
+    projection = Projection(
+        count=len(points),
+        mean=np.zeros(2),
+        components=np.eye(2),
+        explained_variance=np.array([2.0, 1.0]),
+        total_variance=3.0,
+    )
+    thumbnails = {uri: _photo_jpegs()[uri] for uri in placed}
+    page = report.render(points, thumbnails, projection, record, [], "all", labels=labels)
+    path = folder / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _photo(name: str) -> str:
+    return next(path for path in PHOTO_PATHS if path.endswith("/" + name))
+
+
+def _badges(driver) -> list[dict]:
+    """Each stack badge's text, title and box, once the page has drawn its next frame."""
+    driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#stack-badges .stack-badge')].map(badge => {"
+        "  const box = badge.getBoundingClientRect();"
+        "  return {text: badge.querySelector('text').textContent,"
+        "    title: badge.querySelector('title').textContent,"
+        "    centre: [box.x + box.width / 2, box.y + box.height / 2]};"
+        "});"
+    )
+
+
+_FIND_POINT = (
+    "const data = JSON.parse(document.getElementById('map-data').textContent);"
+    "const index = data.points.findIndex(p => p.uri === arguments[0]);"
+    "const box = document.querySelector(`#points .point[data-index='${index}']`)"
+    "  .getBoundingClientRect();"
+)
+
+
+def _corner(driver, uri: str) -> tuple[float, float]:
+    """The top right corner of uri's thumbnail on the screen."""
+    return driver.execute_script(_FIND_POINT + "return [box.right, box.top];", uri)
+
+
+def _centre(driver, uri: str) -> tuple[int, int]:
+    return driver.execute_script(
+        _FIND_POINT + "return [box.x + box.width / 2, box.y + box.height / 2].map(Math.round);",
+        uri,
+    )
+
+
+def _on_top(driver, spot) -> str:
+    """The URI of the thumbnail drawn at spot, by the page's own index of it."""
+    return driver.execute_script(
+        "const data = JSON.parse(document.getElementById('map-data').textContent);"
+        "const node = document.elementFromPoint(arguments[0], arguments[1]).closest('.point');"
+        "return data.points[Number(node.dataset.index)].uri;",
+        *spot,
+    )
+
+
+def _badge_at(driver, spot) -> bool:
+    return driver.execute_script(
+        "return !!document.elementFromPoint(...arguments).closest('.stack-badge')", *spot
+    )
+
+
+TIMES = "\u00d7"  # the badge's multiplication sign
+SPREAD = {  # far apart on the map
+    "astronaut.png": (-4.0, 3.0),
+    "brick.png": (4.0, 3.0),
+    "chelsea.png": (-4.0, -3.0),
+    "horse.png": (4.0, -3.0),
+}
+
+
+def test_a_report_without_labels_or_stacked_points_has_no_switch_and_no_badge(browser, tmp_path):
+    placed = {_photo(name): xy for name, xy in SPREAD.items()}
+    # Close, covering each other at the full view, but 1e-4 of the span apart: zooming
+    # in separates them, so they are no stack.
+    placed[_photo("coffee.png")] = (0.0, 0.0)
+    placed[_photo("retina.jpg")] = (8e-4, 0.0)
+    browser.get(_write_report(tmp_path, placed).as_uri())
+    toggle = browser.find_element("id", "colour-toggle")
+    assert not toggle.is_displayed()
+    assert browser.execute_script("return getComputedStyle(arguments[0]).display", toggle) == (
+        "none"
+    )
+    assert browser.execute_script("return document.body.dataset.pointsDrawn") == "6"
+    assert _badges(browser) == []
+    assert console_problems(browser) == []
+
+
+def test_with_labels_the_switch_shows_and_colours_the_dots_by_label(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    placed = {_photo(name): xy for name, xy in SPREAD.items()}
+    labels = {
+        _photo("astronaut.png"): ("person", 0.9),
+        _photo("brick.png"): ("wall", 0.8),
+        _photo("chelsea.png"): ("cat", 0.7),
+        _photo("horse.png"): ("cat", 0.4),
+    }
+    browser.get(_write_report(tmp_path, placed, labels).as_uri())
+    toggle = browser.find_element(By.ID, "colour-toggle")
+    assert toggle.is_displayed()
+    dots = browser.find_elements(By.CSS_SELECTOR, "#label-dots .label-dot")
+    assert len(dots) == len(placed)
+    assert not any(dot.is_displayed() for dot in dots)  # until asked for
+
+    browser.find_element(By.ID, "colour-by-label").click()
+    legend = {
+        row.text: row.get_attribute("data-colour")
+        for row in browser.find_elements(By.CSS_SELECTOR, "#legend div")
+    }
+    assert list(legend) == ["cat", "person", "wall"]  # most images first, then by name
+    assert len(set(legend.values())) == 3
+    for dot in dots:
+        assert dot.is_displayed()
+        assert dot.get_attribute("fill") == legend[dot.get_attribute("data-label")]
+    assert sorted(dot.get_attribute("data-label") for dot in dots) == sorted(
+        label for label, _ in labels.values()
+    )
+
+    browser.find_element(By.ID, "colour-by-label").click()
+    assert not any(dot.is_displayed() for dot in dots)
+    assert not browser.find_element(By.ID, "legend").is_displayed()
+    assert console_problems(browser) == []
+
+
+def test_thumbnails_on_one_another_get_a_badge_that_counts_them_and_cycles(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from test_similarity_report import click
+
+    placed = {_photo(name): xy for name, xy in SPREAD.items()}
+    three = [_photo("camera.png"), _photo("coins.png"), _photo("grass.png")]
+    for uri in three:
+        placed[uri] = (0.0, 0.0)
+    # Equal but for rounding (1e-10 of the span): the same spot at any zoom.
+    two = [_photo("coffee.png"), _photo("retina.jpg")]
+    placed[two[0]] = (1.0, -1.5)
+    placed[two[1]] = (1.0 + 8e-10, -1.5)
+    browser.get(_write_report(tmp_path, placed).as_uri())
+    badges = {badge["text"]: badge for badge in _badges(browser)}
+    assert sorted(badges) == [f"{TIMES}2", f"{TIMES}3"]
+    for count, members in ((3, three), (2, two)):
+        badge = badges[f"{TIMES}{count}"]
+        assert badge["title"].splitlines()[1:] == members
+        # On the top right corner of the stack, above the thumbnails.
+        assert np.allclose(badge["centre"], _corner(browser, members[-1]), atol=1.0)
+        assert _badge_at(browser, [round(v) for v in badge["centre"]])
+        # The one drawn last is on top, the others are out of reach of the pointer.
+        assert _on_top(browser, _centre(browser, members[0])) == members[-1]
+
+    # Clicking the badge brings each image in turn to the front and shows it.
+    for expected in [*three, three[0]]:
+        click(browser, [round(v) for v in badges[f"{TIMES}3"]["centre"]])
+        assert browser.find_element(By.ID, "detail-uri").text == expected
+        assert _on_top(browser, _centre(browser, expected)) == expected
+        place = browser.find_element(By.ID, "detail-position").text
+        assert place.endswith(f"{three.index(expected) + 1} of 3 images at this spot")
+
+    # ...and so does Enter on it, for the keyboard.
+    badge = browser.find_elements(By.CSS_SELECTOR, "#stack-badges .stack-badge")[1]
+    assert badge.find_element(By.TAG_NAME, "text").text == f"{TIMES}2"
+    for expected in two:
+        badge.send_keys(Keys.ENTER)
+        assert browser.find_element(By.ID, "detail-uri").text == expected
+    save_screenshot(browser, "report-stacked-thumbnails.png")
+    assert console_problems(browser) == []
+
+
+def test_stacks_are_the_same_whatever_the_points_order():
+    """Exact duplicates, ones within the tolerance (also either side of a grid cell's
+    border), and none beyond it; the span is 1 on both axes."""
+    placed = {
+        "corner-a": (0.0, 0.0),
+        "corner-b": (1.0, 1.0),
+        "same-1": (0.25, 0.75),
+        "same-2": (0.25, 0.75),
+        "same-3": (0.25, 0.75),
+        "rounding-1": (0.6, 0.4),
+        "rounding-2": (0.6 + 1e-9, 0.4 - 1e-9),
+        "border-1": (0.5 - 1e-12, 0.5),  # floor(x / 1e-6) is 499999 ...
+        "border-2": (0.5 + 1e-12, 0.5),  # ... and 500000 here
+        "chain-1": (0.1, 0.1),
+        "chain-2": (0.1 + 0.9e-6, 0.1),
+        "chain-3": (0.1 + 1.8e-6, 0.1),  # beyond chain-1, within chain-2
+        "apart-1": (0.9, 0.2),
+        "apart-2": (0.9 + 2e-6, 0.2),
+        "apart-3": (0.9, 0.2 + 2e-6),
+    }
+    expected = sorted(
+        [
+            ["same-1", "same-2", "same-3"],
+            ["rounding-1", "rounding-2"],
+            ["border-1", "border-2"],
+            ["chain-1", "chain-2", "chain-3"],
+        ]
+    )
+    shuffler = random.Random(0)
+    for _ in range(5):
+        names = list(placed)
+        shuffler.shuffle(names)
+        points = [(name, *placed[name]) for name in names]
+        found = report.stacks(points)
+        assert found == sorted(found) and all(members == sorted(members) for members in found)
+        assert sorted(sorted(names[i] for i in members) for members in found) == expected
+    assert report.stacks([]) == [] and report.stacks([("one", 1.0, 2.0)]) == []
+    assert report.stacks([("a", 3.0, 3.0), ("b", 3.0, 3.0)]) == [[0, 1]]

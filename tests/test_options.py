@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 
 import pytest
 from support import REPO, pipeline_flags, run_cli
 
-from pipeline.options import EmbeddingOptions, UsageError, parse_bool, parse_options
+from pipeline.options import (
+    EmbeddingOptions,
+    UsageError,
+    parse_bool,
+    parse_options,
+    print_beam_help,
+    print_help,
+)
 from pipeline.options.describe import form_help, options_page, template_metadata
 from pipeline.options.flags import GROUPS, OPTIONS, POSITIVE, Limits, Option
 from pipeline.run.preflight import check_output
@@ -161,14 +169,127 @@ def test_help_lists_every_option_with_its_default(help_text):
         if action.default is not None:
             shown = "none" if action.default == "" else action.default
             assert f"(default: {shown})" in text, flag
-    assert "--runner" in text and "--max_num_workers" in text
+    # Beam's options are listed by --help-beam, which the last line names.
+    assert help_text.splitlines()[-1].endswith("python -m pipeline --help-beam")
 
 
 def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
     result = run_cli("--input", "x.csv", "--output", str(tmp_path / "o"), "--max_num_worker", "3")
     assert result.returncode == 2
-    assert "unrecognised argument(s): --max_num_worker 3" in result.stderr
+    assert (
+        "unrecognised argument(s): --max_num_worker (did you mean --max_num_workers?)"
+        in result.stderr
+    )
     assert not (tmp_path / "o").exists()
+
+
+def cli_here(capsys, *args: str) -> tuple[int, str, str]:
+    """The command line's main() in this process: exit status, standard output and error."""
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        pytest.param(["--modle", "resnet50"], "--modle (did you mean --model?)", id="unknown"),
+        pytest.param(["--neigbors", "5"], "--neigbors (did you mean --neighbors?)", id="unknown2"),
+        pytest.param(["--runer", "x"], "--runer (did you mean --runner?)", id="unknown-beam"),
+        pytest.param(
+            ["--maxNumWorkers=5"], "(did you mean --max_num_workers?)", id="unknown-spelling"
+        ),
+        pytest.param(["--out=x"], "--out=x (did you mean --output?)", id="abbreviated"),
+        pytest.param(["photos.csv"], "unrecognised argument(s): photos.csv (see", id="stray"),
+        pytest.param(["--neighbors", "ten"], "--neighbors: invalid int value: 'ten'", id="int"),
+        pytest.param(
+            ["--max_num_workers", "x"], "--max_num_workers: invalid int value", id="int-beam"
+        ),
+        pytest.param(["--model"], "argument --model: expected one argument", id="no-value"),
+        pytest.param(
+            ["--jpeg_draft", "maybe"], "expected true or false, got 'maybe'", id="boolean"
+        ),
+        pytest.param(
+            ["--pooling", "mx"],
+            "--pooling: 'mx' is not one of avg, max, none; did you mean max?",
+            id="choice",
+        ),
+        pytest.param(
+            ["--flexrs_goal", "COST_OPTIMISED"], "; did you mean COST_OPTIMIZED?", id="choice-beam"
+        ),
+        pytest.param(["--model", "resnet5"], "; did you mean resnet50?", id="model"),
+        pytest.param(
+            ["--model", "CLIP-ViT-base-patch16"], "did you mean clip_vit_base_patch16?", id="model2"
+        ),
+        pytest.param(["--engine", "openvno"], "; did you mean openvino?", id="engine"),
+        pytest.param(["--precision", "bfloat"], "; did you mean bfloat16?", id="precision"),
+        pytest.param(["--resize", "center-crop"], "; did you mean center_crop?", id="resize"),
+        pytest.param(["--output_format", "parquett"], "; did you mean parquet?", id="format"),
+    ],
+)
+def test_every_usage_error_is_one_line_and_exit_2(args, said, tmp_path, capsys):
+    """argparse's refusals as our own: one `error:` line, no usage block, with the flag or
+    value a misspelt one most likely meant."""
+    output = tmp_path / "out"
+    code, out, err = cli_here(capsys, "--input", "x.csv", "--output", str(output), *args)
+    assert (code, out) == (2, "")
+    [line] = err.splitlines()
+    assert line.startswith("error: ") and said in line, line
+    assert not output.exists()
+
+
+def test_a_value_near_no_choice_suggests_none():
+    with pytest.raises(UsageError) as refused:
+        parse_options([*REQUIRED, "--pooling", "mean"])
+    assert "did you mean" not in str(refused.value)
+
+
+def test_the_misspelt_command_is_one_line_as_a_user_runs_it():
+    result = run_cli("--modle", "x", as_user=True)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "error: unrecognised argument(s): --modle (did you mean --model?) "
+        "(see python -m pipeline --help)"
+    ]
+
+
+def printed(printer) -> str:
+    buffer = io.StringIO()
+    printer(buffer)
+    return buffer.getvalue()
+
+
+def listed_flags(text: str) -> set[str]:
+    return set(re.findall(r"^  (--\w+)", text, flags=re.MULTILINE))
+
+
+def test_help_shows_the_pipelines_own_flags_by_group_and_where_beams_are(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    text = printed(print_help)
+    lines = text.splitlines()
+    for group in GROUPS:
+        assert f"{group.title}:" in lines
+    assert listed_flags(text) == set(pipeline_flags())
+    # Beam's own help is some 690 lines: the pipeline's groups alone are about a third.
+    assert len(lines) < 400
+    assert lines[-1] == "List them with: python -m pipeline --help-beam"
+
+
+def test_help_beam_lists_beams_options_and_none_of_the_pipelines():
+    flags = listed_flags(printed(print_beam_help))
+    assert {"--runner", "--project", "--region", "--temp_location", "--max_num_workers"} <= flags
+    assert not flags & set(pipeline_flags())
+
+
+@pytest.mark.parametrize(
+    ("flag", "printer"), [("--help", print_help), ("--help-beam", print_beam_help)]
+)
+def test_the_command_prints_each_help(flag, printer, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli_here(capsys, flag) == (0, printed(printer), "")
 
 
 def parser_groups() -> dict[str, list[str]]:

@@ -64,7 +64,7 @@ def test_a_failed_replace_run_leaves_the_earlier_output_byte_identical(output_fo
     for kind in kinds:
         assert any(kind in name for name in before), f"the first run wrote no {kind}"
 
-    failed = run_cli("--input", str(bad), *args)
+    failed = run_cli("--input", str(bad), *args, "--max_failures", "0")
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert "3 of 6 inputs failed" in failed.stderr
     after = snapshot(tmp_path)
@@ -89,7 +89,7 @@ def test_a_job_that_fails_its_check_publishes_nothing(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     before = snapshot(output)
 
-    argv = ["--input", str(bad), "--output", str(output), *EVERY_OUTPUT]
+    argv = ["--input", str(bad), "--output", str(output), *EVERY_OUTPUT, "--max_failures", "0"]
     options = parse_options(argv)
     use_local_runner_defaults(options, argv, small_input=True)
     started_at = time.time()

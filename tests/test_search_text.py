@@ -154,3 +154,41 @@ def test_argument_bytes_from_a_shell_are_refused_by_the_command(tmp_path):
     assert stderr.splitlines() == [
         r"error: --text 'caf\xe9 au lait' is not UTF-8: give the text in UTF-8"
     ]
+
+
+# --- Usage errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        pytest.param(
+            ["--txt", "a cat"],
+            "error: unrecognised argument(s): --txt (did you mean --text?) "
+            "(see search-images --help)",
+            id="unknown",
+        ),
+        pytest.param(
+            ["--text", "a cat", "--bigquery-table", "p.d.t"],
+            "error: unrecognised argument(s): --bigquery-table (did you mean --bigquery_table?) "
+            "(see search-images --help)",
+            id="unknown-spelling",
+        ),
+        pytest.param(
+            ["--text", "a cat", "--k", "ten"],
+            "error: argument --k: 'ten' is not a positive integer",
+            id="int",
+        ),
+        pytest.param(["--text"], "error: argument --text: expected one argument", id="no-value"),
+        pytest.param([], "error: one of the arguments --text --image is required", id="no-query"),
+    ],
+)
+def test_every_usage_error_is_one_line_and_exit_2(tmp_path, args, line, capsys):
+    """argparse's refusals as the search's own: one `error:` line, no usage block, with the
+    flag a misspelt one most likely meant; before the output is read."""
+    from pipeline.search.__main__ import main
+
+    assert main([str(tmp_path / "out"), *args]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.splitlines() == [line]

@@ -62,6 +62,22 @@ def shown_neighbors(driver) -> list[tuple[str, str, int]]:
     )
 
 
+def assert_lists_the_neighbours(driver, neighbors: dict) -> str:
+    """The details panel names a point and lists all its neighbours, in order; its URI."""
+    from selenium.webdriver.common.by import By
+
+    uri = driver.find_element(By.ID, "detail-uri").text
+    expected = neighbors[uri]
+    listed = shown_neighbors(driver)
+    # Every image is on the map here, so every neighbour is listed, in order.
+    assert [name for name, _, _ in listed] == expected["neighbors"]
+    assert [caption for _, caption, _ in listed] == [
+        f"{similarity:.4f}" for similarity in expected["similarities"]
+    ]
+    assert all(width > 0 for _, _, width in listed), "a thumbnail did not decode"
+    return uri
+
+
 @pytest.mark.pipeline_run
 def test_clicking_a_thumbnail_lists_its_nearest_neighbours(reported):
     from selenium.webdriver.common.by import By
@@ -72,24 +88,36 @@ def test_clicking_a_thumbnail_lists_its_nearest_neighbours(reported):
         count = int(driver.execute_script("return document.body.dataset.pointsDrawn"))
         assert count == len(neighbors) == len(PHOTO_PATHS) + 1
         assert not driver.find_element(By.ID, "detail-neighbors").is_displayed()
-        clicked = 0
+        uris = driver.execute_script(
+            "return JSON.parse(document.getElementById('map-data').textContent)"
+            ".points.map(p => p.uri)"
+        )
+        hidden = []
         for index in range(count):
-            # The byte-identical copy sits exactly on its original: one of them is hidden.
             spot = visible_spot(driver, index, required=False)
             if spot is None:
+                hidden.append(uris[index])
                 continue
             click(driver, spot)
-            clicked += 1
-            uri = driver.find_element(By.ID, "detail-uri").text
-            expected = neighbors[uri]
-            listed = shown_neighbors(driver)
-            # Every image is on the map here, so every neighbour is listed, in order.
-            assert [name for name, _, _ in listed] == expected["neighbors"]
-            assert [caption for _, caption, _ in listed] == [
-                f"{similarity:.4f}" for similarity in expected["similarities"]
-            ]
-            assert all(width > 0 for _, _, width in listed), "a thumbnail did not decode"
-        assert clicked >= count - 1
+            assert assert_lists_the_neighbours(driver, neighbors) == uris[index]
+
+        # The byte-identical copy sits exactly on its original, hiding one of them; the
+        # badge on the two counts them and brings the hidden one to the front.
+        assert len(hidden) == 1 and hidden[0].endswith(("/brick.png", "/brick-again.png"))
+        badge = driver.find_element(By.CSS_SELECTOR, "#stack-badges .stack-badge")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#stack-badges .stack-badge")) == 1
+        assert badge.find_element(By.TAG_NAME, "text").text == "\u00d72"
+        title = badge.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+        assert sorted(title.splitlines()[1:]) == sorted(
+            uri for uri in uris if uri.endswith(("/brick.png", "/brick-again.png"))
+        )
+        centre = driver.execute_script(
+            "const box = arguments[0].getBoundingClientRect();"
+            "return [box.x + box.width / 2, box.y + box.height / 2].map(Math.round);",
+            badge,
+        )
+        click(driver, centre)
+        assert assert_lists_the_neighbours(driver, neighbors) == hidden[0]
 
         # Clicking a listed neighbour moves the panel to it.
         first = shown_neighbors(driver)[0][0]

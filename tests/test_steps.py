@@ -202,11 +202,16 @@ def test_write_failures_writes_json_lines_in_its_runs_shards_only(tmp_path):
 
 # --- The summary, as pure functions -------------------------------------------------------
 
-CONTEXT = {"input": "images.csv", "max_failure_fraction": 0.1,
+CONTEXT = {"input": "images.csv", "max_failure_fraction": 0.1, "max_failures": 0,
            "outputs": {"failures": "out/failures-*.jsonl"}}  # fmt: skip
 
 
-def summary_of(rows_with_uri, duplicates, skipped, embedded, failed_by_stage):
+def summary_of(rows_with_uri, duplicates, skipped, embedded, failed_by_stage, **context):
+    failures = [
+        Failure(f"gs://b/{stage}-{index}.jpg", stage, "OSError", "unreadable")
+        for stage, count in failed_by_stage.items()
+        for index in range(count)
+    ]
     return summarise(
         None,
         rows_with_uri=rows_with_uri,
@@ -214,7 +219,8 @@ def summary_of(rows_with_uri, duplicates, skipped, embedded, failed_by_stage):
         skipped=skipped,
         embedded=embedded,
         failed_by_stage=failed_by_stage,
-        context=CONTEXT,
+        first_failures=sorted(failures, key=lambda failure: failure.uri)[:3],
+        context={**CONTEXT, **context},
         started_at=1_000_000_000.0,
     )
 
@@ -247,3 +253,45 @@ def test_check_refuses_an_empty_input_and_a_spent_failure_budget():
     with pytest.raises(RunFailedError, match=r"2 of 10 inputs failed \(20.0% > "):
         check(over)
     check(summary_of(10, 0, 0, 9, {"load": 1}))  # 10% is within a 0.1 budget
+
+
+def test_a_run_fails_only_past_both_budgets_and_always_when_nothing_embeds():
+    # A person's 14 rows with one typo: 7% is over the fraction, not over the count.
+    check(summary_of(14, 0, 0, 13, {"load": 1}, max_failure_fraction=0.05, max_failures=3))
+    check(summary_of(14, 0, 0, 11, {"load": 3}, max_failure_fraction=0.05, max_failures=3))
+    with pytest.raises(
+        RunFailedError, match=r"4 of 14 inputs failed .* more than --max_failures 3"
+    ):
+        check(summary_of(14, 0, 0, 10, {"load": 4}, max_failure_fraction=0.05, max_failures=3))
+    # A job of millions still fails at 5%, however many failures the count allows.
+    over = summary_of(1_000_000, 0, 0, 949_000, {"load": 51_000}, max_failures=3)
+    with pytest.raises(RunFailedError, match="51000 of 1000000 inputs failed"):
+        check({**over, "max_failure_fraction": 0.05})
+    # Nothing embedded: a wrong bucket fails, however few its rows.
+    with pytest.raises(RunFailedError, match="none of the 2 inputs could be embedded"):
+        check(summary_of(2, 0, 0, 0, {"load": 2}, max_failures=3))
+
+
+def test_a_failed_budget_names_the_first_failures_and_how_to_list_them_all():
+    with pytest.raises(RunFailedError) as failed:
+        check(summary_of(10, 0, 0, 6, {"read": 1, "load": 4}))
+    lines = str(failed.value).splitlines()
+    assert lines[0].endswith("the first 3 by URI:")
+    assert lines[1:] == [
+        "  gs://b/load-0.jpg: OSError: unreadable",
+        "  gs://b/load-1.jpg: OSError: unreadable",
+        "  gs://b/load-2.jpg: OSError: unreadable",
+        "  list them all: cat out/failures-*.jsonl",
+    ]
+
+
+def test_a_dead_letter_message_names_the_image_not_a_file_object():
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    with pytest.raises(UnidentifiedImageError) as refused:
+        Image.open(io.BytesIO(b"this is a text file, not a JPEG\n"))
+    assert " object at 0x" in str(refused.value)  # what Pillow says
+    failure = Failure.from_exception("gs://b/notes.jpg", "load", refused.value)
+    assert failure.message == "cannot identify image file gs://b/notes.jpg"

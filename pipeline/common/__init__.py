@@ -1,5 +1,7 @@
-"""What every stage shares: the records passed between steps, counters, CSV lines, atomic writes."""
+"""What every stage shares: the records passed between steps, counters and the local run's
+progress, CSV lines, atomic writes."""
 
+from pipeline.common import progress
 from pipeline.common.atomic import read_json, write_atomically, write_json
 from pipeline.common.csvlines import csv_fields, csv_line, csv_records, unwritable
 from pipeline.common.metrics import NAMESPACE, counter
@@ -20,6 +22,7 @@ __all__ = [
     "csv_records",
     "path_inside",
     "plain_parts",
+    "progress",
     "read_json",
     "unwritable",
     "write_atomically",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 # Stages a failure can be recorded at, in pipeline order.
@@ -11,6 +12,7 @@ STAGES = ("read", "load", "extract", "store")
 FAILED = "failed"
 
 _MAX_MESSAGE = 2000
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class Failure:
 
     @classmethod
     def from_exception(cls, uri: str, stage: str, error: BaseException) -> Failure:
-        message = str(error) or repr(error)
+        # Pillow names the file object it read (<_io.BytesIO object at 0x7f...>): the URI
+        # says which image, and the address differs on every run.
+        message = _OBJECT_REPR.sub(uri, str(error)) or repr(error)
         return cls(uri, stage, type(error).__name__, message[:_MAX_MESSAGE])
 
     def to_json(self) -> str:

@@ -268,7 +268,11 @@ class TakePathFn(beam.DoFn):
     """A matched file to a (path, ()) row; a local file name that is not UTF-8 is a read
     failure (no output could hold it, and Beam's coder would fail the job on it)."""
 
+    def __init__(self):
+        self._rows = counter("rows_read")
+
     def process(self, metadata):
+        self._rows.inc()
         try:
             metadata.path.encode("utf-8")
         except UnicodeEncodeError as error:

@@ -35,6 +35,7 @@ from pipeline.models.labels import (
     check_template,
     read_labels,
 )
+from pipeline.models.quantisation import MIN_CALIBRATION_IMAGES
 from pipeline.models.text import TextTower
 from pipeline.models.weights import (
     BAKED_PRESETS,
@@ -56,6 +57,7 @@ __all__ = [
     "INT8",
     "KERAS_HUB",
     "MAX_LABELS",
+    "MIN_CALIBRATION_IMAGES",
     "PRECISIONS",
     "TOP_LABELS",
     "Backbone",

@@ -1,5 +1,6 @@
 """The pipeline's own flags: declared by feature group (flags), read and checked beside
-Beam's (parsing), and written out as metadata.json and docs/options.md (describe)."""
+Beam's (parsing), refused in one line with a suggestion (suggest), and written out as
+metadata.json and docs/options.md (describe)."""
 
 from pipeline.options.flags import LEASE_STALE_AFTER_HOURS, parse_bool
 from pipeline.options.parsing import (
@@ -8,14 +9,20 @@ from pipeline.options.parsing import (
     build_parser,
     kept_columns,
     parse_options,
+    print_beam_help,
+    print_help,
 )
+from pipeline.options.suggest import OneLineParser
 
 __all__ = [
     "LEASE_STALE_AFTER_HOURS",
     "EmbeddingOptions",
+    "OneLineParser",
     "UsageError",
     "build_parser",
     "kept_columns",
     "parse_bool",
     "parse_options",
+    "print_beam_help",
+    "print_help",
 ]

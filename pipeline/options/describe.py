@@ -35,11 +35,12 @@ there, not this file. -->
 Back to the [README](../README.md).
 
 Every option has the same name as the Flex Template parameter it will become.
-`python -m pipeline --help` prints these groups of options, then every Apache Beam pipeline
-option (`--runner`, `--project`, `--region`, `--temp_location`,
-`--max_num_workers`, ...), which pass to the runner unchanged. An unknown or
-misspelled flag is an error that names it (Beam itself would silently drop it),
-and flags cannot be abbreviated.
+`python -m pipeline --help` prints these groups of options, and
+`python -m pipeline --help-beam` every Apache Beam pipeline option (`--runner`,
+`--project`, `--region`, `--temp_location`, `--max_num_workers`, ...), which pass
+to the runner unchanged. An unknown or misspelled flag is an error that names it
+and the flag it most likely meant (Beam itself would silently drop it), and flags
+cannot be abbreviated.
 """
 
 _PAGE_END = """\

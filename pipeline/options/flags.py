@@ -34,6 +34,9 @@ MAX_NEIGHBORS = 100
 DEFAULT_CELL_SIZE = 200
 DEFAULT_CELLS_PER_IMAGE = 3
 MAX_CELLS_PER_IMAGE = 16
+# Failures a run may always have, whatever its size: a person's first short list with a
+# typo in it still publishes (docs/outputs.md, "Failures and the summary").
+DEFAULT_MAX_FAILURES = 3
 # Dataflow batch jobs of millions of images can run for a day; a lease twice that old is
 # a crashed run's.
 LEASE_STALE_AFTER_HOURS = 48
@@ -667,6 +670,17 @@ RUN = Group(
             form=Form("Failure budget", "Input and output", "0.05", (_FRACTION,)),
         ),
         Option(
+            "max_failures",
+            type=int,
+            default=DEFAULT_MAX_FAILURES,
+            limits=Limits(0),
+            help="The run fails only when more than this many URIs cannot be embedded as "
+            "well as more than `--max_failure_fraction` of them, so that one typo in a "
+            "short list does not fail it; a run that embeds nothing fails regardless.",
+            see=See("Failures and the summary", "outputs.md#failures-and-the-summary"),
+            form=Form("Failures always allowed", "Input and output", "3", (_NATURAL,)),
+        ),
+        Option(
             "break_lease",
             default="",
             matches=Matches(
@@ -702,7 +716,30 @@ RUN = Group(
     ),
 )
 
-GROUPS = (INPUT, MODEL, ENGINE, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN)
+CONSOLE = Group(
+    "Console",
+    "What a run prints while it runs and when it ends.",
+    (
+        Option(
+            "verbose",
+            default=False,
+            help="Show the libraries' own logs (TensorFlow's, absl's, gRPC's and Beam's "
+            "start-up lines), which a run hides otherwise.",
+            see=See("What a run prints", "runners.md#what-a-run-prints"),
+            form=Form("Libraries' logs", "Logs", "false"),
+        ),
+        Option(
+            "json",
+            default=False,
+            help="At the end of a local run, print the whole summary as JSON (as "
+            "`summary.json` holds it) instead of the short result.",
+            see=See("What a run prints", "runners.md#what-a-run-prints"),
+            form=Form("Summary as JSON", "Logs", "false"),
+        ),
+    ),
+)
+
+GROUPS = (INPUT, MODEL, ENGINE, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN, CONSOLE)
 OPTIONS = tuple(option for group in GROUPS for option in group.options)
 
 

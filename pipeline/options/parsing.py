@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -20,11 +21,20 @@ from pipeline.options.flags import (
     OUTPUT_FORMATS,
     POOLINGS,
     RESIZE_POLICIES,
+    Option,
     parse_bool,
 )
+from pipeline.options.suggest import OneLineParser, did_you_mean
 from pipeline.outputs import FORMATS, LABEL_COLUMNS
 
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
+DESCRIPTION = "Embed images listed in a CSV (or matched by a glob) with a Keras model."
+BEAM_TITLE = "Apache Beam pipeline options (passed to the runner unchanged)"
+BEAM_HINT = """\
+Apache Beam's pipeline options (--runner, --project, --region, --temp_location,
+--max_num_workers, ...) are taken too, and passed to the runner unchanged.
+List them with: python -m pipeline --help-beam
+"""
 
 # The constants declared with the flags are imported from here too.
 __all__ = [
@@ -42,6 +52,8 @@ __all__ = [
     "kept_columns",
     "parse_bool",
     "parse_options",
+    "print_beam_help",
+    "print_help",
     "validate",
 ]
 
@@ -69,21 +81,51 @@ def _beam_options_classes() -> list[type[PipelineOptions]]:
     return [cls for cls in unique.values() if cls is not EmbeddingOptions]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser that knows this pipeline's flags and every Beam pipeline flag."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
-        usage=USAGE,
-        description="Embed images listed in a CSV (or matched by a glob) with a Keras model.",
-        allow_abbrev=False,
-    )
-    EmbeddingOptions._add_argparse_args(parser)
-    beam_group = parser.add_argument_group(
-        "Apache Beam pipeline options (passed to the runner unchanged)"
-    )
+class _Parser(OneLineParser):
+    """Refuses bad usage with a UsageError, one line as every other refusal of the command;
+    its help shows the pipeline's own flags, and says where Beam's are."""
+
+    refusal = UsageError
+
+    def format_help(self) -> str:
+        return f"{super().format_help()}\n{BEAM_HINT}"
+
+
+def _add_beam_flags(parser: argparse.ArgumentParser, shown: bool) -> None:
+    beam_group = parser.add_argument_group(BEAM_TITLE)
     for cls in _beam_options_classes():
         cls._add_argparse_args(beam_group)
+    if not shown:
+        # Some 680 lines of help that would bury the pipeline's own: --help-beam shows them.
+        for action in beam_group._group_actions:
+            action.help = argparse.SUPPRESS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser that knows this pipeline's flags and every Beam pipeline flag; its help
+    shows the pipeline's own flags, by group."""
+    parser = _Parser(
+        prog="python -m pipeline", usage=USAGE, description=DESCRIPTION, allow_abbrev=False
+    )
+    EmbeddingOptions._add_argparse_args(parser)
+    _add_beam_flags(parser, shown=False)
     return parser
+
+
+def print_help(file: TextIO | None = None) -> None:
+    """python -m pipeline --help: the pipeline's own flags by group, then where Beam's are
+    listed (to file, or standard output)."""
+    build_parser().print_help(file)
+
+
+def print_beam_help(file: TextIO | None = None) -> None:
+    """python -m pipeline --help-beam: the Apache Beam pipeline options the pipeline takes
+    (to file, or standard output)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", usage=USAGE, add_help=False, allow_abbrev=False
+    )
+    _add_beam_flags(parser, shown=True)
+    parser.print_help(file)
 
 
 def kept_columns(opts: EmbeddingOptions) -> tuple[str, ...]:
@@ -101,11 +143,9 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
             # the summary and every output would fail to write later.
             message = f"'{_escaped(argument)}' is not UTF-8: give every argument in UTF-8"
             raise UsageError(message) from None
-    _, unknown = build_parser().parse_known_args(list(argv))
-    if unknown:
-        raise UsageError(
-            f"unrecognised argument(s): {' '.join(unknown)} (see python -m pipeline --help)"
-        )
+    # Ours first: its refusals are one line, with the flag or value meant; Beam's print
+    # usage and exit.
+    build_parser().parse_args(list(argv))
     options = PipelineOptions(list(argv))
     validate(options.view_as(EmbeddingOptions))
     return options
@@ -124,7 +164,7 @@ def validate(opts: EmbeddingOptions) -> None:
     against its declaration (flags.py), then the flags that only mean something together."""
     # Every missing required flag first: nothing else means much without it.
     for option in sorted(OPTIONS, key=lambda option: not option.required):
-        refusal = option.refusal(getattr(opts, option.name))
+        refusal = _refusal(option, getattr(opts, option.name))
         if refusal:
             raise UsageError(refusal)
     _check_model_options(opts)
@@ -150,6 +190,14 @@ def validate(opts: EmbeddingOptions) -> None:
             "--neighbors and --duplicate_threshold need pooled embeddings: use --pooling avg or max"
         )
     _validate_destinations(opts)
+
+
+def _refusal(option: Option, value: Any) -> str | None:
+    """The declaration's refusal (flags.py), with the choice a misspelt value most likely meant."""
+    refusal = option.refusal(value)
+    if refusal and option.choices and value not in option.choices:
+        refusal += did_you_mean(str(value), option.choices)
+    return refusal
 
 
 def _scheme(path: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipeline.common import Failure, ImageKey, counter, csv_line, write_atomically
+from pipeline.common import Failure, ImageKey, counter, csv_line, progress, write_atomically
 from pipeline.outputs import (
     COORDINATES,
     FORMATS,
@@ -65,6 +65,7 @@ class ProjectFn(beam.DoFn):
         self._projected = counter("map_points")
 
     def process(self, batch: StoredBatch, projection: Projection | None):
+        progress.begin("drawing the map")
         uris, matrix = batch.uris, batch.embeddings
         if projection is None or not uris:
             return

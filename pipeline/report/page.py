@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -19,6 +20,10 @@ GROUP_MEMBERS_SHOWN = 12  # and this many images of each
 REPORTED_LABELS = 50  # with --zero_shot_labels, thumbnails of this many most frequent labels
 LABEL_THUMBNAILS_SHOWN = 6  # and this many of each, best scores first
 COLOURED_LABELS = 10  # the map colours this many most frequent labels, the rest grey
+# Thumbnails within this fraction of the points' span on both axes are a stack: under
+# a pixel apart even at the page's largest zoom (500x) on a map up to 2,000 pixels wide,
+# so no zoom can pull them apart and the page counts them on a badge instead.
+STACK_TOLERANCE = 1e-6
 
 
 def _template() -> str:
@@ -122,6 +127,63 @@ def _similarity(summary: Mapping[str, Any]) -> str:
         if "warning" in duplicates:
             rows.append(("Warning", duplicates["warning"]))
     return _section("Similarity", rows)
+
+
+def _span(values: Sequence[float]) -> float:
+    """max - min, or 1 when every value is the same, as the page fits its axes."""
+    return (max(values) - min(values)) or 1.0
+
+
+def _joined_positions(
+    positions: Sequence[tuple[float, float]], steps: tuple[float, float]
+) -> list[int]:
+    """Union-find over distinct positions: each one's root, joining those within steps.
+
+    A grid of cells one step wide, from the lowest position, finds the candidates; pairs
+    in neighbouring cells are compared, so two positions either side of a border join.
+    """
+    low = (min(x for x, _ in positions), min(y for _, y in positions))
+    parent = list(range(len(positions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, (x, y) in enumerate(positions):
+        cell = (math.floor((x - low[0]) / steps[0]), math.floor((y - low[1]) / steps[1]))
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for j in cells.get((cell[0] + dx, cell[1] + dy), ()):
+                    other = positions[j]
+                    if abs(x - other[0]) <= steps[0] and abs(y - other[1]) <= steps[1]:
+                        parent[root(i)] = root(j)
+        cells.setdefault(cell, []).append(i)
+    return [root(i) for i in range(len(positions))]
+
+
+def stacks(
+    points: Sequence[tuple[str, float, float]], tolerance: float = STACK_TOLERANCE
+) -> list[list[int]]:
+    """The points drawn on one another: lists of two or more indices, each list and the
+    lists in index order. Two points stack when both coordinates are within tolerance
+    times the points' span on that axis; stacks chain."""
+    at: dict[tuple[float, float], list[int]] = {}
+    for i, (_, x, y) in enumerate(points):
+        at.setdefault((x, y), []).append(i)
+    positions = list(at)
+    if not positions:
+        return []
+    steps = (
+        _span([x for x, _ in positions]) * tolerance,
+        _span([y for _, y in positions]) * tolerance,
+    )
+    joined: dict[int, list[int]] = {}
+    for position, group in zip(positions, _joined_positions(positions, steps), strict=True):
+        joined.setdefault(group, []).extend(at[position])
+    return sorted(sorted(members) for members in joined.values() if len(members) > 1)
 
 
 def _thumbnail_figure(uri: str, similarity: float, thumbnail: bytes | None) -> str:
@@ -254,6 +316,7 @@ def render(
         "neighbors": bool(summary.get("similarity", {}).get("neighbors", {}).get("k")),
         "axes": [axis_label(projection, 0), axis_label(projection, 1)],
         "labels": list(summary.get("labels", {}).get("label_counts", {}))[:COLOURED_LABELS],
+        "stacks": stacks(points),
         "points": [
             {
                 "uri": uri,

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 import pipeline.destinations
 import pipeline.report
 import pipeline.similarity  # noqa: F401
-from pipeline.common import read_json, write_json
+from pipeline.common import progress, read_json, write_json
 from pipeline.outputs import (
     EMBEDDING_RUNS,
     EMBEDDINGS_DIRECTORY,
@@ -228,6 +228,7 @@ class PublishFn(beam.DoFn):
         self._fail_job = fail_job
 
     def process(self, unused, summary, staged, bigquery=None):
+        progress.begin("publishing")
         plan = self._plan
         journal = read_journal(plan.output)
         if journal is not None and journal.run_id == plan.run_id:
@@ -309,7 +310,9 @@ class PublishFn(beam.DoFn):
             delete_paths([as_folder(plan.npy_folder(plan.run_id))])
         write_json(summary["outputs"]["summary"], summary)
         release_lease(plan.output, plan.run_id)
-        _LOG.error("the run failed; the output is as it was: %s", reason)
+        # A local run's command says why; a remote job's log is where its reason shows.
+        log = _LOG.error if self._fail_job else _LOG.debug
+        log("the run failed; the output is as it was: %s", reason)
         if self._fail_job:
             # Nobody waits for a templated job: a failed job is how the verdict shows.
             raise RunFailedError(reason, summary)

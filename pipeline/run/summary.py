@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
 
-from pipeline.common import STAGES, counter, read_json
+from pipeline.common import STAGES, Failure, counter, read_json
 from pipeline.outputs import SUMMARY, output_path, run_folder
+
+# How many failures the summary lists, first by URI, for a failed run's message.
+FIRST_FAILURES = 3
 
 # The parts Summarise counts; any other part is an optional output's description.
 COUNTED = frozenset({"rows", "duplicates", "skipped", "embedded", "failures"})
@@ -38,11 +42,13 @@ def summarise(
     skipped: int,
     embedded: int,
     failed_by_stage: dict[str, int],
+    first_failures: list,
     context: dict[str, Any],
     started_at: float,
     **described,  # not annotated: Beam's type check refuses side inputs in a typed **kwargs
 ) -> dict[str, Any]:
-    """Builds the summary from independently counted parts, so that a lost input shows.
+    """Builds the summary from independently counted parts, so that a lost input shows;
+    first_failures: the FIRST_FAILURES failures first by URI, which a failed run names.
 
     described: what the optional outputs that ran report, by output name.
     """
@@ -59,6 +65,7 @@ def summarise(
         "embedded": embedded,
         "failed": total_failed,
         "failed_by_stage": failed,
+        "first_failures": [asdict(failure) for failure in first_failures],
         "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
         **context,
@@ -86,17 +93,33 @@ def check(summary: dict[str, Any]) -> None:
             f"{summary['duplicates_dropped']} + {summary['skipped_existing']})",
             summary,
         )
-    fraction, limit = summary["failure_fraction"], summary["max_failure_fraction"]
-    if fraction is not None and fraction > limit:
-        inputs = attempted(
-            summary["rows_read"], summary["duplicates_dropped"], summary["skipped_existing"]
-        )
+    failed, fraction = summary["failed"], summary["failure_fraction"]
+    inputs = attempted(
+        summary["rows_read"], summary["duplicates_dropped"], summary["skipped_existing"]
+    )
+    if failed and not summary["embedded"] and failed == inputs:
         raise RunFailedError(
-            f"{summary['failed']} of {inputs} inputs failed "
-            f"({fraction:.1%} > --max_failure_fraction {limit}); "
-            f"reasons are in {summary['outputs']['failures']}",
+            f"none of the {inputs} inputs could be embedded{_reasons(summary)}", summary
+        )
+    limit, floor = summary["max_failure_fraction"], summary.get("max_failures", 0)
+    if fraction is not None and fraction > limit and failed > floor:
+        raise RunFailedError(
+            f"{failed} of {inputs} inputs failed ({fraction:.1%} > --max_failure_fraction "
+            f"{limit}, and more than --max_failures {floor}){_reasons(summary)}",
             summary,
         )
+
+
+def _reasons(summary: dict[str, Any]) -> str:
+    """The first failures by URI, one per line, and the command that lists them all."""
+    shown = summary.get("first_failures", [])
+    files = summary["outputs"]["failures"]
+    reader = "gcloud storage cat" if files.startswith("gs://") else "cat"
+    if not shown:
+        return f"; reasons are in {files}"
+    first = "" if len(shown) == summary["failed"] else f"; the first {len(shown)} by URI"
+    lines = "".join(f"\n  {f['uri']}: {f['error_type']}: {f['message']}" for f in shown)
+    return f"{first}:{lines}\n  list them all: {reader} {files}"
 
 
 class CountFailuresFn(beam.DoFn):
@@ -126,6 +149,9 @@ class Summarise(beam.PTransform):
             | "Count failures" >> beam.ParDo(CountFailuresFn())
             | "Per stage" >> beam.combiners.Count.PerElement()
         )
+        first_failures = parts["failures"] | "First failures" >> beam.combiners.Top.Smallest(
+            FIRST_FAILURES, key=_failure_order
+        )
         return (
             parts["rows"].pipeline
             | "Start" >> beam.Create([None])
@@ -137,6 +163,7 @@ class Summarise(beam.PTransform):
                 skipped=beam.pvalue.AsSingleton(parts["skipped"]),
                 embedded=beam.pvalue.AsSingleton(parts["embedded"]),
                 failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
+                first_failures=beam.pvalue.AsSingleton(first_failures),
                 context=self._context,
                 started_at=self._started_at,
                 **{
@@ -146,6 +173,10 @@ class Summarise(beam.PTransform):
                 },
             )
         )
+
+
+def _failure_order(failure: Failure) -> tuple[str, str, str, str]:
+    return (failure.uri, failure.stage, failure.error_type, failure.message)
 
 
 def read_summary(output: str, run_id: str) -> dict[str, Any]:

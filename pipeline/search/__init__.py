@@ -2,15 +2,15 @@
 output's own run embedded its images; over the Parquet shards, or BigQuery's
 VECTOR_SEARCH on the table a run loaded."""
 
-import os
+from pipeline import logs
 
-# Before TensorFlow is imported: its C++ start-up chatter would hide the one line a
-# refused search prints.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before TensorFlow and gRPC are imported: their start-up chatter would hide the one line
+# a refused search prints.
+logs.quiet_environment(verbose=False)
 
-from pipeline.search.query import embed_image, embed_text
-from pipeline.search.recorded import Recorded, SearchError, read_recorded
-from pipeline.search.scan import Match, search_parquet
+from pipeline.search.query import embed_image, embed_text  # noqa: E402
+from pipeline.search.recorded import Recorded, SearchError, read_recorded  # noqa: E402
+from pipeline.search.scan import Match, search_parquet  # noqa: E402
 
 __all__ = [
     "Match",

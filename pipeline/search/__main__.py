@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pipeline.console import hidden_chatter
+from pipeline.options import OneLineParser
 from pipeline.search.query import embed_image, embed_text
 from pipeline.search.recorded import SearchError, read_recorded
 from pipeline.search.scan import Match, search_parquet, shard_paths
@@ -22,10 +24,9 @@ def positive_int(value: str) -> int:
     return number
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # One line, as every other refusal of the command: no usage block.
-        raise SearchError(message)
+class _Parser(OneLineParser):
+    # One line, as every other refusal of the command: no usage block.
+    refusal = SearchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args = build_parser().parse_args(argv)
-        matches = search(args)
+        with hidden_chatter():
+            matches = search(args)
     except SearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline.common import NAMESPACE, counter
+from pipeline.common import NAMESPACE, counter, progress
 from pipeline.outputs import (
     DUPLICATES,
     FORMATS,
@@ -239,6 +239,7 @@ class SearchCellFn(beam.DoFn):
         self._cell_rows = beam.metrics.Metrics.distribution(NAMESPACE, "cell_rows")
 
     def process(self, cell: tuple[int, list], plan: SearchPlan):
+        progress.begin("searching for neighbours")
         _, chunks = cell
         uris = [uri for chunk_uris, _, _ in chunks for uri in chunk_uris]
         rows = np.concatenate([chunk_rows for _, chunk_rows, _ in chunks])

@@ -8,6 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipeline.common import progress
 from pipeline.destinations.bigquery.jobs import Attempts, BigQueryLoadError, wait_for, write_mode
 from pipeline.destinations.bigquery.planning import LoadPlan, loadable, plan_load
 from pipeline.destinations.bigquery.recorded import describe_table, recorded_metadata
@@ -219,6 +220,7 @@ class LoadIntoBigQueryFn(beam.DoFn):
         self._tries = tries
 
     def process(self, unused_passed, earlier_rows: int | None = None):
+        progress.begin("loading into BigQuery")
         for tried in range(1, self._tries + 1):
             try:
                 yield self._load.load(earlier_rows)
