@@ -90,6 +90,7 @@ def test_a_run_on_a_terminal_shows_a_bar_to_the_total_and_no_library_chatter(pho
     total = len(PHOTO_PATHS)
     [bar] = [line for line in lines if f"{total}/{total} images" in line]
     assert bar.startswith("100%|"), bar
+    assert re.search(r"\[00:\d\d<00:00, +\d+\.\d\d images/s\]$", bar), bar  # since the start
     assert [line for line in lines if line.startswith("Embedded ")] == [
         next(
             line

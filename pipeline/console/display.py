@@ -35,6 +35,7 @@ class ProgressDisplay:
         self._every = every
         self._bar: tqdm | None = None
         self._started = time.monotonic()
+        self._started_at = time.time()  # tqdm's clock
         self._last_line = self._started
         self._steps_shown = 0
         self._last_state: tuple[int, ...] = ()
@@ -81,12 +82,12 @@ class ProgressDisplay:
             self._bar = tqdm(
                 file=self._stream, unit=" images", dynamic_ncols=True, mininterval=0, leave=True
             )
-            self._bar.start_t = self._started
+            self._bar.start_t = self._started_at
         bar = self._bar
         embedding = _embedding(seen)
         if embedding and bar.total is None:
             bar.reset(total=seen.to_embed)  # the rows are all read: count images from 0
-            bar.start_t = self._started
+            bar.start_t = self._started_at
             bar.bar_format = _BAR
         if embedding:
             bar.total = seen.to_embed
