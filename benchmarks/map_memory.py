@@ -87,6 +87,7 @@ def run_branch(count: int, output: Path, design: str) -> None:
         skipped=0,
         embedded=count,
         failed_by_stage={},
+        first_failures=[],
         context=context,
         started_at=started,
     )

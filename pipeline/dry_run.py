@@ -199,10 +199,10 @@ def storage_unavailable(path: str, project: str) -> str | None:
     return None
 
 
-def check_input(path: str, keep: tuple[str, ...] = ()) -> str:
+def check_input(path: str, keep: tuple[str, ...] = (), uri_column: str = "") -> str:
     """How many rows the input's start holds and its first URI, read as the pipeline reads
     them; raises Problem for an input the launch or the run would refuse (no such file, no
-    match, no rows, --keep_columns its header lacks)."""
+    match, no rows, a URI column or --keep_columns its header or Parquet schema lacks)."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.inputs import (
@@ -211,20 +211,21 @@ def check_input(path: str, keep: tuple[str, ...] = ()) -> str:
         count_inputs,
         first_uris,
         is_glob,
+        is_manifest,
         keep_columns_layout,
     )
 
     try:
         if is_glob(path):
             check_glob(path)
-        keep_columns_layout(path, keep)
-        rows = count_inputs(path, ROWS_READ)
+        keep_columns_layout(path, keep, uri_column)
+        rows = count_inputs(path, ROWS_READ, uri_column)
         if rows == 0:
             raise Problem(f"--input {path}: no rows (a run with no input rows fails)")
-        if is_glob(path):
+        if is_glob(path) and not is_manifest(path):
             first = FileSystems.match([path], limits=[1])[0].metadata_list[0].path
         else:
-            [first] = first_uris(path, 1) or [None]
+            [first] = first_uris(path, 1, uri_column) or [None]
     except InputError as error:
         raise Problem(str(error)) from None
     except Problem:
@@ -330,7 +331,7 @@ def storage_checks(opts, project: str) -> tuple[list[str], list[str]]:
 
     lines, problems = [], []
     reason = storage_unavailable(opts.input, project)
-    checks = [("input", lambda: check_input(opts.input, kept_columns(opts)))]
+    checks = [("input", lambda: check_input(opts.input, kept_columns(opts), opts.uri_column))]
     checks.append(("output", lambda: check_output(opts.output, "--output")))
     if opts.vector_search_output:
         folder = opts.vector_search_output

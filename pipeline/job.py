@@ -13,7 +13,15 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOpt
 
 from pipeline.common import NAMESPACE
 from pipeline.destinations import parse_table
-from pipeline.inputs import ReadImageUris, check_glob, count_inputs, is_glob, keep_columns_layout
+from pipeline.inputs import (
+    CountFetched,
+    ReadImageUris,
+    check_glob,
+    count_inputs,
+    is_glob,
+    is_manifest,
+    keep_columns_layout,
+)
 from pipeline.local_runner import (
     LOCAL_RUNNER,
     SMALL_INPUT_ROWS,
@@ -62,7 +70,7 @@ def build_pipeline(
     """
     plan = RunPlan(opts, run_id, p.options, calibration)
     earlier = plan.embedded_earlier(p)
-    read = p | "Read URIs" >> ReadImageUris(opts.input, earlier, plan.keep)
+    read = p | "Read URIs" >> ReadImageUris(opts.input, earlier, plan.keep, opts.uri_column)
     loaded = read["uris"] | "Load images" >> plan.load_images()
     extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(plan.handler())
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
@@ -79,6 +87,7 @@ def build_pipeline(
     )
     described = run.add([output for output in plan.outputs if not run.waits(output)])
     counts = {name: read[name] for name in ("rows", "duplicates", "skipped")}
+    counts["fetched"] = loaded["images"] | "Fetched" >> CountFetched()
     parts = {
         **counts,
         "embedded": stored["embedded"],
@@ -147,12 +156,10 @@ def if_passed(summary: dict[str, Any], unused_staged: list[str]):
 
 
 def check_input(opts: EmbeddingOptions) -> None:
-    """That a glob matches and the kept columns are the input's."""
+    """That a glob matches, and that the input has its URI column and the kept columns."""
     if is_glob(opts.input):
         check_glob(opts.input)
-    keep = kept_columns(opts)
-    if keep:
-        keep_columns_layout(opts.input, keep)
+    keep_columns_layout(opts.input, kept_columns(opts), opts.uri_column)
 
 
 def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
@@ -214,13 +221,15 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
         finish_earlier_publish(opts.output)
         check_earlier_outputs(opts, calibration)
         if local:
-            count = count_inputs(opts.input, SMALL_INPUT_ROWS)
+            count = count_inputs(opts.input, SMALL_INPUT_ROWS, opts.uri_column)
             mode = use_local_runner_defaults(options, argv, small_input=count is not None)
             if mode:
                 _LOG.info(
                     "local run, %s %s: in this process, %s",
                     count if count is not None else f"over {SMALL_INPUT_ROWS}",
-                    "files matched" if is_glob(opts.input) else "input rows",
+                    "input rows"
+                    if is_manifest(opts.input) or not is_glob(opts.input)
+                    else "files matched",
                     "one thread" if mode == "in_memory" else "a bundle thread per CPU core",
                 )
         p = beam.Pipeline(options=options)

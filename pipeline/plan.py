@@ -16,7 +16,7 @@ from pipeline.destinations import (
     WriteVectorSearch,
     parse_table,
 )
-from pipeline.inputs import Decoding, LoadImages, first_uris
+from pipeline.inputs import DEFAULT_USER_AGENT, Decoding, FetchSettings, LoadImages, first_uris
 from pipeline.local_runner import is_local
 from pipeline.models import (
     CALIBRATION_IMAGES,
@@ -211,7 +211,7 @@ def calibration_uris(opts: EmbeddingOptions) -> tuple[str, ...]:
     UsageError when the input lists fewer than calibration needs."""
     if opts.precision != INT8:
         return ()
-    uris = first_uris(opts.input, CALIBRATION_IMAGES)
+    uris = first_uris(opts.input, CALIBRATION_IMAGES, opts.uri_column)
     if len(uris) < MIN_CALIBRATION_IMAGES:
         raise UsageError(
             f"--precision int8 calibrates on at least {MIN_CALIBRATION_IMAGES} images, and "
@@ -228,6 +228,34 @@ def decoding(opts: EmbeddingOptions, spec: ModelSpec, *, local_paths: bool) -> D
         max_pixels=opts.max_image_pixels,
         max_bytes=opts.max_image_bytes,
         local_paths=local_paths,
+        fetching=fetch_settings(opts),
+    )
+
+
+def fetching_record(settings: FetchSettings) -> dict[str, Any]:
+    """How the run fetched http(s) URIs, as its summary records it: whether it honoured
+    opt-outs above all."""
+    return {
+        "allow_private_addresses": list(settings.allowed_networks),
+        "max_connections_per_host": settings.max_connections_per_host,
+        "requests_per_second_per_host": settings.requests_per_second_per_host,
+        "fetch_deadline_seconds": settings.deadline_seconds,
+        "ignore_opt_outs": settings.ignore_opt_outs,
+        "user_agent": settings.user_agent or DEFAULT_USER_AGENT,
+    }
+
+
+def fetch_settings(opts: EmbeddingOptions) -> FetchSettings:
+    """How the workers fetch http(s) URIs: the Fetching options."""
+    networks = opts.allow_private_addresses
+    return FetchSettings(
+        allowed_networks=tuple(n.strip() for n in networks.split(",")) if networks else (),
+        max_connections_per_host=opts.max_connections_per_host,
+        requests_per_second_per_host=opts.requests_per_second_per_host,
+        deadline_seconds=opts.fetch_deadline_seconds,
+        ignore_opt_outs=opts.ignore_opt_outs,
+        user_agent=opts.fetch_user_agent,
+        max_bytes=opts.max_image_bytes,
     )
 
 
@@ -256,12 +284,14 @@ def run_context(opts: EmbeddingOptions, made: Provenance) -> dict[str, Any]:
     }
     return {
         "input": opts.input,
+        "uri_column": opts.uri_column,
         "output": opts.output,
         "output_format": opts.output_format,
         **made.written(IN_SUMMARY),
         "skip_existing": opts.skip_existing,
         "max_failure_fraction": opts.max_failure_fraction,
         "max_failures": opts.max_failures,
+        "fetching": fetching_record(fetch_settings(opts)),
         "map": opts.map,
         "neighbors": opts.neighbors,
         "duplicate_threshold": opts.duplicate_threshold,

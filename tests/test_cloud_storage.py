@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -64,7 +65,8 @@ def gcs(tmp_path_factory):
             if os.path.exists(path):
                 bucket.blob(f"bad/{name}").upload_from_filename(path)
             bad[f"gs://{BUCKET}/bad/{name}"] = error_type
-        bad["https://169.254.169.254/computeMetadata/v1/token.jpg"] = "UnsupportedUriError"
+        # Loopback only: were the address check broken, nothing off this machine is asked.
+        bad["https://127.0.0.1:9/computeMetadata/v1/token.jpg"] = "BlockedAddressError"
         csv_path = write_csv(tmp_path_factory.mktemp("csv") / "images.csv", [*photos, *bad])
         bucket.blob("lists/images.csv").upload_from_filename(str(csv_path))
         env = {
@@ -223,6 +225,44 @@ def test_gs_glob_input(gcs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     local = download(gcs, "out-glob", tmp_path / "glob")
     assert set(parquet_embeddings(local)) == set(gcs["photos"])
+
+
+def test_a_gs_parquet_manifest_embeds_as_a_csv_of_its_urls(gcs, tmp_path):
+    """A glob of gs:// Parquet manifests with a kept caption: the caption as the manifest
+    holds it, and the very embeddings a CSV of the same URIs and captions gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = sorted(gcs["photos"])
+    captions = [f"photo {i}, {os.path.basename(url)}" for i, url in enumerate(urls)]
+    ids = pa.array(range(len(urls)), pa.int64())
+    manifest = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": captions, "id": ids}), manifest)
+    gcs["bucket"].blob("laion/part-0.parquet").upload_from_filename(str(manifest))
+    listed = tmp_path / "captioned.csv"
+    with open(listed, "w", newline="") as handle:
+        csv.writer(handle).writerows([("uri", "caption"), *zip(urls, captions, strict=True)])
+    gcs["bucket"].blob("lists/captioned.csv").upload_from_filename(str(listed))
+    inputs = {"manifest": "laion/*.parquet", "csv": "lists/captioned.csv"}
+    embedded, kept = {}, {}
+    for name, path in inputs.items():
+        result = run_cli(
+            "--input", f"gs://{BUCKET}/{path}",
+            "--output", f"gs://{BUCKET}/out-{name}",
+            "--keep_columns", "caption",
+            "--weights", "random", "--seed", "5",
+            env=gcs["env"],
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        local = download(gcs, f"out-{name}", tmp_path / name)
+        embedded[name] = parquet_embeddings(local)
+        table, _ = read_parquet(local)
+        uris, kept_captions = table.column("uri").to_pylist(), table.column("caption").to_pylist()
+        kept[name] = dict(zip(uris, kept_captions, strict=True))
+    assert kept["manifest"] == kept["csv"] == dict(zip(urls, captions, strict=True))
+    assert set(embedded["manifest"]) == set(embedded["csv"]) == set(urls)
+    for url in urls:
+        np.testing.assert_array_equal(embedded["manifest"][url], embedded["csv"][url], url)
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "npy"])

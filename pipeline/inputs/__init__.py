@@ -1,13 +1,17 @@
-"""The input side: the CSV of image URIs, reading each image's bytes, decoding and resizing."""
+"""The input side: the CSV, glob or Parquet manifest of image URIs, reading each image's
+bytes (fetching http(s) ones safely and politely), decoding and resizing."""
 
+from pipeline.inputs.fetching import DEFAULT_USER_AGENT, FetchError, FetchSettings
 from pipeline.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, Resize, decode
 from pipeline.inputs.loading import (
     DEFAULT_MAX_IMAGE_BYTES,
+    CountFetched,
     Decoding,
     LoadImageFn,
     LoadImages,
     read_bytes,
 )
+from pipeline.inputs.manifests import is_manifest
 from pipeline.inputs.sources import (
     InputError,
     ReadImageUris,
@@ -21,7 +25,11 @@ from pipeline.inputs.sources import (
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_USER_AGENT",
+    "CountFetched",
     "Decoding",
+    "FetchError",
+    "FetchSettings",
     "InputError",
     "LoadImageFn",
     "LoadImages",
@@ -32,6 +40,7 @@ __all__ = [
     "decode",
     "first_uris",
     "is_glob",
+    "is_manifest",
     "keep_columns_layout",
     "read_bytes",
 ]

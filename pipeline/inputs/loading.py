@@ -7,7 +7,10 @@ import importlib.util
 import io
 import os
 import stat
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -19,8 +22,17 @@ from PIL import Image
 from pipeline.common import FAILED, Failure, ImageKey, counter
 from pipeline.inputs import images
 
-REFUSED_SCHEMES = ("http", "https")
+if TYPE_CHECKING:
+    from pipeline.inputs.fetching import FetchSettings
+
+# Fetched over the web (pipeline/inputs/fetching.py), not through Beam's FileSystems.
+WEB_SCHEMES = ("http", "https")
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+# Web images fetched at once per worker process: fetching is waiting, on the network and
+# on each host's politeness limits, while the harness threads decode and infer.
+FETCHES_IN_FLIGHT = 64
+# URIs a fetching bundle hands the pool together.
+FETCH_BATCH = 256
 
 # What os.stat can say a path is, when it is not a regular file.
 _FILE_KINDS = (
@@ -54,13 +66,8 @@ def check_uri(uri: str, local_paths: bool = True) -> None:
             "on the worker's own disk); copy the images to Cloud Storage and list their "
             "gs:// URIs"
         )
-    if scheme in REFUSED_SCHEMES:
-        # A row must not make a worker request an arbitrary URL, such as the cloud
-        # metadata server that holds the worker's credentials.
-        raise UnsupportedUriError(
-            f"{scheme}:// URIs are not fetched; copy the images to Cloud Storage "
-            "and list their gs:// URIs"
-        )
+    if scheme in WEB_SCHEMES:
+        return  # fetching.fetch checks every address it would connect to
     if scheme not in served_schemes():
         raise UnsupportedUriError(
             f"no Beam filesystem can read {scheme}:// URIs here (its client library is not "
@@ -85,11 +92,22 @@ def served_schemes() -> frozenset[str | None]:
 
 
 def read_bytes(
-    uri: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, *, local_paths: bool = True
+    uri: str,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    *,
+    local_paths: bool = True,
+    fetching: FetchSettings | None = None,
+    counts: list[str] | None = None,
 ) -> bytes:
-    """The file's bytes, from any filesystem Beam serves (local, gs://, ...); refused
-    unread if larger than max_bytes or, for a local path, not a regular file."""
+    """The file's bytes, from any filesystem Beam serves (local, gs://, ...) or fetched
+    over http(s) as fetching says; refused unread if larger than max_bytes or, for a
+    local path, not a regular file. counts: see fetching.fetch."""
     check_uri(uri, local_paths)
+    if is_web(uri):
+        # Imported here: a run without web URIs never loads the HTTP client.
+        from pipeline.inputs.fetching import FetchSettings, fetch
+
+        return fetch(uri, replace(fetching or FetchSettings(), max_bytes=max_bytes), counts)
     if FileSystems.get_scheme(uri) is None:
         # Before opening: opening a fifo blocks until a writer comes, and a device such
         # as /dev/zero reports size 0 and never ends.
@@ -150,11 +168,29 @@ class Decoding:
     max_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     local_paths: bool = True
+    fetching: FetchSettings | None = None  # how http(s) URIs are fetched; None: defaults
 
-    def load(self, uri: str, thumbnail_size: int = 0) -> images.DecodedImage:
-        """The image at uri, read and decoded so; raises what reading or decoding raises."""
-        data = read_bytes(uri, self.max_bytes, local_paths=self.local_paths)
+    def load(
+        self, uri: str, thumbnail_size: int = 0, counts: list[str] | None = None
+    ) -> images.DecodedImage:
+        """The image at uri, read and decoded so; raises what reading or decoding raises.
+        counts: where a fetch adds its counters' names (see fetching.fetch)."""
+        data = read_bytes(
+            uri,
+            self.max_bytes,
+            local_paths=self.local_paths,
+            fetching=self.fetching,
+            counts=counts,
+        )
         return images.decode(data, self.resize, self.jpeg_draft, self.max_pixels, thumbnail_size)
+
+
+def is_web(uri: str) -> bool:
+    return FileSystems.get_scheme(uri) in WEB_SCHEMES
+
+
+def _uri_of(row: str | tuple[str, tuple[str, ...]]) -> str:
+    return row if isinstance(row, str) else row[0]
 
 
 class LoadImageFn(beam.DoFn):
@@ -173,15 +209,55 @@ class LoadImageFn(beam.DoFn):
         Image.MAX_IMAGE_PIXELS = self._decoding.max_pixels
 
     def process(self, row: str | tuple[str, tuple[str, ...]]):
-        uri, columns = (row, ()) if isinstance(row, str) else row
+        yield self._output(row, self._attempt(row))
+
+    def _attempt(self, row, counts: list[str] | None = None):
+        """The decoded image at the row's URI, or the exception that stopped it."""
         try:
-            decoded = self._decoding.load(uri, self._thumbnail_size)
+            return self._decoding.load(_uri_of(row), self._thumbnail_size, counts)
         except Exception as error:
-            yield pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", error))
-        else:
-            self._loaded.inc()
-            key = ImageKey(uri, decoded.width, decoded.height, decoded.thumbnail, columns)
-            yield key, decoded.pixels
+            return error
+
+    def _output(self, row, attempt):
+        """(ImageKey, pixels), or the failure tagged for the dead letter; counted."""
+        uri, columns = (row, ()) if isinstance(row, str) else row
+        if isinstance(attempt, Exception):
+            return pvalue.TaggedOutput(FAILED, Failure.from_exception(uri, "load", attempt))
+        self._loaded.inc()
+        key = ImageKey(uri, attempt.width, attempt.height, attempt.thumbnail, columns)
+        return key, attempt.pixels
+
+
+class FetchImagesFn(LoadImageFn):
+    """A batch of web rows to the same outputs as LoadImageFn, fetched and decoded
+    FETCHES_IN_FLIGHT at a time by the worker process's pool.
+
+    Beam counts a metric only in a thread that runs a step: the pool's threads collect
+    their counters' names, and this one counts them.
+    """
+
+    def process(self, rows: list):
+        for row, (attempt, counted) in zip(rows, _pool().map(self._fetched, rows), strict=True):
+            for name in counted:
+                counter(name).inc()
+            yield self._output(row, attempt)
+
+    def _fetched(self, row) -> tuple:
+        counted: list[str] = []
+        return self._attempt(row, counted), counted
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The worker process's fetching threads, shared by every harness thread."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(FETCHES_IN_FLIGHT, thread_name_prefix="fetch")
+        return _POOL
 
 
 class LoadImages(beam.PTransform):
@@ -191,8 +267,36 @@ class LoadImages(beam.PTransform):
 
     def __init__(self, decoding: Decoding, thumbnail_size: int = 0):
         super().__init__()
-        self._fn = LoadImageFn(decoding, thumbnail_size)
+        self._decoding = decoding
+        self._thumbnail_size = thumbnail_size
 
     def expand(self, uris):
-        loaded = uris | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="images")
-        return {"images": loaded.images, "failed": loaded[FAILED]}
+        stored, web = uris | "Web or stored" >> beam.Partition(
+            lambda row, _: int(is_web(_uri_of(row))), 2
+        )
+        read = stored | "Decode" >> beam.ParDo(
+            LoadImageFn(self._decoding, self._thumbnail_size)
+        ).with_outputs(FAILED, main="images")
+        fetched = (
+            web
+            | "Batch web URIs" >> beam.BatchElements(min_batch_size=1, max_batch_size=FETCH_BATCH)
+            | "Fetch and decode"
+            >> beam.ParDo(FetchImagesFn(self._decoding, self._thumbnail_size)).with_outputs(
+                FAILED, main="images"
+            )
+        )
+        return {
+            "images": (read.images, fetched.images) | "All images" >> beam.Flatten(),
+            "failed": (read[FAILED], fetched[FAILED]) | "All failed" >> beam.Flatten(),
+        }
+
+
+class CountFetched(beam.PTransform):
+    """Loaded (ImageKey, pixels) pairs to how many were fetched over http(s): one int."""
+
+    def expand(self, images):
+        return (
+            images
+            | "Web images" >> beam.Filter(lambda keyed: is_web(keyed[0].uri))
+            | "Count" >> beam.combiners.Count.Globally()
+        )

@@ -1,4 +1,5 @@
-"""Image URIs in: the rows of a CSV or text file, or the files a glob matches."""
+"""Image URIs in: the rows of a CSV or text file, of a Parquet manifest (manifests.py), or
+the files a glob matches."""
 
 from __future__ import annotations
 
@@ -7,15 +8,29 @@ from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import coders, pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.common import FAILED, Failure, counter, csv_fields
+from pipeline.inputs.manifests import (
+    ManifestLayout,
+    ReadManifestRows,
+    count_manifest_rows,
+    first_manifest_uris,
+    holds_strings,
+    is_folder,
+    keepable,
+    manifest_files,
+    manifest_pattern,
+    read_schema,
+)
 
 SKIPPED = "skipped"
 REPEATS = "repeats"
-URI_COLUMN = "uri"
+# The URI column a CSV header or a manifest's schema names, by default (any case).
+DEFAULT_URI_COLUMNS = ("uri", "url")
 _GLOB_CHARACTERS = "*?["
 _SNIFF_LINES = 1000
 _BOM = "\ufeff"
@@ -75,11 +90,24 @@ def _lines(handle):
         yield line
 
 
-def sniff_layout(path: str) -> CsvLayout:
-    """Finds a header naming a `uri` column in the first non-blank line, if there is one.
+def uri_position(names: tuple[str, ...], uri_column: str = "") -> int | None:
+    """Where the URI column is among names: the --uri_column, exactly; by default a `uri`
+    column, else a `url` one, in any case. None if there is none."""
+    if uri_column:
+        return names.index(uri_column) if uri_column in names else None
+    lowered = [name.lower() for name in names]
+    for name in DEFAULT_URI_COLUMNS:
+        if name in lowered:
+            return lowered.index(name)
+    return None
+
+
+def sniff_layout(path: str, uri_column: str = "") -> CsvLayout:
+    """Finds a header naming the URI column (uri_position) in the first non-blank line, if
+    there is one; with a --uri_column there must be one.
 
     A first line that is not UTF-8 text is a row (which the reader dead-letters), unless
-    it names a `uri` column: a header's names must be read exactly.
+    it names the URI column: a header's names must be read exactly.
     """
     if not FileSystems.exists(path):
         raise InputError(f"--input {path}: no such file (give a CSV of image URIs or a glob)")
@@ -91,14 +119,17 @@ def sniff_layout(path: str) -> CsvLayout:
                     break
                 continue
             fields = _loose_fields(line)
-            if fields is None:
-                return CsvLayout()  # no header: the reader dead-letters the row
-            header = tuple(name.strip() for name in fields)
-            names = [name.lower() for name in header]
-            if URI_COLUMN in names:
-                _check_utf8(raw, number, path)
-                return CsvLayout(names.index(URI_COLUMN), skip_lines=number, header=header)
-            return CsvLayout()
+            header = tuple(name.strip() for name in fields) if fields is not None else ()
+            column = uri_position(header, uri_column)
+            if column is None:
+                if uri_column:
+                    raise InputError(
+                        f"--uri_column {uri_column}: not in the header of {path} (its first "
+                        f"line: {_shown(line)})"
+                    )
+                return CsvLayout()  # no header: every row's first column is its URI
+            _check_utf8(raw, number, path)
+            return CsvLayout(column, skip_lines=number, header=header)
     return CsvLayout()
 
 
@@ -113,21 +144,30 @@ def _check_utf8(raw: bytes, number: int, path: str) -> None:
         ) from None
 
 
-def keep_columns_layout(path: str, keep_columns: tuple[str, ...]) -> CsvLayout:
-    """The input's layout with the positions of keep_columns; InputError if the input
-    cannot carry them (a glob, no header, a name the header lacks)."""
-    if not keep_columns:
-        return sniff_layout(path) if not is_glob(path) else CsvLayout()
+def keep_columns_layout(
+    path: str, keep_columns: tuple[str, ...], uri_column: str = ""
+) -> CsvLayout | ManifestLayout:
+    """The input's layout: where its URIs and keep_columns are. InputError if the input
+    cannot carry them (a glob of images, a CSV without a header, a name its header or
+    Parquet schema lacks)."""
+    pattern = manifest_pattern(path)
+    if pattern is not None:
+        return manifest_layout(path, pattern, keep_columns, uri_column)
     if is_glob(path):
-        raise InputError(
-            f"--keep_columns needs a CSV input with a header row; --input {path} is a glob "
-            "of images, which has no columns"
-        )
-    layout = sniff_layout(path)
+        for flag, given in (("--keep_columns", keep_columns), ("--uri_column", uri_column)):
+            if given:
+                raise InputError(
+                    f"{flag} needs a CSV input with a header row or a Parquet manifest; "
+                    f"--input {path} is a glob of images, which has no columns"
+                )
+        return CsvLayout()
+    layout = sniff_layout(path, uri_column)
+    if not keep_columns:
+        return layout
     if not layout.header:
         raise InputError(
-            f"--keep_columns needs a header row naming a {URI_COLUMN} column; the first "
-            f"line of {path} is not one"
+            f"--keep_columns needs a header row naming a {' or '.join(DEFAULT_URI_COLUMNS)} "
+            f"column (or the --uri_column); the first line of {path} is not one"
         )
     missing = [name for name in keep_columns if name not in layout.header]
     if missing:
@@ -139,12 +179,83 @@ def keep_columns_layout(path: str, keep_columns: tuple[str, ...]) -> CsvLayout:
     return CsvLayout(layout.column, layout.skip_lines, layout.header, kept)
 
 
-def count_inputs(path: str, limit: int) -> int | None:
-    """How many images path lists or matches, or None if more than limit (read no further)."""
+def manifest_layout(
+    path: str, pattern: str, keep_columns: tuple[str, ...], uri_column: str = ""
+) -> ManifestLayout:
+    """The manifest's URI column and kept columns, checked against its first file's
+    schema: InputError for no files, a column the schema lacks, or one of a type that
+    cannot be read as a URI or kept (manifests.keepable)."""
+    files = manifest_files(pattern)
+    if not files:
+        raise InputError(f"--input {path}: {_no_parquet_files(path)}")
+    schema = _schema(files[0])
+    uri = _manifest_uri_column(files[0], schema, uri_column)
+    _check_kept(files[0], schema, keep_columns)
+    return ManifestLayout(pattern, uri, tuple(keep_columns))
+
+
+def _no_parquet_files(path: str) -> str:
+    if is_folder(path):
+        return "the folder holds no .parquet files (for a folder of images, give a glob)"
+    return "the pattern matches no files" if is_glob(path) else "no such file"
+
+
+def _schema(path: str) -> pa.Schema:
+    try:
+        return read_schema(path)
+    except pa.ArrowException as error:
+        raise InputError(f"--input: {path} is not a Parquet file ({error})") from None
+
+
+def _manifest_uri_column(path: str, schema: pa.Schema, uri_column: str) -> str:
+    names = tuple(schema.names)
+    position = uri_position(names, uri_column)
+    columns = f"(its columns: {', '.join(names)})"
+    if position is None and uri_column:
+        raise InputError(
+            f"--uri_column {uri_column}: not in the Parquet schema of {path} {columns}"
+        )
+    if position is None:
+        raise InputError(
+            f"--input {path}: no {' or '.join(DEFAULT_URI_COLUMNS)} column; name the column "
+            f"of image URIs with --uri_column {columns}"
+        )
+    uri = names[position]
+    if not holds_strings(schema.field(uri).type):
+        raise InputError(
+            f"--input {path}: its URI column {uri} holds {schema.field(uri).type}, not "
+            "strings (name another with --uri_column)"
+        )
+    return uri
+
+
+def _check_kept(path: str, schema: pa.Schema, keep_columns: tuple[str, ...]) -> None:
+    names = schema.names
+    missing = [name for name in keep_columns if name not in names]
+    if missing:
+        raise InputError(
+            f"--keep_columns: {', '.join(missing)} not in the Parquet schema of {path} "
+            f"(its columns: {', '.join(names)})"
+        )
+    unkeepable = [name for name in keep_columns if not keepable(schema.field(name).type)]
+    if unkeepable:
+        described = ", ".join(f"{name} ({schema.field(name).type})" for name in unkeepable)
+        raise InputError(
+            f"--keep_columns: {described} in {path} cannot be kept as text; keep columns "
+            "of strings, numbers, booleans, dates or times"
+        )
+
+
+def count_inputs(path: str, limit: int, uri_column: str = "") -> int | None:
+    """How many images path lists or matches, or None if more than limit (read no further);
+    for a manifest, the rows its files' footers count."""
+    pattern = manifest_pattern(path)
+    if pattern is not None:
+        return count_manifest_rows(pattern, limit)
     if is_glob(path):
         matched = FileSystems.match([path], limits=[limit + 1])[0].metadata_list
         return len(matched) if len(matched) <= limit else None
-    layout = sniff_layout(path)
+    layout = sniff_layout(path, uri_column)
     rows = 0
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(_lines(handle), start=1):
@@ -163,18 +274,22 @@ def check_glob(pattern: str) -> None:
         raise InputError(f"--input {pattern}: the pattern matches no files")
 
 
-def first_uris(path: str, count: int) -> tuple[str, ...]:
+def first_uris(path: str, count: int, uri_column: str = "") -> tuple[str, ...]:
     """The input's first `count` distinct URIs in input order, as the reader takes them: for
     a CSV, the rows ParseRowFn yields a URI for (after the header; blank, unreadable and
-    URI-less rows skipped), read only as far as needed; for a glob, its matches sorted.
+    URI-less rows skipped), read only as far as needed; for a manifest, its files sorted
+    and their rows in order (manifests.first_manifest_uris); for a glob, its matches sorted.
 
     Runs in the launching process, which picks int8's calibration sample once for every
     worker (models/calibration.py).
     """
+    pattern = manifest_pattern(path)
+    if pattern is not None:
+        return first_manifest_uris(manifest_layout(path, pattern, (), uri_column), count)
     if is_glob(path):
         matched = FileSystems.match([path])[0].metadata_list
         return tuple(sorted({m.path for m in matched if _is_utf8_name(m.path)})[:count])
-    layout = sniff_layout(path)
+    layout = sniff_layout(path, uri_column)
     uris: dict[str, None] = {}  # ordered, without repeats
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(_lines(handle), start=1):
@@ -356,36 +471,28 @@ class ReadImageUris(beam.PTransform):
     before).
 
     Outputs uris (the rows), failed, and the counts rows, duplicates and skipped (ints).
-    CSV rule: if the first non-blank line has a column named `uri` it is a header and
-    that column holds the URIs; otherwise every row's first column does. Only the
-    keep_columns travel on; blank lines and whitespace around URIs are ignored.
+    CSV rule: if the first non-blank line names the URI column (uri_position) it is a
+    header and that column holds the URIs; otherwise every row's first column does. A
+    manifest's URI column is found by the same names in its schema. Only the keep_columns
+    travel on; blank lines and whitespace around URIs are ignored.
     """
 
-    def __init__(self, input_path: str, done=None, keep_columns: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        input_path: str,
+        done=None,
+        keep_columns: tuple[str, ...] = (),
+        uri_column: str = "",
+    ):
         super().__init__()
         self._input = input_path
         self._done = done
         self._keep_columns = tuple(keep_columns)
+        self._uri_column = uri_column
 
     def expand(self, pbegin):
-        layout = keep_columns_layout(self._input, self._keep_columns)
-        if is_glob(self._input):
-            matched = (
-                pbegin
-                | "Match files" >> fileio.MatchFiles(self._input)
-                | "Take paths" >> beam.ParDo(TakePathFn()).with_outputs(FAILED, main="rows")
-            )
-            rows, failed = matched.rows, matched[FAILED]
-        else:
-            # Bytes, decoded row by row: Beam's default coder would fail the whole job on
-            # one byte that is not UTF-8.
-            lines = pbegin | "Read lines" >> beam.io.ReadFromText(
-                self._input, skip_header_lines=layout.skip_lines, coder=coders.BytesCoder()
-            )
-            parsed = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout)).with_outputs(
-                FAILED, main="rows"
-            )
-            rows, failed = parsed.rows, parsed[FAILED]
+        layout = keep_columns_layout(self._input, self._keep_columns, self._uri_column)
+        rows, failed = self._read(pbegin, layout)
         # Grouping per URI drops repeats and also spreads the URIs over all workers (a
         # small CSV is read as a single split).
         chosen = (
@@ -419,3 +526,24 @@ class ReadImageUris(beam.PTransform):
             "duplicates": chosen[REPEATS] | "Duplicates" >> beam.CombineGlobally(sum),
             "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }
+
+    def _read(self, pbegin, layout: CsvLayout | ManifestLayout):
+        """The input's (uri, kept values) rows, and its read failures."""
+        if isinstance(layout, ManifestLayout):
+            read = pbegin | "Read manifest" >> ReadManifestRows(layout)
+        elif is_glob(self._input):
+            read = (
+                pbegin
+                | "Match files" >> fileio.MatchFiles(self._input)
+                | "Take paths" >> beam.ParDo(TakePathFn()).with_outputs(FAILED, main="rows")
+            )
+        else:
+            # Bytes, decoded row by row: Beam's default coder would fail the whole job on
+            # one byte that is not UTF-8.
+            lines = pbegin | "Read lines" >> beam.io.ReadFromText(
+                self._input, skip_header_lines=layout.skip_lines, coder=coders.BytesCoder()
+            )
+            read = lines | "Parse rows" >> beam.ParDo(ParseRowFn(layout)).with_outputs(
+                FAILED, main="rows"
+            )
+        return read.rows, read[FAILED]

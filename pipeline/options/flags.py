@@ -34,6 +34,10 @@ MAX_NEIGHBORS = 100
 DEFAULT_CELL_SIZE = 200
 DEFAULT_CELLS_PER_IMAGE = 3
 MAX_CELLS_PER_IMAGE = 16
+# How http(s) URIs are fetched, per worker process (docs/input.md, "Fetching").
+DEFAULT_CONNECTIONS_PER_HOST = 2
+DEFAULT_REQUESTS_PER_SECOND = 5.0
+DEFAULT_FETCH_DEADLINE = 60.0
 # Failures a run may always have, whatever its size: a person's first short list with a
 # typo in it still publishes (docs/outputs.md, "Failures and the summary").
 DEFAULT_MAX_FAILURES = 3
@@ -45,6 +49,7 @@ LEASE_STALE_AFTER_HOURS = 48
 _NATURAL = "^[0-9]+$"
 _POSITIVE = "^[1-9][0-9]*$"
 _FRACTION = r"^(0(\.[0-9]+)?|1(\.0+)?)$"
+_POSITIVE_DECIMAL = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]*\.[0-9]*[1-9][0-9]*)$"
 _GCS_FOLDER = "^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?$"
 
 
@@ -233,10 +238,11 @@ INPUT = Group(
     (
         Option(
             "input",
-            required="a CSV of image URIs or a glob of images",
-            help="A CSV or text file of image URIs, local paths or `gs://` (in a CSV with a "
-            "header column named `uri`, that column; otherwise the first), or a glob of "
-            "images such as `gs://bucket/photos/**.jpg`.",
+            required="a CSV of image URIs, a Parquet manifest or a glob of images",
+            help="A CSV or text file of image URIs: local paths, `gs://` or `http(s)://` (in "
+            "a CSV with a header, the `--uri_column`; otherwise the first column); a Parquet "
+            "manifest (a `.parquet` file, a folder of them or a glob ending `.parquet`); or "
+            "a glob of images such as `gs://bucket/photos/**.jpg`.",
             see=See("Input", "input.md#input"),
             form=Form(
                 "Image list or pattern",
@@ -244,6 +250,14 @@ INPUT = Group(
                 "gs://my-bucket/lists/photos.csv or gs://my-bucket/photos/**.jpg",
                 ("^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+$",),
             ),
+        ),
+        Option(
+            "uri_column",
+            default="",
+            help="The column of a CSV with a header, or of a Parquet manifest, that holds "
+            "each image's URI; by default `uri`, else `url`, else (a CSV) the first.",
+            see=See("Input", "input.md#input"),
+            form=Form("URI column", "Input and output", "url", ("^[^,]+$",)),
         ),
         Option(
             "resize",
@@ -716,6 +730,72 @@ RUN = Group(
     ),
 )
 
+FETCHING = Group(
+    "Fetching",
+    "How `http://` and `https://` URIs are fetched: never from a private address, a few "
+    "requests at a time per host, opt-outs honoured (see docs/input.md).",
+    (
+        Option(
+            "allow_private_addresses",
+            default="",
+            matches=Matches(
+                r"^[0-9A-Fa-f:.]+/[0-9]{1,3}(,[0-9A-Fa-f:.]+/[0-9]{1,3})*$",
+                "is not a comma-separated list of networks such as 10.20.0.0/16",
+            ),
+            help="Networks (CIDR, comma-separated) whose private addresses may be fetched, "
+            "such as an internal CDN's `10.20.0.0/16`; every other loopback, private, "
+            "link-local (the metadata server's among them), shared or reserved address "
+            "stays refused, also after a redirect.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("Private networks to fetch from", "Fetching", "10.20.0.0/16"),
+        ),
+        Option(
+            "max_connections_per_host",
+            type=int,
+            default=DEFAULT_CONNECTIONS_PER_HOST,
+            limits=Limits(1),
+            help="Requests in flight to one host at once, per worker process.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("Connections per host", "Fetching", "2", (_POSITIVE,)),
+        ),
+        Option(
+            "requests_per_second_per_host",
+            type=float,
+            default=DEFAULT_REQUESTS_PER_SECOND,
+            limits=POSITIVE,
+            help="Requests started per second to one host, per worker process.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("Requests per second per host", "Fetching", "5", (_POSITIVE_DECIMAL,)),
+        ),
+        Option(
+            "fetch_deadline_seconds",
+            type=float,
+            default=DEFAULT_FETCH_DEADLINE,
+            limits=POSITIVE,
+            help="The most time one image's fetch may take, its retries and redirects included.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("Fetch deadline (s)", "Fetching", "60", (_POSITIVE_DECIMAL,)),
+        ),
+        Option(
+            "ignore_opt_outs",
+            default=False,
+            help="Fetch images whose site opts out (robots.txt, or an `X-Robots-Tag` of "
+            "`noai`, `noimageai`, `noindex` or `noimageindex`): only for collections you "
+            "own. The summary records that it was set.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("Ignore opt-outs", "Fetching", "false"),
+        ),
+        Option(
+            "fetch_user_agent",
+            default="",
+            help="The `User-Agent` of every image and robots.txt request; by default the "
+            "tool's name, version and project URL, which robots.txt rules name it by.",
+            see=See("Fetching", "input.md#fetching"),
+            form=Form("User agent", "Fetching", "my-crawler/1.0 (+https://example.com/bot)"),
+        ),
+    ),
+)
+
 CONSOLE = Group(
     "Console",
     "What a run prints while it runs and when it ends.",
@@ -739,7 +819,19 @@ CONSOLE = Group(
     ),
 )
 
-GROUPS = (INPUT, MODEL, ENGINE, LABELS, OUTPUTS, REPORT, SIMILARITY, DESTINATIONS, RUN, CONSOLE)
+GROUPS = (
+    INPUT,
+    FETCHING,
+    MODEL,
+    ENGINE,
+    LABELS,
+    OUTPUTS,
+    REPORT,
+    SIMILARITY,
+    DESTINATIONS,
+    RUN,
+    CONSOLE,
+)
 OPTIONS = tuple(option for group in GROUPS for option in group.options)
 
 

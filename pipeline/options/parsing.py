@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -151,6 +152,15 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def _check_networks(networks: str) -> None:
+    """Each of --allow_private_addresses's networks is one ipaddress can read."""
+    for network in filter(None, (n.strip() for n in networks.split(","))):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as error:
+            raise UsageError(f"--allow_private_addresses: {error}") from None
+
+
 def _escaped(value: str) -> str:
     """The value with each byte that is not UTF-8 shown as \\xNN."""
     try:
@@ -168,6 +178,7 @@ def validate(opts: EmbeddingOptions) -> None:
         if refusal:
             raise UsageError(refusal)
     _check_model_options(opts)
+    _check_networks(opts.allow_private_addresses)
     _check_labels(opts)
     if opts.engine == "tensorflow" and opts.precision in ("bfloat16", "int8"):
         raise UsageError(

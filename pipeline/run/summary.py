@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -16,7 +17,10 @@ from pipeline.outputs import SUMMARY, output_path, run_folder
 FIRST_FAILURES = 3
 
 # The parts Summarise counts; any other part is an optional output's description.
-COUNTED = frozenset({"rows", "duplicates", "skipped", "embedded", "failures"})
+COUNTED = frozenset({"rows", "duplicates", "skipped", "embedded", "failures", "fetched"})
+# A web image's HTTP status, as a failed fetch's message gives it (inputs.HttpStatusError).
+_HTTP_STATUS = re.compile(r": HTTP (\d{3})\b")
+_WEB = ("http://", "https://")
 
 
 class RunFailedError(RuntimeError):
@@ -44,11 +48,14 @@ def summarise(
     failed_by_stage: dict[str, int],
     first_failures: list,
     context: dict[str, Any],
+    fetched: int = 0,
+    fetch_failures: dict[str, int] | None = None,
     started_at: float,
     **described,  # not annotated: Beam's type check refuses side inputs in a typed **kwargs
 ) -> dict[str, Any]:
     """Builds the summary from independently counted parts, so that a lost input shows;
-    first_failures: the FIRST_FAILURES failures first by URI, which a failed run names.
+    first_failures: the FIRST_FAILURES failures first by URI, which a failed run names;
+    fetched, fetch_failures: http(s) images loaded, and those not, by fetch_outcome.
 
     described: what the optional outputs that ran report, by output name.
     """
@@ -68,6 +75,7 @@ def summarise(
         "first_failures": [asdict(failure) for failure in first_failures],
         "reconciled": rows_read == embedded + total_failed + duplicates + skipped,
         "failure_fraction": round(total_failed / inputs, 6) if inputs else None,
+        "fetches": {"fetched": fetched, "failed": dict(sorted((fetch_failures or {}).items()))},
         **context,
         **described,
         "started_at": _iso(started_at),
@@ -152,6 +160,11 @@ class Summarise(beam.PTransform):
         first_failures = parts["failures"] | "First failures" >> beam.combiners.Top.Smallest(
             FIRST_FAILURES, key=_failure_order
         )
+        fetch_failures = (
+            parts["failures"]
+            | "Failed fetches" >> beam.FlatMap(fetch_outcome)
+            | "Per outcome" >> beam.combiners.Count.PerElement()
+        )
         return (
             parts["rows"].pipeline
             | "Start" >> beam.Create([None])
@@ -164,6 +177,8 @@ class Summarise(beam.PTransform):
                 embedded=beam.pvalue.AsSingleton(parts["embedded"]),
                 failed_by_stage=beam.pvalue.AsDict(failed_by_stage),
                 first_failures=beam.pvalue.AsSingleton(first_failures),
+                fetched=beam.pvalue.AsSingleton(parts["fetched"]),
+                fetch_failures=beam.pvalue.AsDict(fetch_failures),
                 context=self._context,
                 started_at=self._started_at,
                 **{
@@ -173,6 +188,20 @@ class Summarise(beam.PTransform):
                 },
             )
         )
+
+
+def fetch_outcome(failure: Failure):
+    """An http(s) image that failed to load, as the summary counts it: HTTP and its status
+    for a status error, else the error's type (a refused address, a timeout, an opt-out,
+    an image that does not decode)."""
+    if failure.stage != "load" or not failure.uri.startswith(_WEB):
+        return
+    status = _HTTP_STATUS.search(failure.message)
+    yield (
+        f"HTTP {status.group(1)}"
+        if failure.error_type == "HttpStatusError" and status
+        else (failure.error_type)
+    )
 
 
 def _failure_order(failure: Failure) -> tuple[str, str, str, str]:

@@ -81,7 +81,7 @@ def calibration_images(recorded: Recorded) -> np.ndarray:
     """int8's calibration images, picked from the run's input as its launcher picked them;
     SearchError if the input no longer starts with the images the run calibrated on."""
     try:
-        uris = first_uris(recorded.input, CALIBRATION_IMAGES)
+        uris = first_uris(recorded.input, CALIBRATION_IMAGES, recorded.uri_column)
     except InputError as error:
         raise SearchError(f"int8 embeddings' calibration sample: {error}") from error
     if sample_digest(uris) != recorded.calibration:

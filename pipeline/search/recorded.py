@@ -35,6 +35,7 @@ class Recorded:
     engine: str = "tensorflow"  # what embedded the images, so that a query image is alike
     precision: str = "float32"
     input: str = ""  # the run's --input, where int8's calibration sample came from
+    uri_column: str = ""  # and its --uri_column
     runs: tuple[str, ...] | None = None  # the runs whose shards count; None: every run's
 
     @property
@@ -105,6 +106,7 @@ def _recorded(output: str, summary: dict) -> Recorded:
         keep_columns=tuple(summary.get("keep_columns", ())),
         **_engine(summary, made),
         input=str(summary.get("input", "")),
+        uri_column=str(summary.get("uri_column", "")),
         runs=named_runs(summary, output, "parquet"),
     )
 
