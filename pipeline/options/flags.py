@@ -789,7 +789,8 @@ FETCHING = Group(
             "fetch_user_agent",
             default="",
             help="The `User-Agent` of every image and robots.txt request; by default the "
-            "tool's name, version and project URL, which robots.txt rules name it by.",
+            "tool's name and version (`image-embeddings/VERSION`). robots.txt rules and "
+            "`X-Robots-Tag` headers name it by the part before the `/`.",
             see=See("Fetching", "input.md#fetching"),
             form=Form("User agent", "Fetching", "my-crawler/1.0 (+https://example.com/bot)"),
         ),
