@@ -399,7 +399,8 @@ def applications_embedding_model(spec: ModelSpec) -> keras.Model:
     # preprocess_input turns them into what the network was trained on.
     features = backbone(preprocess_input(keras.ops.cast(images, "float32")))
     if not spec.pretrained:
-        _LOG.warning("model %s uses %s", spec.model, spec.describe_weights())
+        # The launch warns once (plan.py); each worker's model says it in its own log.
+        _LOG.info("model %s uses %s", spec.model, spec.describe_weights())
     return keras.Model(images, features, name=f"{spec.model}_embedding")
 
 

@@ -146,7 +146,8 @@ def embedding_model(spec: ModelSpec) -> keras.Model:
     if line.normalised:
         embeddings = keras.ops.normalize(embeddings, axis=-1, order=2)
     if not spec.pretrained:
-        _LOG.warning("model %s uses %s", spec.model, spec.describe_weights())
+        # The launch warns once (plan.py); each worker's model says it in its own log.
+        _LOG.info("model %s uses %s", spec.model, spec.describe_weights())
     return keras.Model(images, embeddings, name=f"{spec.model}_embedding")
 
 
