@@ -11,7 +11,7 @@ WEIGHTS ?= random
 DEMO_OUTPUT ?= out/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast benchmark benchmark-models benchmark-layout benchmark-map benchmark-launcher benchmark-similarity benchmark-startup lint format metadata lock clean dry-run
+.PHONY: help demo test test-fast benchmark benchmark-models benchmark-layout benchmark-map benchmark-launcher benchmark-similarity benchmark-startup benchmark-fetch lint format metadata lock clean dry-run
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in unde
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
 	$(BIN)/python benchmarks/throughput.py $(BENCHMARK_ARGS)
 
-benchmark-models: $(VENV)/.installed ## Images/s per model and engine: raw, and end to end on 60 and 300 JPEGs (marginal rate)
+benchmark-models: $(VENV)/.installed ## Images/s per model and engine: raw, and end to end on 100 and 2,000 JPEGs, 3 pairs of runs (marginal rate, median and spread)
 	$(BIN)/python benchmarks/models.py $(BENCHMARK_ARGS)
 
 benchmark-layout: $(VENV)/.installed ## Images/s per process and thread layout of the local runner, 60 and 600 JPEGs
@@ -54,6 +54,9 @@ benchmark-startup: $(VENV)/.installed ## A 13-photo local run against a plain Ke
 
 benchmark-launcher: $(VENV)/.installed ## Wall time and peak RSS of a Flex Template launch
 	$(BIN)/python benchmarks/launcher.py
+
+benchmark-fetch: $(VENV)/.installed ## Images/s fetching 2,000 URLs from 4 loopback hosts (50 ms each) vs img2dataset and local files
+	$(BIN)/python benchmarks/fetch.py $(BENCHMARK_ARGS)
 
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(BIN)/ruff check pipeline tests benchmarks templates

@@ -10,6 +10,7 @@ PRECISIONS, from embedder); TensorFlow, OpenVINO and NNCF are imported on the wo
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -94,9 +95,11 @@ def fast_float16(gpus: Sequence[Mapping]) -> bool:
     )
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes bfloat16 natively (AVX512_BF16 or AMX): the
-    plugin's own OPTIMIZATION_CAPABILITIES, which is what compile_model acts on."""
+    plugin's own OPTIMIZATION_CAPABILITIES, which is what compile_model acts on. Asked
+    once per process (choose asks twice; each asks a new ov.Core)."""
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")

@@ -3,7 +3,10 @@ in float32, bfloat16 or int8."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +24,70 @@ from pipeline.models.quantisation import quantize
 # operations in int8 and the rest in f32: with bf16 there too, CLIP's recall@10 against
 # float32 fell from 0.959 to 0.941 (docs/engine.md).
 _OPENVINO_PRECISION = {FLOAT32: "f32", BFLOAT16: "bf16", INT8: "f32"}
+
+# One conversion at a time: _variables_read_once swaps a class attribute of OpenVINO's.
+_CONVERTING = threading.Lock()
+
+
+def convert(function: EmbeddingFunction) -> Any:
+    """The traced Keras function as an OpenVINO model (ov.convert_model), with no usage
+    telemetry sent and each of its variables read once: the same model, 2 to 3 s sooner
+    on 2 cores (docs/performance.md, "Start-up")."""
+    import openvino as ov
+
+    with _CONVERTING, _variables_read_once():
+        _decline_telemetry()
+        return ov.convert_model(function.concrete_function())
+
+
+def _decline_telemetry() -> None:
+    """Turns off the usage events convert_model sends unless ~/intel/openvino_telemetry
+    says no: it posts each of about 30 from a fork of this process (a gigabyte with
+    TensorFlow), 1.7 s of a 13-photo run. Telemetry is a singleton: convert_model's own
+    init_ovc_telemetry() finds this one, declined, unless another tool re-made it since."""
+    try:
+        from openvino.tools.ovc.telemetry_utils import init_ovc_telemetry
+    except ImportError:
+        return
+    init_ovc_telemetry().consent = False
+
+
+def _node_decoder() -> Any:
+    """OpenVINO's TensorFlow node decoder class, where its get_variable is the static
+    method this module knows; None otherwise."""
+    try:
+        from openvino.frontend.tensorflow.node_decoder import TFGraphNodeDecoder
+    except ImportError:
+        return None
+    found = TFGraphNodeDecoder.__dict__.get("get_variable")
+    return TFGraphNodeDecoder if isinstance(found, staticmethod) else None
+
+
+@contextlib.contextmanager
+def _variables_read_once() -> Iterator[None]:
+    """Within the block, OpenVINO's TensorFlow frontend reads each variable once.
+
+    Its get_variable scans the graph's captures and reads the variable's value every time
+    a node's type or attributes are asked: about 11 times per variable of ResNet50, 1.2 s
+    of a 2 s conversion. The values, and so the converted model, are the same.
+    """
+    decoder = _node_decoder()
+    if decoder is None:
+        yield
+        return
+    original = decoder.__dict__["get_variable"]
+    read: dict[Any, Any] = {}  # keeps each operation, so that no id is reused meanwhile
+
+    def get_variable(operation: Any) -> Any:
+        if operation not in read:
+            read[operation] = original.__func__(operation)
+        return read[operation]
+
+    decoder.get_variable = staticmethod(get_variable)
+    try:
+        yield
+    finally:
+        decoder.get_variable = original
 
 
 class OpenVinoEmbedder:
@@ -48,7 +115,7 @@ class OpenVinoEmbedder:
         import openvino as ov
 
         self.precision = precision
-        model = ov.convert_model(function.concrete_function())
+        model = convert(function)
         if precision == INT8:
             if calibration is None:
                 raise EngineUnavailableError("--precision int8 needs calibration images")
