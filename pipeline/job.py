@@ -159,7 +159,10 @@ def check_input(opts: EmbeddingOptions) -> None:
     """That a glob matches, and that the input has its URI column and the kept columns."""
     if is_glob(opts.input):
         check_glob(opts.input)
-    keep_columns_layout(opts.input, kept_columns(opts), opts.uri_column)
+    keep = kept_columns(opts)
+    # A plain CSV is read only by the workers: at launch, its columns are all there is.
+    if keep or opts.uri_column or is_manifest(opts.input):
+        keep_columns_layout(opts.input, keep, opts.uri_column)
 
 
 def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:

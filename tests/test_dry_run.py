@@ -38,7 +38,11 @@ LIST = f"gs://{BUCKET}/lists/photos.csv"  # the README's input
 MAKE_VARIABLES = [name.upper() for name in dry_run.FLAGS]
 # make runs this interpreter's venv and never rebuilds it, whatever the files' times.
 VENV = shlex.quote(sys.prefix)
-MAKE = f'make() {{ command make VENV={VENV} --old-file={VENV}/.installed "$@"; }}\n'
+# --no-print-directory: under `make test` the inner make would add its Entering lines.
+MAKE = (
+    f"make() {{ command make --no-print-directory VENV={VENV} "
+    f'--old-file={VENV}/.installed "$@"; }}\n'
+)
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,21 @@ def test_without_allowed_networks_no_loopback_url_is_asked(tmp_path):
     assert "none of the 3 inputs could be embedded" in result.stderr
     kept = Path(result.stderr.strip().splitlines()[-1].split()[-1]).parent
     assert kept.is_dir()
+
+
+def test_over_150_urls_run_in_the_threads_mode_and_every_one_is_embedded(tmp_path):
+    # Past SMALL_INPUT_ROWS the local runner runs a bundle thread per core, each handing
+    # its web rows to the process's fetching pool.
+    with serving(("127.0.0.2", 404), ("127.0.0.3", 404)) as hosts:
+        urls = [hosts[i % 2].url(f"/photo/{i:03d}.jpg") for i in range(160)]
+        output = tmp_path / "out"
+        result = run_cli(
+            "--input", str(write_csv(tmp_path / "urls.csv", urls)), "--output", str(output),
+            "--weights", "random", "--allow_private_addresses", "127.0.0.2/31",
+            "--max_connections_per_host", "4", "--requests_per_second_per_host", "500",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        served = sorted(request.path for host in hosts for request in host.requests("/photo/"))
+    assert served == sorted(f"/photo/{i:03d}.jpg" for i in range(160))  # each once
+    assert sorted(parquet_embeddings(output)) == sorted(urls)
+    assert summary(output)["fetches"] == {"fetched": 160, "failed": {}}

@@ -503,7 +503,9 @@ def test_the_entry_file_runs_as_the_flex_template_launcher_runs_it():
         bigquery = BigQueryStandIn(PROJECT, [f"{PROJECT}.images"], emulator)
         try:
             client = emulator_client(emulator)
-            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri,label\n")
+            # As many rows as int8's calibration needs; the launch reads no image.
+            rows = "".join(f"gs://{BUCKET}/photos/{i}.jpg,label-{i}\n" for i in range(8))
+            client.bucket(BUCKET).blob("lists/photos.csv").upload_from_string("uri,label\n" + rows)
             argv = launcher_argv("embed-test", f"gs://{BUCKET}/{job_object}", parameters)
             env = launcher_environment(emulator, metadata.address)
             env["BIGQUERY_EMULATOR_HOST"] = bigquery.address

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import io
@@ -16,6 +17,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 from google.api_core.exceptions import NotFound
 from PIL import Image
 
@@ -31,8 +35,6 @@ DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # Web images fetched at once per worker process: fetching is waiting, on the network and
 # on each host's politeness limits, while the harness threads decode and infer.
 FETCHES_IN_FLIGHT = 64
-# URIs a fetching bundle hands the pool together.
-FETCH_BATCH = 256
 
 # What os.stat can say a path is, when it is not a regular file.
 _FILE_KINDS = (
@@ -195,7 +197,14 @@ def _uri_of(row: str | tuple[str, tuple[str, ...]]) -> str:
 
 class LoadImageFn(beam.DoFn):
     """A URI, or a (uri, kept columns) row, to (ImageKey, uint8 pixels); unreadable or
-    undecodable inputs to `failed`."""
+    undecodable inputs to `failed`.
+
+    A stored image is read in the step's own thread. A web image is handed to the worker
+    process's fetching pool, FETCHES_IN_FLIGHT at a time, and output once fetched and
+    decoded (the bundle's last ones as it finishes): fetching is waiting. Beam counts a
+    metric only in a thread that runs a step, so the pool's threads collect their
+    counters' names and this thread counts them.
+    """
 
     def __init__(self, decoding: Decoding, thumbnail_size: int = 0):
         self._decoding = decoding
@@ -208,8 +217,37 @@ class LoadImageFn(beam.DoFn):
         # twice its default; images.decode restates its message in our terms.
         Image.MAX_IMAGE_PIXELS = self._decoding.max_pixels
 
+    def start_bundle(self):
+        self._fetching: collections.deque = collections.deque()
+
     def process(self, row: str | tuple[str, tuple[str, ...]]):
-        yield self._output(row, self._attempt(row))
+        if not is_web(_uri_of(row)):
+            yield self._output(row, self._attempt(row))
+            return
+        self._fetching.append((row, _pool().submit(self._fetched, row)))
+        yield from self._fetched_outputs(wait=len(self._fetching) > FETCHES_IN_FLIGHT)
+
+    def finish_bundle(self):
+        for output in self._fetched_outputs(wait=True, until_empty=True):
+            if isinstance(output, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+            else:
+                yield _in_global_window(output)
+
+    def _fetched_outputs(self, wait: bool, until_empty: bool = False):
+        """The outputs of the fetches done, oldest first; with wait, the oldest's at
+        least (until_empty: every one's)."""
+        while self._fetching and (wait or self._fetching[0][1].done()):
+            row, future = self._fetching.popleft()
+            attempt, counted = future.result()
+            for name in counted:
+                counter(name).inc()
+            yield self._output(row, attempt)
+            wait = until_empty
+
+    def _fetched(self, row) -> tuple:
+        counted: list[str] = []
+        return self._attempt(row, counted), counted
 
     def _attempt(self, row, counts: list[str] | None = None):
         """The decoded image at the row's URI, or the exception that stopped it."""
@@ -228,23 +266,9 @@ class LoadImageFn(beam.DoFn):
         return key, attempt.pixels
 
 
-class FetchImagesFn(LoadImageFn):
-    """A batch of web rows to the same outputs as LoadImageFn, fetched and decoded
-    FETCHES_IN_FLIGHT at a time by the worker process's pool.
-
-    Beam counts a metric only in a thread that runs a step: the pool's threads collect
-    their counters' names, and this one counts them.
-    """
-
-    def process(self, rows: list):
-        for row, (attempt, counted) in zip(rows, _pool().map(self._fetched, rows), strict=True):
-            for name in counted:
-                counter(name).inc()
-            yield self._output(row, attempt)
-
-    def _fetched(self, row) -> tuple:
-        counted: list[str] = []
-        return self._attempt(row, counted), counted
+def _in_global_window(value) -> WindowedValue:
+    # What finish_bundle outputs must say; a batch run's elements are all in it.
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -271,24 +295,10 @@ class LoadImages(beam.PTransform):
         self._thumbnail_size = thumbnail_size
 
     def expand(self, uris):
-        stored, web = uris | "Web or stored" >> beam.Partition(
-            lambda row, _: int(is_web(_uri_of(row))), 2
-        )
-        read = stored | "Decode" >> beam.ParDo(
+        loaded = uris | "Decode" >> beam.ParDo(
             LoadImageFn(self._decoding, self._thumbnail_size)
         ).with_outputs(FAILED, main="images")
-        fetched = (
-            web
-            | "Batch web URIs" >> beam.BatchElements(min_batch_size=1, max_batch_size=FETCH_BATCH)
-            | "Fetch and decode"
-            >> beam.ParDo(FetchImagesFn(self._decoding, self._thumbnail_size)).with_outputs(
-                FAILED, main="images"
-            )
-        )
-        return {
-            "images": (read.images, fetched.images) | "All images" >> beam.Flatten(),
-            "failed": (read[FAILED], fetched[FAILED]) | "All failed" >> beam.Flatten(),
-        }
+        return {"images": loaded.images, "failed": loaded[FAILED]}
 
 
 class CountFetched(beam.PTransform):
