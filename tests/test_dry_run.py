@@ -29,7 +29,11 @@ from support import PHOTO_PATHS, REPO
 
 from pipeline import dry_run
 
-pytestmark = pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed")
+pytestmark = [
+    pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed"),
+    # Fresh interpreters, make and gcloud, side by side: about 7 s of both cores.
+    pytest.mark.slow,
+]
 
 METADATA = json.loads((REPO / "metadata.json").read_text())
 PHOTOS = [f"gs://{BUCKET}/photos/{os.path.basename(path)}" for path in PHOTO_PATHS[:4]]

@@ -528,6 +528,7 @@ SPREAD = {  # far apart on the map
 }
 
 
+@pytest.mark.slow  # a browser (the fast tier starts none)
 def test_a_report_without_labels_or_stacked_points_has_no_switch_and_no_badge(browser, tmp_path):
     placed = {_photo(name): xy for name, xy in SPREAD.items()}
     # Close, covering each other at the full view, but 1e-4 of the span apart: zooming
@@ -545,6 +546,7 @@ def test_a_report_without_labels_or_stacked_points_has_no_switch_and_no_badge(br
     assert console_problems(browser) == []
 
 
+@pytest.mark.slow  # a browser (the fast tier starts none)
 def test_with_labels_the_switch_shows_and_colours_the_dots_by_label(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -582,6 +584,7 @@ def test_with_labels_the_switch_shows_and_colours_the_dots_by_label(browser, tmp
     assert console_problems(browser) == []
 
 
+@pytest.mark.slow  # a browser (the fast tier starts none)
 def test_thumbnails_on_one_another_get_a_badge_that_counts_them_and_cycles(browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -247,6 +247,7 @@ def test_a_value_near_no_choice_suggests_none():
     assert "did you mean" not in str(refused.value)
 
 
+@pytest.mark.slow  # a fresh interpreter (the fast tier starts none)
 def test_the_misspelt_command_is_one_line_as_a_user_runs_it():
     result = run_cli("--modle", "x", as_user=True)
     assert (result.returncode, result.stdout) == (2, "")
