@@ -31,7 +31,7 @@ from pipeline.models import (
     read_labels,
     sample_digest,
 )
-from pipeline.options import EmbeddingOptions, UsageError, kept_columns
+from pipeline.options import EmbeddingOptions, UsageError, allowed_networks, kept_columns
 from pipeline.outputs import (
     FAILURES,
     FORMATS,
@@ -247,9 +247,8 @@ def fetching_record(settings: FetchSettings) -> dict[str, Any]:
 
 def fetch_settings(opts: EmbeddingOptions) -> FetchSettings:
     """How the workers fetch http(s) URIs: the Fetching options."""
-    networks = opts.allow_private_addresses
     return FetchSettings(
-        allowed_networks=tuple(n.strip() for n in networks.split(",")) if networks else (),
+        allowed_networks=allowed_networks(opts),
         max_connections_per_host=opts.max_connections_per_host,
         requests_per_second_per_host=opts.requests_per_second_per_host,
         deadline_seconds=opts.fetch_deadline_seconds,

@@ -48,12 +48,15 @@ class ProgressDisplay:
 
     def write(self, line: bytes) -> None:
         """Another line for the terminal, printed above the bar."""
-        text = line.decode("utf-8", "replace").rstrip("\n")
         with self._lock:
-            if self._bar is not None:
-                self._bar.write(text, file=self._stream)
-            else:
-                print(text, file=self._stream)
+            self._print(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def _print(self, text: str) -> None:
+        """A line above the bar, where there is one; under the lock."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            print(text, file=self._stream)
 
     def update(self, seen: progress.Progress, final: bool = False) -> None:
         with self._lock:
@@ -113,11 +116,7 @@ class ProgressDisplay:
 
     def _show_steps(self, seen: progress.Progress) -> None:
         for step in seen.steps[self._steps_shown :]:
-            text = f"{step}..."
-            if self._bar is not None:
-                self._bar.write(text, file=self._stream)
-            else:
-                print(text, file=self._stream)
+            self._print(f"{step}...")
         self._steps_shown = len(seen.steps)
 
 

@@ -1,6 +1,7 @@
 """The input side: the CSV, glob or Parquet manifest of image URIs, reading each image's
 bytes (fetching http(s) ones safely and politely), decoding and resizing."""
 
+from pipeline.inputs.addresses import AddressPolicy
 from pipeline.inputs.fetching import DEFAULT_USER_AGENT, FetchError, FetchSettings
 from pipeline.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, Resize, decode
 from pipeline.inputs.loading import (
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_USER_AGENT",
+    "AddressPolicy",
     "CountFetched",
     "Decoding",
     "FetchError",

@@ -6,6 +6,7 @@ from pipeline.options.flags import LEASE_STALE_AFTER_HOURS, parse_bool
 from pipeline.options.parsing import (
     EmbeddingOptions,
     UsageError,
+    allowed_networks,
     build_parser,
     kept_columns,
     parse_options,
@@ -19,6 +20,7 @@ __all__ = [
     "EmbeddingOptions",
     "OneLineParser",
     "UsageError",
+    "allowed_networks",
     "build_parser",
     "kept_columns",
     "parse_bool",

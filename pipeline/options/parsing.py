@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
+from pipeline.inputs import AddressPolicy
 from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, KERAS_HUB, LabelsError, check_template
 from pipeline.options.flags import (
     DEFAULT_CELL_SIZE,
@@ -152,13 +152,18 @@ def parse_options(argv: Sequence[str]) -> PipelineOptions:
     return options
 
 
-def _check_networks(networks: str) -> None:
-    """Each of --allow_private_addresses's networks is one ipaddress can read."""
-    for network in filter(None, (n.strip() for n in networks.split(","))):
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError as error:
-            raise UsageError(f"--allow_private_addresses: {error}") from None
+def allowed_networks(opts: EmbeddingOptions) -> tuple[str, ...]:
+    """--allow_private_addresses as a tuple of networks, in the order given."""
+    networks = opts.allow_private_addresses
+    return tuple(network.strip() for network in networks.split(",")) if networks else ()
+
+
+def _check_networks(opts: EmbeddingOptions) -> None:
+    """Each of --allow_private_addresses's networks is one the fetcher can read."""
+    try:
+        AddressPolicy.from_strings(allowed_networks(opts))
+    except ValueError as error:
+        raise UsageError(f"--allow_private_addresses: {error}") from None
 
 
 def _escaped(value: str) -> str:
@@ -178,7 +183,7 @@ def validate(opts: EmbeddingOptions) -> None:
         if refusal:
             raise UsageError(refusal)
     _check_model_options(opts)
-    _check_networks(opts.allow_private_addresses)
+    _check_networks(opts)
     _check_labels(opts)
     if opts.engine == "tensorflow" and opts.precision in ("bfloat16", "int8"):
         raise UsageError(
