@@ -11,7 +11,6 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -25,9 +24,7 @@ from PIL import Image
 
 from pipeline.common import FAILED, Failure, ImageKey, counter
 from pipeline.inputs import images
-
-if TYPE_CHECKING:
-    from pipeline.inputs.fetching import FetchSettings
+from pipeline.inputs.fetching import FetchSettings, fetch
 
 # Fetched over the web (pipeline/inputs/fetching.py), not through Beam's FileSystems.
 WEB_SCHEMES = ("http", "https")
@@ -106,9 +103,6 @@ def read_bytes(
     local path, not a regular file. counts: see fetching.fetch."""
     check_uri(uri, local_paths)
     if is_web(uri):
-        # Imported here: a run without web URIs never loads the HTTP client.
-        from pipeline.inputs.fetching import FetchSettings, fetch
-
         return fetch(uri, replace(fetching or FetchSettings(), max_bytes=max_bytes), counts)
     if FileSystems.get_scheme(uri) is None:
         # Before opening: opening a fifo blocks until a writer comes, and a device such
