@@ -213,16 +213,18 @@ def check_input(path: str, keep: tuple[str, ...] = (), uri_column: str = "") -> 
         is_glob,
         is_manifest,
         keep_columns_layout,
+        lists_shards,
     )
 
     try:
         if is_glob(path):
             check_glob(path)
         keep_columns_layout(path, keep, uri_column)
-        rows = count_inputs(path, ROWS_READ, uri_column)
+        shards = lists_shards(path, uri_column)
+        rows = None if shards else count_inputs(path, ROWS_READ, uri_column)
         if rows == 0:
             raise Problem(f"--input {path}: no rows (a run with no input rows fails)")
-        if is_glob(path) and not is_manifest(path):
+        if is_glob(path) and not is_manifest(path) and not shards:
             first = FileSystems.match([path], limits=[1])[0].metadata_list[0].path
         else:
             [first] = first_uris(path, 1, uri_column) or [None]
@@ -233,8 +235,12 @@ def check_input(path: str, keep: tuple[str, ...] = (), uri_column: str = "") -> 
     except Exception as error:
         raise Problem(f"--input {path}: cannot read it ({_reason(error)})") from None
     if first is None:
-        raise Problem(f"--input {path}: no row holds an image URI")
-    counted = f"{rows} rows" if rows is not None else f"more than {ROWS_READ} rows"
+        held = "no shard read holds an image" if shards else "no row holds an image URI"
+        raise Problem(f"--input {path}: {held}")
+    if shards:
+        counted = "WebDataset shards (their images are counted as they are read)"
+    else:
+        counted = f"{rows} rows" if rows is not None else f"more than {ROWS_READ} rows"
     return f"{path}: {counted}, the first {first}"
 
 

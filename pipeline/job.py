@@ -21,6 +21,7 @@ from pipeline.inputs import (
     is_glob,
     is_manifest,
     keep_columns_layout,
+    lists_shards,
 )
 from pipeline.local_runner import (
     LOCAL_RUNNER,
@@ -70,7 +71,9 @@ def build_pipeline(
     """
     plan = RunPlan(opts, run_id, p.options, calibration)
     earlier = plan.embedded_earlier(p)
-    read = p | "Read URIs" >> ReadImageUris(opts.input, earlier, plan.keep, opts.uri_column)
+    read = p | "Read URIs" >> ReadImageUris(
+        opts.input, earlier, plan.keep, opts.uri_column, plan.decoding
+    )
     loaded = read["uris"] | "Load images" >> plan.load_images()
     extracted = loaded["images"] | "Extract embeddings" >> ExtractEmbeddings(plan.handler())
     embeddings = extracted["embeddings"] | "Report progress" >> beam.ParDo(ReportProgressFn())
@@ -228,11 +231,8 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
             mode = use_local_runner_defaults(options, argv, small_input=count is not None)
             if mode:
                 _LOG.info(
-                    "local run, %s %s: in this process, %s",
-                    count if count is not None else f"over {SMALL_INPUT_ROWS}",
-                    "input rows"
-                    if is_manifest(opts.input) or not is_glob(opts.input)
-                    else "files matched",
+                    "local run, %s: in this process, %s",
+                    _input_size(opts, count),
                     "one thread" if mode == "in_memory" else "a bundle thread per CPU core",
                 )
         p = beam.Pipeline(options=options)
@@ -252,6 +252,15 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     if summary.get("status") == "failed":
         raise RunFailedError(summary["failure_reason"], summary)
     return summary
+
+
+def _input_size(opts: EmbeddingOptions, count: int | None) -> str:
+    """The input's size as the launch counted it (count_inputs), for the log."""
+    if lists_shards(opts.input, opts.uri_column):
+        return "WebDataset shards"
+    size = count if count is not None else f"over {SMALL_INPUT_ROWS}"
+    glob_of_files = is_glob(opts.input) and not is_manifest(opts.input)
+    return f"{size} {'files matched' if glob_of_files else 'input rows'}"
 
 
 def finish_earlier_publish(output: str, after_run: str | None = None) -> None:

@@ -15,14 +15,8 @@ from support import PHOTO_PATHS, REPO, write_bomb
 
 from pipeline.common import FAILED
 from pipeline.inputs.images import Resize
-from pipeline.inputs.loading import (
-    Decoding,
-    ImageTooLargeError,
-    LoadImageFn,
-    NotARegularFileError,
-    UnsupportedUriError,
-    read_bytes,
-)
+from pipeline.inputs.loading import Decoding, LoadImageFn, read_bytes
+from pipeline.inputs.uris import ImageTooLargeError, NotARegularFileError, UnsupportedUriError
 
 PHOTO = Path(PHOTO_PATHS[0])
 
@@ -92,7 +86,8 @@ def test_local_paths_are_refused_where_they_would_name_a_workers_disk():
 # Run in a process of its own: Beam's GCS client keeps the first credentials it finds.
 GCS_READ = """
 import sys
-from pipeline.inputs.loading import ImageTooLargeError, read_bytes
+from pipeline.inputs.loading import read_bytes
+from pipeline.inputs.uris import ImageTooLargeError
 uri, size = sys.argv[1], int(sys.argv[2])
 assert read_bytes(uri, max_bytes=size, local_paths=False) == open(sys.argv[3], "rb").read()
 try:

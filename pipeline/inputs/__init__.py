@@ -1,5 +1,6 @@
-"""The input side: the CSV, glob or Parquet manifest of image URIs, reading each image's
-bytes (fetching http(s) ones safely and politely), decoding and resizing."""
+"""The input side: the CSV, glob, Parquet manifest or WebDataset shards of image URIs,
+reading each image's bytes (fetching http(s) ones safely and politely, streaming shards),
+decoding and resizing."""
 
 from pipeline.inputs.addresses import AddressPolicy
 from pipeline.inputs.fetching import DEFAULT_USER_AGENT, FetchError, FetchSettings
@@ -21,6 +22,7 @@ from pipeline.inputs.sources import (
     first_uris,
     is_glob,
     keep_columns_layout,
+    lists_shards,
 )
 
 __all__ = [
@@ -44,5 +46,6 @@ __all__ = [
     "is_glob",
     "is_manifest",
     "keep_columns_layout",
+    "lists_shards",
     "read_bytes",
 ]

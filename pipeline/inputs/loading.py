@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import collections
-import functools
-import importlib.util
 import io
-import os
-import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io.filesystem import CompressionTypes, FileSystem
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -25,69 +19,20 @@ from PIL import Image
 from pipeline.common import FAILED, Failure, ImageKey, counter
 from pipeline.inputs import images
 from pipeline.inputs.fetching import FetchSettings, fetch
+from pipeline.inputs.shards import ShardImage, read_member, read_members
+from pipeline.inputs.uris import (
+    ImageTooLargeError,
+    check_uri,
+    is_web,
+    member_uri,
+    open_stored,
+    split_member,
+)
 
-# Fetched over the web (pipeline/inputs/fetching.py), not through Beam's FileSystems.
-WEB_SCHEMES = ("http", "https")
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # Web images fetched at once per worker process: fetching is waiting, on the network and
 # on each host's politeness limits, while the harness threads decode and infer.
 FETCHES_IN_FLIGHT = 64
-
-# What os.stat can say a path is, when it is not a regular file.
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-class UnsupportedUriError(ValueError):
-    """A URI this pipeline will not read."""
-
-
-class ImageTooLargeError(ValueError):
-    """A file larger than --max_image_bytes."""
-
-
-class NotARegularFileError(ValueError):
-    """A local path naming a directory, a device, a pipe or a socket."""
-
-
-def check_uri(uri: str, local_paths: bool = True) -> None:
-    """Only storage that Beam's FileSystems serve; never a web URL a CSV row names, nor,
-    unless local_paths, a path on the worker's own disk."""
-    scheme = FileSystems.get_scheme(uri)
-    if scheme is None and not local_paths:
-        raise UnsupportedUriError(
-            "a local path, which cannot be read on a remote runner (it would name a file "
-            "on the worker's own disk); copy the images to Cloud Storage and list their "
-            "gs:// URIs"
-        )
-    if scheme in WEB_SCHEMES:
-        return  # fetching.fetch checks every address it would connect to
-    if scheme not in served_schemes():
-        raise UnsupportedUriError(
-            f"no Beam filesystem can read {scheme}:// URIs here (its client library is not "
-            "installed); copy the images to Cloud Storage and list their gs:// URIs"
-        )
-
-
-# Beam registers these filesystems whether or not their client library is installed;
-# without it, opening a file fails with an error that names neither (AssertionError).
-_CLIENT_LIBRARIES = {"s3": "boto3", "azfs": "azure.storage.blob", "hdfs": "hdfs"}
-
-
-@functools.cache
-def served_schemes() -> frozenset[str | None]:
-    """Schemes of Beam's registered filesystems that can be used here (None: local paths)."""
-    schemes = set()
-    for system in FileSystem.get_all_subclasses():
-        library = _CLIENT_LIBRARIES.get(system.scheme())
-        if library is None or importlib.util.find_spec(library.split(".")[0]) is not None:
-            schemes.add(system.scheme())
-    return frozenset(schemes)
 
 
 def read_bytes(
@@ -104,35 +49,20 @@ def read_bytes(
     check_uri(uri, local_paths)
     if is_web(uri):
         return fetch(uri, replace(fetching or FetchSettings(), max_bytes=max_bytes), counts)
-    if FileSystems.get_scheme(uri) is None:
-        # Before opening: opening a fifo blocks until a writer comes, and a device such
-        # as /dev/zero reports size 0 and never ends.
-        _check_size(uri, _regular_file_size(uri), max_bytes)
+    member = split_member(uri)
+    if member is not None:
+        return read_member(*member, max_bytes)
     try:
-        # UNCOMPRESSED: Beam would otherwise gunzip an image named *.gz on the fly.
-        with FileSystems.open(
-            uri,
-            mime_type="application/octet-stream",
-            compression_type=CompressionTypes.UNCOMPRESSED,
-        ) as handle:
+        with open_stored(uri) as handle:
             if handle.seekable():
                 _check_size(uri, _size(handle), max_bytes)
             # At most one byte past the limit, should the file have grown since.
             data = handle.read(max_bytes + 1)
     except NotFound as error:
-        # The same error type for a missing gs:// object as for a missing local file.
         raise FileNotFoundError(f"no such object: {uri}") from error
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{uri}: more than --max_image_bytes {max_bytes} bytes")
     return data
-
-
-def _regular_file_size(path: str) -> int:
-    status = os.stat(path)  # follows links: a link to a device is the device
-    for is_kind, kind in _FILE_KINDS:
-        if is_kind(status.st_mode):
-            raise NotARegularFileError(f"{path} is {kind}, not a regular file")
-    return status.st_size
 
 
 def _size(handle) -> int:
@@ -178,20 +108,53 @@ class Decoding:
             fetching=self.fetching,
             counts=counts,
         )
+        return self.decode(data, thumbnail_size)
+
+    def load_all(self, uris: list[str]) -> list[images.DecodedImage | Exception]:
+        """Each image, or why it could not be read or decoded, in the order given; the
+        members of one shard are read from one stream of it (read_members)."""
+        members: dict[str, list[str]] = collections.defaultdict(list)
+        for uri in uris:
+            if (member := split_member(uri)) is not None:
+                members[member[0]].append(member[1])
+        read: dict[str, bytes | Exception] = {}
+        for shard, names in members.items():
+            try:
+                check_uri(shard, self.local_paths)
+                found = read_members(shard, names, self.max_bytes, self.local_paths)
+            except Exception as error:
+                found = dict.fromkeys(names, error)
+            read.update({member_uri(shard, name): data for name, data in found.items()})
+        return [self._attempt(uri, read.get(uri)) for uri in uris]
+
+    def _attempt(self, uri: str, data: bytes | Exception | None):
+        try:
+            if isinstance(data, Exception):
+                raise data
+            return self.load(uri) if data is None else self.decode(data)
+        except Exception as error:
+            return error
+
+    def decode(self, data: bytes, thumbnail_size: int = 0) -> images.DecodedImage:
+        """Bytes already read (a shard member's), decoded as load decodes them."""
         return images.decode(data, self.resize, self.jpeg_draft, self.max_pixels, thumbnail_size)
 
 
-def is_web(uri: str) -> bool:
-    return FileSystems.get_scheme(uri) in WEB_SCHEMES
+# What the load step takes: a URI, a (uri, kept values) row, or a shard's image member.
+Row = str | tuple[str, tuple[str, ...]] | tuple[str, ShardImage]
 
 
-def _uri_of(row: str | tuple[str, tuple[str, ...]]) -> str:
+def _uri_of(row: Row) -> str:
     return row if isinstance(row, str) else row[0]
 
 
+def _is_member(row: Row) -> bool:
+    return not isinstance(row, str) and isinstance(row[1], ShardImage)
+
+
 class LoadImageFn(beam.DoFn):
-    """A URI, or a (uri, kept columns) row, to (ImageKey, uint8 pixels); unreadable or
-    undecodable inputs to `failed`.
+    """A URI, a (uri, kept columns) row, or a shard's image member (already read) to
+    (ImageKey, uint8 pixels); unreadable or undecodable inputs to `failed`.
 
     A stored image is read in the step's own thread. A web image is handed to the worker
     process's fetching pool, FETCHES_IN_FLIGHT at a time, and output once fetched and
@@ -214,7 +177,11 @@ class LoadImageFn(beam.DoFn):
     def start_bundle(self):
         self._fetching: collections.deque = collections.deque()
 
-    def process(self, row: str | tuple[str, tuple[str, ...]]):
+    def process(self, row: Row):
+        if _is_member(row):
+            uri, member = row
+            yield self._output((uri, member.kept), self._decoded(member.data))
+            return
         if not is_web(_uri_of(row)):
             yield self._output(row, self._attempt(row))
             return
@@ -247,6 +214,13 @@ class LoadImageFn(beam.DoFn):
         """The decoded image at the row's URI, or the exception that stopped it."""
         try:
             return self._decoding.load(_uri_of(row), self._thumbnail_size, counts)
+        except Exception as error:
+            return error
+
+    def _decoded(self, data: bytes):
+        """The decoded image, or the exception that stopped it."""
+        try:
+            return self._decoding.decode(data, self._thumbnail_size)
         except Exception as error:
             return error
 

@@ -59,7 +59,7 @@ def is_manifest(path: str) -> bool:
 
 
 def manifest_files(pattern: str) -> list[str]:
-    """The files pattern matches, sorted: the order first_manifest_uris reads them in."""
+    """The files pattern matches, sorted: the order manifest_uris reads them in."""
     matched = FileSystems.match([pattern])[0].metadata_list
     return sorted(metadata.path for metadata in matched)
 
@@ -113,17 +113,13 @@ def count_manifest_rows(pattern: str, limit: int) -> int | None:
     return rows
 
 
-def first_manifest_uris(layout: ManifestLayout, count: int) -> tuple[str, ...]:
-    """The first `count` distinct URIs in file order (files sorted, rows in order), as
-    ManifestRowsFn takes them; reads the URI column only, only as far as needed."""
-    uris: dict[str, None] = {}  # ordered, without repeats
+def manifest_uris(layout: ManifestLayout) -> Iterator[str]:
+    """The URIs in file order (files sorted, rows in order), as ManifestRowsFn takes them,
+    stripped and without empty ones; reads the URI column only, only as far as taken."""
     for path in manifest_files(layout.pattern):
         for uri in _column_values(path, layout.uri_column):
             if uri and uri.strip():
-                uris.setdefault(uri.strip())
-                if len(uris) >= count:
-                    return tuple(uris)
-    return tuple(uris)
+                yield uri.strip()
 
 
 def _column_values(path: str, column: str) -> Iterator[str | None]:

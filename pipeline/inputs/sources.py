@@ -14,18 +14,21 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.common import FAILED, Failure, counter, csv_fields
+from pipeline.inputs.loading import DEFAULT_MAX_IMAGE_BYTES, Decoding
 from pipeline.inputs.manifests import (
     ManifestLayout,
     ReadManifestRows,
     count_manifest_rows,
-    first_manifest_uris,
     holds_strings,
     is_folder,
     keepable,
     manifest_files,
     manifest_pattern,
+    manifest_uris,
     read_schema,
 )
+from pipeline.inputs.shards import MEMBER_REPEATS, MEMBER_ROWS, OpenShards, image_uris
+from pipeline.inputs.uris import SHARD_SUFFIXES, is_shard
 
 SKIPPED = "skipped"
 REPEATS = "repeats"
@@ -150,6 +153,9 @@ def keep_columns_layout(
     """The input's layout: where its URIs and keep_columns are. InputError if the input
     cannot carry them (a glob of images, a CSV without a header, a name its header or
     Parquet schema lacks)."""
+    if lists_shards(path, uri_column):
+        _check_no_listed_columns(path, keep_columns, uri_column)
+        keep_columns = ()  # the shards' sibling members' extensions (OpenShardsFn)
     pattern = manifest_pattern(path)
     if pattern is not None:
         return manifest_layout(path, pattern, keep_columns, uri_column)
@@ -177,6 +183,25 @@ def keep_columns_layout(
         )
     kept = tuple(layout.header.index(name) for name in keep_columns)
     return CsvLayout(layout.column, layout.skip_lines, layout.header, kept)
+
+
+def _check_no_listed_columns(path: str, keep_columns: tuple[str, ...], uri_column: str) -> None:
+    """In a listing of shards --keep_columns names sibling members' extensions: a name
+    that is also one of the listing's own columns would be read as neither."""
+    pattern = manifest_pattern(path)
+    if pattern is not None:
+        names = tuple(read_schema(manifest_files(pattern)[0]).names)
+    elif is_glob(path):
+        return
+    else:
+        names = sniff_layout(path, uri_column).header
+    clashes = [name for name in keep_columns if name in names]
+    if clashes:
+        raise InputError(
+            f"--keep_columns {','.join(clashes)}: {path} lists WebDataset shards, whose kept "
+            "columns are their sibling members' extensions (txt, json), not the listing's "
+            "own columns"
+        )
 
 
 def manifest_layout(
@@ -248,7 +273,10 @@ def _check_kept(path: str, schema: pa.Schema, keep_columns: tuple[str, ...]) -> 
 
 def count_inputs(path: str, limit: int, uri_column: str = "") -> int | None:
     """How many images path lists or matches, or None if more than limit (read no further);
-    for a manifest, the rows its files' footers count."""
+    for a manifest, the rows its files' footers count; None for a listing of shards,
+    whose images are counted only as they are read."""
+    if lists_shards(path, uri_column):
+        return None
     pattern = manifest_pattern(path)
     if pattern is not None:
         return count_manifest_rows(pattern, limit)
@@ -275,26 +303,56 @@ def check_glob(pattern: str) -> None:
 
 
 def first_uris(path: str, count: int, uri_column: str = "") -> tuple[str, ...]:
-    """The input's first `count` distinct URIs in input order, as the reader takes them: for
-    a CSV, the rows ParseRowFn yields a URI for (after the header; blank, unreadable and
-    URI-less rows skipped), read only as far as needed; for a manifest, its files sorted
-    and their rows in order (manifests.first_manifest_uris); for a glob, its matches sorted.
+    """The input's first `count` distinct image URIs in input order, as the reader takes
+    them, read only as far as needed (listed_uris); a shard's are its image members', in
+    the shard's order.
 
     Runs in the launching process, which picks int8's calibration sample once for every
     worker (models/calibration.py).
     """
+    uris: dict[str, None] = {}  # ordered, without repeats
+    for listed in listed_uris(path, uri_column):
+        for uri in _shard_image_uris(listed) if is_shard(listed) else (listed,):
+            uris.setdefault(uri)
+            if len(uris) >= count:
+                return tuple(uris)
+    return tuple(uris)
+
+
+def _shard_image_uris(shard: str):
+    """A listed shard's image URIs; none if it cannot be opened (the run says why)."""
+    try:
+        yield from image_uris(shard)
+    except Exception:
+        return
+
+
+def lists_shards(path: str, uri_column: str = "") -> bool:
+    """Whether the input is a listing of WebDataset shards: a glob of shard names, or a
+    CSV or manifest whose first URI names a shard."""
+    if is_glob(path) and manifest_pattern(path) is None:
+        return path.lower().endswith(SHARD_SUFFIXES)
+    first = next(iter(listed_uris(path, uri_column)), None)
+    return first is not None and is_shard(first)
+
+
+def listed_uris(path: str, uri_column: str = ""):
+    """The URIs the input lists, in order, read as far as the caller takes them: for a
+    CSV, the rows ParseRowFn yields a URI for (after the header; blank, unreadable and
+    URI-less rows skipped); for a manifest, its files sorted and their rows in order
+    (manifests.manifest_uris); for a glob, its matches sorted."""
     pattern = manifest_pattern(path)
     if pattern is not None:
-        return first_manifest_uris(manifest_layout(path, pattern, (), uri_column), count)
+        layout = manifest_layout(path, pattern, (), uri_column)
+        yield from manifest_uris(layout)
+        return
     if is_glob(path):
         matched = FileSystems.match([path])[0].metadata_list
-        return tuple(sorted({m.path for m in matched if _is_utf8_name(m.path)})[:count])
+        yield from sorted({m.path for m in matched if _is_utf8_name(m.path)})
+        return
     layout = sniff_layout(path, uri_column)
-    uris: dict[str, None] = {}  # ordered, without repeats
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(_lines(handle), start=1):
-            if len(uris) >= count:
-                break
             if number <= layout.skip_lines:
                 continue
             try:
@@ -306,8 +364,7 @@ def first_uris(path: str, count: int, uri_column: str = "") -> tuple[str, ...]:
                 continue
             fields = [field.strip() for field in fields]
             if layout.column < len(fields) and fields[layout.column]:
-                uris.setdefault(fields[layout.column])
-    return tuple(uris)
+                yield fields[layout.column]
 
 
 def _is_utf8_name(path: str) -> bool:
@@ -467,14 +524,19 @@ class SplitDoneFn(beam.DoFn):
 
 
 class ReadImageUris(beam.PTransform):
-    """Reads (uri, kept values) rows and drops repeats (and, given `done`, URIs embedded
-    before).
+    """Reads (uri, kept values) rows, drops repeats, opens shards (and, given `done`, drops
+    URIs embedded before).
 
     Outputs uris (the rows), failed, and the counts rows, duplicates and skipped (ints).
     CSV rule: if the first non-blank line names the URI column (uri_position) it is a
     header and that column holds the URIs; otherwise every row's first column does. A
     manifest's URI column is found by the same names in its schema. Only the keep_columns
     travel on; blank lines and whitespace around URIs are ignored.
+
+    A row naming a WebDataset shard stands for the shard's image members (shards.py),
+    read as decoding says (its byte limit per member, and whether local paths may be
+    read); its rows carry the member's bytes on. In a listing of shards (lists_shards),
+    keep_columns names the sibling members' extensions.
     """
 
     def __init__(
@@ -483,47 +545,58 @@ class ReadImageUris(beam.PTransform):
         done=None,
         keep_columns: tuple[str, ...] = (),
         uri_column: str = "",
+        decoding: Decoding | None = None,
     ):
         super().__init__()
         self._input = input_path
         self._done = done
         self._keep_columns = tuple(keep_columns)
         self._uri_column = uri_column
+        self._decoding = decoding
 
     def expand(self, pbegin):
+        shards = lists_shards(self._input, self._uri_column)
         layout = keep_columns_layout(self._input, self._keep_columns, self._uri_column)
         rows, failed = self._read(pbegin, layout)
         # Grouping per URI drops repeats and also spreads the URIs over all workers (a
-        # small CSV is read as a single split).
+        # small CSV is read as a single split; a glob of shards is a row per shard).
         chosen = (
             rows
             | "Count values per URI" >> beam.CombinePerKey(CountValuesFn())
             | "Choose one row"
-            >> beam.ParDo(ChooseRowFn(self._keep_columns)).with_outputs(
+            >> beam.ParDo(ChooseRowFn(() if shards else self._keep_columns)).with_outputs(
                 REPEATS, FAILED, main="rows"
             )
         )
-        failed = (failed, chosen[FAILED]) | "Read failures" >> beam.Flatten()
+        decoding = self._decoding
+        opened = chosen.rows | "Open shards" >> OpenShards(
+            self._keep_columns if shards else None,
+            decoding.max_bytes if decoding else DEFAULT_MAX_IMAGE_BYTES,
+            decoding.local_paths if decoding else True,
+        )
+        failed = (failed, chosen[FAILED], opened[FAILED]) | "Read failures" >> beam.Flatten()
         if self._done is None:
-            pending = chosen.rows
+            pending = opened.rows
             skipped = pbegin | "Nothing skipped" >> beam.Create([])
         else:
             done = self._done | "Mark done" >> beam.Map(lambda uri: (uri, True))
             split = (
-                {"rows": chosen.rows, "done": done}
+                {"rows": opened.rows, "done": done}
                 | "Join with done" >> beam.CoGroupByKey()
                 | "Drop done" >> beam.ParDo(SplitDoneFn()).with_outputs(SKIPPED, main="uris")
             )
             pending, skipped = split.uris, split[SKIPPED]
+        listed = chosen[REPEATS] | "Rows of each URI" >> beam.Map(lambda repeats: repeats + 1)
+        repeats = (chosen[REPEATS], opened[MEMBER_REPEATS]) | "Repeats" >> beam.Flatten()
         return {
             "uris": pending,
             "failed": failed,
             "rows": (
-                chosen[REPEATS]
-                | "Rows of each URI" >> beam.Map(lambda repeats: repeats + 1)
+                (listed, opened[MEMBER_ROWS])
+                | "Rows and members" >> beam.Flatten()
                 | "Rows with a URI" >> beam.CombineGlobally(sum)
             ),
-            "duplicates": chosen[REPEATS] | "Duplicates" >> beam.CombineGlobally(sum),
+            "duplicates": repeats | "Duplicates" >> beam.CombineGlobally(sum),
             "skipped": skipped | "Skipped" >> beam.CombineGlobally(sum),
         }
 

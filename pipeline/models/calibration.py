@@ -42,11 +42,11 @@ class CalibrationSample:
         others are skipped (logged). EngineUnavailableError if fewer than
         MIN_CALIBRATION_IMAGES decode."""
         images, failed = [], []
-        for uri in self.uris:
-            try:
-                images.append(self.decoding.load(uri).pixels)
-            except Exception as error:
-                failed.append(f"{uri} ({type(error).__name__}: {error})")
+        for uri, loaded in zip(self.uris, self.decoding.load_all(list(self.uris)), strict=True):
+            if isinstance(loaded, Exception):
+                failed.append(f"{uri} ({type(loaded).__name__}: {loaded})")
+            else:
+                images.append(loaded.pixels)
         if failed:
             _LOG.warning(
                 "--precision int8: %d of %d calibration images failed to load, such as %s",

@@ -238,11 +238,13 @@ INPUT = Group(
     (
         Option(
             "input",
-            required="a CSV of image URIs, a Parquet manifest or a glob of images",
+            required="a CSV of image URIs, a Parquet manifest, a glob of images or of shards",
             help="A CSV or text file of image URIs: local paths, `gs://` or `http(s)://` (in "
             "a CSV with a header, the `--uri_column`; otherwise the first column); a Parquet "
-            "manifest (a `.parquet` file, a folder of them or a glob ending `.parquet`); or "
-            "a glob of images such as `gs://bucket/photos/**.jpg`.",
+            "manifest (a `.parquet` file, a folder of them or a glob ending `.parquet`); a "
+            "glob of images such as `gs://bucket/photos/**.jpg`; or WebDataset shards (a "
+            "glob such as `gs://bucket/shards/*.tar`, or a list of them), whose image "
+            "members are read as `SHARD.tar#MEMBER`.",
             see=See("Input", "input.md#input"),
             form=Form(
                 "Image list or pattern",
@@ -601,9 +603,10 @@ DESTINATIONS = Group(
         Option(
             "keep_columns",
             default="",
-            help="Comma-separated columns of the input CSV's header to keep with each image: "
-            "string columns in the Parquet output, the `.npy` index and BigQuery, and "
-            "restricts in the Vector Search files. The input must be a CSV with a header.",
+            help="Comma-separated columns of the input CSV's header or Parquet manifest to "
+            "keep with each image: string columns in the Parquet output, the `.npy` index and "
+            "BigQuery, and restricts in the Vector Search files. For WebDataset shards, the "
+            "extensions of the sibling members to keep (`txt,json`).",
             see=See("Your columns", "destinations.md#your-columns"),
             form=Form("Input columns to keep", "Destinations", "label,sku", ("^[^,]+(,[^,]+)*$",)),
         ),
