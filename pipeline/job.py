@@ -29,17 +29,18 @@ from pipeline.local_runner import (
     is_local,
     use_local_runner_defaults,
 )
-from pipeline.models import ExtractEmbeddings, ReportProgressFn
+from pipeline.models import ExtractEmbeddings, ReportProgressFn, ScoreHead
 from pipeline.options import EmbeddingOptions, UsageError, kept_columns, parse_options
 from pipeline.outputs import (
     JournalError,
     OptionalOutput,
+    RowColumns,
     UnfinishedPublishError,
     WriteFailures,
     new_run_id,
     roll_forward,
 )
-from pipeline.plan import RunPlan, calibration_uris, model_spec, provenance
+from pipeline.plan import RunPlan, calibration_uris, model_spec, provenance, read_score_heads
 from pipeline.run import (
     Publish,
     RunFailedError,
@@ -62,6 +63,7 @@ def build_pipeline(
     *,
     fail_job: bool,
     calibration: tuple[str, ...] | None = None,
+    heads: tuple[ScoreHead, ...] | None = None,
 ) -> None:
     """Adds every step to p, in the order the data flows; fail_job makes the job itself
     fail when the run fails; calibration: int8's sample (plan.calibration_uris), if read.
@@ -69,7 +71,7 @@ def build_pipeline(
     Every file goes to the run's own folder first; Publish makes it the output only once
     the run has passed (pipeline/run/publish.py).
     """
-    plan = RunPlan(opts, run_id, p.options, calibration)
+    plan = RunPlan(opts, run_id, p.options, calibration, heads)
     earlier = plan.embedded_earlier(p)
     read = p | "Read URIs" >> ReadImageUris(
         opts.input, earlier, plan.keep, opts.uri_column, plan.decoding
@@ -183,18 +185,24 @@ def check_before_work(opts: EmbeddingOptions, *, local: bool) -> None:
         preflight.check_vector_search_folder(opts.vector_search_output)
 
 
-def check_earlier_outputs(opts: EmbeddingOptions, calibration: tuple[str, ...] = ()) -> None:
+def check_earlier_outputs(
+    opts: EmbeddingOptions,
+    calibration: tuple[str, ...] = (),
+    heads: tuple[ScoreHead, ...] = (),
+) -> None:
     """With --skip_existing, that what is there was made as this run makes it (for int8,
-    on the same calibration sample); checked once this run holds the output, so that no
-    other run changes it in between."""
+    on the same calibration sample; with the same score heads); checked once this run
+    holds the output, so that no other run changes it in between."""
     if opts.skip_existing:
+        columns = RowColumns(
+            kept_columns(opts), bool(opts.zero_shot_labels), tuple(head.name for head in heads)
+        )
         preflight.check_earlier_outputs(
             opts.output,
             opts.output_format,
-            kept_columns(opts),
+            columns,
             opts.bigquery_table,
-            provenance(opts, calibration),
-            labelled=bool(opts.zero_shot_labels),
+            provenance(opts, calibration, heads),
         )
 
 
@@ -209,6 +217,7 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     opts = options.view_as(EmbeddingOptions)
     local = is_local(options)
     check_input(opts)
+    heads = read_score_heads(opts)
     # Picked once, here: every worker process quantises int8 on these same images.
     calibration = calibration_uris(opts)
     check_before_work(opts, local=local)
@@ -225,7 +234,7 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     )
     try:
         finish_earlier_publish(opts.output)
-        check_earlier_outputs(opts, calibration)
+        check_earlier_outputs(opts, calibration, heads)
         if local:
             count = count_inputs(opts.input, SMALL_INPUT_ROWS, opts.uri_column)
             mode = use_local_runner_defaults(options, argv, small_input=count is not None)
@@ -236,7 +245,9 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
                     "one thread" if mode == "in_memory" else "a bundle thread per CPU core",
                 )
         p = beam.Pipeline(options=options)
-        build_pipeline(p, opts, run_id, started_at, fail_job=not local, calibration=calibration)
+        build_pipeline(
+            p, opts, run_id, started_at, fail_job=not local, calibration=calibration, heads=heads
+        )
         result = p.run()
         if not local:
             return None

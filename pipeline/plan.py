@@ -27,11 +27,20 @@ from pipeline.models import (
     LabelImages,
     LabelList,
     ModelSpec,
+    ScoreHead,
     embedding_shape,
     read_labels,
+    recorded_heads,
+    reference,
     sample_digest,
 )
-from pipeline.options import EmbeddingOptions, UsageError, allowed_networks, kept_columns
+from pipeline.options import (
+    EmbeddingOptions,
+    UsageError,
+    allowed_networks,
+    kept_columns,
+    score_heads,
+)
 from pipeline.outputs import (
     FAILURES,
     FORMATS,
@@ -39,9 +48,11 @@ from pipeline.outputs import (
     IN_SUMMARY,
     SUMMARY,
     CountLabels,
+    DescribeScores,
     OptionalOutput,
     Provenance,
     ReadEmbeddedUris,
+    RowColumns,
     RunTarget,
     current_runs,
     output_path,
@@ -49,7 +60,7 @@ from pipeline.outputs import (
     run_temp_folder,
 )
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
-from pipeline.run import PublishPlan
+from pipeline.run import PublishPlan, preflight
 from pipeline.similarity import FindSimilar, SimilaritySettings
 
 _LOG = logging.getLogger(__name__)
@@ -68,6 +79,7 @@ class RunPlan:
         run_id: str,
         options: Any,
         calibration: tuple[str, ...] | None = None,
+        heads: tuple[ScoreHead, ...] | None = None,
     ):
         self.opts = opts
         self.spec = model_spec(opts)
@@ -76,10 +88,14 @@ class RunPlan:
         self.labels: LabelList | None = (
             read_labels(opts.zero_shot_labels) if opts.zero_shot_labels else None
         )
+        self.heads = read_score_heads(opts) if heads is None else heads
+        self.columns = RowColumns(
+            self.keep, self.labels is not None, tuple(head.name for head in self.heads)
+        )
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self.calibration = calibration_uris(opts) if calibration is None else calibration
         self.decoding = decoding(opts, self.spec, local_paths=is_local(options))
-        self.provenance = provenance(opts, self.calibration)
+        self.provenance = provenance(opts, self.calibration, self.heads)
         # With --skip_existing, the runs whose embeddings the output holds (read while
         # this run holds the output).
         earlier = current_runs(opts.output, opts.output_format) if opts.skip_existing else ()
@@ -108,6 +124,7 @@ class RunPlan:
             engine=self.opts.engine,
             precision=self.opts.precision,
             calibration=self.calibration_sample(),
+            heads=tuple(reference(head) for head in self.heads),
         )
 
     def calibration_sample(self) -> CalibrationSample | None:
@@ -121,10 +138,7 @@ class RunPlan:
 
     def store(self) -> beam.PTransform:
         store_format = FORMATS[self.opts.output_format]
-        labelled = self.labels is not None
-        return store_format.store(
-            self.target, self.provenance, self.opts.num_shards, self.keep, labelled
-        )
+        return store_format.store(self.target, self.provenance, self.opts.num_shards, self.columns)
 
     def publish_plan(self) -> PublishPlan:
         opts = self.opts
@@ -140,6 +154,9 @@ class RunPlan:
     def count_labels(self) -> CountLabels:
         return CountLabels(self.labels, self.opts.label_template)
 
+    def describe_scores(self) -> DescribeScores:
+        return DescribeScores(self.columns.scores)
+
     def find_similar(self) -> FindSimilar:
         temp = run_temp_folder(self._temp, self.target.output, self.target.run_id)
         return FindSimilar(self.target, similarity_settings(self.opts), temp)
@@ -153,6 +170,7 @@ class RunPlan:
                 self.keep,
                 opts.vector_search_crowding_column,
                 opts.num_shards,
+                self.columns.scores,
             ),
         )
 
@@ -162,10 +180,7 @@ class RunPlan:
     def bigquery_load(self) -> LoadIntoBigQuery:
         opts = self.opts
         schema = parquet_schema(
-            self.provenance.embedding_shape,
-            self.provenance.shard_metadata(),
-            self.keep,
-            self.labels is not None,
+            self.provenance.embedding_shape, self.provenance.shard_metadata(), self.columns
         )
         load = TableLoad(
             parse_table(opts.bigquery_table),
@@ -183,6 +198,7 @@ def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
     opts = plan.opts
     wanted: list[tuple[Any, Callable[[], OptionalOutput]]] = [
         (plan.labels, plan.count_labels),
+        (plan.heads, plan.describe_scores),
         (opts.neighbors or opts.duplicate_threshold, plan.find_similar),
         (opts.vector_search_output, plan.vector_search_files),
         (opts.map, plan.map_embeddings),
@@ -258,9 +274,13 @@ def fetch_settings(opts: EmbeddingOptions) -> FetchSettings:
     )
 
 
-def provenance(opts: EmbeddingOptions, calibration: tuple[str, ...] = ()) -> Provenance:
+def provenance(
+    opts: EmbeddingOptions,
+    calibration: tuple[str, ...] = (),
+    heads: tuple[ScoreHead, ...] = (),
+) -> Provenance:
     """How the run makes its embeddings. calibration: int8's sample, recorded as its
-    digest (models.sample_digest), only for int8."""
+    digest (models.sample_digest), only for int8; heads: the score heads read."""
     spec = model_spec(opts)
     return Provenance.made(
         spec,
@@ -269,7 +289,13 @@ def provenance(opts: EmbeddingOptions, calibration: tuple[str, ...] = ()) -> Pro
         precision=opts.precision,
         calibration=sample_digest(calibration) if opts.precision == INT8 else "",
         shape=embedding_shape(spec),
+        score_heads=recorded_heads(heads),
     )
+
+
+def read_score_heads(opts: EmbeddingOptions) -> tuple[ScoreHead, ...]:
+    """--score_head's heads, read and checked against the model (UsageError otherwise)."""
+    return preflight.check_score_heads(score_heads(opts), model_spec(opts))
 
 
 def run_context(opts: EmbeddingOptions, made: Provenance) -> dict[str, Any]:

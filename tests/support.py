@@ -345,10 +345,13 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, sizes, run_id: str, m
     import pyarrow as pa
 
     from pipeline.common.records import ImageKey
+    from pipeline.outputs.columns import NO_EXTRA_COLUMNS
     from pipeline.outputs.sinks import parquet_row, parquet_schema
 
     rows = [
-        parquet_row((ImageKey(uri, int(width), int(height)), vector), (), model, run_id)
+        parquet_row(
+            (ImageKey(uri, int(width), int(height)), vector), NO_EXTRA_COLUMNS, model, run_id
+        )
         for uri, vector, (width, height) in zip(uris, vectors, sizes, strict=True)
     ]
     schema = parquet_schema((vectors.shape[1],), {"model": model})

@@ -17,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from support import PHOTOS, local_pipeline, npy_index, read_parquet, run_cli, summary
 
 from pipeline.common import Failure, ImageKey, csv_line, csv_records, unwritable
+from pipeline.outputs.columns import RowColumns
 from pipeline.outputs.sinks import WriteNpy, WriteParquet, parquet_schema
 
 duckdb = pytest.importorskip("duckdb")
@@ -95,10 +96,11 @@ def test_a_value_no_csv_can_hold_is_dead_lettered_at_store(tmp_path):
         "nul uri": ImageKey("/x/nul\0.jpg", 4, 3, columns=("fine",)),
         "nul kept": ImageKey("/x/kept.jpg", 4, 3, columns=("a\0b",)),
     }
-    schema = parquet_schema((4,), {"model": "m"}, ("note",))
+    kept = RowColumns(kept=("note",))
+    schema = parquet_schema((4,), {"model": "m"}, kept)
     stores = {
-        "npy": WriteNpy(str(tmp_path / "npy"), str(tmp_path / "npy"), "RUN", 1, ("note",)),
-        "parquet": WriteParquet(str(tmp_path / "parquet"), "RUN", schema, 1, ("note",)),
+        "npy": WriteNpy(str(tmp_path / "npy"), str(tmp_path / "npy"), "RUN", 1, kept),
+        "parquet": WriteParquet(str(tmp_path / "parquet"), "RUN", schema, 1, kept),
     }
     refused = {"npy": ["nul uri", "nul kept"], "parquet": ["nul uri"]}
     with local_pipeline() as p:

@@ -135,6 +135,7 @@ def test_the_readme_is_at_most_300_lines():
 # (job.build_pipeline) and each optional output (plan.optional_outputs).
 BRANCHES = {
     "--zero_shot_labels",
+    "--score_head",
     "--neighbors",
     "--duplicate_threshold",
     "--vector_search_output",

@@ -443,15 +443,29 @@ def browser():
         yield driver
 
 
-def _write_report(folder: Path, placed: dict[str, tuple[float, float]], labels=None) -> Path:
+def _write_report(
+    folder: Path, placed: dict[str, tuple[float, float]], labels=None, scores=None
+) -> Path:
     """report.html of the photographs placed at (x, y), made by page.render; labels: each
-    one's (label, score), as --zero_shot_labels gives them."""
+    one's (label, score), as --zero_shot_labels gives them; scores: {head: {uri: score}},
+    as --score_head gives them."""
     points = [(uri, x, y) for uri, (x, y) in placed.items()]
     record = _record(len(points))
     if labels:
         counts = collections.Counter(label for label, _ in labels.values())
         names = LabelList(tuple(sorted(counts)), "list")
         record["labels"] = describe_labels(list(counts.items()), names, "a photo of {}")
+    scored = {}
+    if scores:
+        record["scores"] = {
+            name: {
+                "count": len(values),
+                "mean": float(np.mean(list(values.values()))),
+                "deciles": np.quantile(list(values.values()), np.linspace(0, 1, 11)).tolist(),
+            }
+            for name, values in scores.items()
+        }
+        scored = {uri: tuple(values[uri] for values in scores.values()) for uri in placed}
     projection = Projection(
         count=len(points),
         mean=np.zeros(2),
@@ -460,7 +474,9 @@ def _write_report(folder: Path, placed: dict[str, tuple[float, float]], labels=N
         total_variance=3.0,
     )
     thumbnails = {uri: _photo_jpegs()[uri] for uri in placed}
-    page = report.render(points, thumbnails, projection, record, [], "all", labels=labels)
+    page = report.render(
+        points, thumbnails, projection, record, [], "all", labels=labels, scores=scored
+    )
     path = folder / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -580,6 +596,55 @@ def test_with_labels_the_switch_shows_and_colours_the_dots_by_label(browser, tmp
 
     browser.find_element(By.ID, "colour-by-label").click()
     assert not any(dot.is_displayed() for dot in dots)
+    assert not browser.find_element(By.ID, "legend").is_displayed()
+    assert console_problems(browser) == []
+
+
+@pytest.mark.slow  # a browser (the fast tier starts none)
+def test_with_scores_the_map_colours_by_a_score_and_lists_the_lowest_and_highest(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    placed = {_photo(name): xy for name, xy in SPREAD.items()}
+    uris = sorted(placed)
+    rng = np.random.default_rng(4)
+    scores = {
+        "aesthetic": dict(zip(uris, rng.normal(5, 1, len(uris)).round(4).tolist(), strict=True)),
+        "nsfw": dict(zip(uris, rng.uniform(0, 1, len(uris)).round(4).tolist(), strict=True)),
+    }
+    labels = {uri: ("thing", 0.5) for uri in uris}
+    browser.get(_write_report(tmp_path, placed, labels, scores).as_uri())
+    dots = browser.find_elements(By.CSS_SELECTOR, "#score-dots .score-dot")
+    assert len(dots) == len(placed)
+    assert not any(dot.is_displayed() for dot in dots)  # until asked for
+
+    choice = Select(browser.find_element(By.ID, "colour-by-score"))
+    assert [option.text for option in choice.options] == ["none", "aesthetic", "nsfw"]
+    for name, values in scores.items():
+        choice.select_by_visible_text(name)
+        assert browser.execute_script("return document.body.dataset.colourBy") == f"score:{name}"
+        shown = {float(dot.get_attribute("data-score")): dot for dot in dots}
+        assert sorted(shown) == sorted(values.values())
+        assert all(dot.is_displayed() for dot in dots)
+        ranked = [shown[value].get_attribute("fill") for value in sorted(shown)]
+        assert ranked[0] == "rgb(68, 1, 84)" and ranked[-1] == "rgb(253, 231, 37)"
+        legend = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#score-legend div")]
+        assert legend == [f"{name} {min(values.values()):g}", f"{name} {max(values.values()):g}"]
+        section = browser.find_element(By.CSS_SELECTOR, f'.score-row[data-score="{name}"]')
+        for end, order in (("lowest", 1), ("highest", -1)):
+            titles = [
+                figure.get_attribute("title")
+                for figure in section.find_elements(By.CSS_SELECTOR, f".{end} figure")
+            ]
+            expected = sorted(uris, key=lambda uri: (order * values[uri], uri))[:6]
+            assert titles == expected, end
+
+    # Colouring by label takes the map from the score, and back.
+    browser.find_element(By.ID, "colour-by-label").click()
+    assert choice.first_selected_option.text == "none"
+    assert not any(dot.is_displayed() for dot in dots)
+    choice.select_by_visible_text("nsfw")
+    assert not browser.find_element(By.ID, "colour-by-label").is_selected()
     assert not browser.find_element(By.ID, "legend").is_displayed()
     assert console_problems(browser) == []
 

@@ -29,8 +29,9 @@ class Labels:
 @dataclass(frozen=True)
 class ImageKey:
     """Identifies an image through inference: its URI, source size, the input's kept
-    columns (--keep_columns, in that order), with --map a thumbnail and, once labelled
-    (--zero_shot_labels), its labels."""
+    columns (--keep_columns, in that order), with --map a thumbnail, once labelled
+    (--zero_shot_labels) its labels, and once scored (--score_head) its scores, in the
+    heads' order."""
 
     uri: str
     width: int
@@ -38,6 +39,7 @@ class ImageKey:
     thumbnail: bytes | None = field(default=None, compare=False, repr=False)
     columns: tuple[str, ...] = field(default=(), compare=False)
     labels: Labels | None = field(default=None, compare=False)
+    scores: tuple[float, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

@@ -41,19 +41,25 @@ MAX_FILES = 5000
 @dataclass(frozen=True)
 class VectorSearchSettings:
     """The Vector Search files a run writes: the folder (--vector_search_output), the
-    kept columns as restricts, the crowding column, the shard count."""
+    kept columns as restricts, the crowding column, the shard count, and the score
+    heads' names (numeric restricts)."""
 
     folder: str
     keep_columns: tuple[str, ...] = ()
     crowding_column: str = ""
     num_shards: int = 0
+    scores: tuple[str, ...] = ()
 
 
 def datapoint_line(
-    keyed: tuple[ImageKey, np.ndarray], keep_columns: tuple[str, ...], crowding_column: str
+    keyed: tuple[ImageKey, np.ndarray],
+    keep_columns: tuple[str, ...],
+    crowding_column: str,
+    scores: tuple[str, ...] = (),
 ) -> str:
     """One datapoint: id, embedding, a restrict for its best label (namespace `label`,
-    with --zero_shot_labels) and per kept column, the crowding tag."""
+    with --zero_shot_labels) and per kept column, a numeric restrict per score (its
+    head's name, value_float), the crowding tag."""
     key, embedding = keyed
     # 9 significant digits give back every float32 exactly, at half the length of a
     # float64's shortest form.
@@ -69,6 +75,12 @@ def datapoint_line(
     ]
     if restricts:
         fields.append(f'"restricts":{json.dumps(restricts, ensure_ascii=False)}')
+    if scores:
+        numeric = [
+            {"namespace": name, "value_float": float(f"{value:.9g}")}
+            for name, value in zip(scores, key.scores, strict=True)
+        ]
+        fields.append(f'"numeric_restricts":{json.dumps(numeric)}')
     if crowding_column:
         tag = key.columns[keep_columns.index(crowding_column)]
         fields.append(f'"crowding_tag":{json.dumps(tag, ensure_ascii=False)}')
@@ -104,13 +116,14 @@ class WriteVectorSearch(OptionalOutput):
         self._keep_columns = settings.keep_columns
         self._crowding_column = settings.crowding_column
         self._num_shards = settings.num_shards
+        self._scores = settings.scores
 
     def final_files(self) -> dict[str, str]:
         return {self.name: vector_files(self._final_folder)}
 
     def expand(self, run: dict[str, beam.PCollection]):
         lines = run["stored"] | "To datapoints" >> beam.Map(
-            datapoint_line, self._keep_columns, self._crowding_column
+            datapoint_line, self._keep_columns, self._crowding_column, self._scores
         )
         written = lines | "Write JSON lines" >> WriteRunShards(
             self._folder,

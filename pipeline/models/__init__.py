@@ -1,5 +1,5 @@
 """The models: the table of backbones (keras.applications and keras-hub) and their
-weights, the RunInference handler, the extraction step, zero-shot labels."""
+weights, the RunInference handler, the extraction step, zero-shot labels, score heads."""
 
 from pipeline.models.backbones import (
     APPLICATIONS,
@@ -23,6 +23,16 @@ from pipeline.models.handler import (
     KerasEmbeddingHandler,
     build_embedding_model,
     spec_embedder,
+)
+from pipeline.models.heads import (
+    HeadError,
+    HeadReference,
+    HeadSpec,
+    ScoreHead,
+    parse_heads,
+    read_head,
+    recorded_heads,
+    reference,
 )
 from pipeline.models.labels import (
     DEFAULT_TEMPLATE,
@@ -65,12 +75,16 @@ __all__ = [
     "EmbeddingFunction",
     "EngineUnavailableError",
     "ExtractEmbeddings",
+    "HeadError",
+    "HeadReference",
+    "HeadSpec",
     "KerasEmbeddingHandler",
     "LabelImages",
     "LabelList",
     "LabelsError",
     "ModelSpec",
     "ReportProgressFn",
+    "ScoreHead",
     "TextTower",
     "WeightsUnavailableError",
     "baked_preset",
@@ -81,7 +95,11 @@ __all__ = [
     "embedding_shape",
     "ensure_imagenet",
     "make_embedder",
+    "parse_heads",
+    "read_head",
     "read_labels",
+    "recorded_heads",
+    "reference",
     "sample_digest",
     "spec_embedder",
 ]

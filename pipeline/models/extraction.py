@@ -27,7 +27,10 @@ def _batch_failures(batch_and_error):
 
 
 def _embedding(keyed: tuple[ImageKey, Embedded]) -> tuple[ImageKey, np.ndarray]:
+    """The embedding, its scores riding in the key."""
     key, embedded = keyed
+    if embedded.scores:
+        key = dataclasses.replace(key, scores=embedded.scores)
     return key, embedded.embedding
 
 

@@ -14,6 +14,7 @@ from pipeline.models import hub
 from pipeline.models.backbones import KERAS_HUB, ModelSpec, applications_embedding_model
 from pipeline.models.calibration import CalibrationSample
 from pipeline.models.engines import AUTO, Embedder, Resolved, make_embedder
+from pipeline.models.heads import HeadReference, ScoreHead
 
 if TYPE_CHECKING:
     import keras
@@ -55,12 +56,14 @@ class EmbeddingFunction:
 
 
 class WorkerModel:
-    """One worker process's embedder and what it runs on, counted once in the run's
-    metrics: Beam's counters count only while an element is processed, not in load_model."""
+    """One worker process's embedder, its score heads and what it runs on, counted once in
+    the run's metrics: Beam's counters count only while an element is processed, not in
+    load_model."""
 
-    def __init__(self, embedder: Embedder, resolved: Resolved):
+    def __init__(self, embedder: Embedder, resolved: Resolved, heads: tuple[ScoreHead, ...] = ()):
         self.embed = embedder
         self.resolved = resolved
+        self.heads = heads
         self._counted = False
         self._lock = threading.Lock()
 
@@ -91,11 +94,13 @@ def spec_embedder(
 
 
 class Embedded(NamedTuple):
-    """One image's embedding, and the engine and precision its worker process ran: what
-    ran is recorded as data, whatever auto chose or fell back to."""
+    """One image's embedding, its score heads' scores (in --score_head order), and the
+    engine and precision its worker process ran: what ran is recorded as data, whatever
+    auto chose or fell back to."""
 
     embedding: np.ndarray
     ran: Resolved
+    scores: tuple[float, ...] = ()
 
 
 class KerasEmbeddingHandler(ModelHandler[np.ndarray, Embedded, WorkerModel]):
@@ -115,17 +120,22 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, Embedded, WorkerModel]):
         engine: str = AUTO,
         precision: str = AUTO,
         calibration: CalibrationSample | None = None,
+        heads: tuple[HeadReference, ...] = (),
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._spec = spec
         self._engine = engine
         self._precision = precision
         self._calibration = calibration
+        self._heads = heads
 
     def load_model(self) -> WorkerModel:
-        # Before the model is built: a sample that does not load fails the worker at once.
+        # Before the model is built: a sample or a head that does not load fails the
+        # worker at once.
         calibration = self._calibration.load() if self._calibration else None
-        return WorkerModel(*spec_embedder(self._spec, self._engine, self._precision, calibration))
+        heads = tuple(head.read() for head in self._heads)
+        embedder, resolved = spec_embedder(self._spec, self._engine, self._precision, calibration)
+        return WorkerModel(embedder, resolved, heads)
 
     def run_inference(
         self,
@@ -136,7 +146,15 @@ class KerasEmbeddingHandler(ModelHandler[np.ndarray, Embedded, WorkerModel]):
         model.count_once()
         # One compiled function for every batch; model.predict() would also build a
         # dataset and callbacks for each.
-        return [Embedded(embedding, model.resolved) for embedding in model.embed(np.stack(batch))]
+        embeddings = model.embed(np.stack(batch))
+        if model.heads:
+            scores = np.stack([head(embeddings) for head in model.heads], axis=1).tolist()
+        else:
+            scores = [()] * len(embeddings)
+        return [
+            Embedded(embedding, model.resolved, tuple(scored))
+            for embedding, scored in zip(embeddings, scores, strict=True)
+        ]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)

@@ -12,6 +12,7 @@ from pipeline.options.parsing import (
     parse_options,
     print_beam_help,
     print_help,
+    score_heads,
 )
 from pipeline.options.suggest import OneLineParser
 
@@ -27,4 +28,5 @@ __all__ = [
     "parse_options",
     "print_beam_help",
     "print_help",
+    "score_heads",
 ]

@@ -65,6 +65,15 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+class _JoinRepeats(argparse.Action):
+    """A flag given more than once keeps every value, comma-separated, as one value
+    with commas does (a Flex Template parameter is given once)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, "")
+        setattr(namespace, self.dest, f"{earlier},{values}" if earlier else values)
+
+
 @dataclass(frozen=True)
 class Limits:
     """The numbers a flag takes: from `low` to `high` (no upper end when None).
@@ -164,6 +173,7 @@ class Option:
     matches: Matches | None = None
     required: str = ""  # what a required flag takes, said when it is missing
     see: See | None = None
+    repeatable: bool = False  # given more than once, the values join, comma-separated
 
     def __post_init__(self) -> None:
         if bool(self.required) != (self.default is None):
@@ -216,6 +226,8 @@ class Option:
                 "help": self.help_line(),
             }
         kwargs: dict = {"help": self.help_line()}
+        if self.repeatable:
+            kwargs["action"] = _JoinRepeats
         if self.default is not None:
             kwargs["default"] = self.default
         if self.type is not None:
@@ -432,8 +444,9 @@ ENGINE = Group(
 )
 
 LABELS = Group(
-    "Zero-shot labels",
-    "Each image's most similar labels by the text tower of a CLIP or SigLIP 2 model.",
+    "Labels and scores",
+    "Each image's most similar labels by the text tower of a CLIP or SigLIP 2 model, and "
+    "its scores from heads on its embedding.",
     (
         Option(
             "zero_shot_labels",
@@ -457,6 +470,23 @@ LABELS = Group(
             help="The text each label is embedded as, `{}` standing for the label (the "
             "default is CLIP's own prompt).",
             form=Form("Label template", "Labels", "{}", (r"^.*\{\}.*$",)),
+        ),
+        Option(
+            "score_head",
+            default="",
+            repeatable=True,
+            help="A score head, `NAME=PATH`: a safetensors file (local or `gs://`) of dense "
+            "layers that turns each embedding into one score, written as the float column "
+            "NAME in every output (an aesthetic or NSFW score). Give the flag once per head, "
+            "or several heads comma-separated. The head must name this run's `--model` and "
+            "take its embedding size.",
+            see=See("Scores", "scores.md"),
+            form=Form(
+                "Score heads",
+                "Labels",
+                "aesthetic=gs://my-bucket/heads/aesthetic.safetensors",
+                (r"^[a-z_][a-z0-9_]*=[^,]+(,[a-z_][a-z0-9_]*=[^,]+)*$",),
+            ),
         ),
     ),
 )

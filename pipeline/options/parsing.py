@@ -10,7 +10,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.destinations import BIGQUERY_COLUMN, MAX_VECTOR_FILES, RESERVED_PREFIXES, parse_table
 from pipeline.inputs import AddressPolicy
-from pipeline.models import BACKBONES, DEFAULT_TEMPLATE, KERAS_HUB, LabelsError, check_template
+from pipeline.models import (
+    BACKBONES,
+    DEFAULT_TEMPLATE,
+    KERAS_HUB,
+    HeadError,
+    HeadSpec,
+    LabelsError,
+    check_template,
+    parse_heads,
+)
 from pipeline.options.flags import (
     DEFAULT_CELL_SIZE,
     DEFAULT_CELLS_PER_IMAGE,
@@ -134,6 +143,14 @@ def kept_columns(opts: EmbeddingOptions) -> tuple[str, ...]:
     return tuple(name.strip() for name in opts.keep_columns.split(",")) if opts.keep_columns else ()
 
 
+def score_heads(opts: EmbeddingOptions) -> tuple[HeadSpec, ...]:
+    """--score_head, each NAME=PATH (given once per head, or comma-separated)."""
+    try:
+        return parse_heads(opts.score_head)
+    except HeadError as error:
+        raise UsageError(str(error)) from None
+
+
 def parse_options(argv: Sequence[str]) -> PipelineOptions:
     """Parses argv into Beam options, rejecting unknown flags and invalid values."""
     for argument in argv:
@@ -224,6 +241,18 @@ def _validate_destinations(opts: EmbeddingOptions) -> None:
     keep = kept_columns(opts)
     own = (*FORMATS[opts.output_format].columns, *(LABEL_COLUMNS if opts.zero_shot_labels else ()))
     reserved = {name.lower(): name for name in own}
+    for head in score_heads(opts):
+        if head.name in reserved:
+            raise UsageError(
+                f"--score_head {head.name}: the name would clash with the output's own column "
+                f"{reserved[head.name]!r}; name the head otherwise"
+            )
+        if head.name in {name.lower() for name in keep}:
+            raise UsageError(
+                f"--score_head {head.name}: the name would clash with the kept column "
+                f"{head.name!r}; name the head otherwise"
+            )
+    reserved |= {head.name: head.name for head in score_heads(opts)}
     seen: set[str] = set()
     for name in keep:
         if not name:

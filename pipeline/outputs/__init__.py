@@ -1,6 +1,7 @@
 """The stored embeddings: Parquet and .npy formats, the sinks, every file name a run uses,
 and the label counts of a labelled run."""
 
+from pipeline.outputs.columns import LABEL_COLUMNS, RowColumns
 from pipeline.outputs.current import (
     EMBEDDING_RUNS,
     current_record_files,
@@ -68,7 +69,8 @@ from pipeline.outputs.provenance import (
     Provenance,
     named,
 )
-from pipeline.outputs.sinks import LABEL_COLUMNS, WriteFailures, WriteRunShards, parquet_schema
+from pipeline.outputs.scores import DescribeScores
+from pipeline.outputs.sinks import WriteFailures, WriteRunShards, parquet_schema
 from pipeline.outputs.target import RunTarget
 
 __all__ = [
@@ -100,12 +102,14 @@ __all__ = [
     "SUMMARY",
     "VECTORS",
     "CountLabels",
+    "DescribeScores",
     "FileKind",
     "Journal",
     "JournalError",
     "OptionalOutput",
     "Provenance",
     "ReadEmbeddedUris",
+    "RowColumns",
     "RunTarget",
     "StoredBatch",
     "UnfinishedPublishError",

@@ -15,6 +15,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.common import csv_records, read_json
+from pipeline.outputs.columns import RowColumns
 from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
     EMBEDDINGS,
@@ -57,12 +58,11 @@ class EmbeddingFormat(abc.ABC):
         target: RunTarget,
         provenance: Provenance,
         num_shards: int,
-        keep_columns: tuple[str, ...],
-        labelled: bool = False,
+        columns: RowColumns,
     ) -> beam.PTransform:
-        """(ImageKey, embedding) to stored files in the run's folder, with the label
-        columns when labelled; outputs embedded (int), failed, files (the staged record
-        files' names) and stored (the (ImageKey, embedding)s they hold)."""
+        """(ImageKey, embedding) to stored files in the run's folder, with the extra
+        columns; outputs embedded (int), failed, files (the staged record files' names)
+        and stored (the (ImageKey, embedding)s they hold)."""
 
     @abc.abstractmethod
     def embedding_files(self, output: str) -> str:
@@ -112,8 +112,8 @@ def _parquet_batch(table) -> StoredBatch:
 
 class ParquetFormat(EmbeddingFormat):
     """Sharded Parquet in the embeddings/ folder: uri, embedding (fixed-size list of
-    float32), width, height, datapoint_id, the label columns (--zero_shot_labels), the kept columns,
-    model, run_id."""
+    float32), width, height, datapoint_id, the extra columns (RowColumns: labels, scores,
+    kept columns), model, run_id."""
 
     columns = PARQUET_COLUMNS
     file_kinds = (
@@ -121,11 +121,9 @@ class ParquetFormat(EmbeddingFormat):
         FileKind(LEGACY_EMBEDDINGS, ".parquet", kept_by_increments=True),
     )
 
-    def store(self, target, provenance, num_shards, keep_columns, labelled=False):
-        schema = parquet_schema(
-            provenance.embedding_shape, provenance.shard_metadata(), keep_columns, labelled
-        )
-        return WriteParquet(target.stage, target.run_id, schema, num_shards, keep_columns)
+    def store(self, target, provenance, num_shards, columns):
+        schema = parquet_schema(provenance.embedding_shape, provenance.shard_metadata(), columns)
+        return WriteParquet(target.stage, target.run_id, schema, num_shards, columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{EMBEDDINGS}-*.parquet")
@@ -178,10 +176,8 @@ class NpyFormat(EmbeddingFormat):
     columns = NPY_INDEX_COLUMNS
     file_kinds = (FileKind(NPY_INDEX, ".csv", kept_by_increments=True),)
 
-    def store(self, target, provenance, num_shards, keep_columns, labelled=False):
-        return WriteNpy(
-            target.output, target.stage, target.run_id, num_shards, keep_columns, labelled
-        )
+    def store(self, target, provenance, num_shards, columns):
+        return WriteNpy(target.output, target.stage, target.run_id, num_shards, columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{NPY_DIRECTORY}/*/*.npy")

@@ -65,6 +65,8 @@ class Provenance:
     embedding_shape: tuple[int, ...] = _recorded(
         *_EVERYWHERE, named="the embedding shape", compared=True, default=()
     )
+    # NAME=sha256 of each --score_head (models.recorded_heads): its scores are columns.
+    score_heads: str = _recorded(*_EVERYWHERE, named="--score_head", compared=True, default="")
 
     @classmethod
     def made(
@@ -75,6 +77,7 @@ class Provenance:
         precision: str,
         calibration: str,
         shape: tuple[int, ...],
+        score_heads: str = "",
     ) -> Provenance:
         """The record of a run that embeds with spec, decodes as decoding says, and asks
         for engine and precision (each worker process resolves auto)."""
@@ -92,6 +95,7 @@ class Provenance:
             max_image_pixels=decoding.max_pixels,
             max_image_bytes=decoding.max_bytes,
             embedding_shape=tuple(int(size) for size in shape),
+            score_heads=score_heads,
         )
 
     @classmethod
@@ -173,6 +177,16 @@ class Provenance:
         """The names of the fields recorded in `where`."""
         return tuple(
             field.name for field in dataclasses.fields(cls) if where in field.metadata["where"]
+        )
+
+    @classmethod
+    def always_in(cls, where: str) -> tuple[str, ...]:
+        """The fields `where` records whatever the run: those with no default for an
+        earlier record (the others may be empty, and an empty value is not recorded)."""
+        return tuple(
+            field.name
+            for field in dataclasses.fields(cls)
+            if where in field.metadata["where"] and field.metadata["default"] is None
         )
 
     def model_spec(self) -> ModelSpec:

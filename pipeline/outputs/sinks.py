@@ -24,6 +24,7 @@ from pipeline.common import (
     unwritable,
     write_atomically,
 )
+from pipeline.outputs.columns import LABEL_COLUMNS, NO_EXTRA_COLUMNS, RowColumns
 from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
     EMBEDDINGS,
@@ -39,22 +40,14 @@ from pipeline.outputs.naming import (
 
 # Columns every Parquet shard has besides the kept ones; --keep_columns may not reuse them.
 PARQUET_COLUMNS = ("uri", "embedding", "width", "height", "datapoint_id", "model", "run_id")
-# With --zero_shot_labels, after datapoint_id in Parquet and the .npy index; kept columns
-# may not reuse them.
-LABEL_COLUMNS = ("label", "label_score", "labels_top", "labels_top_scores")
-LABEL_TYPES = (pa.string(), pa.float32(), pa.list_(pa.string()), pa.list_(pa.float32()))
 
 
 def parquet_schema(
-    shape: tuple[int, ...],
-    metadata: dict[str, str],
-    keep_columns: tuple[str, ...] = (),
-    labelled: bool = False,
+    shape: tuple[int, ...], metadata: dict[str, str], columns: RowColumns = NO_EXTRA_COLUMNS
 ) -> pa.Schema:
-    """uri, embedding, width, height, datapoint_id, the label columns (labelled), the kept
-    columns, model, run_id."""
+    """uri, embedding, width, height, datapoint_id, the extra columns (RowColumns), model,
+    run_id."""
     size = int(np.prod(shape))
-    labels = zip(LABEL_COLUMNS, LABEL_TYPES, strict=True) if labelled else ()
     return pa.schema(
         [
             ("uri", pa.string()),
@@ -62,8 +55,7 @@ def parquet_schema(
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("datapoint_id", pa.string()),
-            *labels,
-            *((name, pa.string()) for name in keep_columns),
+            *columns.arrow_fields(),
             ("model", pa.string()),
             ("run_id", pa.string()),
         ],
@@ -81,7 +73,7 @@ def label_fields(key: ImageKey) -> dict:
 
 
 def parquet_row(
-    keyed: tuple[ImageKey, np.ndarray], keep_columns: tuple[str, ...], model: str, run_id: str
+    keyed: tuple[ImageKey, np.ndarray], columns: RowColumns, model: str, run_id: str
 ) -> dict:
     key, embedding = keyed
     return {
@@ -91,7 +83,8 @@ def parquet_row(
         "height": key.height,
         "datapoint_id": datapoint_id(key.uri),
         **label_fields(key),
-        **dict(zip(keep_columns, key.columns, strict=True)),
+        **dict(zip(columns.scores, key.scores, strict=True)),
+        **dict(zip(columns.kept, key.columns, strict=True)),
         "model": model,
         "run_id": run_id,
     }
@@ -143,14 +136,14 @@ class WriteParquet(beam.PTransform):
         run_id: str,
         schema: pa.Schema,
         num_shards: int,
-        keep_columns: tuple[str, ...] = (),
+        columns: RowColumns = NO_EXTRA_COLUMNS,
     ):
         super().__init__()
         self._stage = stage
         self._run_id = run_id
         self._schema = schema
         self._num_shards = num_shards
-        self._keep_columns = keep_columns
+        self._columns = columns
 
     def expand(self, embeddings):
         checked = embeddings | "Refuse unwritable URIs" >> beam.ParDo(
@@ -159,7 +152,7 @@ class WriteParquet(beam.PTransform):
         counted = checked.writable | "Count embedded" >> beam.ParDo(CountEmbeddedFn())
         rows = counted | "To rows" >> beam.Map(
             parquet_row,
-            self._keep_columns,
+            self._columns,
             self._schema.metadata[b"model"].decode(),
             self._run_id,
         )
@@ -225,6 +218,7 @@ def _index_fields(key: ImageKey, name: str) -> list:
         key.height,
         datapoint_id(key.uri),
         *index_labels(key),
+        *map(_float32, key.scores),
         *key.columns,
     ]
 
@@ -282,7 +276,7 @@ class WriteRunShards(beam.PTransform):
 
 class WriteNpy(beam.PTransform):
     """Embeddings to one .npy each (in place) plus an index CSV (uri, file, width, height,
-    datapoint_id, the label columns, the kept columns; staged); outputs embedded (int),
+    datapoint_id, the extra columns (RowColumns); staged); outputs embedded (int),
     failed, files and stored."""
 
     def __init__(
@@ -291,19 +285,17 @@ class WriteNpy(beam.PTransform):
         stage: str,
         run_id: str,
         num_shards: int,
-        keep_columns: tuple[str, ...] = (),
-        labelled: bool = False,
+        columns: RowColumns = NO_EXTRA_COLUMNS,
     ):
         super().__init__()
         self._stage = stage
         self._output = output
         self._run_id = run_id
         self._num_shards = num_shards
-        self._keep_columns = keep_columns
-        self._labels = LABEL_COLUMNS if labelled else ()
+        self._columns = columns
 
     def expand(self, embeddings):
-        columns = (*NPY_INDEX_COLUMNS, *self._labels, *self._keep_columns)
+        columns = (*NPY_INDEX_COLUMNS, *self._columns.names)
         written = embeddings | "Write .npy" >> beam.ParDo(
             WriteNpyFn(output_path(self._output, NPY_DIRECTORY), self._run_id, columns)
         ).with_outputs(FAILED, STORED, main="index")

@@ -51,11 +51,12 @@ def _embedding(keyed: tuple[ImageKey, np.ndarray]) -> np.ndarray:
 
 def _thumbnail(
     keyed: tuple[ImageKey, np.ndarray],
-) -> tuple[str, bytes | None, tuple[str, float] | None]:
-    """An image's URI, thumbnail and, when labelled, best label and score."""
+) -> tuple[str, bytes | None, tuple[str, float] | None, tuple[float, ...]]:
+    """An image's URI, thumbnail, when labelled its best label and score, and its scores
+    (--score_head, in the heads' order)."""
     key = keyed[0]
     found = (key.labels.label, key.labels.score) if key.labels else None
-    return key.uri, key.thumbnail, found
+    return key.uri, key.thumbnail, found, key.scores
 
 
 class ProjectFn(beam.DoFn):
@@ -123,7 +124,7 @@ class WriteMapFn(beam.DoFn):
         unused,
         projection: Projection | None,
         points: list[tuple[str, float, float]],
-        thumbnails: list[tuple[str, bytes | None, tuple[str, float] | None]],
+        thumbnails: list[tuple[str, bytes | None, tuple[str, float] | None, tuple[float, ...]]],
         failures: list[Failure],
         summary: dict[str, Any],
         neighbors: list[tuple[str, list]],
@@ -134,7 +135,7 @@ class WriteMapFn(beam.DoFn):
         write_atomically(png_path, png)
         html = page.render(
             points,
-            {uri: thumbnail for uri, thumbnail, _ in thumbnails},
+            {uri: thumbnail for uri, thumbnail, _, _ in thumbnails},
             projection,
             summary,
             failures,
@@ -143,7 +144,8 @@ class WriteMapFn(beam.DoFn):
             f"{self._sample_size})",
             neighbors=dict(neighbors),
             groups=groups,
-            labels={uri: found for uri, _, found in thumbnails if found},
+            labels={uri: found for uri, _, found, _ in thumbnails if found},
+            scores={uri: scored for uri, _, _, scored in thumbnails if scored},
         )
         report_path = output_path(self._stage, REPORT_HTML)
         write_atomically(report_path, html.encode())

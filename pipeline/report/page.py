@@ -20,6 +20,7 @@ GROUP_MEMBERS_SHOWN = 12  # and this many images of each
 REPORTED_LABELS = 50  # with --zero_shot_labels, thumbnails of this many most frequent labels
 LABEL_THUMBNAILS_SHOWN = 6  # and this many of each, best scores first
 COLOURED_LABELS = 10  # the map colours this many most frequent labels, the rest grey
+SCORE_THUMBNAILS_SHOWN = 6  # with --score_head, the lowest and the highest scored shown
 # Thumbnails within this fraction of the points' span on both axes are a stack: under
 # a pixel apart even at the page's largest zoom (500x) on a map up to 2,000 pixels wide,
 # so no zoom can pull them apart and the page counts them on a badge instead.
@@ -186,7 +187,8 @@ def stacks(
     return sorted(sorted(members) for members in joined.values() if len(members) > 1)
 
 
-def _thumbnail_figure(uri: str, similarity: float, thumbnail: bytes | None) -> str:
+def _thumbnail_figure(uri: str, value: float, thumbnail: bytes | None) -> str:
+    """A thumbnail with its value (a similarity or a score) and its file name."""
     picture = (
         f'<img src="data:image/jpeg;base64,{base64.b64encode(thumbnail).decode("ascii")}" '
         f'alt="{escape(uri)}">'
@@ -195,7 +197,7 @@ def _thumbnail_figure(uri: str, similarity: float, thumbnail: bytes | None) -> s
     )
     return (
         f'<figure title="{escape(uri)}">{picture}'
-        f'<figcaption><span class="similarity">{similarity:.4f}</span><br>'
+        f'<figcaption><span class="similarity">{value:.4f}</span><br>'
         f"{escape(uri.rsplit('/', 1)[-1])}</figcaption></figure>"
     )
 
@@ -271,6 +273,44 @@ def _labels(
     )
 
 
+def _scores(
+    summary: Mapping[str, Any],
+    scores: Mapping[str, Sequence[float]],
+    thumbnails: Mapping[str, bytes | None],
+) -> str:
+    """Each score's count, mean and spread, and the lowest and highest scored thumbnails
+    among the map's sample."""
+    described = summary.get("scores")
+    if not described:
+        return ""
+    shown = []
+    for position, (name, stats) in enumerate(described.items()):
+        scored = [(values[position], uri) for uri, values in scores.items()]
+        lowest = sorted(scored)[:SCORE_THUMBNAILS_SHOWN]
+        highest = sorted(scored, key=lambda item: (-item[0], item[1]))[:SCORE_THUMBNAILS_SHOWN]
+        deciles = stats["deciles"]
+        rows = [("Images", stats["count"])]
+        if stats["count"]:
+            rows += [("Mean", round(stats["mean"], 4)), ("Minimum", round(deciles[0], 4))]
+            rows += [("Median", round(deciles[5], 4)), ("Maximum", round(deciles[-1], 4))]
+        ends = "".join(
+            f'<div class="{end}"><h4>{end.capitalize()}</h4>'
+            + "".join(_thumbnail_figure(uri, value, thumbnails.get(uri)) for value, uri in picked)
+            + "</div>"
+            for end, picked in (("lowest", lowest), ("highest", highest))
+        )
+        shown.append(
+            f'<div class="score-row" data-score="{escape(name)}"><h3>{escape(name)}</h3>'
+            f"{_table(rows)}{ends}</div>"
+        )
+    return (
+        f'<h2 id="scores">Scores ({len(described)})</h2>'
+        '<p class="muted">Each image\'s score from each --score_head, over every stored image; '
+        f"thumbnails: the {SCORE_THUMBNAILS_SHOWN} lowest and highest scored of the map's "
+        "sample. Colour the map by a score with the switch under it.</p>" + "".join(shown)
+    )
+
+
 def _failures(summary: Mapping[str, Any], failures: Sequence[Failure]) -> str:
     total = summary["failed"]
     if total == 0:
@@ -302,20 +342,24 @@ def render(
     neighbors: Mapping[str, Sequence[tuple[str, float]]] | None = None,
     groups: Sequence[tuple[int, Sequence[tuple[str, float]], int]] = (),
     labels: Mapping[str, tuple[str, float]] | None = None,
+    scores: Mapping[str, Sequence[float]] | None = None,
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 
     neighbors: each shown point's nearest neighbours among the shown points, most similar
     first; groups: the largest near-duplicate groups, drawn with the sample's thumbnails;
-    labels: each shown point's best label and score (--zero_shot_labels).
+    labels: each shown point's best label and score (--zero_shot_labels); scores: each
+    shown point's scores, in the order of the summary's `scores` (--score_head).
     """
     labels = labels or {}
+    scores = scores or {}
     index = {uri: i for i, (uri, _, _) in enumerate(points)}
     neighbors = neighbors or {}
     map_data = {
         "neighbors": bool(summary.get("similarity", {}).get("neighbors", {}).get("k")),
         "axes": [axis_label(projection, 0), axis_label(projection, 1)],
         "labels": list(summary.get("labels", {}).get("label_counts", {}))[:COLOURED_LABELS],
+        "scores": list(summary.get("scores", {})),
         "stacks": stacks(points),
         "points": [
             {
@@ -329,6 +373,7 @@ def render(
                 ),
                 "label": labels[uri][0] if uri in labels else None,
                 "label_score": labels[uri][1] if uri in labels else None,
+                "scores": [round(value, 6) for value in scores[uri]] if uri in scores else None,
                 "neighbors": [
                     [index[name], round(similarity, 4)]
                     for name, similarity in neighbors.get(uri, ())
@@ -353,6 +398,7 @@ def render(
         + _similarity(summary)
         + "</div>"
         + _labels(summary, labels, thumbnails)
+        + _scores(summary, scores, thumbnails)
         + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )

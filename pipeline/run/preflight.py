@@ -18,14 +18,19 @@ from pipeline.models import (
     BAKED_PRESETS,
     CALIBRATION_IMAGES,
     KERAS_HUB,
+    HeadError,
+    HeadSpec,
     LabelList,
     LabelsError,
     ModelSpec,
+    ScoreHead,
     WeightsUnavailableError,
     baked_preset,
     check_preset_folder,
     check_weights_file,
+    embedding_shape,
     ensure_imagenet,
+    read_head,
     read_labels,
 )
 from pipeline.options import UsageError
@@ -34,6 +39,7 @@ from pipeline.outputs import (
     LABEL_COLUMNS,
     SUMMARY,
     Provenance,
+    RowColumns,
     current_record_files,
     current_runs,
     matching_files,
@@ -106,6 +112,21 @@ def check_labels(value: str) -> LabelList:
         raise UsageError(str(error)) from None
 
 
+def check_score_heads(heads: tuple[HeadSpec, ...], spec: ModelSpec) -> tuple[ScoreHead, ...]:
+    """Each --score_head read as data (no pickle, nothing run) and checked against the
+    model: UsageError for a file that is not a head's safetensors, a head made for
+    another model, or one that takes another embedding size."""
+    read = []
+    for head in heads:
+        try:
+            found = read_head(head)
+            found.check_fits(spec.model, embedding_shape(spec))
+        except HeadError as error:
+            raise UsageError(str(error)) from None
+        read.append(found)
+    return tuple(read)
+
+
 def check_output(output: str, flag: str = "--output") -> None:
     """Raises UsageError unless a file can be created and deleted under output.
 
@@ -135,15 +156,14 @@ def check_output(output: str, flag: str = "--output") -> None:
 def check_earlier_outputs(
     output: str,
     output_format: str,
-    keep_columns: tuple[str, ...],
+    columns: RowColumns,
     bigquery_table: str,
     made: Provenance,
-    labelled: bool = False,
 ) -> None:
     """With --skip_existing, raises UsageError unless the embeddings already there were
-    made as this run would make them (model, weights, pooling, resize, shape), are
-    labelled as it labels (--zero_shot_labels or not) and keep the same columns (one folder must
-    hold one table), and, for a BigQuery load, are all
+    made as this run would make them (model, weights, pooling, resize, shape, score
+    heads), are labelled as it labels (--zero_shot_labels or not) and keep the same
+    columns (one folder must hold one table), and, for a BigQuery load, are all
     in the current layout and the table's were made as this run's are, in the same
     --output_format."""
     _check_earlier_format(output, output_format)
@@ -160,7 +180,7 @@ def check_earlier_outputs(
                 "once without --skip_existing (or without --bigquery_table) first"
             )
     records = current_record_files(output, output_format, runs)
-    _check_earlier_files(output, output_format, records, keep_columns, made, labelled)
+    _check_earlier_files(output, output_format, records, columns, made)
     if bigquery_table:
         try:
             check_table_matches(bigquery_table, made)
@@ -184,9 +204,8 @@ def _check_earlier_files(
     output: str,
     output_format: str,
     records: list[str],
-    keep_columns: tuple[str, ...],
+    columns: RowColumns,
     made: Provenance,
-    labelled: bool,
 ) -> None:
     """records: the record files of the runs summary.json names."""
     if not records:
@@ -194,6 +213,7 @@ def _check_earlier_files(
     stored_format = FORMATS[output_format]
     names = stored_format.column_names(records[-1])
     earlier_labelled = set(LABEL_COLUMNS) <= set(names)
+    labelled = columns.labelled
     if earlier_labelled != labelled:
         were, this = ("were", "would not be") if earlier_labelled else ("were not", "would be")
         raise UsageError(
@@ -201,12 +221,12 @@ def _check_earlier_files(
             f"this run's {this}; label as they were, or run without --skip_existing to "
             "replace them"
         )
-    own = {*stored_format.columns, *(LABEL_COLUMNS if labelled else ())}
+    own = {*stored_format.columns, *columns.labels, *columns.scores}
     earlier = tuple(name for name in names if name not in own)
-    if earlier != keep_columns:
+    if earlier != columns.kept:
         raise UsageError(
             f"--skip_existing: the embeddings under {output} keep the columns "
-            f"{list(earlier)}, this run would keep {list(keep_columns)}; give the same "
+            f"{list(earlier)}, this run would keep {list(columns.kept)}; give the same "
             "--keep_columns, or run without --skip_existing to replace them"
         )
     for run_id, record_file in first_record_per_run(records).items():

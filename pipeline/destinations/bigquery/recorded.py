@@ -22,7 +22,10 @@ def recorded_metadata(table) -> dict[str, Any] | None:
         recorded = json.loads(table.description or "")
     except ValueError:
         return None
-    if not isinstance(recorded, dict) or set(recorded) != set(Provenance.fields_in(IN_TABLE)):
+    if not isinstance(recorded, dict):
+        return None
+    fields = set(recorded)
+    if not set(Provenance.always_in(IN_TABLE)) <= fields <= set(Provenance.fields_in(IN_TABLE)):
         return None
     return recorded
 
