@@ -275,7 +275,31 @@ def test_summary_counts_what_the_files_hold(searched):
     assert similarity["images"] == len(uris)
     assert similarity["method"] == "exact" and similarity["cells"] == 1
     assert similarity["centred"] is True
-    assert similarity["neighbors"] == {"k": K, "images": len(read_neighbors(output))}
+    neighbors = read_neighbors(output)
+    assert similarity["neighbors"] == {
+        "k": K,
+        "images": len(neighbors),
+        "bands": similarity["neighbors"]["bands"],
+    }
+    # Bands: each listed pair once, at the larger of its two sides' similarities, counted
+    # with numpy against each band's floor.
+    pairs: dict[tuple[str, str], float] = {}
+    for uri, (names, similarities) in neighbors.items():
+        for name, value in zip(names, similarities, strict=True):
+            if name == uri:
+                continue
+            key = tuple(sorted((uri, name)))
+            pairs[key] = max(value, pairs.get(key, -2.0))
+    values = np.array(list(pairs.values()))
+    floors = np.array([0.99, 0.97, 0.95, 0.90, 0.85, 0.80])
+    ceilings = np.concatenate([[np.inf], floors[:-1]])
+    counted = [
+        int(((values >= low) & (values < high)).sum())
+        for low, high in zip(floors, ceilings, strict=True)
+    ]
+    counted.append(int((values < floors[-1]).sum()))
+    assert [band["pairs"] for band in similarity["neighbors"]["bands"]] == counted
+    assert sum(counted) == len(pairs) > 0
     components = {component for _, _, _, component in read_rows(output)}
     assert similarity["duplicates"] == {
         "threshold": THRESHOLD,

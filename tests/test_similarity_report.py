@@ -164,3 +164,60 @@ def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
         largest = record["largest_component"]
         assert f"Largest component {largest['images']} images, {largest['pairs']} pairs" in text
         assert console_problems(driver) == []
+
+
+def numpy_bands(neighbors: dict) -> tuple[dict[str, int], dict[str, list[tuple[str, str, float]]]]:
+    """The neighbour pairs, each once (its larger similarity), counted per band as the
+    docs define the bands, and every band's pairs."""
+    pairs: dict[tuple[str, str], float] = {}
+    for uri, row in neighbors.items():
+        for name, similarity in zip(row["neighbors"], row["similarities"], strict=True):
+            key = tuple(sorted((uri, name)))
+            pairs[key] = max(pairs.get(key, -2.0), similarity)
+    floors = [0.99, 0.97, 0.95, 0.90, 0.85, 0.80]
+    edges = zip(floors[1:], floors, strict=False)
+    names = [">= 0.99"] + [f"{low:.2f}-{high:.2f}" for low, high in edges]
+    members: dict[str, list] = {name: [] for name in [*names, "below"]}
+    for (first, second), similarity in pairs.items():
+        band = next((n for n, low in zip(names, floors, strict=True) if similarity >= low), "below")
+        members[band].append((first, second, similarity))
+    return {band: len(found) for band, found in members.items()}, members
+
+
+@pytest.mark.pipeline_run
+def test_neighbour_pairs_per_band_are_numpys_and_the_report_shows_the_seeded_samples(reported):
+    import hashlib
+
+    output, neighbors, _ = reported
+    made = summary(output)
+    counts, members = numpy_bands(neighbors)
+    recorded = made["similarity"]["neighbors"]["bands"]
+    assert {row["band"]: row["pairs"] for row in recorded} == counts
+    assert [row["band"] for row in recorded][:2] == [">= 0.99", "0.97-0.99"]
+    assert sum(counts.values()) == len(
+        {tuple(sorted((uri, name))) for uri, row in neighbors.items() for name in row["neighbors"]}
+    )
+
+    def rank(pair) -> str:
+        return hashlib.sha256(f"{made['seed']}:{pair[0]}\n{pair[1]}".encode()).hexdigest()
+
+    with chromium() as driver:
+        driver.get((output / "report.html").as_uri())
+        shown = driver.execute_script(
+            "return [...document.querySelectorAll('.band')].map(band => [band.dataset.band,"
+            "  [...band.querySelectorAll('.band-pair')].map(pair =>"
+            "    [...pair.querySelectorAll('figure')].map(figure => [figure.title,"
+            "      figure.querySelector('figcaption .similarity').textContent,"
+            "      figure.querySelector('img').naturalWidth]))])"
+        )
+        for band, pairs in shown:
+            expected = sorted(members[band], key=rank)[:6]
+            expected.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
+            assert [(a[0], b[0]) for a, b in pairs] == [(f, s) for f, s, _ in expected], band
+            for (a, b), (_, _, similarity) in zip(pairs, expected, strict=True):
+                assert a[1] == b[1] == f"{similarity:.4f}"
+                assert a[2] > 0 and b[2] > 0, "a thumbnail did not decode"
+        assert [band for band, _ in shown] == [
+            band for band, count in counts.items() if count and band != "below"
+        ]
+        assert console_problems(driver) == []

@@ -106,6 +106,22 @@ class ShownNeighborsFn(beam.DoFn):
             )
 
 
+def _pair_uris(samples: list) -> frozenset[str]:
+    """The URIs of the similarity bands' sample pairs (at most 2 x 6 per band)."""
+    return frozenset(
+        uri for _, pairs in samples for pair in pairs for uri in (pair.first, pair.second)
+    )
+
+
+class PairThumbnailsFn(beam.DoFn):
+    """(ImageKey, embedding) to (uri, thumbnail) for the images of the bands' sample pairs."""
+
+    def process(self, keyed: tuple[ImageKey, np.ndarray], wanted: frozenset[str]):
+        key = keyed[0]
+        if key.uri in wanted:
+            yield key.uri, key.thumbnail
+
+
 def largest_groups(groups: list) -> list:
     return groups[:REPORTED_GROUPS]
 
@@ -129,6 +145,8 @@ class WriteMapFn(beam.DoFn):
         summary: dict[str, Any],
         neighbors: list[tuple[str, list]],
         groups: list,
+        bands: list,
+        pair_thumbnails: list[tuple[str, bytes | None]],
     ):
         png = plot.scatter_png(points, projection)
         png_path = output_path(self._stage, MAP_PNG)
@@ -146,6 +164,8 @@ class WriteMapFn(beam.DoFn):
             groups=groups,
             labels={uri: found for uri, _, found, _ in thumbnails if found},
             scores={uri: scored for uri, _, _, scored in thumbnails if scored},
+            bands=bands,
+            pair_thumbnails=dict(pair_thumbnails),
         )
         report_path = output_path(self._stage, REPORT_HTML)
         write_atomically(report_path, html.encode())
@@ -158,8 +178,9 @@ class MapEmbeddings(OptionalOutput):
     stage (the run's folder); gives their names as `files`.
 
     Reads embeddings (thumbnails riding in the keys), files, failures and the summary,
-    and, when the run found them, neighbors (neighbours rows) and groups (one list of
-    numbered near-duplicate groups).
+    and, when the run found them, neighbors (neighbours rows), band_pairs (each
+    similarity band's sample pairs) and groups (one list of numbered near-duplicate
+    groups).
     """
 
     name = "map"
@@ -169,7 +190,7 @@ class MapEmbeddings(OptionalOutput):
         FileKind(MAP_PNG, sharded=False),
         FileKind(REPORT_HTML, sharded=False),
     )
-    reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups")
+    reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups", "band_pairs")
 
     def __init__(self, target: RunTarget, sample_size: int, seed: int):
         super().__init__()
@@ -231,6 +252,14 @@ class MapEmbeddings(OptionalOutput):
             neighbors = inputs["neighbors"] | "Neighbours shown" >> beam.ParDo(
                 ShownNeighborsFn(), beam.pvalue.AsSingleton(sampled_points)
             )
+        bands = pipeline | "No bands" >> beam.Create([[]])
+        pair_thumbnails = pipeline | "No pair thumbnails" >> beam.Create([])
+        if "band_pairs" in inputs:
+            bands = inputs["band_pairs"]
+            wanted = bands | "Pair URIs" >> beam.Map(_pair_uris)
+            pair_thumbnails = embeddings | "Pair thumbnails" >> beam.ParDo(
+                PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
+            )
         groups = pipeline | "No groups" >> beam.Create([[]])
         if "groups" in inputs:
             groups = inputs["groups"] | "Largest groups" >> beam.Map(largest_groups)
@@ -247,6 +276,8 @@ class MapEmbeddings(OptionalOutput):
                 summary=beam.pvalue.AsSingleton(inputs["summary"]),
                 neighbors=beam.pvalue.AsList(neighbors),
                 groups=beam.pvalue.AsSingleton(groups),
+                bands=beam.pvalue.AsSingleton(bands),
+                pair_thumbnails=beam.pvalue.AsList(pair_thumbnails),
             )
         )
         return {"files": (coordinates, pictures) | "Map files" >> beam.Flatten()}

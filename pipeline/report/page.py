@@ -21,6 +21,7 @@ REPORTED_LABELS = 50  # with --zero_shot_labels, thumbnails of this many most fr
 LABEL_THUMBNAILS_SHOWN = 6  # and this many of each, best scores first
 COLOURED_LABELS = 10  # the map colours this many most frequent labels, the rest grey
 SCORE_THUMBNAILS_SHOWN = 6  # with --score_head, the lowest and the highest scored shown
+SAMPLE_PAIRS_SHOWN = 6  # with --neighbors, sample pairs per similarity band
 # Thumbnails within this fraction of the points' span on both axes are a stack: under
 # a pixel apart even at the page's largest zoom (500x) on a map up to 2,000 pixels wide,
 # so no zoom can pull them apart and the page counts them on a badge instead.
@@ -273,6 +274,45 @@ def _labels(
     )
 
 
+def _bands(
+    summary: Mapping[str, Any],
+    bands: Sequence[tuple[str, Sequence[Any]]],
+    thumbnails: Mapping[str, bytes | None],
+) -> str:
+    """The neighbour pairs per similarity band, and each band's sample pairs side by side."""
+    counted = summary.get("similarity", {}).get("neighbors", {}).get("bands")
+    if counted is None:
+        return ""
+    rows = "".join(
+        f'<tr><td>{escape(row["band"])}</td><td class="number">{row["pairs"]:,}</td></tr>'
+        for row in counted
+    )
+    sampled = dict(bands)
+    shown = "".join(
+        f'<div class="band" data-band="{escape(row["band"])}"><h3>{escape(row["band"])} '
+        f"({row['pairs']:,} pairs)</h3>"
+        + "".join(
+            '<div class="band-pair">'
+            + _thumbnail_figure(pair.first, pair.similarity, thumbnails.get(pair.first))
+            + _thumbnail_figure(pair.second, pair.similarity, thumbnails.get(pair.second))
+            + "</div>"
+            for pair in sampled.get(row["band"], ())
+        )
+        + "</div>"
+        for row in counted
+        if sampled.get(row["band"])
+    )
+    return (
+        '<h2 id="bands">Neighbour pairs by similarity</h2>'
+        '<p class="muted">Each pair of images that one lists the other among its nearest '
+        "neighbours, once, by the similarity --duplicate_threshold compares: pick the "
+        f"threshold by looking at the pairs. Up to {SAMPLE_PAIRS_SHOWN} pairs per band, "
+        "chosen by a seeded hash of their URIs (--seed), most similar first.</p>"
+        f'<table class="band-counts"><tr><th>Similarity</th><th>Pairs</th></tr>{rows}</table>'
+        f"{shown}"
+    )
+
+
 def _scores(
     summary: Mapping[str, Any],
     scores: Mapping[str, Sequence[float]],
@@ -343,13 +383,17 @@ def render(
     groups: Sequence[tuple[int, Sequence[tuple[str, float]], int]] = (),
     labels: Mapping[str, tuple[str, float]] | None = None,
     scores: Mapping[str, Sequence[float]] | None = None,
+    bands: Sequence[tuple[str, Sequence[Any]]] = (),
+    pair_thumbnails: Mapping[str, bytes | None] | None = None,
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 
     neighbors: each shown point's nearest neighbours among the shown points, most similar
     first; groups: the largest near-duplicate groups, drawn with the sample's thumbnails;
     labels: each shown point's best label and score (--zero_shot_labels); scores: each
-    shown point's scores, in the order of the summary's `scores` (--score_head).
+    shown point's scores, in the order of the summary's `scores` (--score_head); bands:
+    each similarity band's sample pairs (similarity.bands.Pair), drawn with
+    pair_thumbnails.
     """
     labels = labels or {}
     scores = scores or {}
@@ -399,6 +443,7 @@ def render(
         + "</div>"
         + _labels(summary, labels, thumbnails)
         + _scores(summary, scores, thumbnails)
+        + _bands(summary, bands, {**thumbnails, **(pair_thumbnails or {})})
         + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )

@@ -34,6 +34,7 @@ from pipeline.outputs import (
     shard_prefix,
     spill_prefix,
 )
+from pipeline.similarity.bands import BandPairs
 from pipeline.similarity.duplicates import (
     COMPONENT_PAIRS_WARNING,
     ComponentStatsFn,
@@ -293,10 +294,14 @@ def _describe(
     neighbor_rows: int,
     duplicates: dict | None,
     settings: SimilaritySettings,
+    bands: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """What the summary says of the search: its size and method, and what it found."""
+    """What the summary says of the search: its size and method, and what it found (with
+    neighbours, the pairs per similarity band)."""
     described = plan.describe() if plan else {"images": 0}
     described["neighbors"] = {"k": settings.neighbors, "images": neighbor_rows}
+    if bands is not None:
+        described["neighbors"]["bands"] = bands
     if duplicates is not None:
         described["duplicates"] = {"threshold": settings.duplicate_threshold, **duplicates}
         if duplicates["largest_component"]["pairs"] > COMPONENT_PAIRS_WARNING:
@@ -313,7 +318,8 @@ class FindSimilar(OptionalOutput):
     Reads `files`, the names of this run's stored files; the record files of the
     target's earlier_runs (with --skip_existing, the runs whose embeddings the output
     holds) are searched too.
-    Gives `neighbors` (one row dict per image, when asked for), `groups` (one list of
+    Gives `neighbors` (one row dict per image, when asked for) with `band_pairs` (one
+    list of each similarity band's sample pairs, bands.BandPairs), `groups` (one list of
     (group number, [(uri, similarity)], component number), largest first, when asked
     for), `description` and `files` (the names written). Spill files go to temp
     (naming.run_temp_folder), the stage when None.
@@ -398,6 +404,9 @@ class FindSimilar(OptionalOutput):
             )
             finished.append(written)
         neighbor_rows = neighbors | "Count neighbour rows" >> beam.combiners.Count.Globally()
+        bands = None
+        if settings.neighbors:
+            bands = neighbors | "Similarity bands" >> BandPairs(settings.seed)
 
         groups = duplicates = None
         if settings.duplicate_threshold:
@@ -431,11 +440,12 @@ class FindSimilar(OptionalOutput):
                 beam.pvalue.AsSingleton(neighbor_rows),
                 beam.pvalue.AsSingleton(duplicates) if duplicates is not None else None,
                 settings,
+                beam.pvalue.AsSingleton(bands["counts"]) if bands else None,
             )
         )
         files = tuple(finished) | "Files written" >> beam.Flatten(pipeline=files.pipeline)
         return {
-            **({"neighbors": neighbors} if settings.neighbors else {}),
+            **({"neighbors": neighbors, "band_pairs": bands["samples"]} if bands else {}),
             **({"groups": groups} if groups is not None else {}),
             "description": description,
             "files": files,
