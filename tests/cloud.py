@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
+import itertools
 import json
 import os
 import re
@@ -312,22 +313,26 @@ def emulator_client(emulator: str):
 
 
 class FaultyProxy(LoopbackServer):
-    """Forwards HTTP to upstream, but answers some requests 503 or 429, or hangs up.
+    """Forwards HTTP to upstream, but answers every `every`-th request 503 or 429, or
+    hangs up, in turn.
 
-    Decisions come from a seeded generator so a run's faults are repeatable in kind
-    and rate; `injected` counts what was done.
+    A schedule rather than chance: every kind of fault happens in a run of 3 x every
+    requests, and a retried request is never the next one faulted, so the faults cost
+    one retry each; `injected` counts what was done.
     """
 
-    def __init__(self, upstream: str, rate: float = 0.2, seed: int = 7):
+    FAULTS = ("503", "429", "dropped")
+
+    def __init__(self, upstream: str, every: int = 20):
         import http.client
-        import random
         from urllib.parse import urlsplit
 
         target = urlsplit(upstream)
-        generator = random.Random(seed)
         lock = threading.Lock()
         self.injected = {"503": 0, "429": 0, "dropped": 0, "forwarded": 0}
         injected = self.injected
+        requests = itertools.count(1)
+        faults = self.FAULTS
 
         class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
@@ -336,15 +341,15 @@ class FaultyProxy(LoopbackServer):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 with lock:
-                    draw = generator.random()
-                if draw < rate / 2:
-                    kind = "503" if draw < rate / 4 else "429"
+                    number = next(requests)
+                kind = faults[(number // every) % len(faults)] if number % every == 0 else None
+                if kind in ("503", "429"):
                     with lock:
                         injected[kind] += 1
                     payload = json.dumps({"error": {"code": int(kind), "message": "injected"}})
                     self.reply(int(kind), payload.encode(), {"Content-Type": "application/json"})
                     return
-                if draw < rate:
+                if kind == "dropped":
                     with lock:
                         injected["dropped"] += 1
                     self.close_connection = True

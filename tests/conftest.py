@@ -1,5 +1,6 @@
-"""What a run of the suite reports at its end (never a failure): the fast tier's tests over
-their budget; for the whole suite, the slowest tests and each test process's peak memory."""
+"""The order test files run in, and what a run of the suite reports at its end (never a
+failure): the fast tier's tests over their budget; for the whole suite, the slowest tests
+and each test process's peak memory and time in tests."""
 
 from __future__ import annotations
 
@@ -18,10 +19,24 @@ SLOWEST_SHOWN = 15
 SHOWN_FILES = 5
 
 _seconds: dict[str, float] = {}
+_busy: dict[str, float] = {}  # test process -> seconds its tests took
 _peaks: dict[str, float] = {}  # test process -> its peak RSS, MB
 _forked_peaks: dict[str, float] = {}  # test process -> its largest forked run's, MB
 _raised: dict[str, float] = {}  # test file -> MB its tests raised their process's peak by
 _last_peak: dict[str, float] = {}  # test process -> its peak after its last test
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config, items: list) -> None:
+    """Files that run a pipeline first, the fast tier's files after them: the two test
+    processes take files in this order (--dist loadfile), so what is left at the end is a
+    queue of short files that evens out their finishing times, not a long file that one
+    process runs while the other waits."""
+    heavy = {
+        item.path
+        for item in items
+        if item.get_closest_marker("pipeline_run") or item.get_closest_marker("slow")
+    }
+    items.sort(key=lambda item: item.path not in heavy)  # stable: files stay whole
 
 
 def _peak_mb() -> float:
@@ -61,11 +76,12 @@ def pytest_runtest_makereport(item, call):
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # With xdist this runs in the controlling process too, for every worker's reports.
     _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+    node = getattr(report, "node", None)
+    process = node.gateway.id if node is not None else "this process"
+    _busy[process] = _busy.get(process, 0.0) + report.duration
     peak = dict(report.user_properties).get("peak_rss_mb")
     if peak is None:
         return
-    node = getattr(report, "node", None)
-    process = node.gateway.id if node is not None else "this process"
     # A process's first set-up sets where it starts: collection is no test file's doing.
     _last_peak.setdefault(process, peak)
     if report.when == "teardown":
@@ -107,11 +123,12 @@ def _whole_suite_summary(terminalreporter) -> None:
         for seconds, name in files:
             terminalreporter.write_line(f"{seconds:6.1f} s  {name}")
     if _peaks:
-        terminalreporter.write_sep("-", "peak memory (RSS) of each test process")
+        terminalreporter.write_sep("-", "peak memory (RSS) and time in tests of each process")
         for who, peak in sorted(_peaks.items()):
             runs = _forked_peaks.get(who)
             forked_runs = f" (its largest forked run: {runs:,.0f} MB)" if runs else ""
-            terminalreporter.write_line(f"{who}: {peak:,.0f} MB{forked_runs}")
+            busy = f", {_busy[who]:,.0f} s in tests" if who in _busy else ""
+            terminalreporter.write_line(f"{who}: {peak:,.0f} MB{forked_runs}{busy}")
     raisers = sorted(((mb, name) for name, mb in _raised.items()), reverse=True)[:SHOWN_FILES]
     if raisers:
         terminalreporter.write_sep("-", "test files that raised a test process's peak the most")

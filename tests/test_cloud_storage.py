@@ -157,7 +157,10 @@ def test_neighbours_and_groups_on_gcs(gcs, tmp_path):
         )
     described = summary(local)["similarity"]
     assert described["method"] == "ivf" and described["cells"] == 3
+    bands = described["neighbors"].pop("bands")
     assert described["neighbors"] == {"k": 4, "images": len(uris)}
+    listed = {tuple(sorted((uri, name))) for uri, (names, _) in neighbors.items() for name in names}
+    assert sum(band["pairs"] for band in bands) == len(listed)
     grouped = (local / next(p.name for p in local.glob("duplicates-*.csv"))).read_text()
     assert described["duplicates"]["images"] == len(grouped.splitlines()) - 1
 
@@ -299,7 +302,7 @@ def test_skip_existing_embeds_only_new_rows(output_format, tmp_path):
 
 
 def test_a_run_through_injected_storage_faults_loses_nothing(gcs, tmp_path):
-    proxy = FaultyProxy(gcs["env"]["STORAGE_EMULATOR_HOST"], rate=0.15)
+    proxy = FaultyProxy(gcs["env"]["STORAGE_EMULATOR_HOST"], every=20)
     try:
         result = run_cli(
             "--input", f"gs://{BUCKET}/lists/images.csv",

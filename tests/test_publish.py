@@ -6,10 +6,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apache_beam as beam
@@ -42,22 +44,44 @@ def outside_runs(files: dict[str, str]) -> dict[str, str]:
     return {name: digest for name, digest in files.items() if "_runs" not in name.split("/")}
 
 
-def catalogues(tmp_path: Path) -> tuple[Path, Path]:
-    """Every photograph; and three of them with three missing files (50% failed)."""
-    good = write_csv(tmp_path / "good.csv", PHOTO_PATHS)
+def failing_catalogue(tmp_path: Path) -> Path:
+    """Three photographs and three missing files (50% failed)."""
     missing = [str(tmp_path / f"missing-{index}.png") for index in range(3)]
-    bad = write_csv(tmp_path / "bad.csv", [*PHOTO_PATHS[:3], *missing])
-    return good, bad
+    return write_csv(tmp_path / "bad.csv", [*PHOTO_PATHS[:3], *missing])
+
+
+@pytest.fixture(scope="module")
+def first_runs(tmp_path_factory) -> Callable[[str, Path], None]:
+    """copy(output_format, folder): a passed run's every output over every photograph
+    (out/ and vectors/), made once per format and copied into folder for a test to
+    replace."""
+    made: dict[str, Path] = {}
+
+    def copy(output_format: str, folder: Path) -> None:
+        if output_format not in made:
+            root = tmp_path_factory.mktemp(f"first-{output_format}")
+            first = run_cli(
+                "--input", str(write_csv(root / "good.csv", PHOTO_PATHS)),
+                "--output", str(root / "out"), "--output_format", output_format,
+                "--vector_search_output", str(root / "vectors"), *EVERY_OUTPUT,
+            )  # fmt: skip
+            assert first.returncode == 0, first.stderr[-3000:]
+            made[output_format] = root
+        for name in ("out", "vectors"):
+            shutil.copytree(made[output_format] / name, folder / name)
+
+    return copy
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "npy"])
-def test_a_failed_replace_run_leaves_the_earlier_output_byte_identical(output_format, tmp_path):
-    good, bad = catalogues(tmp_path)
+def test_a_failed_replace_run_leaves_the_earlier_output_byte_identical(
+    output_format, tmp_path, first_runs
+):
+    bad = failing_catalogue(tmp_path)
     output, vectors = tmp_path / "out", tmp_path / "vectors"
     args = ("--output", str(output), "--output_format", output_format,
             "--vector_search_output", str(vectors), *EVERY_OUTPUT)  # fmt: skip
-    first = run_cli("--input", str(good), *args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    first_runs(output_format, tmp_path)
     before = snapshot(tmp_path)
     kinds = ("summary.json", "map.png", "report.html", "failures-", "neighbors-",
              "duplicates-", "map-coordinates-", "vectors/vectors-", "embeddings/")  # fmt: skip
@@ -81,12 +105,11 @@ def test_a_failed_replace_run_leaves_the_earlier_output_byte_identical(output_fo
     assert all(name.endswith(("summary.json", ".jsonl")) for name in left), left
 
 
-def test_a_job_that_fails_its_check_publishes_nothing(tmp_path):
+def test_a_job_that_fails_its_check_publishes_nothing(tmp_path, first_runs):
     """As on Dataflow, where the verdict fails the job itself (fail_job=True)."""
-    good, bad = catalogues(tmp_path)
+    bad = failing_catalogue(tmp_path)
     output = tmp_path / "out"
-    first = run_cli("--input", str(good), "--output", str(output), *EVERY_OUTPUT)
-    assert first.returncode == 0, first.stderr[-3000:]
+    first_runs("parquet", tmp_path)
     before = snapshot(output)
 
     argv = ["--input", str(bad), "--output", str(output), *EVERY_OUTPUT, "--max_failures", "0"]
