@@ -18,6 +18,12 @@ pairs of identical copies, and chains whose links are above the threshold and wh
 ends are not) are searched twice: without and with --duplicate_threshold, so that the
 difference is the cost of the grouping. Every member's similarity to its representative
 is then recomputed with numpy and checked against the threshold and the CSV.
+
+With --compare, each size N is two collections of N: the first as above, the other
+drawn anew from the same clusters with 5% of its rows near-copies of the first's; the
+first is compared with the other (--compare_with, one nearest match per image, every
+nearest written) and recall@1 is measured against exact brute force on a seeded sample
+of queries, centred by the union's mean.
 """
 
 from __future__ import annotations
@@ -47,17 +53,22 @@ THRESHOLD = 0.95
 NEAR = 0.1  # a group member's noise, per value, as a fraction of the rows' spread: cos 0.995
 LINK = 0.25  # a chain link's: cos 0.97 between neighbours, 0.94 two links apart
 CHAIN = 30  # images in a chain
+COPIED = 0.05  # --compare: the other collection's rows that are near-copies of the first's
 
 
-def uri(index: int) -> str:
-    return f"gs://bucket/synthetic/{index:07d}.jpg"
+def uri(index: int, collection: str = "synthetic") -> str:
+    return f"gs://bucket/{collection}/{index:07d}.jpg"
 
 
-def synthetic(count: int, seed: int = 0):
-    """(start, (n, 2048) float32) blocks of clustered, non-negative embeddings."""
+def synthetic(count: int, seed: int = 0, rows_seed: int | None = None):
+    """(start, (n, 2048) float32) blocks of clustered, non-negative embeddings; with
+    rows_seed, other rows drawn from the same clusters and map (another collection of
+    the same kind)."""
     generator = np.random.default_rng(seed)
     projection = generator.normal(size=(LATENT, DIMENSIONS)).astype(np.float32)
     centres = generator.normal(size=(max(1, count // CLUSTER_SIZE), LATENT))
+    if rows_seed is not None:
+        generator = np.random.default_rng(rows_seed)
     for start in range(0, count, ROWS_PER_FILE):
         rows = min(ROWS_PER_FILE, count - start)
         cluster = generator.integers(len(centres), size=rows)
@@ -88,7 +99,24 @@ def planted(count: int, seed: int = 0):
         yield start, block
 
 
-def write_embeddings(folder: Path, count: int, blocks=synthetic) -> list[str]:
+def other_collection(count: int, seed: int = 0):
+    """synthetic() rows of the same clusters, drawn anew, with COPIED of them replaced by
+    near-copies of the first collection's rows (noise NEAR of the spread): a collection
+    that shares some images with the first, as an evaluation set leaked into training."""
+    generator = np.random.default_rng(seed + 2)
+    for (start, block), (_, first) in zip(
+        synthetic(count, seed, rows_seed=seed + 3), synthetic(count, seed), strict=True
+    ):
+        spread = float((first - first.mean(axis=0)).std())
+        copied = generator.choice(len(block), int(len(block) * COPIED), replace=False)
+        noise = generator.normal(scale=NEAR * spread, size=(len(copied), DIMENSIONS))
+        block[copied] = first[copied] + noise.astype(np.float32)
+        yield start, block
+
+
+def write_embeddings(
+    folder: Path, count: int, blocks=synthetic, collection: str = "synthetic"
+) -> list[str]:
     from pipeline.outputs.sinks import parquet_schema
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,13 +126,14 @@ def write_embeddings(folder: Path, count: int, blocks=synthetic) -> list[str]:
     for shard, (start, block) in enumerate(blocks(count)):
         path = folder / f"embeddings-{RUN_ID}-{shard:05d}-of-{shards:05d}.parquet"
         flat = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), DIMENSIONS)
+        uris = [uri(i, collection) for i in range(start, start + len(block))]
         table = pa.table(
             {
-                "uri": [uri(i) for i in range(start, start + len(block))],
+                "uri": uris,
                 "embedding": flat,
                 "width": pa.array([640] * len(block), pa.int32()),
                 "height": pa.array([480] * len(block), pa.int32()),
-                "datapoint_id": [uri(i) for i in range(start, start + len(block))],
+                "datapoint_id": uris,
                 "model": ["synthetic"] * len(block),
                 "run_id": [RUN_ID] * len(block),
             },
@@ -118,10 +147,6 @@ def write_embeddings(folder: Path, count: int, blocks=synthetic) -> list[str]:
 def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float = -1) -> None:
     """Child process: the similarity step alone; prints seconds and peak RSS as JSON.
     With a threshold >= 0: no neighbours, only the search and (above 0) the grouping."""
-    import apache_beam as beam
-    from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipeline.outputs import RunTarget
     from pipeline.similarity.find import FindSimilar, SimilaritySettings
 
@@ -131,11 +156,21 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
     if threshold >= 0:
         output = folder / f"grouped-{threshold}"
         settings = SimilaritySettings(0, threshold, cell_size, cells_per_image, seed=0)
+    target = RunTarget(str(output), "20260101T000001-000001")
+    run_step(files, output, target, FindSimilar(target, settings), "cell_rows")
+
+
+def run_step(files: list[str], output: Path, target, step, cells: str) -> None:
+    """Runs step on the stored files alone, moves its staged files into output, and
+    prints its seconds, peak RSS and cell sizes (the distribution named cells) as JSON."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
-    target = RunTarget(str(output), "20260101T000001-000001")
-    _ = {"files": p | beam.Create(files)} | FindSimilar(target, settings)
+    _ = {"files": p | beam.Create(files)} | step
     result = p.run()
     result.wait_until_finish()
     # As publishing would: the run's files beside the embeddings, where the checks read.
@@ -143,8 +178,7 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
         if path.is_file():
             path.replace(output / path.name)
     seconds = time.perf_counter() - started
-    cells = result.metrics().query(MetricsFilter().with_name("cell_rows"))["distributions"]
-    rows = cells[0].committed
+    rows = result.metrics().query(MetricsFilter().with_name(cells))["distributions"][0].committed
     print(
         json.dumps(
             {
@@ -157,6 +191,94 @@ def measure(folder: Path, cell_size: int, cells_per_image: int, threshold: float
             }
         )
     )
+
+
+def measure_compare(folder: Path, other: Path, cell_size: int, cells_per_image: int) -> None:
+    """Child process: --compare_with alone, every image's nearest in the other collection
+    written (no threshold); prints seconds and peak RSS as JSON."""
+    from pipeline.outputs import RunTarget
+    from pipeline.similarity.compare import CompareSettings, CompareWith
+
+    files = sorted(str(path) for path in folder.glob("embeddings-*.parquet"))
+    output = folder / f"compared-{cell_size}-{cells_per_image}"
+    settings = CompareSettings(
+        other=str(other.parent),
+        other_format="parquet",
+        other_runs=(RUN_ID,),
+        threshold=-1.0,  # every image's nearest, for the recall
+        matches=1,
+        cell_size=cell_size,
+        cells_per_image=cells_per_image,
+        seed=0,
+    )
+    target = RunTarget(str(output), "20260101T000001-000001")
+    run_step(files, output, target, CompareWith(target, settings), "compare_cell_rows")
+
+
+def compare_recall(count: int, output: Path) -> dict:
+    """Of QUERIES seeded images of the first collection, the fraction whose nearest image
+    in the other (exact, numpy, centred by the union's mean) is the match found, and the
+    worst shortfall of a found similarity below the exact one."""
+    first = np.concatenate([block for _, block in synthetic(count)])
+    other = np.concatenate([block for _, block in other_collection(count)])
+    mean = (first.sum(axis=0, dtype=np.float64) + other.sum(axis=0, dtype=np.float64)) / (2 * count)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        centred = rows - mean.astype(np.float32)
+        return centred / np.linalg.norm(centred, axis=1, keepdims=True)
+
+    queries = np.random.default_rng(1).choice(count, QUERIES, replace=False)
+    scores = unit(first[queries]) @ unit(other).T
+    exact = scores.max(axis=1)
+    table = pq.read_table([str(p) for p in sorted(output.glob("matches-*.parquet"))])
+    found = {
+        row["uri"]: row["similarity"] for row in table.select(["uri", "similarity"]).to_pylist()
+    }
+    if len(found) != count:
+        raise SystemExit(f"{len(found)} images have a nearest match, not {count}")
+    similarities = np.array([found[uri(q)] for q in queries])
+    return {
+        "recall": float(np.mean(similarities >= exact - 1e-5)),
+        "shortfall": float((exact - similarities).max()),
+    }
+
+
+def comparing(sizes: list[int], args) -> None:
+    rows = []
+    for count in sizes:
+        folder = Path(args.work) / f"compare-{count}"
+        ours, theirs = folder / "ours", folder / "theirs" / "embeddings"
+        if not folder.exists():
+            write_embeddings(ours, count)
+            write_embeddings(theirs, count, other_collection, "other")
+        command = [
+            sys.executable, __file__, "--measure_compare", str(ours), "--other", str(theirs),
+            "--cell_size", str(args.cell_size), "--cells_per_image", str(args.cells_per_image),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+        if done.returncode:
+            raise SystemExit(done.stderr[-4000:])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        output = ours / f"compared-{args.cell_size}-{args.cells_per_image}"
+        result |= compare_recall(count, output)
+        rows.append((count, result))
+        print(f"{count}: {result}", flush=True)
+    print()
+    print(
+        f"--compare_with, --compare_matches 1, --similarity_cell_size {args.cell_size}, "
+        f"--similarity_cells_per_image {args.cells_per_image}, {DIMENSIONS} values, 2 processes"
+    )
+    print(
+        f"{'images':>17} {'seconds':>8} {'launcher MB':>12} {'worker MB':>10} {'cells':>6} "
+        f"{'mean cell':>10} {'largest':>8} {'recall@1':>9} {'shortfall':>10}"
+    )
+    for count, result in rows:
+        print(
+            f"{f'{count:,} x {count:,}':>17} {result['seconds']:>8.1f} "
+            f"{result['launcher_mb']:>12.0f} {result['worker_mb']:>10.0f} {result['cells']:>6,} "
+            f"{result['mean_cell']:>10.0f} {result['largest_cell']:>8,} "
+            f"{result['recall']:>9.3f} {result['shortfall']:>10.4f}"
+        )
 
 
 def result_folder(folder: Path, cell_size: int, cells_per_image: int) -> Path:
@@ -275,16 +397,27 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark-similarity"))
     parser.add_argument("--no_brute_force", action="store_true")
     parser.add_argument("--grouping", action="store_true", help="time --duplicate_threshold")
+    parser.add_argument("--compare", action="store_true", help="time --compare_with, N x N")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--measure_compare", help=argparse.SUPPRESS)
+    parser.add_argument("--other", help=argparse.SUPPRESS)
     parser.add_argument("--threshold", type=float, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         measure(Path(args.measure), args.cell_size, args.cells_per_image, args.threshold)
         return
+    if args.measure_compare:
+        measure_compare(
+            Path(args.measure_compare), Path(args.other), args.cell_size, args.cells_per_image
+        )
+        return
 
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.grouping:
         grouping(sizes, args)
+        return
+    if args.compare:
+        comparing(sizes, args)
         return
     # Every measurement runs before this process loads anything large: a child's peak
     # RSS counts the pages it shared with this process when it was forked.

@@ -221,6 +221,8 @@ def run(argv: Sequence[str]) -> dict[str, Any] | None:
     # Picked once, here: every worker process quantises int8 on these same images.
     calibration = calibration_uris(opts)
     check_before_work(opts, local=local)
+    if opts.compare_with:
+        preflight.check_compared_output(opts.compare_with, provenance(opts, calibration, heads))
     started_at = time.time()
     run_id = new_run_id(started_at)
     take_lease(

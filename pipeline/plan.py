@@ -38,6 +38,7 @@ from pipeline.options import (
     EmbeddingOptions,
     UsageError,
     allowed_networks,
+    compare_threshold,
     kept_columns,
     score_heads,
 )
@@ -57,11 +58,12 @@ from pipeline.outputs import (
     current_runs,
     output_path,
     parquet_schema,
+    recorded_collection,
     run_temp_folder,
 )
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.run import PublishPlan, preflight
-from pipeline.similarity import FindSimilar, SimilaritySettings
+from pipeline.similarity import CompareSettings, CompareWith, FindSimilar, SimilaritySettings
 
 _LOG = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ class RunPlan:
         temp = run_temp_folder(self._temp, self.target.output, self.target.run_id)
         return FindSimilar(self.target, similarity_settings(self.opts), temp)
 
+    def compare_with(self) -> CompareWith:
+        temp = run_temp_folder(self._temp, self.target.output, self.target.run_id)
+        return CompareWith(self.target, compare_settings(self.opts), temp)
+
     def vector_search_files(self) -> WriteVectorSearch:
         opts = self.opts
         return WriteVectorSearch(
@@ -200,6 +206,7 @@ def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
         (plan.labels, plan.count_labels),
         (plan.heads, plan.describe_scores),
         (opts.neighbors or opts.duplicate_threshold, plan.find_similar),
+        (opts.compare_with, plan.compare_with),
         (opts.vector_search_output, plan.vector_search_files),
         (opts.map, plan.map_embeddings),
         (opts.bigquery_table, plan.bigquery_load),
@@ -211,6 +218,22 @@ def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:
     return SimilaritySettings(
         neighbors=opts.neighbors,
         duplicate_threshold=opts.duplicate_threshold,
+        cell_size=opts.similarity_cell_size,
+        cells_per_image=opts.similarity_cells_per_image,
+        seed=opts.seed,
+    )
+
+
+def compare_settings(opts: EmbeddingOptions) -> CompareSettings:
+    """--compare_with's search, with the other output's format and runs as its summary.json
+    names them (read while building the graph, after the launch checked them)."""
+    other_format, other_runs = recorded_collection(opts.compare_with)
+    return CompareSettings(
+        other=opts.compare_with,
+        other_format=other_format,
+        other_runs=other_runs,
+        threshold=compare_threshold(opts),
+        matches=opts.compare_matches,
         cell_size=opts.similarity_cell_size,
         cells_per_image=opts.similarity_cells_per_image,
         seed=opts.seed,
@@ -320,6 +343,7 @@ def run_context(opts: EmbeddingOptions, made: Provenance) -> dict[str, Any]:
         "map": opts.map,
         "neighbors": opts.neighbors,
         "duplicate_threshold": opts.duplicate_threshold,
+        "compare_with": opts.compare_with,
         "keep_columns": list(kept_columns(opts)),
         "outputs": files,
     }

@@ -138,6 +138,7 @@ BRANCHES = {
     "--score_head",
     "--neighbors",
     "--duplicate_threshold",
+    "--compare_with",
     "--vector_search_output",
     "--map",
     "--bigquery_table",

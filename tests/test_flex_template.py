@@ -138,6 +138,8 @@ COMPANIONS = {
     "bigquery_vector_index": ("bigquery_table",),
     "zero_shot_labels": (TEXT_MODEL,),
     "label_template": ("zero_shot_labels", TEXT_MODEL),
+    "compare_with": ("compare_threshold",),
+    "compare_threshold": ("compare_with",),
 }
 
 

@@ -574,7 +574,7 @@ REPORT = Group(
 
 SIMILARITY = Group(
     "Similarity",
-    "Every image's nearest neighbours and groups of near-duplicates.",
+    "Every image's nearest neighbours, groups of near-duplicates, and matches in another output.",
     (
         Option(
             "neighbors",
@@ -622,6 +622,51 @@ SIMILARITY = Group(
             "recall, slower (time grows as its square).",
             see=See("Recall and time", "similarity.md#recall-and-time"),
             form=Form("Cells each image joins", "Similarity", "3", ("^([1-9]|1[0-6])$",)),
+        ),
+        Option(
+            "compare_with",
+            default="",
+            help="An earlier output of this pipeline (a folder or `gs://` prefix, such as an "
+            "evaluation set's), made with the same model, weights, pooling, resize and "
+            "precision: every image under the output gets its nearest images there, and "
+            "those at or above `--compare_threshold` go to `matches-*.parquet`.",
+            see=See("Against another collection", "similarity.md#against-another-collection"),
+            form=Form(
+                "Compare with another output",
+                "Similarity",
+                "gs://my-bucket/embeddings/evaluation",
+                (_GCS_FOLDER,),
+                type="GCS_READ_FOLDER",
+            ),
+        ),
+        Option(
+            "compare_threshold",
+            type=float,
+            default=0,
+            limits=Limits(
+                0, 1, low_means="--duplicate_threshold's", high_means="a cosine similarity"
+            ),
+            help="The similarity at or above which an image of `--compare_with` is a match; "
+            "`0` takes `--duplicate_threshold`, and `--compare_with` needs one of the two.",
+            see=See("Against another collection", "similarity.md#against-another-collection"),
+            form=Form(
+                "Match threshold against the other output", "Similarity", "0.95", (_FRACTION,)
+            ),
+        ),
+        Option(
+            "compare_matches",
+            type=int,
+            default=1,
+            limits=Limits(1, MAX_NEIGHBORS),
+            help="Most matches in `--compare_with` kept per image, most similar first, at "
+            f"most {MAX_NEIGHBORS}.",
+            see=See("Against another collection", "similarity.md#against-another-collection"),
+            form=Form(
+                "Matches per image",
+                "Similarity",
+                "1",
+                ("^([1-9]|[1-9][0-9]|100)$",),
+            ),
         ),
     ),
 )

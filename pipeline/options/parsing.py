@@ -59,6 +59,7 @@ __all__ = [
     "EmbeddingOptions",
     "UsageError",
     "build_parser",
+    "compare_threshold",
     "kept_columns",
     "parse_bool",
     "parse_options",
@@ -222,7 +223,33 @@ def validate(opts: EmbeddingOptions) -> None:
         raise UsageError(
             "--neighbors and --duplicate_threshold need pooled embeddings: use --pooling avg or max"
         )
+    _check_compare(opts)
     _validate_destinations(opts)
+
+
+def compare_threshold(opts: EmbeddingOptions) -> float:
+    """The similarity a match in --compare_with reaches: --compare_threshold, else
+    --duplicate_threshold."""
+    return opts.compare_threshold or opts.duplicate_threshold
+
+
+def _check_compare(opts: EmbeddingOptions) -> None:
+    if not opts.compare_with:
+        if opts.compare_threshold:
+            raise UsageError("--compare_threshold needs --compare_with")
+        return
+    if not compare_threshold(opts):
+        raise UsageError(
+            "--compare_with needs a threshold: give --compare_threshold (or "
+            "--duplicate_threshold, which it takes otherwise), such as 0.95"
+        )
+    if opts.pooling == "none":
+        raise UsageError("--compare_with needs pooled embeddings: use --pooling avg or max")
+    if opts.compare_with.rstrip("/") == opts.output.rstrip("/"):
+        raise UsageError(
+            f"--compare_with {opts.compare_with} is the --output itself: to find copies "
+            "within one output, use --duplicate_threshold"
+        )
 
 
 def _refusal(option: Option, value: Any) -> str | None:

@@ -8,6 +8,7 @@ from pipeline.outputs.current import (
     current_runs,
     named_runs,
     of_runs,
+    recorded_collection,
 )
 from pipeline.outputs.formats import (
     FORMATS,
@@ -41,6 +42,7 @@ from pipeline.outputs.naming import (
     LEGACY_EMBEDDINGS,
     LEGACY_SPILL,
     MAP_PNG,
+    MATCHES,
     NEIGHBORS,
     NPY_INDEX,
     NPY_METADATA,
@@ -69,12 +71,13 @@ from pipeline.outputs.provenance import (
     Provenance,
     named,
 )
-from pipeline.outputs.scores import DescribeScores
+from pipeline.outputs.scores import DECILES, DescribeScores
 from pipeline.outputs.sinks import WriteFailures, WriteRunShards, parquet_schema
 from pipeline.outputs.target import RunTarget
 
 __all__ = [
     "COORDINATES",
+    "DECILES",
     "DUPLICATES",
     "EMBEDDINGS",
     "EMBEDDINGS_DIRECTORY",
@@ -91,6 +94,7 @@ __all__ = [
     "LEGACY_EMBEDDINGS",
     "LEGACY_SPILL",
     "MAP_PNG",
+    "MATCHES",
     "NEIGHBORS",
     "NPY_INDEX",
     "NPY_METADATA",
@@ -131,6 +135,7 @@ __all__ = [
     "parquet_schema",
     "published_path",
     "read_journal",
+    "recorded_collection",
     "roll_forward",
     "run_folder",
     "run_of_shard",

@@ -26,6 +26,21 @@ def current_runs(output: str, output_format: str) -> tuple[str, ...]:
     return () if summary is None else named_runs(summary, output, output_format)
 
 
+def recorded_collection(output: str) -> tuple[str, tuple[str, ...]]:
+    """Another output's --output_format and the runs whose embeddings it holds, as its
+    summary.json says (--compare_with); ValueError for one without a summary that says
+    both."""
+    summary = read_json(output_path(output, SUMMARY))
+    if summary is None:
+        raise ValueError(f"{output} holds no {SUMMARY}")
+    output_format = summary.get("output_format")
+    if output_format not in FORMATS:
+        raise ValueError(
+            f"{output_path(output, SUMMARY)} names no --output_format this version reads"
+        )
+    return output_format, named_runs(summary, output, output_format)
+
+
 def named_runs(summary: dict, output: str, output_format: str) -> tuple[str, ...]:
     """The runs an output's summary names. A summary of a version before the list counts
     every run whose record files are there. ValueError for a list that is not one of run

@@ -19,6 +19,7 @@ NPY_METADATA = "metadata.json"  # embeddings/RUN/metadata.json: how that run emb
 FAILURES = "failures"
 NEIGHBORS = "neighbors"  # neighbors-RUN-SSSSS-of-NNNNN.parquet
 DUPLICATES = "duplicates"  # duplicates-RUN-SSSSS-of-NNNNN.csv
+MATCHES = "matches"  # --compare_with: matches-RUN-SSSSS-of-NNNNN.parquet
 SPILL = "similarity/spill"  # _runs/RUN/similarity/spill-*.arrow: the search's working files
 LEGACY_SPILL = "_similarity"  # where earlier versions spilled: OUTPUT/_similarity-RUN-*.spill
 VECTORS = "vectors"  # --vector_search_output: vectors-RUN-SSSSS-of-NNNNN.json

@@ -8,6 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline.common import Failure, ImageKey, counter, csv_line, progress, write_atomically
 from pipeline.outputs import (
@@ -23,9 +24,12 @@ from pipeline.outputs import (
     output_path,
 )
 from pipeline.report import page, plot
-from pipeline.report.page import REPORTED_GROUPS
+from pipeline.report.page import REPORTED_GROUPS, REPORTED_MATCHES
 from pipeline.report.projection import PrincipalComponentsFn, Projection
 
+# The most of the other output's report.html that --compare_with reads for thumbnails:
+# about 40,000 points' thumbnails; a larger page is passed over (URIs shown instead).
+OTHER_REPORT_BYTES = 256 * 1024 * 1024
 THUMBNAIL_SIZE = 128  # pixels, longer side; the report shows them at this size on hover
 REPORTED_FAILURES = 1000  # the report lists at most this many failures
 _PROJECT_ROWS = 1024
@@ -114,12 +118,44 @@ def _pair_uris(samples: list) -> frozenset[str]:
 
 
 class PairThumbnailsFn(beam.DoFn):
-    """(ImageKey, embedding) to (uri, thumbnail) for the images of the bands' sample pairs."""
+    """(ImageKey, embedding) to (uri, thumbnail) for the images of the bands' sample pairs
+    (or of the shown matches)."""
 
     def process(self, keyed: tuple[ImageKey, np.ndarray], wanted: frozenset[str]):
         key = keyed[0]
         if key.uri in wanted:
             yield key.uri, key.thumbnail
+
+
+def _match_rank(seed: int, match: dict) -> str:
+    """The shown matches are those whose rank is smallest: the same on every run and runner."""
+    return sample_rank(seed, f"{match['uri']}\n{match['match_uri']}")
+
+
+def _match_uris(matches: list[dict]) -> frozenset[str]:
+    """This output's URIs among the shown matches."""
+    return frozenset(match["uri"] for match in matches)
+
+
+def other_thumbnails(summary: dict[str, Any], matches: list[dict]) -> dict[str, bytes]:
+    """The thumbnails of the shown matches' images that the other output's report.html
+    shows (its seeded sample, at most its --map_sample_size); {} without one."""
+    compared = summary.get("compared")
+    if not compared or not matches:
+        return {}
+    path = output_path(compared["with"], REPORT_HTML)
+    try:
+        with FileSystems.open(path) as handle:
+            html = handle.read(OTHER_REPORT_BYTES + 1)
+    except (OSError, ValueError):  # no report there (a run without --map)
+        return {}
+    if len(html) > OTHER_REPORT_BYTES:  # not one this tool wrote for a sample we read
+        return {}
+    try:
+        html = html.decode("utf-8")
+    except ValueError:
+        return {}
+    return page.sample_thumbnails(html, {match["match_uri"] for match in matches})
 
 
 def largest_groups(groups: list) -> list:
@@ -147,6 +183,7 @@ class WriteMapFn(beam.DoFn):
         groups: list,
         bands: list,
         pair_thumbnails: list[tuple[str, bytes | None]],
+        matches: list[dict],
     ):
         png = plot.scatter_png(points, projection)
         png_path = output_path(self._stage, MAP_PNG)
@@ -166,6 +203,8 @@ class WriteMapFn(beam.DoFn):
             scores={uri: scored for uri, _, _, scored in thumbnails if scored},
             bands=bands,
             pair_thumbnails=dict(pair_thumbnails),
+            matches=matches,
+            other_thumbnails=other_thumbnails(summary, matches),
         )
         report_path = output_path(self._stage, REPORT_HTML)
         write_atomically(report_path, html.encode())
@@ -179,8 +218,8 @@ class MapEmbeddings(OptionalOutput):
 
     Reads embeddings (thumbnails riding in the keys), files, failures and the summary,
     and, when the run found them, neighbors (neighbours rows), band_pairs (each
-    similarity band's sample pairs) and groups (one list of numbered near-duplicate
-    groups).
+    similarity band's sample pairs), groups (one list of numbered near-duplicate
+    groups) and matches (--compare_with's match rows, of which a seeded few are shown).
     """
 
     name = "map"
@@ -190,7 +229,16 @@ class MapEmbeddings(OptionalOutput):
         FileKind(MAP_PNG, sharded=False),
         FileKind(REPORT_HTML, sharded=False),
     )
-    reads = ("embeddings", "files", "failures", "summary", "neighbors", "groups", "band_pairs")
+    reads = (
+        "embeddings",
+        "files",
+        "failures",
+        "summary",
+        "neighbors",
+        "groups",
+        "band_pairs",
+        "matches",
+    )
 
     def __init__(self, target: RunTarget, sample_size: int, seed: int):
         super().__init__()
@@ -260,6 +308,18 @@ class MapEmbeddings(OptionalOutput):
             pair_thumbnails = embeddings | "Pair thumbnails" >> beam.ParDo(
                 PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
             )
+        matches = pipeline | "No matches" >> beam.Create([[]])
+        if "matches" in inputs:
+            matches = inputs["matches"] | "Shown matches" >> beam.combiners.Top.Smallest(
+                REPORTED_MATCHES, key=functools.partial(_match_rank, self._seed)
+            )
+            wanted = matches | "Match URIs" >> beam.Map(_match_uris)
+            match_thumbnails = embeddings | "Match thumbnails" >> beam.ParDo(
+                PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
+            )
+            pair_thumbnails = (pair_thumbnails, match_thumbnails) | "Thumbnails of pairs" >> (
+                beam.Flatten()
+            )
         groups = pipeline | "No groups" >> beam.Create([[]])
         if "groups" in inputs:
             groups = inputs["groups"] | "Largest groups" >> beam.Map(largest_groups)
@@ -278,6 +338,7 @@ class MapEmbeddings(OptionalOutput):
                 groups=beam.pvalue.AsSingleton(groups),
                 bands=beam.pvalue.AsSingleton(bands),
                 pair_thumbnails=beam.pvalue.AsList(pair_thumbnails),
+                matches=beam.pvalue.AsSingleton(matches),
             )
         )
         return {"files": (coordinates, pictures) | "Map files" >> beam.Flatten()}

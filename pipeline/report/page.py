@@ -6,7 +6,7 @@ import base64
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from html import escape
 from importlib import resources
 from typing import Any
@@ -22,6 +22,7 @@ LABEL_THUMBNAILS_SHOWN = 6  # and this many of each, best scores first
 COLOURED_LABELS = 10  # the map colours this many most frequent labels, the rest grey
 SCORE_THUMBNAILS_SHOWN = 6  # with --score_head, the lowest and the highest scored shown
 SAMPLE_PAIRS_SHOWN = 6  # with --neighbors, sample pairs per similarity band
+REPORTED_MATCHES = 24  # with --compare_with, matched pairs shown
 # Thumbnails within this fraction of the points' span on both axes are a stack: under
 # a pixel apart even at the page's largest zoom (500x) on a map up to 2,000 pixels wide,
 # so no zoom can pull them apart and the page counts them on a badge instead.
@@ -313,6 +314,66 @@ def _bands(
     )
 
 
+def sample_thumbnails(html: str, wanted: Collection[str]) -> dict[str, bytes]:
+    """The thumbnails that a report render wrote shows of the wanted URIs (another
+    output's, for --compare_with): read from its map data as JSON and base64, nothing
+    else; {} for a page without them."""
+    found = re.search(r'<script type="application/json" id="map-data">(.*?)</script>', html, re.S)
+    try:
+        points = json.loads(found[1])["points"] if found else []
+    except (ValueError, KeyError, TypeError):
+        return {}
+    thumbnails = {}
+    for point in points if isinstance(points, list) else []:
+        if not isinstance(point, dict) or point.get("uri") not in wanted:
+            continue
+        try:
+            thumbnails[point["uri"]] = base64.b64decode(point.get("thumbnail") or "", validate=True)
+        except (ValueError, TypeError):
+            continue
+    return {uri: thumbnail for uri, thumbnail in thumbnails.items() if thumbnail}
+
+
+def _matches(
+    summary: Mapping[str, Any],
+    matches: Sequence[Mapping[str, Any]],
+    thumbnails: Mapping[str, bytes | None],
+    other_thumbnails: Mapping[str, bytes],
+) -> str:
+    """Matched pairs in --compare_with: this run's thumbnail beside the other image's (or
+    its URI, where the other output's report sample does not hold it)."""
+    compared = summary.get("compared")
+    if compared is None:
+        return ""
+
+    def other(match: Mapping[str, Any]) -> str:
+        uri = match["match_uri"]
+        if other_thumbnails.get(uri):
+            return _thumbnail_figure(uri, match["similarity"], other_thumbnails[uri])
+        return (
+            f'<figure class="match-uri" title="{escape(uri)}">'
+            f'<div class="no-thumbnail">in {escape(compared["with"])}</div>'
+            f"<figcaption>{escape(uri)}</figcaption></figure>"
+        )
+
+    shown = "".join(
+        '<div class="band-pair match">'
+        + _thumbnail_figure(match["uri"], match["similarity"], thumbnails.get(match["uri"]))
+        + other(match)
+        + "</div>"
+        for match in sorted(matches, key=lambda m: (-m["similarity"], m["uri"], m["match_uri"]))
+    )
+    return (
+        f'<h2 id="matches">Matches in {escape(compared["with"])}</h2>'
+        f'<p class="muted">{compared["images_matched"]:,} of {compared["images"]:,} images have '
+        f"a match at or above {compared['threshold']} ({compared['matches']:,} match rows, in "
+        f"{escape(summary['outputs']['matches'])}). Up to {REPORTED_MATCHES} pairs, chosen by "
+        "a seeded hash of their URIs (--seed), most similar first: this output's thumbnail "
+        "(where this run embedded it) and the other image's, where the other output's "
+        "report.html shows it (else its URI).</p>" + (shown or "<p>None.</p>")
+    )
+
+
 def _scores(
     summary: Mapping[str, Any],
     scores: Mapping[str, Sequence[float]],
@@ -385,6 +446,8 @@ def render(
     scores: Mapping[str, Sequence[float]] | None = None,
     bands: Sequence[tuple[str, Sequence[Any]]] = (),
     pair_thumbnails: Mapping[str, bytes | None] | None = None,
+    matches: Sequence[Mapping[str, Any]] = (),
+    other_thumbnails: Mapping[str, bytes] | None = None,
 ) -> str:
     """The report as one HTML document that needs nothing else to open.
 
@@ -393,7 +456,8 @@ def render(
     labels: each shown point's best label and score (--zero_shot_labels); scores: each
     shown point's scores, in the order of the summary's `scores` (--score_head); bands:
     each similarity band's sample pairs (similarity.bands.Pair), drawn with
-    pair_thumbnails.
+    pair_thumbnails; matches: the shown match rows of --compare_with (thumbnails of this
+    output's side in pair_thumbnails, of the other's in other_thumbnails).
     """
     labels = labels or {}
     scores = scores or {}
@@ -444,6 +508,9 @@ def render(
         + _labels(summary, labels, thumbnails)
         + _scores(summary, scores, thumbnails)
         + _bands(summary, bands, {**thumbnails, **(pair_thumbnails or {})})
+        + _matches(
+            summary, matches, {**thumbnails, **(pair_thumbnails or {})}, other_thumbnails or {}
+        )
         + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )

@@ -45,6 +45,7 @@ from pipeline.outputs import (
     matching_files,
     of_runs,
     output_path,
+    recorded_collection,
     run_of_shard,
 )
 
@@ -240,15 +241,59 @@ def _check_earlier_files(
                 "the same images first, give another --output, or run without --skip_existing"
             )
         if differ:
-            described = "; ".join(
-                f"{key} {theirs} there, {ours} here" for key, (theirs, ours) in differ.items()
-            )
             raise UsageError(
                 f"--skip_existing: the embeddings under {output} (run {run_id}, "
-                f"{record_file}) were made otherwise: {described}; one output holds "
+                f"{record_file}) were made otherwise: {described(differ)}; one output holds "
                 "embeddings of one model, so give another --output, or run without "
                 "--skip_existing to replace them"
             )
+
+
+def described(differ: dict[str, tuple]) -> str:
+    """Provenance.differences as a refusal names them: each value there and here."""
+    return "; ".join(f"{key} {theirs} there, {ours} here" for key, (theirs, ours) in differ.items())
+
+
+def check_compared_output(other: str, made: Provenance) -> None:
+    """--compare_with: raises UsageError unless the other output holds embeddings of runs
+    its summary.json names, made as this run makes them (every compared field but the
+    score heads, which add columns, not other embeddings; for int8, the same
+    calibration sample). Each run's first record file is checked as well as the summary."""
+    try:
+        summary = read_json(output_path(other, SUMMARY))
+    except Exception as error:
+        raise UsageError(
+            f"--compare_with {other}: {SUMMARY} cannot be read ({_reason(error)})"
+        ) from error
+    if summary is None:
+        raise UsageError(
+            f"--compare_with {other}: holds no {SUMMARY}, so it is no output of a finished "
+            "run; give the --output of a run that passed"
+        )
+    try:
+        output_format, runs = recorded_collection(other)
+    except ValueError as error:
+        raise UsageError(f"--compare_with {other}: {error}") from error
+    records = current_record_files(other, output_format, runs)
+    if not records:
+        raise UsageError(
+            f"--compare_with {other}: holds no embeddings of the runs its {SUMMARY} names "
+            "(no record files); give the --output of a run that passed"
+        )
+    differ = made.differences(summary)
+    stored_format = FORMATS[output_format]
+    for run_id, record_file in first_record_per_run(records).items():
+        for key, value in made.differences(
+            stored_format.recorded(other, run_id, record_file)
+        ).items():
+            differ.setdefault(key, value)
+    differ.pop("score_heads", None)
+    if differ:
+        raise UsageError(
+            f"--compare_with {other}: its embeddings were made otherwise: {described(differ)}; "
+            "only embeddings made the same way compare, so embed both collections with the "
+            "same --model, --weights, --pooling, --resize and --precision"
+        )
 
 
 def first_record_per_run(records: list[str]) -> dict[str, str]:

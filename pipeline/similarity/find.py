@@ -212,18 +212,25 @@ class AssignCellsFn(beam.DoFn):
     def process(self, batch: StoredBatch, plan: SearchPlan | None):
         if plan is None or not batch.uris:
             return
-        rows = unit_rows(batch.embeddings, plan.mean)
         uris = np.asarray(batch.uris, dtype=object)
         sizes = np.asarray(batch.sizes, dtype=np.int64).reshape(len(uris), 2)
         pixels = sizes[:, 0] * sizes[:, 1]
-        if plan.exact:
-            yield 0, (uris.tolist(), rows, pixels)
-            return
-        coarse = coarse_rows(rows @ plan.basis)
-        cells = nearest_cells(coarse, plan.centroids, plan.cells_per_image)
-        for cell in np.unique(cells):
-            members = np.flatnonzero((cells == cell).any(axis=1))
-            yield int(cell), (uris[members].tolist(), rows[members], pixels[members])
+        for cell, members, rows in cell_members(batch, plan):
+            yield cell, (uris[members].tolist(), rows, pixels[members])
+
+
+def cell_members(batch: StoredBatch, plan: SearchPlan):
+    """A batch's rows, centred and unit, by cell: (cell, member indices, their rows) for
+    each of the plan's cells that some of them join."""
+    rows = unit_rows(batch.embeddings, plan.mean)
+    if plan.exact:
+        yield 0, np.arange(len(rows)), rows
+        return
+    coarse = coarse_rows(rows @ plan.basis)
+    cells = nearest_cells(coarse, plan.centroids, plan.cells_per_image)
+    for cell in np.unique(cells):
+        members = np.flatnonzero((cells == cell).any(axis=1))
+        yield int(cell), members, rows[members]
 
 
 class SearchCellFn(beam.DoFn):
@@ -250,16 +257,22 @@ class SearchCellFn(beam.DoFn):
         candidates, pairs = search_cell(
             uris, rows, self._settings.neighbors, self._settings.duplicate_threshold
         )
-        by_bucket: dict[int, list] = {}
-        for candidate in candidates:
-            by_bucket.setdefault(uri_rank(candidate[0]) % plan.buckets, []).append(candidate)
-        yield from by_bucket.items()
+        yield from by_bucket(candidates, plan.buckets)
         if pairs:
             yield beam.pvalue.TaggedOutput(
                 self.PAIRS, [(uris[i], pixels[i], uris[j], pixels[j], s) for i, j, s in pairs]
             )
             edges = cell_links((uris[i], uris[j]) for i, j, _ in pairs)
             yield beam.pvalue.TaggedOutput(self.EDGES, edges)
+
+
+def by_bucket(candidates: list[tuple[str, list, list]], buckets: int) -> list[tuple[int, list]]:
+    """Each image's candidate list under its merge bucket (by the hash of its URI), so that
+    one merge sees every list of an image."""
+    bucketed: dict[int, list] = {}
+    for candidate in candidates:
+        bucketed.setdefault(uri_rank(candidate[0]) % buckets, []).append(candidate)
+    return list(bucketed.items())
 
 
 def merge_bucket(bucket: tuple[int, list], k: int):
@@ -277,15 +290,37 @@ def merge_bucket(bucket: tuple[int, list], k: int):
 class ListStoredFilesFn(beam.DoFn):
     """The earlier runs' record files under the output and this run's staged ones (a side
     input): with --skip_existing the search covers earlier runs' embeddings too. Only the
-    runs that summary.json names count: no other file there is read."""
+    runs that summary.json names count: no other file there is read. Without this_run,
+    another output's record files (--compare_with)."""
 
     def __init__(self, patterns: list[str], runs: tuple[str, ...]):
         self._patterns = patterns
         self._runs = runs
 
-    def process(self, unused, this_run: list[str]):
+    def process(self, unused, this_run: list[str] = ()):
         yield from of_runs(matching_files(self._patterns), self._runs)
         yield from this_run
+
+
+class ListRecordFiles(beam.PTransform):
+    """The record files of an output's named runs, and this run's stored files where the
+    input is their PCollection (the input a PBegin: another output's files only)."""
+
+    def __init__(self, patterns: list[str], runs: tuple[str, ...]):
+        super().__init__()
+        self._patterns = patterns
+        self._runs = runs
+
+    def expand(self, this_run):
+        listed = {}
+        if not isinstance(this_run, beam.pvalue.PBegin):
+            listed["this_run"] = beam.pvalue.AsList(this_run)
+        return (
+            this_run.pipeline
+            | "Start listing" >> beam.Create([None])
+            | "List stored files"
+            >> beam.ParDo(ListStoredFilesFn(self._patterns, self._runs), **listed)
+        )
 
 
 def _describe(
@@ -354,14 +389,8 @@ class FindSimilar(OptionalOutput):
         spill = spill_prefix(self._temp)
         stored = files
         if self._earlier_runs:
-            stored = (
-                files.pipeline
-                | "Start listing" >> beam.Create([None])
-                | "List stored files"
-                >> beam.ParDo(
-                    ListStoredFilesFn(self._format.record_files(self._output), self._earlier_runs),
-                    this_run=beam.pvalue.AsList(files),
-                )
+            stored = files | "List stored files" >> ListRecordFiles(
+                self._format.record_files(self._output), self._earlier_runs
             )
         count = (
             stored

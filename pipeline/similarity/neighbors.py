@@ -145,6 +145,40 @@ def search_cell(
     return neighbours, pairs
 
 
+def search_across(
+    uris: Sequence[str],
+    rows: np.ndarray,
+    other_uris: Sequence[str],
+    other_rows: np.ndarray,
+    k: int,
+) -> list[tuple[str, list[str], list[float]]]:
+    """Exact search from one cell's rows of one collection into its rows of another.
+
+    Returns each row's k most similar other rows as (uri, other uris, similarities), most
+    similar first with ties in URI order; an empty list where the cell holds none of the
+    other collection's rows, so that every row is accounted for.
+    """
+    wanted = min(k, len(other_uris))
+    if wanted == 0:
+        return [(uri, [], []) for uri in uris]
+    names = np.asarray(other_uris, dtype=object)
+    position = np.empty(len(names), dtype=np.int64)
+    position[np.argsort(names)] = np.arange(len(names))
+    found: list[tuple[str, list[str], list[float]]] = []
+    for start in range(0, len(uris), _QUERY_ROWS):
+        block = rows[start : start + _QUERY_ROWS] @ other_rows.T
+        top, similarities = _top(block, wanted, position)
+        found.extend(
+            zip(
+                uris[start : start + _QUERY_ROWS],
+                names[top].tolist(),
+                similarities.tolist(),
+                strict=True,
+            )
+        )
+    return found
+
+
 def _top(block: np.ndarray, wanted: int, position: np.ndarray):
     """Each row's `wanted` largest entries, largest first, ties going to the smaller position.
 

@@ -192,7 +192,12 @@ def read_values(keyed_ranges: tuple[Hashable, list[FileRange]]) -> tuple[Hashabl
 
 class GroupThroughFiles(beam.PTransform):
     """(key, value) to (key, [values]) like GroupByKey, the values passing through files
-    named PREFIX-*.arrow."""
+    named PREFIX-*.arrow.
+
+    Takes one PCollection or a tuple of them, grouped together: each is spilled where it
+    is made and only the file ranges are flattened, since a local runner holds in the
+    launching process whatever a Flatten joins from separate steps.
+    """
 
     def __init__(self, prefix: str, spill_bytes: int = SPILL_BYTES):
         super().__init__()
@@ -200,9 +205,17 @@ class GroupThroughFiles(beam.PTransform):
         self._spill_bytes = spill_bytes
 
     def expand(self, pairs):
+        parts = pairs if isinstance(pairs, tuple) else (pairs,)
+        ranges = [
+            part
+            | ("Spill" if len(parts) == 1 else f"Spill {index}")
+            >> beam.ParDo(SpillFn(self._prefix, self._spill_bytes))
+            for index, part in enumerate(parts)
+        ]
+        if len(ranges) > 1:
+            ranges = [tuple(ranges) | "Spilled ranges" >> beam.Flatten()]
         return (
-            pairs
-            | "Spill" >> beam.ParDo(SpillFn(self._prefix, self._spill_bytes))
+            ranges[0]
             | "Group ranges" >> beam.GroupByKey()
             | "Read spilled" >> beam.Map(read_values)
         )
