@@ -89,11 +89,19 @@ lock: $(VENV)/.installed ## Re-resolve requirements*.txt into requirements.lock,
 
 # A new venv whenever the lock changes, so that it never keeps a package the lock dropped.
 # --no-deps: the lock already names every package; pip check proves they fit together.
+# pip installs the lock's uv (its lines, hashes included), and uv the whole lock: the
+# same pinned, hash-checked files in about a third of pip's time (downloads in parallel,
+# bytecode compiled as pip does). Where uv cannot reach PyPI (pip may be configured for
+# a mirror that uv does not read), pip installs the lock itself.
+UV_PIN := $(VENV)/uv-requirement.txt
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=python3.11)")'
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
+	awk '/^uv==/ {keep = 1} keep {print} keep && !/\\$$/ {keep = 0}' requirements-dev.lock > $(UV_PIN)
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(UV_PIN)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --require-hashes --compile-bytecode -r requirements-dev.lock \
+		|| $(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	$(BIN)/python -m pip check
 	touch $@

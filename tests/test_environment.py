@@ -136,7 +136,18 @@ def test_the_image_installs_exactly_the_lock_it_is_built_with():
 def test_make_builds_the_venv_from_the_dev_lock():
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("$(VENV)/.installed: requirements-dev.lock", 1)[1].split("\n\n")[0]
-    assert "pip install --quiet --no-deps --require-hashes -r requirements-dev.lock" in recipe
+    # uv installs the lock (pip where uv cannot), and uv itself comes from the lock's
+    # own pinned and hashed lines.
+    assert (
+        "uv pip install --python $(BIN)/python --quiet --no-deps --require-hashes "
+        "--compile-bytecode -r requirements-dev.lock" in recipe
+    )
+    assert (
+        "|| $(BIN)/python -m pip install --quiet --no-deps --require-hashes "
+        "-r requirements-dev.lock" in recipe
+    )
+    assert "requirements-dev.lock > $(UV_PIN)" in recipe
+    assert "pip install --quiet --no-deps --require-hashes -r $(UV_PIN)" in recipe
     assert "rm -rf $(VENV)" in recipe
     lock = makefile.split("\nlock:", 1)[1].split("\n\n")[0]
     compiles = [line.split("uv pip compile ", 1)[1] for line in lock.splitlines()
