@@ -332,7 +332,20 @@ def test_matches_are_brute_force_over_both_outputs_and_the_counts_reconcile(comp
     nearest = brute_force(ours, theirs, K)
     expected = reference_rows(nearest, THRESHOLD)
     found = read_matches(output)
-    assert_rows_equal(in_image_order(found), expected)
+    # A pair within TOLERANCE of the threshold is on it: the stored embeddings (bfloat16
+    # where the CPU computes it) and float32 against float64 decide its side, so it may be
+    # written or not. Every other pair is as numpy says.
+    on_threshold = {
+        (uri, name)
+        for uri, ranked in nearest.items()
+        for name, value in ranked
+        if abs(value - THRESHOLD) <= TOLERANCE
+    }
+
+    def settled(rows: list) -> list:
+        return [row for row in rows if row[:2] not in on_threshold]
+
+    assert_rows_equal(settled(in_image_order(found)), settled(expected))
     # The byte-identical copy matches its photograph at similarity 1, first.
     copy = next(uri for uri in ours if uri.endswith("copy-of-chelsea.png"))
     assert nearest[copy][0] == (str(PHOTOS / "chelsea.png"), pytest.approx(1.0, abs=1e-5))

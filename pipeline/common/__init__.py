@@ -1,5 +1,5 @@
 """What every stage shares: the records passed between steps, counters and the local run's
-progress, CSV lines, atomic writes."""
+progress, CSV lines, atomic writes, seeded samples."""
 
 from pipeline.common import progress
 from pipeline.common.atomic import read_json, write_atomically, write_json
@@ -7,6 +7,7 @@ from pipeline.common.csvlines import csv_fields, csv_line, csv_records, unwritab
 from pipeline.common.metrics import NAMESPACE, counter
 from pipeline.common.paths import UnsafeNameError, path_inside, plain_parts
 from pipeline.common.records import FAILED, STAGES, Failure, ImageKey, Labels
+from pipeline.common.sampling import seeded_rank
 
 __all__ = [
     "FAILED",
@@ -24,6 +25,7 @@ __all__ = [
     "plain_parts",
     "progress",
     "read_json",
+    "seeded_rank",
     "unwritable",
     "write_atomically",
     "write_json",

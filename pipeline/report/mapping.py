@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.common import Failure, ImageKey, counter, csv_line, progress, write_atomically
+from pipeline.common import (
+    Failure,
+    ImageKey,
+    counter,
+    csv_line,
+    progress,
+    seeded_rank,
+    write_atomically,
+)
 from pipeline.outputs import (
     COORDINATES,
     FORMATS,
@@ -35,14 +42,9 @@ REPORTED_FAILURES = 1000  # the report lists at most this many failures
 _PROJECT_ROWS = 1024
 
 
-def sample_rank(seed: int, uri: str) -> str:
-    """The sample is the points whose rank is smallest: the same for every run and runner."""
-    return hashlib.sha256(f"{seed}:{uri}".encode()).hexdigest()
-
-
 def _rank_by_uri(seed: int, element: tuple) -> str:
-    """sample_rank of an element whose first field is its URI (a point or a thumbnail)."""
-    return sample_rank(seed, element[0])
+    """seeded_rank of an element whose first field is its URI (a point or a thumbnail)."""
+    return seeded_rank(seed, element[0])
 
 
 def _failure_order(failure: Failure) -> tuple[str, str]:
@@ -129,7 +131,7 @@ class PairThumbnailsFn(beam.DoFn):
 
 def _match_rank(seed: int, match: dict) -> str:
     """The shown matches are those whose rank is smallest: the same on every run and runner."""
-    return sample_rank(seed, f"{match['uri']}\n{match['match_uri']}")
+    return seeded_rank(seed, f"{match['uri']}\n{match['match_uri']}")
 
 
 def _match_uris(matches: list[dict]) -> frozenset[str]:
@@ -300,25 +302,27 @@ class MapEmbeddings(OptionalOutput):
             neighbors = inputs["neighbors"] | "Neighbours shown" >> beam.ParDo(
                 ShownNeighborsFn(), beam.pvalue.AsSingleton(sampled_points)
             )
+        shown_uris = []  # the URIs whose thumbnails the pairs shown need, one set each
         bands = pipeline | "No bands" >> beam.Create([[]])
-        pair_thumbnails = pipeline | "No pair thumbnails" >> beam.Create([])
         if "band_pairs" in inputs:
             bands = inputs["band_pairs"]
-            wanted = bands | "Pair URIs" >> beam.Map(_pair_uris)
-            pair_thumbnails = embeddings | "Pair thumbnails" >> beam.ParDo(
-                PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
-            )
+            shown_uris.append(bands | "Pair URIs" >> beam.Map(_pair_uris))
         matches = pipeline | "No matches" >> beam.Create([[]])
         if "matches" in inputs:
             matches = inputs["matches"] | "Shown matches" >> beam.combiners.Top.Smallest(
                 REPORTED_MATCHES, key=functools.partial(_match_rank, self._seed)
             )
-            wanted = matches | "Match URIs" >> beam.Map(_match_uris)
-            match_thumbnails = embeddings | "Match thumbnails" >> beam.ParDo(
-                PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
+            shown_uris.append(matches | "Match URIs" >> beam.Map(_match_uris))
+        pair_thumbnails = pipeline | "No pair thumbnails" >> beam.Create([])
+        if shown_uris:
+            # One pass over the embeddings for both kinds of pair.
+            wanted = (
+                tuple(shown_uris)
+                | "Shown URIs" >> beam.Flatten(pipeline=pipeline)
+                | "All shown URIs" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets))
             )
-            pair_thumbnails = (pair_thumbnails, match_thumbnails) | "Thumbnails of pairs" >> (
-                beam.Flatten()
+            pair_thumbnails = embeddings | "Pair thumbnails" >> beam.ParDo(
+                PairThumbnailsFn(), beam.pvalue.AsSingleton(wanted)
             )
         groups = pipeline | "No groups" >> beam.Create([[]])
         if "groups" in inputs:

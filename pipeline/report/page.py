@@ -491,6 +491,7 @@ def render(
             for uri, x, y in points
         ],
     }
+    shown = {**thumbnails, **(pair_thumbnails or {})}  # the pairs' images, sampled or not
     total = projection.count if projection else 0
     headline = (
         f"{summary['embedded']:,} embedded, {summary['failed']:,} failed of "
@@ -507,10 +508,8 @@ def render(
         + "</div>"
         + _labels(summary, labels, thumbnails)
         + _scores(summary, scores, thumbnails)
-        + _bands(summary, bands, {**thumbnails, **(pair_thumbnails or {})})
-        + _matches(
-            summary, matches, {**thumbnails, **(pair_thumbnails or {})}, other_thumbnails or {}
-        )
+        + _bands(summary, bands, shown)
+        + _matches(summary, matches, shown, other_thumbnails or {})
         + _groups(summary, groups, thumbnails)
         + _failures(summary, failures)
     )

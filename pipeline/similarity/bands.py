@@ -4,10 +4,11 @@ sample pairs of each, so that a person picks --duplicate_threshold by looking.""
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 
 import apache_beam as beam
+
+from pipeline.common import seeded_rank
 
 # Bands, highest first: each holds the similarities from `low` up to the band above.
 BAND_FLOORS = (0.99, 0.97, 0.95, 0.90, 0.85, 0.80)
@@ -52,9 +53,9 @@ def _banded(keyed: tuple[tuple[str, str], float]) -> tuple[str, Pair]:
     return band_of(similarity), Pair(first, second, similarity)
 
 
-def sample_rank(seed: int, pair: Pair) -> str:
+def pair_rank(seed: int, pair: Pair) -> str:
     """The sample is each band's pairs of smallest rank: the same for every run and runner."""
-    return hashlib.sha256(f"{seed}:{pair.first}\n{pair.second}".encode()).hexdigest()
+    return seeded_rank(seed, f"{pair.first}\n{pair.second}")
 
 
 def describe_bands(counted: list[tuple[str, int]]) -> list[dict]:
@@ -80,7 +81,7 @@ def ordered_samples(sampled: list[tuple[str, list[Pair]]]) -> list[tuple[str, li
 
 class BandPairs(beam.PTransform):
     """Neighbours rows to `counts` (one list: describe_bands) and `samples` (one list of
-    (band, [Pair]) with at most SAMPLE_PAIRS pairs each, seeded by sample_rank)."""
+    (band, [Pair]) with at most SAMPLE_PAIRS pairs each, seeded by pair_rank)."""
 
     def __init__(self, seed: int):
         super().__init__()
@@ -105,7 +106,7 @@ class BandPairs(beam.PTransform):
             | "Sampled bands" >> beam.Filter(lambda banded: banded[0] != BELOW)
             | "Sample per band"
             >> beam.combiners.Top.PerKey(
-                SAMPLE_PAIRS, key=functools.partial(sample_rank, self._seed), reverse=True
+                SAMPLE_PAIRS, key=functools.partial(pair_rank, self._seed), reverse=True
             )
             | "All samples" >> beam.combiners.ToList()
             | "Order samples" >> beam.Map(ordered_samples)
