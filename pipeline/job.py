@@ -34,13 +34,19 @@ from pipeline.options import EmbeddingOptions, UsageError, kept_columns, parse_o
 from pipeline.outputs import (
     JournalError,
     OptionalOutput,
-    RowColumns,
     UnfinishedPublishError,
     WriteFailures,
     new_run_id,
     roll_forward,
 )
-from pipeline.plan import RunPlan, calibration_uris, model_spec, provenance, read_score_heads
+from pipeline.plan import (
+    RunPlan,
+    calibration_uris,
+    model_spec,
+    provenance,
+    read_score_heads,
+    row_columns,
+)
 from pipeline.run import (
     Publish,
     RunFailedError,
@@ -148,6 +154,9 @@ class RunOutputs:
             made = dict(reads | output.step >> output)
             if "files" in made:
                 self._staged.append(made.pop("files"))
+            if "record_files" in made:
+                # The stored files rewritten (KeepDecisions): later outputs read these.
+                self._made["files"] = made.pop("record_files")
             if "description" in made:
                 described[output.name] = made.pop("description")
             self._made |= made
@@ -194,13 +203,10 @@ def check_earlier_outputs(
     on the same calibration sample; with the same score heads); checked once this run
     holds the output, so that no other run changes it in between."""
     if opts.skip_existing:
-        columns = RowColumns(
-            kept_columns(opts), bool(opts.zero_shot_labels), tuple(head.name for head in heads)
-        )
         preflight.check_earlier_outputs(
             opts.output,
             opts.output_format,
-            columns,
+            row_columns(opts, heads),
             opts.bigquery_table,
             provenance(opts, calibration, heads),
         )

@@ -63,7 +63,13 @@ from pipeline.outputs import (
 )
 from pipeline.report import THUMBNAIL_SIZE, MapEmbeddings
 from pipeline.run import PublishPlan, preflight
-from pipeline.similarity import CompareSettings, CompareWith, FindSimilar, SimilaritySettings
+from pipeline.similarity import (
+    CompareSettings,
+    CompareWith,
+    FindSimilar,
+    KeepDecisions,
+    SimilaritySettings,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -91,9 +97,7 @@ class RunPlan:
             read_labels(opts.zero_shot_labels) if opts.zero_shot_labels else None
         )
         self.heads = read_score_heads(opts) if heads is None else heads
-        self.columns = RowColumns(
-            self.keep, self.labels is not None, tuple(head.name for head in self.heads)
-        )
+        self.columns = row_columns(opts, self.heads)
         self._temp = options.view_as(GoogleCloudOptions).temp_location
         self.calibration = calibration_uris(opts) if calibration is None else calibration
         self.decoding = decoding(opts, self.spec, local_paths=is_local(options))
@@ -167,6 +171,9 @@ class RunPlan:
         temp = run_temp_folder(self._temp, self.target.output, self.target.run_id)
         return CompareWith(self.target, compare_settings(self.opts), temp)
 
+    def keep_decisions(self) -> KeepDecisions:
+        return KeepDecisions(self.target)
+
     def vector_search_files(self) -> WriteVectorSearch:
         opts = self.opts
         return WriteVectorSearch(
@@ -194,6 +201,7 @@ class RunPlan:
             schema.names,
             self.provenance,
             vector_index=opts.bigquery_vector_index,
+            rewrites_earlier=self.columns.curated,
         )
         return LoadIntoBigQuery(load)
 
@@ -207,11 +215,23 @@ def optional_outputs(plan: RunPlan) -> list[OptionalOutput]:
         (plan.heads, plan.describe_scores),
         (opts.neighbors or opts.duplicate_threshold, plan.find_similar),
         (opts.compare_with, plan.compare_with),
+        (plan.columns.curated, plan.keep_decisions),
         (opts.vector_search_output, plan.vector_search_files),
         (opts.map, plan.map_embeddings),
         (opts.bigquery_table, plan.bigquery_load),
     ]
     return [make() for asked, make in wanted if asked]
+
+
+def row_columns(opts: EmbeddingOptions, heads: tuple[ScoreHead, ...]) -> RowColumns:
+    """The extra columns the run's rows carry: labels, scores, kept columns, and keep and
+    drop_reason when the run decides what to keep (--duplicate_threshold, --compare_with)."""
+    return RowColumns(
+        kept_columns(opts),
+        bool(opts.zero_shot_labels),
+        tuple(head.name for head in heads),
+        curated=bool(opts.duplicate_threshold or opts.compare_with),
+    )
 
 
 def similarity_settings(opts: EmbeddingOptions) -> SimilaritySettings:

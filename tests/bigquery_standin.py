@@ -37,6 +37,7 @@ _PARQUET_TYPES = {
     pa.int64(): "INTEGER",
     pa.float32(): "FLOAT",
     pa.float64(): "FLOAT",
+    pa.bool_(): "BOOLEAN",
 }
 _VECTOR_INDEX = re.compile(
     r"CREATE VECTOR INDEX IF NOT EXISTS (?P<name>\w+) ON `(?P<table>[^`]+)`\((?P<column>\w+)\) "
@@ -104,6 +105,8 @@ def _field_bytes(value, field: dict) -> int:
         return 2 + len(value.encode())
     if field["type"] == "RECORD":
         return sum(_field_bytes(value.get(f["name"]), f) for f in field["fields"])
+    if field["type"] == "BOOLEAN":
+        return 1
     return 8
 
 
@@ -117,6 +120,8 @@ def _cell(value, field: dict):
         return {"f": [{"v": _cell(value.get(f["name"]), f)} for f in field["fields"]]}
     if field["type"] == "FLOAT":
         return repr(float(value))
+    if field["type"] == "BOOLEAN":
+        return "true" if value else "false"
     return str(value)
 
 

@@ -340,21 +340,23 @@ def summary_on_gcs(client, bucket: str, prefix: str) -> dict:
     return json.loads(client.bucket(bucket).blob(f"{prefix}/summary.json").download_as_bytes())
 
 
-def embeddings_table(uris: list[str], vectors: np.ndarray, sizes, run_id: str, model: str):
-    """Rows as the pipeline's Parquet sink makes them (parquet_row, parquet_schema)."""
+def embeddings_table(
+    uris: list[str], vectors: np.ndarray, sizes, run_id: str, model: str, columns=None
+):
+    """Rows as the pipeline's Parquet sink makes them (parquet_row, parquet_schema), with
+    columns (RowColumns; none extra by default)."""
     import pyarrow as pa
 
     from pipeline.common.records import ImageKey
     from pipeline.outputs.columns import NO_EXTRA_COLUMNS
     from pipeline.outputs.sinks import parquet_row, parquet_schema
 
+    columns = columns or NO_EXTRA_COLUMNS
     rows = [
-        parquet_row(
-            (ImageKey(uri, int(width), int(height)), vector), NO_EXTRA_COLUMNS, model, run_id
-        )
+        parquet_row((ImageKey(uri, int(width), int(height)), vector), columns, model, run_id)
         for uri, vector, (width, height) in zip(uris, vectors, sizes, strict=True)
     ]
-    schema = parquet_schema((vectors.shape[1],), {"model": model})
+    schema = parquet_schema((vectors.shape[1],), {"model": model}, columns)
     return pa.Table.from_pylist(rows, schema=schema)
 
 

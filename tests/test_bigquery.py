@@ -123,17 +123,21 @@ def table_description(cloud, table: str) -> dict:
     return json.loads(cloud["standin"].tables[f"{PROJECT}.{DATASET}.{table}"]["description"])
 
 
-def assert_table_equals_output(cloud, table: str, output: str) -> list[dict]:
+def assert_table_equals_output(cloud, table: str, output: str, curated: bool = False) -> list[dict]:
+    """The table's rows and columns are the output's; curated: with keep and drop_reason."""
     rows, schema = table_rows(cloud, table)
     expected = parquet_rows(cloud, output)
     assert sorted(row["uri"] for row in rows) == sorted(expected)
+    decisions = ("keep", "drop_reason") if curated else ()
     for row in rows:
         stored = expected[row["uri"]]
         # float32 in Parquet, FLOAT64 in BigQuery: the same numbers, exactly.
         assert row["embedding"] == [float(np.float32(v)) for v in stored["embedding"]]
-        for column in ("width", "height", "datapoint_id", "label", "sku", "model", "run_id"):
+        columns = ("width", "height", "datapoint_id", "label", "sku", *decisions, "model", "run_id")
+        for column in columns:
             assert row[column] == stored[column], column
-        assert row["label"] == cloud["catalogue"][row["uri"]]["label"]
+        if row["uri"] in cloud["catalogue"]:
+            assert row["label"] == cloud["catalogue"][row["uri"]]["label"]
     kinds = {field.name: (field.field_type, field.mode) for field in schema}
     assert kinds == {
         "uri": ("STRING", "NULLABLE"),
@@ -143,9 +147,11 @@ def assert_table_equals_output(cloud, table: str, output: str) -> list[dict]:
         "datapoint_id": ("STRING", "NULLABLE"),
         "label": ("STRING", "NULLABLE"),
         "sku": ("STRING", "NULLABLE"),
+        **({"keep": ("BOOLEAN", "NULLABLE"), "drop_reason": ("STRING", "NULLABLE")}
+           if curated else {}),
         "model": ("STRING", "NULLABLE"),
         "run_id": ("STRING", "NULLABLE"),
-    }
+    }  # fmt: skip
     assert cloud["standin"].invalid == []
     return rows
 
@@ -225,6 +231,92 @@ def test_bigquery_skip_existing_appends_and_a_rerun_replaces(cloud):
     described = summary_on_gcs(cloud["client"], BUCKET, "grow")["bigquery"]
     assert (described["write"], described["rows_loaded"]) == ("replace", 3)
     assert len(assert_table_equals_output(cloud, "grow", "grow")) == 3
+
+
+def test_bigquery_and_vector_search_carry_keep_and_an_increment_rewrites_it(cloud):
+    """Byte-identical copies under copies/ (smaller URIs, so their groups' representatives)
+    drop their photographs; a --skip_existing run that copies a first-run photograph
+    rewrites the first run's shard, and the table is rebuilt from every row."""
+    photos = list(cloud["catalogue"])
+    copies = {}
+    for index in (0, 1):
+        copy = f"copies/{os.path.basename(PHOTO_PATHS[index])}"
+        cloud["bucket"].blob(copy).upload_from_filename(PHOTO_PATHS[index])
+        copies[photos[index]] = f"gs://{BUCKET}/{copy}"
+
+    def listed(name: str, uris: list[str]) -> str:
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["uri", "label", "sku"])
+        for uri in uris:
+            row = cloud["catalogue"].get(uri, {"label": "copied", "sku": "SKU-C"})
+            writer.writerow([uri, row["label"], row["sku"]])
+        cloud["bucket"].blob(name).upload_from_string(text.getvalue())
+        return f"gs://{BUCKET}/{name}"
+
+    grouping = ("--duplicate_threshold", "0.999")
+    vectors = f"gs://{BUCKET}/vector-search/kept"
+    first = [*photos[:6], copies[photos[0]]]
+    result = run(
+        cloud, listed("lists/kept-1.csv", first), "kept", "kept", *grouping,
+        "--vector_search_output", vectors,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def decisions() -> dict[str, tuple[bool, str | None]]:
+        rows = parquet_rows(cloud, "kept")
+        uris = sorted(rows)
+        stored = np.stack([rows[uri]["embedding"] for uri in uris])
+        centred = stored - stored.mean(axis=0)
+        unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        similar = np.argwhere(np.triu(unit @ unit.T, 1) >= 0.999)
+        pairs = {frozenset((uris[i], uris[j])) for i, j in similar}
+        assert pairs == {frozenset(item) for item in copies.items() if set(item) <= set(uris)}
+        return {uri: (row["keep"], row["drop_reason"]) for uri, row in rows.items()}
+
+    expected = {uri: (True, None) for uri in first}
+    expected[photos[0]] = (False, f"duplicate_of:{copies[photos[0]]}")
+    assert decisions() == expected
+    assert_table_equals_output(cloud, "kept", "kept", curated=True)
+    files = {
+        blob.name: blob.download_as_bytes()
+        for blob in cloud["client"].list_blobs(BUCKET, prefix="vector-search/kept/")
+    }
+    points = check_vector_search_folder(files, "vector-search/kept/", dimensions=2048)
+    for uri, (_, why) in expected.items():
+        restricts = points[datapoint_id(uri)]["restricts"][2:]  # after label and sku
+        assert restricts == (
+            [
+                {"namespace": "keep", "allow": ["false"]},
+                {"namespace": "drop_reason", "allow": [why]},
+            ]
+            if why
+            else [{"namespace": "keep", "allow": ["true"]}]
+        )
+
+    second = [*first, copies[photos[1]], *photos[6:8]]
+    result = run(
+        cloud, listed("lists/kept-2.csv", second), "kept", "kept", *grouping, "--skip_existing"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected |= {uri: (True, None) for uri in second if uri not in first}
+    expected[photos[1]] = (False, f"duplicate_of:{copies[photos[1]]}")
+    assert decisions() == expected
+    summary = summary_on_gcs(cloud["client"], BUCKET, "kept")
+    assert summary["embedded"] == 3
+    assert summary["keep"] == {
+        "kept": len(second) - 2,
+        "dropped": 2,
+        "dropped_by_reason": {"duplicate_of": 2, "matches": 0},
+        "files_rewritten": 2,
+    }
+    assert len({row["run_id"] for row in parquet_rows(cloud, "kept").values()}) == 2
+    described = summary["bigquery"]
+    assert (described["write"], described["rows_loaded"]) == ("replace", len(second))
+    assert described["why"] == "the run rewrote every row's keep decision"
+    assert len(assert_table_equals_output(cloud, "kept", "kept", curated=True)) == len(second)
+    leftover = list(cloud["client"].list_blobs(BUCKET, prefix="kept/_runs/"))
+    assert leftover == [], [blob.name for blob in leftover]
 
 
 def test_bigquery_failed_load_fails_the_run_with_bigquerys_error(cloud):

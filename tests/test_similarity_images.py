@@ -24,6 +24,7 @@ from support import (
     altered_copies,
     centred_cosines,
     npy_embeddings,
+    npy_index,
     parquet_embeddings,
     read_neighbors,
     run_cli,
@@ -418,8 +419,33 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
         [s for _, _, s, _ in groups_found], [s for _, _, s, _ in groups_expected], atol=1e-5
     )
 
+    # keep and drop_reason: the first run's index was rewritten with the decisions over
+    # everything, equal to one run's; a group's members but its representative dropped.
+    decided = {row["uri"]: (row["keep"], row["drop_reason"]) for row in npy_index(incremental)}
+    assert decided == {row["uri"]: (row["keep"], row["drop_reason"]) for row in npy_index(fresh)}
+    assert len(decided) == len(everything)
+    representatives: dict[int, str] = {}
+    expected = {uri: ("true", "") for uri in everything}
+    for number, uri, _, _ in groups_expected:
+        if number in representatives:
+            expected[uri] = ("false", f"duplicate_of:{representatives[number]}")
+        representatives.setdefault(number, uri)
+    assert decided == expected
+    dropped = sum(1 for keep, _ in decided.values() if keep == "false")
+    assert second_summary["keep"]["dropped"] == dropped > 0
+    assert second_summary["keep"]["files_rewritten"] == len(glob.glob(str(
+        incremental / "embeddings-index-*.csv"
+    ))) == 2  # fmt: skip
+
+    # A later run must decide again: one without --duplicate_threshold is refused.
+    refused = run_cli(
+        "--input", str(both), "--output", str(incremental), "--output_format", "npy",
+        "--weights", "random", "--skip_existing",
+    )  # fmt: skip
+    assert refused.returncode == 2 and "carry keep and drop_reason" in refused.stderr
+
     # A later run without --neighbors removes what no longer describes the output.
-    embed(both, incremental, "--skip_existing", neighbors=False)
+    embed(both, incremental, "--skip_existing", *grouping, neighbors=False)
     assert run_ids(incremental, "neighbors") == set()
 
 

@@ -163,6 +163,11 @@ def test_the_duplicates_section_shows_the_groups_as_thumbnails(reported):
         assert f"Components {record['components']}" in text
         largest = record["largest_component"]
         assert f"Largest component {largest['images']} images, {largest['pairs']} pairs" in text
+        # A group's members but its representative are not kept.
+        dropped = sum(len(members) - 1 for members in groups.values())
+        assert summary(output)["keep"]["dropped"] == dropped
+        assert f"Dropped as near-duplicates {dropped}" in text
+        assert f"Kept {summary(output)['similarity']['images'] - dropped}" in text
         assert console_problems(driver) == []
 
 

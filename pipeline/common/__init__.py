@@ -2,7 +2,7 @@
 progress, CSV lines, atomic writes, seeded samples."""
 
 from pipeline.common import progress
-from pipeline.common.atomic import read_json, write_atomically, write_json
+from pipeline.common.atomic import read_json, replacing, write_atomically, write_json
 from pipeline.common.csvlines import csv_fields, csv_line, csv_records, unwritable
 from pipeline.common.metrics import NAMESPACE, counter
 from pipeline.common.paths import UnsafeNameError, path_inside, plain_parts
@@ -25,6 +25,7 @@ __all__ = [
     "plain_parts",
     "progress",
     "read_json",
+    "replacing",
     "seeded_rank",
     "unwritable",
     "write_atomically",

@@ -3,10 +3,12 @@ and the JSON files written so."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -22,6 +24,24 @@ def write_atomically(path: str, data: bytes) -> None:
     partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
     with FileSystems.create(partial) as handle:
         handle.write(data)
+    FileSystems.rename([partial], [path])
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[BinaryIO]:
+    """A handle to stream path's new content into: it is written beside path and renamed
+    over it once whole, so path can be read while its replacement is written (an object
+    store's upload to the same name would not allow that). A failed write leaves path as
+    it was."""
+    directory, name = posixpath.split(path)
+    partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
+    try:
+        with FileSystems.create(partial) as handle:
+            yield handle
+    except BaseException:
+        if FileSystems.exists(partial):
+            FileSystems.delete([partial])
+        raise
     FileSystems.rename([partial], [path])
 
 

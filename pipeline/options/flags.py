@@ -598,7 +598,8 @@ SIMILARITY = Group(
             default=0,
             limits=Limits(0, 1, low_means="none", high_means="a cosine similarity"),
             help="Group images joined by similarities at or above this value (such as 0.95) "
-            "into near-duplicate groups in `duplicates-*.csv`; `0` for none.",
+            "into near-duplicate groups in `duplicates-*.csv`, and mark every member but a "
+            "group's representative `keep` false; `0` for none.",
             see=See("Similarity", "similarity.md"),
             form=Form("Near-duplicate threshold", "Similarity", "0.95", (_FRACTION,)),
         ),
@@ -628,8 +629,9 @@ SIMILARITY = Group(
             default="",
             help="An earlier output of this pipeline (a folder or `gs://` prefix, such as an "
             "evaluation set's), made with the same model, weights, pooling, resize and "
-            "precision: every image under the output gets its nearest images there, and "
-            "those at or above `--compare_threshold` go to `matches-*.parquet`.",
+            "precision: every image under the output gets its nearest images there; "
+            "those at or above `--compare_threshold` go to `matches-*.parquet`, and an image "
+            "with a match is marked `keep` false.",
             see=See("Against another collection", "similarity.md#against-another-collection"),
             form=Form(
                 "Compare with another output",

@@ -35,7 +35,7 @@ from pipeline.options.flags import (
     parse_bool,
 )
 from pipeline.options.suggest import OneLineParser, did_you_mean
-from pipeline.outputs import FORMATS, LABEL_COLUMNS
+from pipeline.outputs import FORMATS, KEEP_COLUMNS, LABEL_COLUMNS
 
 USAGE = "python -m pipeline --input URIS_CSV_OR_GLOB --output PREFIX [options]"
 DESCRIPTION = "Embed images listed in a CSV (or matched by a glob) with a Keras model."
@@ -266,7 +266,11 @@ def _scheme(path: str) -> str:
 
 def _validate_destinations(opts: EmbeddingOptions) -> None:
     keep = kept_columns(opts)
-    own = (*FORMATS[opts.output_format].columns, *(LABEL_COLUMNS if opts.zero_shot_labels else ()))
+    own = (
+        *FORMATS[opts.output_format].columns,
+        *(LABEL_COLUMNS if opts.zero_shot_labels else ()),
+        *KEEP_COLUMNS,
+    )
     reserved = {name.lower(): name for name in own}
     for head in score_heads(opts):
         if head.name in reserved:

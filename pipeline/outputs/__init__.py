@@ -1,7 +1,7 @@
 """The stored embeddings: Parquet and .npy formats, the sinks, every file name a run uses,
 and the label counts of a labelled run."""
 
-from pipeline.outputs.columns import LABEL_COLUMNS, RowColumns
+from pipeline.outputs.columns import DROP_REASON, KEEP, KEEP_COLUMNS, LABEL_COLUMNS, RowColumns
 from pipeline.outputs.current import (
     EMBEDDING_RUNS,
     current_record_files,
@@ -56,6 +56,7 @@ from pipeline.outputs.naming import (
     matching_files,
     new_run_id,
     output_path,
+    relative_name,
     run_folder,
     run_of_shard,
     run_temp_folder,
@@ -78,6 +79,7 @@ from pipeline.outputs.target import RunTarget
 __all__ = [
     "COORDINATES",
     "DECILES",
+    "DROP_REASON",
     "DUPLICATES",
     "EMBEDDINGS",
     "EMBEDDINGS_DIRECTORY",
@@ -89,6 +91,8 @@ __all__ = [
     "IN_SUMMARY",
     "IN_TABLE",
     "JOURNAL",
+    "KEEP",
+    "KEEP_COLUMNS",
     "LABEL_COLUMNS",
     "LEASE",
     "LEGACY_EMBEDDINGS",
@@ -136,6 +140,7 @@ __all__ = [
     "published_path",
     "read_journal",
     "recorded_collection",
+    "relative_name",
     "roll_forward",
     "run_folder",
     "run_of_shard",

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import abc
 import io
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.common import csv_records, read_json
-from pipeline.outputs.columns import RowColumns
+from pipeline.common import csv_line, csv_records, read_json, replacing
+from pipeline.outputs.columns import DROP_REASON, KEEP, KEEP_COLUMNS, KEEP_TYPES, RowColumns
 from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
     EMBEDDINGS,
@@ -89,6 +91,18 @@ class EmbeddingFormat(abc.ABC):
     def read_batches(self, output: str) -> beam.PTransform:
         """Names of stored files (the store's `files`, or record_files) to StoredBatches."""
 
+    @abc.abstractmethod
+    def uris_in(self, record_file: str) -> Iterator[str]:
+        """The URIs one record file lists, read as a stream."""
+
+    @abc.abstractmethod
+    def write_decisions(
+        self, record_file: str, destination: str, dropped: Mapping[str, str]
+    ) -> None:
+        """record_file as destination (which may be record_file itself) with keep and
+        drop_reason decided: dropped maps the URIs not kept to why; every other row is
+        kept. Columns it lacks are added, before model and run_id."""
+
 
 def _uri_of_row(row: dict) -> str:
     return row["uri"]
@@ -153,6 +167,50 @@ class ParquetFormat(EmbeddingFormat):
             columns=["uri", "embedding", "width", "height"]
         ) | "To matrices" >> beam.Map(_parquet_batch)
 
+    def uris_in(self, record_file):
+        with FileSystems.open(record_file) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(_REWRITE_ROWS, columns=["uri"]):
+                yield from batch.column("uri").to_pylist()
+
+    def write_decisions(self, record_file, destination, dropped):
+        with FileSystems.open(record_file) as source:
+            shard = pq.ParquetFile(source)
+            schema = _with_decision_fields(shard.schema_arrow)
+            with (
+                replacing(destination) as sink,
+                pq.ParquetWriter(sink, schema, compression="snappy") as writer,
+            ):
+                for batch in shard.iter_batches(_REWRITE_ROWS):
+                    writer.write_batch(_decided(batch, schema, dropped))
+
+
+# Rows a rewrite holds at once: 32 MB of 2048-float embeddings, and one row group each.
+_REWRITE_ROWS = 4096
+
+
+def _with_decision_fields(schema: pa.Schema) -> pa.Schema:
+    """schema with keep and drop_reason, added before model and run_id if it lacks them."""
+    if set(KEEP_COLUMNS) <= set(schema.names):
+        return schema
+    position = next(
+        (index for index, name in enumerate(schema.names) if name in ("model", "run_id")),
+        len(schema.names),
+    )
+    for offset, (name, kind) in enumerate(zip(KEEP_COLUMNS, KEEP_TYPES, strict=True)):
+        schema = schema.insert(position + offset, pa.field(name, kind))
+    return schema
+
+
+def _decided(batch: pa.RecordBatch, schema: pa.Schema, dropped: Mapping[str, str]):
+    """The batch's rows in schema's columns, keep and drop_reason decided."""
+    reasons = [dropped.get(uri) for uri in batch.column("uri").to_pylist()]
+    decided = {
+        KEEP: pa.array([reason is None for reason in reasons], pa.bool_()),
+        DROP_REASON: pa.array(reasons, pa.string()),
+    }
+    columns = [decided[name] if name in decided else batch.column(name) for name in schema.names]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
 
 class ReadNpyFn(beam.DoFn):
     """An index record (uri, file, width, height, ...) to a StoredBatch of that one
@@ -211,6 +269,22 @@ class NpyFormat(EmbeddingFormat):
             | "Spread records" >> beam.Reshuffle()
             | "Read .npy" >> beam.ParDo(ReadNpyFn(output_path(output, NPY_DIRECTORY)))
         )
+
+    def uris_in(self, record_file):
+        for record in csv_records(record_file, skip_header=True):
+            yield record[0]
+
+    def write_decisions(self, record_file, destination, dropped):
+        with closing(csv_records(record_file)) as records, replacing(destination) as sink:
+            header = next(records, [])
+            added = [name for name in KEEP_COLUMNS if name not in header]
+            keep, reason = (*header, *added).index(KEEP), (*header, *added).index(DROP_REASON)
+            sink.write((csv_line([*header, *added]) + "\n").encode("utf-8"))
+            for record in records:
+                fields = [*record, *("" for _ in added)]
+                why = dropped.get(record[0])
+                fields[keep], fields[reason] = ("false", why) if why else ("true", "")
+                sink.write((csv_line(fields) + "\n").encode("utf-8"))
 
 
 FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFormat()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 import uuid
@@ -47,6 +48,21 @@ _MAX_STEM = 80
 
 def output_path(output: str, name: str) -> str:
     return FileSystems.join(output, name)
+
+
+def relative_name(folder: str, path: str) -> str:
+    """path's name inside folder (a folder's trailing slash kept); ValueError if outside."""
+    if FileSystems.get_filesystem(folder).has_dirs():
+        name = os.path.relpath(path, folder).replace(os.sep, "/")
+        name += "/" if path.endswith("/") and not name.endswith("/") else ""
+    else:
+        prefix = folder.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under {folder}")
+        name = path[len(prefix) :]
+    if name.startswith("../") or name in ("", ".", ".."):
+        raise ValueError(f"{path} is not under {folder}")
+    return name
 
 
 def matching_files(patterns: list[str]) -> list[str]:

@@ -85,6 +85,8 @@ def parquet_row(
         **label_fields(key),
         **dict(zip(columns.scores, key.scores, strict=True)),
         **dict(zip(columns.kept, key.columns, strict=True)),
+        # Decided once the run has found its near-duplicates and matches.
+        **dict.fromkeys(columns.decisions),
         "model": model,
         "run_id": run_id,
     }
@@ -180,10 +182,13 @@ class WriteNpyFn(beam.DoFn):
     index lines, what was stored (tagged `stored`), and write errors and index records no
     CSV can hold (`failed`)."""
 
-    def __init__(self, embeddings_folder: str, run_id: str, columns: tuple[str, ...]):
+    def __init__(
+        self, embeddings_folder: str, run_id: str, columns: tuple[str, ...], curated: bool = False
+    ):
         self._directory = output_path(embeddings_folder, run_id)
         self._run_id = run_id
         self._columns = columns
+        self._curated = curated
         self._embedded = counter("images_embedded")
 
     def process(self, keyed: tuple[ImageKey, np.ndarray]):
@@ -191,6 +196,8 @@ class WriteNpyFn(beam.DoFn):
         name = npy_name(key.uri)
         # The index names each file relative to embeddings/.
         fields = _index_fields(key, f"{self._run_id}/{name}")
+        if self._curated:
+            fields += ["", ""]  # keep, drop_reason: decided once the similar images are found
         message = refusal(self._columns, fields)
         if message:
             yield pvalue.TaggedOutput(FAILED, refused(key, message))
@@ -297,7 +304,12 @@ class WriteNpy(beam.PTransform):
     def expand(self, embeddings):
         columns = (*NPY_INDEX_COLUMNS, *self._columns.names)
         written = embeddings | "Write .npy" >> beam.ParDo(
-            WriteNpyFn(output_path(self._output, NPY_DIRECTORY), self._run_id, columns)
+            WriteNpyFn(
+                output_path(self._output, NPY_DIRECTORY),
+                self._run_id,
+                columns,
+                self._columns.curated,
+            )
         ).with_outputs(FAILED, STORED, main="index")
         index_files = written.index | "Write index" >> WriteRunShards(
             self._stage,

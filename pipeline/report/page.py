@@ -132,6 +132,23 @@ def _similarity(summary: Mapping[str, Any]) -> str:
     return _section("Similarity", rows)
 
 
+def _keep(summary: Mapping[str, Any]) -> str:
+    """What to keep (docs/similarity.md#what-to-keep-keep-and-drop_reason), when decided."""
+    decided = summary.get("keep")
+    if not decided:
+        return ""
+    rows = [
+        ("Kept", decided["kept"]),
+        ("Dropped as near-duplicates", decided["dropped_by_reason"]["duplicate_of"]),
+        ("Dropped as matches in the other output", decided["dropped_by_reason"]["matches"]),
+    ]
+    return _section(
+        "What to keep",
+        rows,
+        '<p class="muted">Every row\'s keep and drop_reason are in the embeddings.</p>',
+    )
+
+
 def _span(values: Sequence[float]) -> float:
     """max - min, or 1 when every value is the same, as the page fits its axes."""
     return (max(values) - min(values)) or 1.0
@@ -505,6 +522,7 @@ def render(
         + _run(summary)
         + _map(projection, len(points), sample_rule)
         + _similarity(summary)
+        + _keep(summary)
         + "</div>"
         + _labels(summary, labels, thumbnails)
         + _scores(summary, scores, thumbnails)

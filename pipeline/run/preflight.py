@@ -36,6 +36,7 @@ from pipeline.models import (
 from pipeline.options import UsageError
 from pipeline.outputs import (
     FORMATS,
+    KEEP_COLUMNS,
     LABEL_COLUMNS,
     SUMMARY,
     Provenance,
@@ -222,7 +223,15 @@ def _check_earlier_files(
             f"this run's {this}; label as they were, or run without --skip_existing to "
             "replace them"
         )
-    own = {*stored_format.columns, *columns.labels, *columns.scores}
+    if set(KEEP_COLUMNS) <= set(names) and not columns.curated:
+        raise UsageError(
+            f"--skip_existing: the embeddings under {output} carry keep and drop_reason, "
+            "decided over every image with --duplicate_threshold or --compare_with; this run "
+            "would not decide them again, so new images could duplicate kept ones: give "
+            "those options as before, or run without --skip_existing to replace them"
+        )
+    # Earlier rows without keep and drop_reason get them: a curating run rewrites them all.
+    own = {*stored_format.columns, *columns.labels, *columns.scores, *KEEP_COLUMNS}
     earlier = tuple(name for name in names if name not in own)
     if earlier != columns.kept:
         raise UsageError(

@@ -16,7 +16,6 @@ Each act is idempotent, so a retried bundle finishes what an interrupted one beg
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ from pipeline.outputs import (
     output_path,
     published_path,
     read_journal,
+    relative_name,
     run_folder,
     still_there,
     write_journal,
@@ -102,21 +102,6 @@ class PublishPlan:
         """The runs whose embeddings the output holds once this run is published."""
         earlier = [run for run in self.target.earlier_runs if run != self.run_id]
         return [*earlier, self.run_id] if self.incremental else [self.run_id]
-
-
-def relative_name(folder: str, path: str) -> str:
-    """path's name inside folder (a folder's trailing slash kept); ValueError if outside."""
-    if FileSystems.get_filesystem(folder).has_dirs():
-        name = os.path.relpath(path, folder).replace(os.sep, "/")
-        name += "/" if path.endswith("/") and not name.endswith("/") else ""
-    else:
-        prefix = folder.rstrip("/") + "/"
-        if not path.startswith(prefix):
-            raise ValueError(f"{path} is not under {folder}")
-        name = path[len(prefix) :]
-    if name.startswith("../") or name in ("", ".", ".."):
-        raise ValueError(f"{path} is not under {folder}")
-    return name
 
 
 def kind_folder(plan: PublishPlan, kind: FileKind) -> str | None:

@@ -143,6 +143,13 @@ def match_rows(row: dict, threshold: float):
         yield {"uri": row["uri"], "match_uri": name, "similarity": similarity}
 
 
+def best_match(row: dict, threshold: float):
+    """(uri, its most similar image in the other output) where that is a match."""
+    for match in match_rows(row, threshold):
+        yield match["uri"], match["match_uri"]
+        return
+
+
 def outcome(row: dict, threshold: float) -> str:
     """What became of one image (MATCHED, BELOW_THRESHOLD or WITHOUT_CANDIDATE)."""
     if not row["similarities"]:
@@ -189,7 +196,8 @@ class CompareWith(OptionalOutput):
 
     Reads `files`, the names of this run's stored files; with --skip_existing the record
     files of the target's earlier runs are compared too, so every image under the output
-    is. Gives `matches` (one dict per match row), `description` and `files`. Spill files
+    is. Gives `matches` (one dict per match row), `matched` ((uri, most similar match)
+    for each image with a match), `description` and `files`. Spill files
     go to temp (naming.run_temp_folder), the stage when None, in a folder of their own.
     """
 
@@ -282,6 +290,7 @@ class CompareWith(OptionalOutput):
             | "Merge candidates" >> beam.FlatMap(merge_bucket, settings.matches)
         )
         matches = merged | "Matches" >> beam.FlatMap(match_rows, settings.threshold)
+        matched = merged | "Best matches" >> beam.FlatMap(best_match, settings.threshold)
         written = matches | "Write matches" >> beam.io.WriteToParquet(
             shard_prefix(self._stage, MATCHES, self._run_id),
             MATCHES_SCHEMA,
@@ -322,4 +331,9 @@ class CompareWith(OptionalOutput):
                 settings,
             )
         )
-        return {"matches": matches, "description": description, "files": written}
+        return {
+            "matches": matches,
+            "matched": matched,
+            "description": description,
+            "files": written,
+        }

@@ -240,6 +240,15 @@ class GroupComponents(beam.PTransform):
         )
 
 
+def representatives(component: tuple[str, int, int, list[Members]]):
+    """(member, its representative) for every image in the component's groups but their
+    representatives."""
+    for members in component[3]:
+        representative = members[0][0]
+        for uri, _ in members[1:]:
+            yield uri, representative
+
+
 def number_groups(components: list[tuple[str, int, int, list[Members]]]) -> list[Group]:
     """Every component's groups, numbered from 1 largest first, ties in the
     representative's URI order; a component's number is the smallest of its groups'."""

@@ -42,6 +42,7 @@ from pipeline.similarity.duplicates import (
     WriteGroupsFn,
     cell_links,
     number_groups,
+    representatives,
 )
 from pipeline.similarity.neighbors import (
     coarse_basis,
@@ -356,7 +357,8 @@ class FindSimilar(OptionalOutput):
     Gives `neighbors` (one row dict per image, when asked for) with `band_pairs` (one
     list of each similarity band's sample pairs, bands.BandPairs), `groups` (one list of
     (group number, [(uri, similarity)], component number), largest first, when asked
-    for), `description` and `files` (the names written). Spill files go to temp
+    for) with `duplicate_of` ((member, representative) for every member of a group but
+    its representative), `description` and `files` (the names written). Spill files go to temp
     (naming.run_temp_folder), the stage when None.
     """
 
@@ -437,7 +439,7 @@ class FindSimilar(OptionalOutput):
         if settings.neighbors:
             bands = neighbors | "Similarity bands" >> BandPairs(settings.seed)
 
-        groups = duplicates = None
+        groups = duplicates = duplicate_of = None
         if settings.duplicate_threshold:
             components = {
                 "edges": searched[SearchCellFn.EDGES],
@@ -449,6 +451,7 @@ class FindSimilar(OptionalOutput):
                 | "Number groups" >> beam.Map(number_groups)
             )
             duplicates = components | "Count groups" >> beam.CombineGlobally(ComponentStatsFn())
+            duplicate_of = components | "Members' representatives" >> beam.FlatMap(representatives)
             written = groups | "Write duplicates" >> beam.ParDo(
                 WriteGroupsFn(self._stage, self._run_id)
             )
@@ -475,7 +478,7 @@ class FindSimilar(OptionalOutput):
         files = tuple(finished) | "Files written" >> beam.Flatten(pipeline=files.pipeline)
         return {
             **({"neighbors": neighbors, "band_pairs": bands["samples"]} if bands else {}),
-            **({"groups": groups} if groups is not None else {}),
+            **({"groups": groups, "duplicate_of": duplicate_of} if groups is not None else {}),
             "description": description,
             "files": files,
         }

@@ -40,7 +40,9 @@ class TableLoad:
 
     The run's own Parquet shards are loaded (this_run_shards: a wildcard of them, the
     staged ones by default); the output's published ones too when the table must be
-    rebuilt. Job ids derive from the run id, so a retried bundle finds the job it already
+    rebuilt. A run that rewrote the earlier runs' shards (rewrites_earlier: with
+    --skip_existing, their keep decisions) staged them all: the table is replaced by
+    every staged shard. Job ids derive from the run id, so a retried bundle finds the job it already
     started and reports that one instead of loading twice, or, if that job failed, starts
     the next attempt. How the embeddings were made (made) is the table's description.
     """
@@ -54,6 +56,7 @@ class TableLoad:
         *,
         vector_index: bool = False,
         this_run_shards: str = "",
+        rewrites_earlier: bool = False,
     ):
         self._table = table
         self._output = target.output
@@ -61,6 +64,9 @@ class TableLoad:
         self._columns = columns
         self._vector_index = vector_index
         self._this_run_shards = this_run_shards or target.staged_shards
+        self._rewrites_earlier = bool(rewrites_earlier and target.earlier_runs)
+        if self._rewrites_earlier:
+            self._this_run_shards = shard_prefix(target.stage, EMBEDDINGS, "*") + "-*.parquet"
         self._earlier_runs = target.earlier_runs
         self._made = made
         self._metadata = made.written(IN_TABLE)
@@ -119,12 +125,14 @@ class TableLoad:
         existing = self._get_table(bq)
         plan = plan_load(
             existing,
-            earlier_rows,
+            None if self._rewrites_earlier else earlier_rows,
             self._this_run_shards,
             earlier_shards,
             self._columns,
             self._made,
         )
+        if self._rewrites_earlier:
+            plan = LoadPlan(plan.sources, True, "the run rewrote every row's keep decision")
         # A run that wrote no shards (or an output without any) has nothing to load.
         plan = LoadPlan(loadable(plan.sources), plan.replace, plan.reason)
         mode = "replacing with" if plan.replace else "appending"

@@ -1,0 +1,189 @@
+"""What to keep: every stored row's keep and drop_reason, from the near-duplicate groups
+and the matches in another output, written into the record files before anything reads
+them for a destination.
+
+The rule: an image with a match in the other output is dropped (`matches:<its most
+similar match>`); so is every member of a near-duplicate group but its representative
+(`duplicate_of:<representative>`); every other image is kept. A member is within the
+threshold of its representative and a matched image of its match, so nothing is dropped
+further than the threshold from its reason's image.
+
+Decisions meet rows by URI (one shuffle of URIs, not of embeddings), then each record
+file's dropped rows meet the file, which is rewritten whole (formats.write_decisions):
+this run's staged files in place, and with --skip_existing every earlier run's record
+file too, into the stage under its own name, since a new image can change an earlier
+one's decision. No side input grows with the collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import apache_beam as beam
+
+from pipeline.common import counter, progress
+from pipeline.outputs import (
+    FORMATS,
+    OptionalOutput,
+    RunTarget,
+    output_path,
+    relative_name,
+    run_of_shard,
+)
+from pipeline.similarity.find import ListRecordFiles
+
+DUPLICATE_OF, MATCHES = "duplicate_of", "matches"
+# Which reason a row dropped for two reasons gives: the match in the other output first.
+_PRECEDENCE = (MATCHES, DUPLICATE_OF)
+
+
+def reason_kind(reason: str) -> str:
+    """duplicate_of or matches: the part of a drop reason before its URI."""
+    return reason.split(":", 1)[0]
+
+
+def first_reason(reasons: Iterable[str]) -> str:
+    """The reason a row dropped for several gives: a match before a duplicate, then the
+    smallest, so that every retry decides alike."""
+    return min(reasons, key=lambda reason: (_PRECEDENCE.index(reason_kind(reason)), reason))
+
+
+def rows_by_file(joined: tuple[str, dict]):
+    """(uri, {files, reasons}) to (file, (uri, reason)) for a dropped row of a file."""
+    uri, found = joined
+    reasons = list(found["reasons"])
+    if not reasons:
+        return
+    reason = first_reason(reasons)
+    for path in found["files"]:
+        yield path, (uri, reason)
+
+
+class RecordUrisFn(beam.DoFn):
+    """A record file to (uri, file) for every row it lists."""
+
+    def __init__(self, output_format: str):
+        self._format = FORMATS[output_format]
+
+    def process(self, path: str):
+        for uri in self._format.uris_in(path):
+            yield uri, path
+
+
+class WriteDecisionsFn(beam.DoFn):
+    """(record file, {file, dropped}) to the file rewritten with its decisions; yields the
+    staged name. A file under the stage is rewritten in place; an earlier run's published
+    one goes to the stage under the same name, published over it with this run."""
+
+    def __init__(self, target: RunTarget):
+        self._format = FORMATS[target.output_format]
+        self._output = target.output
+        self._stage = target.stage
+        self._rewritten = counter("keep_files_rewritten")
+
+    def destination(self, path: str) -> str:
+        try:
+            relative_name(self._stage, path)
+        except ValueError:
+            return output_path(self._stage, relative_name(self._output, path))
+        return path
+
+    def process(self, joined: tuple[str, dict]):
+        progress.begin("deciding what to keep")
+        path, found = joined
+        # Only the run's record files: no dropped row names another.
+        if list(found["file"]):
+            destination = self.destination(path)
+            self._format.write_decisions(path, destination, dict(found["dropped"]))
+            self._rewritten.inc()
+            yield destination
+
+
+def describe(unused, rows: int, dropped: list[tuple[str, int]], files: int) -> dict:
+    """What the summary says of the decisions."""
+    by_reason = {kind: 0 for kind in (DUPLICATE_OF, MATCHES)} | dict(dropped)
+    total = sum(by_reason.values())
+    return {
+        "kept": rows - total,
+        "dropped": total,
+        "dropped_by_reason": by_reason,
+        "files_rewritten": files,
+    }
+
+
+class KeepDecisions(OptionalOutput):
+    """Every stored row's keep and drop_reason, written into the record files.
+
+    Reads `files` (this run's stored files) and what the searches gave: `duplicate_of`
+    (FindSimilar) and `matched` (CompareWith). Gives `files` (the record files rewritten,
+    all in the stage), `record_files` (this run's among them, once rewritten: what the
+    outputs after it read as `files`, never a file while it is replaced), `dropped`
+    ((uri, reason) for every row not kept) and a `description`.
+    """
+
+    name = "keep"
+    step = "Decide what to keep"
+    reads = ("files", "duplicate_of", "matched")
+
+    def __init__(self, target: RunTarget):
+        super().__init__()
+        self._target = target
+
+    def expand(self, run: dict[str, beam.PCollection]):
+        target = self._target
+        files = run["files"]
+        if target.earlier_runs:
+            stored_format = FORMATS[target.output_format]
+            files = files | "List stored files" >> ListRecordFiles(
+                stored_format.record_files(target.output), target.earlier_runs
+            )
+        reasons = tuple(
+            run[name] | f"Reasons: {name}" >> beam.Map(_reason, name)
+            for name in ("duplicate_of", "matched")
+            if name in run
+        ) | "Every reason" >> beam.Flatten(pipeline=files.pipeline)
+        rows = files | "Rows' URIs" >> beam.ParDo(RecordUrisFn(target.output_format))
+        dropped_rows = {"files": rows, "reasons": reasons} | "By URI" >> beam.CoGroupByKey()
+        by_file = dropped_rows | "Dropped rows by file" >> beam.FlatMap(rows_by_file)
+        rewritten = (
+            {"file": files | "Each file" >> beam.Map(lambda path: (path, None)), "dropped": by_file}
+            | "By file" >> beam.CoGroupByKey()
+            | "Write decisions" >> beam.ParDo(WriteDecisionsFn(target))
+        )
+        dropped = by_file | "Dropped" >> beam.Values()
+        kinds = (
+            dropped
+            | "Reason kinds" >> beam.Map(lambda row: reason_kind(row[1]))
+            | "Count kinds" >> beam.combiners.Count.PerElement()
+        )
+        description = (
+            files.pipeline
+            | "Start description" >> beam.Create([None])
+            | "Describe"
+            >> beam.Map(
+                describe,
+                beam.pvalue.AsSingleton(rows | "Count rows" >> beam.combiners.Count.Globally()),
+                beam.pvalue.AsList(kinds),
+                beam.pvalue.AsSingleton(
+                    rewritten | "Count files" >> beam.combiners.Count.Globally()
+                ),
+            )
+        )
+        run_id = target.run_id
+        ours = rewritten | "This run's files" >> beam.Filter(
+            lambda path: run_of_shard(path) == run_id
+        )
+        return {
+            "files": rewritten,
+            "record_files": ours,
+            "dropped": dropped,
+            "description": description,
+        }
+
+
+def _reason(found: tuple[str, str], name: str) -> tuple[str, str]:
+    """(uri, the other image) from FindSimilar's duplicate_of or CompareWith's matched
+    (name) to (uri, its drop reason)."""
+    uri, other = found
+    kind = DUPLICATE_OF if name == "duplicate_of" else MATCHES
+    return uri, f"{kind}:{other}"
