@@ -15,6 +15,7 @@ from apache_beam import pvalue
 from support import PHOTO_PATHS, parquet_embeddings, read_parquet, run_cli, write_csv
 from test_engine import (
     L4,
+    THRESHOLD,
     copies,  # noqa: F401 (a fixture)
     cosines,
     float32_run,
@@ -256,7 +257,10 @@ def test_skip_existing_adds_int8_only_to_int8_calibrated_on_the_same_sample(runs
     for listed, refused in ((copies, False), (copies[::-1], True)):
         csv = write_csv(output.parent / f"more-{refused}.csv", listed)
         argv = ["--input", str(csv), "--output", str(output), "--weights", "random",
-                "--precision", "int8", "--skip_existing"]  # fmt: skip
+                "--precision", "int8", "--skip_existing",
+                # As the runs were made: an output whose rows say what to keep is added
+                # to only by a run that decides again.
+                "--duplicate_threshold", str(THRESHOLD)]  # fmt: skip
         opts = parse_options(argv).view_as(EmbeddingOptions)
         if refused:
             with pytest.raises(UsageError, match="another calibration sample"):

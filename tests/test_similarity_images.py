@@ -33,6 +33,8 @@ from support import (
     write_csv,
 )
 
+from pipeline.job import check_earlier_outputs
+from pipeline.options import EmbeddingOptions, UsageError, parse_options
 from pipeline.outputs.naming import RUN_ID_PATTERN
 
 # Seven of the thirteen photographs. Left out, from a run over all thirteen with every
@@ -437,12 +439,14 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
         incremental / "embeddings-index-*.csv"
     ))) == 2  # fmt: skip
 
-    # A later run must decide again: one without --duplicate_threshold is refused.
-    refused = run_cli(
-        "--input", str(both), "--output", str(incremental), "--output_format", "npy",
-        "--weights", "random", "--skip_existing",
-    )  # fmt: skip
-    assert refused.returncode == 2 and "carry keep and drop_reason" in refused.stderr
+    # A later run must decide again: one without --duplicate_threshold is refused (the
+    # check a run makes once it holds the output, here in this process).
+    opts = parse_options(
+        ["--input", str(both), "--output", str(incremental), "--output_format", "npy",
+         "--weights", "random", "--skip_existing"]
+    ).view_as(EmbeddingOptions)  # fmt: skip
+    with pytest.raises(UsageError, match="carry keep and drop_reason"):
+        check_earlier_outputs(opts)
 
     # A later run without --neighbors removes what no longer describes the output.
     embed(both, incremental, "--skip_existing", *grouping, neighbors=False)

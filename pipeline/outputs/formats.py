@@ -98,10 +98,10 @@ class EmbeddingFormat(abc.ABC):
     @abc.abstractmethod
     def write_decisions(
         self, record_file: str, destination: str, dropped: Mapping[str, str]
-    ) -> None:
+    ) -> int:
         """record_file as destination (which may be record_file itself) with keep and
         drop_reason decided: dropped maps the URIs not kept to why; every other row is
-        kept. Columns it lacks are added, before model and run_id."""
+        kept. Columns it lacks are added, before model and run_id. Returns the rows."""
 
 
 def _uri_of_row(row: dict) -> str:
@@ -173,6 +173,7 @@ class ParquetFormat(EmbeddingFormat):
                 yield from batch.column("uri").to_pylist()
 
     def write_decisions(self, record_file, destination, dropped):
+        rows = 0
         with FileSystems.open(record_file) as source:
             shard = pq.ParquetFile(source)
             schema = _with_decision_fields(shard.schema_arrow)
@@ -182,6 +183,8 @@ class ParquetFormat(EmbeddingFormat):
             ):
                 for batch in shard.iter_batches(_REWRITE_ROWS):
                     writer.write_batch(_decided(batch, schema, dropped))
+                    rows += batch.num_rows
+        return rows
 
 
 # Rows a rewrite holds at once: 32 MB of 2048-float embeddings, and one row group each.
@@ -275,6 +278,7 @@ class NpyFormat(EmbeddingFormat):
             yield record[0]
 
     def write_decisions(self, record_file, destination, dropped):
+        rows = 0
         with closing(csv_records(record_file)) as records, replacing(destination) as sink:
             header = next(records, [])
             added = [name for name in KEEP_COLUMNS if name not in header]
@@ -285,6 +289,8 @@ class NpyFormat(EmbeddingFormat):
                 why = dropped.get(record[0])
                 fields[keep], fields[reason] = ("false", why) if why else ("true", "")
                 sink.write((csv_line(fields) + "\n").encode("utf-8"))
+                rows += 1
+        return rows
 
 
 FORMATS: dict[str, EmbeddingFormat] = {"parquet": ParquetFormat(), "npy": NpyFormat()}

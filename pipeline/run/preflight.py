@@ -223,13 +223,6 @@ def _check_earlier_files(
             f"this run's {this}; label as they were, or run without --skip_existing to "
             "replace them"
         )
-    if set(KEEP_COLUMNS) <= set(names) and not columns.curated:
-        raise UsageError(
-            f"--skip_existing: the embeddings under {output} carry keep and drop_reason, "
-            "decided over every image with --duplicate_threshold or --compare_with; this run "
-            "would not decide them again, so new images could duplicate kept ones: give "
-            "those options as before, or run without --skip_existing to replace them"
-        )
     # Earlier rows without keep and drop_reason get them: a curating run rewrites them all.
     own = {*stored_format.columns, *columns.labels, *columns.scores, *KEEP_COLUMNS}
     earlier = tuple(name for name in names if name not in own)
@@ -256,6 +249,14 @@ def _check_earlier_files(
                 "embeddings of one model, so give another --output, or run without "
                 "--skip_existing to replace them"
             )
+    # After how they were made, which matters more.
+    if set(KEEP_COLUMNS) <= set(names) and not columns.curated:
+        raise UsageError(
+            f"--skip_existing: the embeddings under {output} carry keep and drop_reason, "
+            "decided over every image with --duplicate_threshold or --compare_with; this run "
+            "would not decide them again, so new images could duplicate kept ones: give "
+            "those options as before, or run without --skip_existing to replace them"
+        )
 
 
 def described(differ: dict[str, tuple]) -> str:

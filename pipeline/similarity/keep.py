@@ -17,7 +17,9 @@ one's decision. No side input grows with the collection.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 
@@ -72,8 +74,11 @@ class RecordUrisFn(beam.DoFn):
 
 class WriteDecisionsFn(beam.DoFn):
     """(record file, {file, dropped}) to the file rewritten with its decisions; yields the
-    staged name. A file under the stage is rewritten in place; an earlier run's published
-    one goes to the stage under the same name, published over it with this run."""
+    staged name, and (tagged COUNTS) its rows and dropped rows by reason. A file under
+    the stage is rewritten in place; an earlier run's published one goes to the stage
+    under the same name, published over it with this run."""
+
+    COUNTS = "counts"
 
     def __init__(self, target: RunTarget):
         self._format = FORMATS[target.output_format]
@@ -93,22 +98,42 @@ class WriteDecisionsFn(beam.DoFn):
         path, found = joined
         # Only the run's record files: no dropped row names another.
         if list(found["file"]):
+            dropped = dict(found["dropped"])
             destination = self.destination(path)
-            self._format.write_decisions(path, destination, dict(found["dropped"]))
+            rows = self._format.write_decisions(path, destination, dropped)
             self._rewritten.inc()
+            kinds = collections.Counter(map(reason_kind, dropped.values()))
             yield destination
+            yield beam.pvalue.TaggedOutput(self.COUNTS, Decided(rows, kinds))
 
 
-def describe(unused, rows: int, dropped: list[tuple[str, int]], files: int) -> dict:
-    """What the summary says of the decisions."""
-    by_reason = {kind: 0 for kind in (DUPLICATE_OF, MATCHES)} | dict(dropped)
-    total = sum(by_reason.values())
-    return {
-        "kept": rows - total,
-        "dropped": total,
-        "dropped_by_reason": by_reason,
-        "files_rewritten": files,
-    }
+@dataclass(frozen=True)
+class Decided:
+    """What a rewrite decided: its rows, the dropped ones by reason, the files."""
+
+    rows: int = 0
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+    files: int = 1
+
+    def __add__(self, other: Decided) -> Decided:
+        return Decided(
+            self.rows + other.rows, self.dropped + other.dropped, self.files + other.files
+        )
+
+    def describe(self) -> dict:
+        """What the summary says of the decisions."""
+        by_reason = {kind: self.dropped.get(kind, 0) for kind in (DUPLICATE_OF, MATCHES)}
+        total = sum(by_reason.values())
+        return {
+            "kept": self.rows - total,
+            "dropped": total,
+            "dropped_by_reason": by_reason,
+            "files_rewritten": self.files,
+        }
+
+
+def _total(decided: Iterable[Decided]) -> Decided:
+    return sum(decided, Decided(files=0))
 
 
 class KeepDecisions(OptionalOutput):
@@ -148,33 +173,23 @@ class KeepDecisions(OptionalOutput):
         rewritten = (
             {"file": files | "Each file" >> beam.Map(lambda path: (path, None)), "dropped": by_file}
             | "By file" >> beam.CoGroupByKey()
-            | "Write decisions" >> beam.ParDo(WriteDecisionsFn(target))
-        )
-        dropped = by_file | "Dropped" >> beam.Values()
-        kinds = (
-            dropped
-            | "Reason kinds" >> beam.Map(lambda row: reason_kind(row[1]))
-            | "Count kinds" >> beam.combiners.Count.PerElement()
-        )
-        description = (
-            files.pipeline
-            | "Start description" >> beam.Create([None])
-            | "Describe"
-            >> beam.Map(
-                describe,
-                beam.pvalue.AsSingleton(rows | "Count rows" >> beam.combiners.Count.Globally()),
-                beam.pvalue.AsList(kinds),
-                beam.pvalue.AsSingleton(
-                    rewritten | "Count files" >> beam.combiners.Count.Globally()
-                ),
+            | "Write decisions"
+            >> beam.ParDo(WriteDecisionsFn(target)).with_outputs(
+                WriteDecisionsFn.COUNTS, main="files"
             )
         )
+        description = (
+            rewritten[WriteDecisionsFn.COUNTS]
+            | "Count" >> beam.CombineGlobally(_total)
+            | "Describe" >> beam.Map(Decided.describe)
+        )
+        dropped = by_file | "Dropped" >> beam.Values()
         run_id = target.run_id
-        ours = rewritten | "This run's files" >> beam.Filter(
+        ours = rewritten.files | "This run's files" >> beam.Filter(
             lambda path: run_of_shard(path) == run_id
         )
         return {
-            "files": rewritten,
+            "files": rewritten.files,
             "record_files": ours,
             "dropped": dropped,
             "description": description,
