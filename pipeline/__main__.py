@@ -1,5 +1,6 @@
 """python -m pipeline: see pipeline.cli."""
 
 from pipeline.cli import main
+from pipeline.console.exiting import exit_now
 
-raise SystemExit(main())
+exit_now(main())

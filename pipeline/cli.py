@@ -15,6 +15,7 @@ import json  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 
 from pipeline.console import hidden_chatter, result_lines, shown_progress  # noqa: E402
+from pipeline.console.exiting import exit_now  # noqa: E402
 from pipeline.inputs import InputError  # noqa: E402
 from pipeline.job import run  # noqa: E402
 from pipeline.models import WeightsUnavailableError  # noqa: E402
@@ -57,3 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("\n".join(result_lines(summary, steady_rate)))
     return 0
+
+
+def entry() -> None:
+    """The embed-images command: main, then exit at once (console.exiting)."""
+    exit_now(main())

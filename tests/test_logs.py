@@ -49,3 +49,30 @@ def test_beams_memory_warning_is_dropped_and_other_warnings_are_kept():
     noise = record("Resource module is not available for current platform, memory usage ...")
     assert not BeamNoiseFilter().filter(noise)
     assert BeamNoiseFilter().filter(record("Resource exhausted: OOM when allocating tensor"))
+
+
+def test_exit_now_runs_the_exit_handlers_and_flushes_before_leaving(tmp_path):
+    """A command ends through console.exiting.exit_now: its code, everything it printed
+    (a megabyte through a pipe, buffered), and the exit handlers' work are all there."""
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    marker = tmp_path / "handler-ran"
+    code = (
+        "import atexit, logging, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "from pipeline.console.exiting import exit_now\n"
+        "sys.stdout.write('x' * 2**20)\n"
+        "logging.getLogger('t').warning('last line')\n"
+        "exit_now(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "x" * 2**20
+    assert done.stderr.endswith("last line\n")
+    assert marker.read_text() == "ran"

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.console import hidden_chatter
+from pipeline.console.exiting import exit_now
 from pipeline.options import OneLineParser
 from pipeline.search.query import embed_image, embed_text
 from pipeline.search.recorded import SearchError, read_recorded
@@ -145,5 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The search-images command: main, then exit at once (console.exiting)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
