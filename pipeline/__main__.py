@@ -1,6 +1,6 @@
 """python -m pipeline: see pipeline.cli."""
 
 from pipeline.cli import main
-from pipeline.console.exiting import exit_now
+from pipeline.console import exit_now
 
 exit_now(main())

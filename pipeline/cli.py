@@ -14,8 +14,7 @@ logs.quiet_environment(logs.flag_given(sys.argv[1:], "verbose"))
 import json  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 
-from pipeline.console import hidden_chatter, result_lines, shown_progress  # noqa: E402
-from pipeline.console.exiting import exit_now  # noqa: E402
+from pipeline.console import exit_now, hidden_chatter, result_lines, shown_progress  # noqa: E402
 from pipeline.inputs import InputError  # noqa: E402
 from pipeline.job import run  # noqa: E402
 from pipeline.models import WeightsUnavailableError  # noqa: E402

@@ -101,6 +101,8 @@ def read_decisions(paths: list[str]) -> dict[str, tuple[bool, str | None]]:
     return {row["uri"]: (row["keep"], row["drop_reason"]) for row in rows}
 
 
+# slow: FindSimilar with every near-duplicate round and CompareWith in one pipeline (6-9 s).
+@pytest.mark.slow
 def test_the_kept_set_is_numpys_and_nothing_is_dropped_beyond_the_threshold(tmp_path):
     ours, sizes, planted = planted_duplicates(seed=2)
     theirs, copied = theirs_from(ours, planted, np.random.default_rng(4))

@@ -7,8 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from pipeline.console import hidden_chatter
-from pipeline.console.exiting import exit_now
+from pipeline.console import exit_now, hidden_chatter
 from pipeline.options import OneLineParser
 from pipeline.search.query import embed_image, embed_text
 from pipeline.search.recorded import SearchError, read_recorded
