@@ -92,9 +92,11 @@ def build_pipeline(
     failures = tuple(step["failed"] for step in steps) | "All failures" >> beam.Flatten()
     dead_letter = failures | "Dead letter" >> WriteFailures(plan.target.stage, run_id)
 
+    # A run that decides what to keep stages its record files once decided (KeepDecisions).
+    record_files = [] if plan.columns.curated else [stored["files"]]
     run = RunOutputs(
         {"embeddings": embeddings, "failures": failures, **stored, "earlier": earlier},
-        staged=[stored["files"], dead_letter],
+        staged=[*record_files, dead_letter],
     )
     described = run.add([output for output in plan.outputs if not run.waits(output)])
     counts = {name: read[name] for name in ("rows", "duplicates", "skipped")}
@@ -154,9 +156,6 @@ class RunOutputs:
             made = dict(reads | output.step >> output)
             if "files" in made:
                 self._staged.append(made.pop("files"))
-            if "record_files" in made:
-                # The stored files rewritten (KeepDecisions): later outputs read these.
-                self._made["files"] = made.pop("record_files")
             if "description" in made:
                 described[output.name] = made.pop("description")
             self._made |= made

@@ -184,6 +184,7 @@ class RunPlan:
                 opts.vector_search_crowding_column,
                 opts.num_shards,
                 self.columns.scores,
+                self.columns.labelled,
             ),
         )
 

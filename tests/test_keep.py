@@ -111,9 +111,9 @@ def test_the_kept_set_is_numpys_and_nothing_is_dropped_beyond_the_threshold(tmp_
     target = RunTarget(str(output), KEEP_RUN)
     our_uris = [uri(i) for i in range(len(ours))]
     their_uris = [f"gs://theirs/{index:05d}.jpg" for index in range(len(theirs))]
-    # This run's staged shards, as the store leaves them: keep and drop_reason not decided.
+    # This run's shards as the store leaves them, undecided: keep and drop_reason empty.
     stage = output / "_runs" / KEEP_RUN
-    originals = store_shards(stage, our_uris, ours, sizes, KEEP_RUN, curated=True)
+    originals = store_shards(Path(target.undecided), our_uris, ours, sizes, KEEP_RUN, curated=True)
     assert pq.read_table(originals[0]).column("keep").null_count > 0
     before = {path: pq.read_table(path) for path in originals}
     store_shards(other, their_uris, theirs, np.full((len(theirs), 2), 100), RUN)
@@ -134,7 +134,9 @@ def test_the_kept_set_is_numpys_and_nothing_is_dropped_beyond_the_threshold(tmp_
         } | KeepDecisions(target)
         _ = made["description"] | beam.Map(lambda d: described.write_text(json.dumps(d)))
 
-    decisions = read_decisions(originals)
+    decided = sorted(glob.glob(str(stage / "embeddings" / "*.parquet")))
+    assert [Path(path).name for path in decided] == [Path(path).name for path in originals]
+    decisions = read_decisions(decided)
     expected = reference(ours, sizes, theirs, their_uris)
     found_dropped = {name: why for name, (keep, why) in decisions.items() if not keep}
     assert found_dropped == expected
@@ -157,9 +159,11 @@ def test_the_kept_set_is_numpys_and_nothing_is_dropped_beyond_the_threshold(tmp_
         else:
             assert union[row, len(ours) + their_uris.index(other_uri)] >= THRESHOLD - TOLERANCE
 
-    # Every other column as it was, row for row; the metadata too.
-    for path, table in before.items():
-        rewritten = pq.read_table(path)
+    # Every other column as it was, row for row; the metadata too; the undecided files
+    # (which the searches read) untouched.
+    for (path, table), written in zip(before.items(), decided, strict=True):
+        assert pq.read_table(path).equals(table)
+        rewritten = pq.read_table(written)
         assert rewritten.schema.metadata == table.schema.metadata
         assert rewritten.drop(["keep", "drop_reason"]).equals(table.drop(["keep", "drop_reason"]))
     by_reason = {"duplicate_of": 0, "matches": 0}
@@ -222,3 +226,45 @@ def test_an_npy_index_gets_its_decisions_in_place(tmp_path, decided_before):
     assert [row["note"] for row in written] == ["x", "line\nbreak"]
     assert list(written[0])[-2:] == ["keep", "drop_reason"]
     assert glob.glob(str(tmp_path / ".*")) == [], "a partial file was left"
+
+
+def test_decided_rows_read_back_whole_from_either_format(tmp_path):
+    """What the Vector Search files are written from once decided: every column of a
+    row, labels and scores included, and its drop reason; an index name that leaves
+    embeddings/ is refused."""
+    from pipeline.common import ImageKey, Labels, UnsafeNameError
+    from pipeline.outputs.sinks import parquet_row, parquet_schema
+
+    columns = RowColumns(kept=("sku",), labelled=True, scores=("aesthetic",), curated=True)
+    labels = Labels("cat", 0.75, ("cat", "dog"), (0.75, 0.25))
+    key = ImageKey("gs://b/a.jpg", 4, 3, columns=("SKU-1",), labels=labels, scores=(6.5,))
+    vector = np.array([0.1, -2.0, 3.5], np.float32)
+    row = parquet_row((key, vector), columns, "m", RUN)
+    parquet = tmp_path / "shard.parquet"
+    pq.write_table(pa.Table.from_pylist([row], parquet_schema((3,), {}, columns)), parquet)
+    FORMATS["parquet"].write_decisions(str(parquet), str(parquet), {key.uri: "matches:x"})
+
+    (tmp_path / "embeddings" / RUN).mkdir(parents=True)
+    np.save(tmp_path / "embeddings" / RUN / "a.npy", vector)
+    index = tmp_path / "embeddings-index.csv"
+    header = ["uri", "file", "width", "height", "datapoint_id", *columns.names]
+    line = [key.uri, f"{RUN}/a.npy", "4", "3", key.uri, "cat", "0.75", '["cat","dog"]',
+            "[0.75,0.25]", "6.5", "SKU-1", "false", "matches:x"]  # fmt: skip
+    with open(index, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, line])
+
+    from pipeline.outputs.rows import ReadNpyRowsFn, parquet_columns, parquet_stored_row
+
+    # As ReadAllFromParquet gives each row: a dict of the columns asked for.
+    [parquet_dict] = pq.read_table(parquet, columns=parquet_columns(columns)).to_pylist()
+    [from_npy] = ReadNpyRowsFn(str(tmp_path), columns).process(str(index))
+    for stored in (parquet_stored_row(parquet_dict, columns), from_npy):
+        assert stored.key == key and stored.key.columns == key.columns
+        assert (stored.key.labels, stored.key.scores) == (labels, key.scores)
+        assert np.array_equal(stored.embedding, vector) and stored.drop_reason == "matches:x"
+
+    line[1] = "../outside.npy"
+    with open(index, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, line])
+    with pytest.raises(UnsafeNameError):
+        list(ReadNpyRowsFn(str(tmp_path), columns).process(str(index)))

@@ -18,12 +18,14 @@ import numpy as np
 from pipeline.common import ImageKey
 from pipeline.outputs import (
     DROP_REASON,
+    FORMATS,
     KEEP,
     RUN_ID_PATTERN,
     STAGED_VECTORS,
     VECTORS,
     FileKind,
     OptionalOutput,
+    RowColumns,
     RunTarget,
     WriteRunShards,
     datapoint_id,
@@ -41,21 +43,6 @@ MAX_FILES = 5000
 
 
 @dataclass(frozen=True)
-class Decision:
-    """Whether a datapoint is kept (KeepDecisions): the reason it is not, or ""."""
-
-    reason: str = ""
-
-
-def with_decision(joined: tuple[str, dict]):
-    """(uri, {stored, dropped}) to (keyed embedding, Decision) for the stored image."""
-    _, found = joined
-    reasons = list(found["dropped"])
-    for keyed in found["stored"]:
-        yield keyed, Decision(reasons[0] if reasons else "")
-
-
-@dataclass(frozen=True)
 class VectorSearchSettings:
     """The Vector Search files a run writes: the folder (--vector_search_output), the
     kept columns as restricts, the crowding column, the shard count, and the score
@@ -66,6 +53,7 @@ class VectorSearchSettings:
     crowding_column: str = ""
     num_shards: int = 0
     scores: tuple[str, ...] = ()
+    labelled: bool = False  # --zero_shot_labels: the stored rows hold labels
 
 
 def datapoint_line(
@@ -73,12 +61,13 @@ def datapoint_line(
     keep_columns: tuple[str, ...],
     crowding_column: str,
     scores: tuple[str, ...] = (),
-    decision: Decision | None = None,
+    drop_reason: str | None = None,
 ) -> str:
     """One datapoint: id, embedding, a restrict for its best label (namespace `label`,
-    with --zero_shot_labels) and per kept column, `keep` (`true` or `false`) and the
-    `drop_reason` of a row not kept where decided (decision), a numeric restrict per
-    score (its head's name, value_float), the crowding tag."""
+    with --zero_shot_labels) and per kept column, where the run decided what to keep
+    (drop_reason not None) `keep` (`true` or `false`) and a row's `drop_reason` ("" when
+    kept), a numeric restrict per score (its head's name, value_float), the crowding
+    tag."""
     key, embedding = keyed
     # 9 significant digits give back every float32 exactly, at half the length of a
     # float64's shortest form.
@@ -92,10 +81,10 @@ def datapoint_line(
         {"namespace": name, "allow": [value]}
         for name, value in zip(keep_columns, key.columns, strict=True)
     ]
-    if decision is not None:
-        restricts.append({"namespace": KEEP, "allow": ["false" if decision.reason else "true"]})
-        if decision.reason:
-            restricts.append({"namespace": DROP_REASON, "allow": [decision.reason]})
+    if drop_reason is not None:
+        restricts.append({"namespace": KEEP, "allow": ["false" if drop_reason else "true"]})
+        if drop_reason:
+            restricts.append({"namespace": DROP_REASON, "allow": [drop_reason]})
     if restricts:
         fields.append(f'"restricts":{json.dumps(restricts, ensure_ascii=False)}')
     if scores:
@@ -123,14 +112,14 @@ def foreign_files(folder: str, paths: list[str]) -> list[str]:
 
 class WriteVectorSearch(OptionalOutput):
     """The stored (ImageKey, embedding)s to FOLDER/vectors-RUN-SSSSS-of-NNNNN.json (FOLDER:
-    the run's staged copy of the Vector Search folder), with their keep decisions where
-    the run made them (`dropped`, KeepDecisions); gives the names written as `files` and
-    a `description`."""
+    the run's staged copy of the Vector Search folder); where the run decided what to
+    keep, this run's decided record files instead (`decided`, KeepDecisions), with their
+    decisions. Gives the names written as `files` and a `description`."""
 
     name = "vector_search"
     step = "Vector Search files"
     file_kinds = (FileKind(VECTORS, ".json", in_vectors=True),)
-    reads = ("stored", "embedded", "dropped")
+    reads = ("stored", "embedded", "decided")
 
     def __init__(self, target: RunTarget, settings: VectorSearchSettings):
         super().__init__()
@@ -141,24 +130,24 @@ class WriteVectorSearch(OptionalOutput):
         self._crowding_column = settings.crowding_column
         self._num_shards = settings.num_shards
         self._scores = settings.scores
+        self._labelled = settings.labelled
+        self._output = target.output
+        self._format = target.output_format
 
     def final_files(self) -> dict[str, str]:
         return {self.name: vector_files(self._final_folder)}
 
     def expand(self, run: dict[str, beam.PCollection]):
         settings = (self._keep_columns, self._crowding_column, self._scores)
-        if "dropped" in run:
-            # What to keep was decided: each datapoint meets its decision by URI.
-            decided = (
-                {
-                    "stored": run["stored"] | "By URI" >> beam.Map(lambda kv: (kv[0].uri, kv)),
-                    "dropped": run["dropped"],
-                }
-                | "With decisions" >> beam.CoGroupByKey()
-                | "Decisions" >> beam.FlatMap(with_decision)
+        if "decided" in run:
+            # What to keep was decided after the store: the datapoints are read back from
+            # the decided record files, rather than every embedding held until then.
+            columns = RowColumns(self._keep_columns, self._labelled, self._scores, curated=True)
+            rows = run["decided"] | "Read decided rows" >> FORMATS[self._format].read_rows(
+                self._output, columns
             )
-            lines = decided | "To datapoints" >> beam.MapTuple(
-                lambda keyed, decision: datapoint_line(keyed, *settings, decision)
+            lines = rows | "To datapoints" >> beam.Map(
+                lambda row: datapoint_line((row.key, row.embedding), *settings, row.drop_reason)
             )
         else:
             lines = run["stored"] | "To datapoints" >> beam.Map(datapoint_line, *settings)

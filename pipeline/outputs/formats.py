@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.common import csv_line, csv_records, read_json, replacing
+from pipeline.common import csv_line, csv_records, path_inside, read_json, replacing
 from pipeline.outputs.columns import DROP_REASON, KEEP, KEEP_COLUMNS, KEEP_TYPES, RowColumns
 from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
@@ -30,6 +30,7 @@ from pipeline.outputs.naming import (
     run_of_shard,
 )
 from pipeline.outputs.provenance import Provenance
+from pipeline.outputs.rows import ReadNpyRowsFn, parquet_columns, parquet_stored_row
 from pipeline.outputs.sinks import (
     NPY_INDEX_COLUMNS,
     PARQUET_COLUMNS,
@@ -92,6 +93,10 @@ class EmbeddingFormat(abc.ABC):
         """Names of stored files (the store's `files`, or record_files) to StoredBatches."""
 
     @abc.abstractmethod
+    def read_rows(self, output: str, columns: RowColumns) -> beam.PTransform:
+        """Names of record files to a StoredRow (rows.py) per row, with columns."""
+
+    @abc.abstractmethod
     def uris_in(self, record_file: str) -> Iterator[str]:
         """The URIs one record file lists, read as a stream."""
 
@@ -137,7 +142,8 @@ class ParquetFormat(EmbeddingFormat):
 
     def store(self, target, provenance, num_shards, columns):
         schema = parquet_schema(provenance.embedding_shape, provenance.shard_metadata(), columns)
-        return WriteParquet(target.stage, target.run_id, schema, num_shards, columns)
+        stage = target.record_stage(columns.curated)
+        return WriteParquet(stage, target.run_id, schema, num_shards, columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{EMBEDDINGS}-*.parquet")
@@ -166,6 +172,11 @@ class ParquetFormat(EmbeddingFormat):
         return beam.io.ReadAllFromParquetBatched(
             columns=["uri", "embedding", "width", "height"]
         ) | "To matrices" >> beam.Map(_parquet_batch)
+
+    def read_rows(self, output, columns):
+        return beam.io.ReadAllFromParquet(columns=parquet_columns(columns)) | "Rows" >> beam.Map(
+            parquet_stored_row, columns
+        )
 
     def uris_in(self, record_file):
         with FileSystems.open(record_file) as handle:
@@ -224,7 +235,8 @@ class ReadNpyFn(beam.DoFn):
 
     def process(self, record: list[str]):
         uri, name, width, height = record[:4]
-        with FileSystems.open(output_path(self._directory, name)) as handle:
+        # The index is under --output: its names may not leave embeddings/.
+        with FileSystems.open(path_inside(self._directory, name)) as handle:
             embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
         yield StoredBatch([uri], embedding.reshape(1, -1), np.array([[int(width), int(height)]]))
 
@@ -238,7 +250,8 @@ class NpyFormat(EmbeddingFormat):
     file_kinds = (FileKind(NPY_INDEX, ".csv", kept_by_increments=True),)
 
     def store(self, target, provenance, num_shards, columns):
-        return WriteNpy(target.output, target.stage, target.run_id, num_shards, columns)
+        stage = target.record_stage(columns.curated)
+        return WriteNpy(target.output, stage, target.run_id, num_shards, columns)
 
     def embedding_files(self, output):
         return output_path(output, f"{NPY_DIRECTORY}/*/*.npy")
@@ -272,6 +285,9 @@ class NpyFormat(EmbeddingFormat):
             | "Spread records" >> beam.Reshuffle()
             | "Read .npy" >> beam.ParDo(ReadNpyFn(output_path(output, NPY_DIRECTORY)))
         )
+
+    def read_rows(self, output, columns):
+        return "Index rows" >> beam.ParDo(ReadNpyRowsFn(output, columns))
 
     def uris_in(self, record_file):
         for record in csv_records(record_file, skip_header=True):

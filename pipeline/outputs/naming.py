@@ -28,6 +28,9 @@ COORDINATES = "map-coordinates"  # map-coordinates-RUN-SSSSS-of-NNNNN.csv
 MAP_PNG = "map.png"
 REPORT_HTML = "report.html"
 SUMMARY = "summary.json"
+# _runs/RUN/undecided/: where a run that decides what to keep stores its record files
+# before their keep and drop_reason are written (pipeline/similarity/keep.py).
+UNDECIDED = "undecided"
 LEASE = "_lease.json"  # held by the one run writing the output (pipeline/run/lease.py)
 # What a passed run's publish renames and deletes, written before the first rename and
 # removed after the last delete (pipeline/outputs/journal.py).

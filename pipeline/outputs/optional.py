@@ -29,9 +29,7 @@ class OptionalOutput(beam.PTransform):
       passed      one element once the run has passed its check and every file is staged
     and whatever an earlier output gave (neighbors, groups).
     Output: a dict of `files` (the names it staged in the run's folder), `description`
-    (one dict the run records under `name`) or both, and what a later output reads;
-    `record_files`, from an output that rewrites the stored files, replaces `files` for
-    the outputs after it.
+    (one dict the run records under `name`) or both, and what a later output reads.
     `final_files`: what the summary lists under "outputs" for it, by name. `step`: its
     step's name in the job graph. `file_kinds`: the kinds of file it publishes, which
     each run's publish replaces (whether or not that run writes the output).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.outputs.naming import EMBEDDINGS, run_folder, shard_prefix
+from pipeline.outputs.naming import EMBEDDINGS, UNDECIDED, output_path, run_folder, shard_prefix
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,16 @@ class RunTarget:
     def stage(self) -> str:
         """The run's own folder, where it writes everything before the verdict."""
         return run_folder(self.output, self.run_id)
+
+    @property
+    def undecided(self) -> str:
+        """Where a run that decides what to keep stores its record files first; the
+        decided ones go to the stage, and these are never published."""
+        return output_path(self.stage, UNDECIDED)
+
+    def record_stage(self, curated: bool) -> str:
+        """Where the store writes the record files: undecided when curated."""
+        return self.undecided if curated else self.stage
 
     @property
     def staged_shards(self) -> str:

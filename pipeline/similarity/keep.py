@@ -1,6 +1,5 @@
 """What to keep: every stored row's keep and drop_reason, from the near-duplicate groups
-and the matches in another output, written into the record files before anything reads
-them for a destination.
+and the matches in another output, written into the record files that the run publishes.
 
 The rule: an image with a match in the other output is dropped (`matches:<its most
 similar match>`); so is every member of a near-duplicate group but its representative
@@ -8,11 +7,13 @@ similar match>`); so is every member of a near-duplicate group but its represent
 threshold of its representative and a matched image of its match, so nothing is dropped
 further than the threshold from its reason's image.
 
-Decisions meet rows by URI (one shuffle of URIs, not of embeddings), then each record
-file's dropped rows meet the file, which is rewritten whole (formats.write_decisions):
-this run's staged files in place, and with --skip_existing every earlier run's record
-file too, into the stage under its own name, since a new image can change an earlier
-one's decision. No side input grows with the collection.
+The store writes this run's record files to the run's undecided/ folder, which the
+searches read. Decisions meet rows by URI (one shuffle of URIs, not of embeddings), then
+each record file's dropped rows meet the file, which is written whole, decided, to the
+stage under its own name (formats.write_decisions): so no file is ever replaced while a
+step may read it. With --skip_existing every earlier run's record file is written so
+too, since a new image can change an earlier one's decision, and published over the
+old one. No side input grows with the collection.
 """
 
 from __future__ import annotations
@@ -73,25 +74,28 @@ class RecordUrisFn(beam.DoFn):
 
 
 class WriteDecisionsFn(beam.DoFn):
-    """(record file, {file, dropped}) to the file rewritten with its decisions; yields the
-    staged name, and (tagged COUNTS) its rows and dropped rows by reason. A file under
-    the stage is rewritten in place; an earlier run's published one goes to the stage
-    under the same name, published over it with this run."""
+    """(record file, {file, dropped}) to the file written with its decisions; yields the
+    staged name, and (tagged COUNTS) its rows and dropped rows by reason. This run's
+    undecided file and an earlier run's published one both go to the stage under their
+    own names (the earlier one published over the old)."""
 
     COUNTS = "counts"
 
     def __init__(self, target: RunTarget):
         self._format = FORMATS[target.output_format]
         self._output = target.output
+        self._undecided = target.undecided
         self._stage = target.stage
         self._rewritten = counter("keep_files_rewritten")
 
     def destination(self, path: str) -> str:
+        """Where path's decided copy is staged: its name under undecided/ (this run's) or
+        under the output (an earlier run's), in the stage."""
         try:
-            relative_name(self._stage, path)
+            name = relative_name(self._undecided, path)
         except ValueError:
-            return output_path(self._stage, relative_name(self._output, path))
-        return path
+            name = relative_name(self._output, path)
+        return output_path(self._stage, name)
 
     def process(self, joined: tuple[str, dict]):
         progress.begin("deciding what to keep")
@@ -139,11 +143,10 @@ def _total(decided: Iterable[Decided]) -> Decided:
 class KeepDecisions(OptionalOutput):
     """Every stored row's keep and drop_reason, written into the record files.
 
-    Reads `files` (this run's stored files) and what the searches gave: `duplicate_of`
-    (FindSimilar) and `matched` (CompareWith). Gives `files` (the record files rewritten,
-    all in the stage), `record_files` (this run's among them, once rewritten: what the
-    outputs after it read as `files`, never a file while it is replaced), `dropped`
-    ((uri, reason) for every row not kept) and a `description`.
+    Reads `files` (this run's stored files, undecided) and what the searches gave:
+    `duplicate_of` (FindSimilar) and `matched` (CompareWith). Gives `files` (every record
+    file written decided, all in the stage), `decided` (this run's among them) and a
+    `description`.
     """
 
     name = "keep"
@@ -183,17 +186,11 @@ class KeepDecisions(OptionalOutput):
             | "Count" >> beam.CombineGlobally(_total)
             | "Describe" >> beam.Map(Decided.describe)
         )
-        dropped = by_file | "Dropped" >> beam.Values()
         run_id = target.run_id
         ours = rewritten.files | "This run's files" >> beam.Filter(
             lambda path: run_of_shard(path) == run_id
         )
-        return {
-            "files": rewritten.files,
-            "record_files": ours,
-            "dropped": dropped,
-            "description": description,
-        }
+        return {"files": rewritten.files, "decided": ours, "description": description}
 
 
 def _reason(found: tuple[str, str], name: str) -> tuple[str, str]:
