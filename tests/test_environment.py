@@ -73,7 +73,7 @@ def test_the_runtime_lock_is_the_dev_locks_runtime_part_and_keeps_the_top_level_
     runtime, dev = pinned(RUNTIME_LOCK), pinned(DEV_LOCK)
     assert {name: dev.get(name) for name in runtime} == runtime
     top = top_level_pins((REPO / "requirements.txt").read_text())
-    assert len(top) == 12
+    assert len(top) == 13
     assert {name: runtime.get(name) for name in top} == top
     dev_top = top_level_pins((REPO / "requirements-dev.txt").read_text())
     assert {name: dev.get(name) for name in dev_top} == dev_top

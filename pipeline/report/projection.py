@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import scipy.linalg
 
 # Rows are gathered into one matrix product: one np.outer per embedding would cost a
 # Python call and a d x d temporary each.
@@ -106,8 +107,14 @@ def principal_components(moments: Moments, dimensions: int = 2) -> Projection | 
         return None
     mean = moments.total / count
     covariance = (moments.second - count * np.outer(mean, mean)) / max(count - 1, 1)
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    order = np.argsort(eigenvalues)[::-1][:dimensions]
+    # Only the top `dimensions` eigenpairs (LAPACK's syevr): about half of a full
+    # decomposition's time on a 2048 x 2048 covariance.
+    size = len(covariance)
+    wanted = min(dimensions, size)
+    eigenvalues, eigenvectors = scipy.linalg.eigh(
+        covariance, subset_by_index=[size - wanted, size - 1]
+    )
+    order = np.argsort(eigenvalues)[::-1]
     components = eigenvectors[:, order].T
     largest = np.argmax(np.abs(components), axis=1)
     signs = np.sign(components[np.arange(len(order)), largest])
