@@ -253,11 +253,12 @@ def test_decided_rows_read_back_whole_from_either_format(tmp_path):
     with open(index, "w", newline="") as handle:
         csv.writer(handle).writerows([header, line])
 
-    from pipeline.outputs.rows import ReadNpyRowsFn, parquet_columns, parquet_stored_row
+    from pipeline.outputs.rows import ReadNpyRowFn, index_rows, parquet_columns, parquet_stored_row
 
     # As ReadAllFromParquet gives each row: a dict of the columns asked for.
     [parquet_dict] = pq.read_table(parquet, columns=parquet_columns(columns)).to_pylist()
-    [from_npy] = ReadNpyRowsFn(str(tmp_path), columns).process(str(index))
+    [line_read] = index_rows(str(index), columns)
+    [from_npy] = ReadNpyRowFn(str(tmp_path), columns).process(line_read)
     for stored in (parquet_stored_row(parquet_dict, columns), from_npy):
         assert stored.key == key and stored.key.columns == key.columns
         assert (stored.key.labels, stored.key.scores) == (labels, key.scores)
@@ -267,4 +268,5 @@ def test_decided_rows_read_back_whole_from_either_format(tmp_path):
     with open(index, "w", newline="") as handle:
         csv.writer(handle).writerows([header, line])
     with pytest.raises(UnsafeNameError):
-        list(ReadNpyRowsFn(str(tmp_path), columns).process(str(index)))
+        [line_read] = index_rows(str(index), columns)
+        list(ReadNpyRowFn(str(tmp_path), columns).process(line_read))

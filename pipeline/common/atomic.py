@@ -20,19 +20,15 @@ def write_atomically(path: str, data: bytes) -> None:
         with FileSystems.create(path) as handle:
             handle.write(data)
         return
-    directory, name = posixpath.split(path)
-    partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
-    with FileSystems.create(partial) as handle:
+    with replacing(path) as handle:
         handle.write(data)
-    FileSystems.rename([partial], [path])
 
 
 @contextlib.contextmanager
 def replacing(path: str) -> Iterator[BinaryIO]:
     """A handle to stream path's new content into: it is written beside path and renamed
-    over it once whole, so path can be read while its replacement is written (an object
-    store's upload to the same name would not allow that). A failed write leaves path as
-    it was."""
+    over it once whole, so that path shows the old file or the whole new one, and may be
+    the file being read. A failed write leaves path as it was."""
     directory, name = posixpath.split(path)
     partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
     try:

@@ -4,7 +4,6 @@ which files hold them, and how later steps (--skip_existing, --map) read them ba
 from __future__ import annotations
 
 import abc
-import io
 from collections.abc import Iterator, Mapping
 from contextlib import closing
 from typing import Any, NamedTuple
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.common import csv_line, csv_records, path_inside, read_json, replacing
+from pipeline.common import csv_line, csv_records, read_json, replacing
 from pipeline.outputs.columns import DROP_REASON, KEEP, KEEP_COLUMNS, KEEP_TYPES, RowColumns
 from pipeline.outputs.kinds import FileKind
 from pipeline.outputs.naming import (
@@ -30,7 +29,13 @@ from pipeline.outputs.naming import (
     run_of_shard,
 )
 from pipeline.outputs.provenance import Provenance
-from pipeline.outputs.rows import ReadNpyRowsFn, parquet_columns, parquet_stored_row
+from pipeline.outputs.rows import (
+    ReadNpyRowFn,
+    index_rows,
+    load_npy,
+    parquet_columns,
+    parquet_stored_row,
+)
 from pipeline.outputs.sinks import (
     NPY_INDEX_COLUMNS,
     PARQUET_COLUMNS,
@@ -235,9 +240,7 @@ class ReadNpyFn(beam.DoFn):
 
     def process(self, record: list[str]):
         uri, name, width, height = record[:4]
-        # The index is under --output: its names may not leave embeddings/.
-        with FileSystems.open(path_inside(self._directory, name)) as handle:
-            embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        embedding = load_npy(self._directory, name)
         yield StoredBatch([uri], embedding.reshape(1, -1), np.array([[int(width), int(height)]]))
 
 
@@ -287,7 +290,12 @@ class NpyFormat(EmbeddingFormat):
         )
 
     def read_rows(self, output, columns):
-        return "Index rows" >> beam.ParDo(ReadNpyRowsFn(output, columns))
+        return (
+            "Index rows" >> beam.FlatMap(index_rows, columns)
+            # As read_batches: the .npy reads are spread over the workers.
+            | "Spread rows" >> beam.Reshuffle()
+            | "Read .npy rows" >> beam.ParDo(ReadNpyRowFn(output, columns))
+        )
 
     def uris_in(self, record_file):
         for record in csv_records(record_file, skip_header=True):

@@ -54,22 +54,32 @@ def parquet_stored_row(row: dict, columns: RowColumns) -> StoredRow:
     return StoredRow(_key(row, columns), embedding, row[DROP_REASON] or "")
 
 
-class ReadNpyRowsFn(beam.DoFn):
-    """An .npy index file to a StoredRow per line, each .npy read from the output."""
+def load_npy(directory: str, name: str) -> np.ndarray:
+    """The array an index names (relative to embeddings/, directory): the index is under
+    --output, so its names may not leave the folder, and nothing is unpickled."""
+    with FileSystems.open(path_inside(directory, name)) as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+
+
+def index_rows(index_file: str, columns: RowColumns):
+    """An .npy index file's lines as dicts by column name (the label lists parsed)."""
+    records = csv_records(index_file)
+    header = next(records, [])
+    for record in records:
+        row = dict(zip(header, record, strict=True))
+        if columns.labelled:
+            row["labels_top"] = json.loads(row["labels_top"])
+            row["labels_top_scores"] = json.loads(row["labels_top_scores"])
+        yield row
+
+
+class ReadNpyRowFn(beam.DoFn):
+    """An .npy index line (index_rows) to a StoredRow, its .npy read from the output."""
 
     def __init__(self, output: str, columns: RowColumns):
         self._directory = output_path(output, NPY_DIRECTORY)
         self._columns = columns
 
-    def process(self, index_file: str):
-        records = csv_records(index_file)
-        header = next(records, [])
-        for record in records:
-            row = dict(zip(header, record, strict=True))
-            if self._columns.labelled:
-                row["labels_top"] = json.loads(row["labels_top"])
-                row["labels_top_scores"] = json.loads(row["labels_top_scores"])
-            # The index is under --output: its names may not leave embeddings/.
-            with FileSystems.open(path_inside(self._directory, row["file"])) as handle:
-                embedding = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-            yield StoredRow(_key(row, self._columns), embedding, row[DROP_REASON])
+    def process(self, row: dict):
+        embedding = load_npy(self._directory, row["file"])
+        yield StoredRow(_key(row, self._columns), embedding, row[DROP_REASON])

@@ -166,8 +166,8 @@ class KeepDecisions(OptionalOutput):
                 stored_format.record_files(target.output), target.earlier_runs
             )
         reasons = tuple(
-            run[name] | f"Reasons: {name}" >> beam.Map(_reason, name)
-            for name in ("duplicate_of", "matched")
+            run[name] | f"Reasons: {name}" >> beam.Map(_reason, kind)
+            for name, kind in _REASON_KINDS.items()
             if name in run
         ) | "Every reason" >> beam.Flatten(pipeline=files.pipeline)
         rows = files | "Rows' URIs" >> beam.ParDo(RecordUrisFn(target.output_format))
@@ -193,9 +193,10 @@ class KeepDecisions(OptionalOutput):
         return {"files": rewritten.files, "decided": ours, "description": description}
 
 
-def _reason(found: tuple[str, str], name: str) -> tuple[str, str]:
-    """(uri, the other image) from FindSimilar's duplicate_of or CompareWith's matched
-    (name) to (uri, its drop reason)."""
+# What each search gives, (uri, the other image), and the reason it makes.
+_REASON_KINDS = {"duplicate_of": DUPLICATE_OF, "matched": MATCHES}
+
+
+def _reason(found: tuple[str, str], kind: str) -> tuple[str, str]:
     uri, other = found
-    kind = DUPLICATE_OF if name == "duplicate_of" else MATCHES
     return uri, f"{kind}:{other}"

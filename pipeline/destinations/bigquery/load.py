@@ -123,16 +123,18 @@ class TableLoad:
             for name in (EMBEDDINGS, LEGACY_EMBEDDINGS)
         ]
         existing = self._get_table(bq)
-        plan = plan_load(
-            existing,
-            None if self._rewrites_earlier else earlier_rows,
-            self._this_run_shards,
-            earlier_shards,
-            self._columns,
-            self._made,
-        )
         if self._rewrites_earlier:
-            plan = LoadPlan(plan.sources, True, "the run rewrote every row's keep decision")
+            reason = "the run rewrote every row's keep decision"
+            plan = LoadPlan([self._this_run_shards], True, reason)
+        else:
+            plan = plan_load(
+                existing,
+                earlier_rows,
+                self._this_run_shards,
+                earlier_shards,
+                self._columns,
+                self._made,
+            )
         # A run that wrote no shards (or an output without any) has nothing to load.
         plan = LoadPlan(loadable(plan.sources), plan.replace, plan.reason)
         mode = "replacing with" if plan.replace else "appending"
