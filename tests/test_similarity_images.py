@@ -32,10 +32,11 @@ from support import (
     summary,
     write_csv,
 )
+from vector_format import check_vector_search_folder
 
 from pipeline.job import check_earlier_outputs
 from pipeline.options import EmbeddingOptions, UsageError, parse_options
-from pipeline.outputs.naming import RUN_ID_PATTERN
+from pipeline.outputs.naming import RUN_ID_PATTERN, datapoint_id
 
 # Seven of the thirteen photographs. Left out, from a run over all thirteen with every
 # copy below: the brightened or bordered copies of the low-contrast textures and
@@ -385,7 +386,8 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
     assert len(earlier) == 1
     both = write_csv(tmp_path / "all.csv", everything)
     second_summary = embed(both, incremental, "--skip_existing", *grouping)
-    embed(both, fresh, *grouping)
+    vectors = tmp_path / "vectors"
+    embed(both, fresh, *grouping, "--vector_search_output", str(vectors))
 
     assert second_summary["embedded"] == len(second)
     assert second_summary["similarity"]["images"] == len(everything)
@@ -433,6 +435,17 @@ def test_a_skip_existing_run_searches_earlier_runs_images_too(family, tmp_path):
             expected[uri] = ("false", f"duplicate_of:{representatives[number]}")
         representatives.setdefault(number, uri)
     assert decided == expected
+    # The one run's Vector Search datapoints, read back from its decided .npy files,
+    # carry the same decisions and the same embeddings.
+    files = {str(path): path.read_bytes() for path in vectors.iterdir()}
+    points = check_vector_search_folder(files, str(vectors), dimensions=2048)
+    stored = npy_embeddings(fresh)
+    assert len(points) == len(everything)
+    for uri, (keep, why) in expected.items():
+        point = points[datapoint_id(uri)]
+        reason = [{"namespace": "drop_reason", "allow": [why]}] if why else []
+        assert point["restricts"] == [{"namespace": "keep", "allow": [keep]}, *reason]
+        assert np.array_equal(np.array(point["embedding"], np.float32), stored[uri])
     dropped = sum(1 for keep, _ in decided.values() if keep == "false")
     assert second_summary["keep"]["dropped"] == dropped > 0
     assert second_summary["keep"]["files_rewritten"] == len(glob.glob(str(
