@@ -1,7 +1,9 @@
 """The engines on this machine, with random weights: OpenVINO float32 and bfloat16 against
 TensorFlow float32 on the sample photographs (worst relative error, worst raw and
 mean-centred cosine), and images/s of a batch of 32 inferred by one OpenVINO request
-against the same batch split over the compiled model's streams (what the handler does).
+against the same batch split over the compiled model's streams (what the handler does),
+in bfloat16 and in float32: what --precision auto weighs (pipeline.models.engines,
+bfloat16_is_faster).
 
 Prints one line per figure; see docs/engine.md.
 """
@@ -68,6 +70,7 @@ def speed(model: str, batch: int, repeats: int) -> None:
     runs = {
         "one request, LATENCY hint": lambda: request.infer({0: images}),
         "split over streams, THROUGHPUT hint": OpenVinoEmbedder(function, "bfloat16").__call__,
+        "split over streams, THROUGHPUT hint, float32": OpenVinoEmbedder(function, "float32"),
         "tensorflow float32": function,
     }
     best = dict.fromkeys(runs, 0.0)
@@ -80,6 +83,18 @@ def speed(model: str, batch: int, repeats: int) -> None:
             best[name] = max(best[name], batch / (time.perf_counter() - started))
     for name, rate in best.items():
         print(f"{model} batch {batch}, {name}: {rate:.1f} images/s (best of {repeats})")
+    ratio = (
+        best["split over streams, THROUGHPUT hint"]
+        / best["split over streams, THROUGHPUT hint, float32"]
+    )
+    print(f"{model}: OpenVINO bfloat16 / float32, split over streams: {ratio:.2f}x")
+
+
+def cpu() -> str:
+    from pipeline.models.engines import cpu_flags, cpu_has_bf16
+
+    amx = "amx_bf16" in cpu_flags()
+    return f"CPU: OpenVINO BF16 {'yes' if cpu_has_bf16() else 'no'}, AMX {'yes' if amx else 'no'}"
 
 
 def main() -> None:
@@ -87,10 +102,13 @@ def main() -> None:
     parser.add_argument("--models", default="resnet50,efficientnet_b0,clip_vit_base_patch16")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--speed_models", default="resnet50", help="models timed, comma-separated")
     args = parser.parse_args()
+    print(cpu())
     for model in args.models.split(","):
         accuracy(model)
-    speed("resnet50", args.batch, args.repeats)
+    for model in args.speed_models.split(","):
+        speed(model, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

@@ -333,7 +333,7 @@ def test_matches_are_brute_force_over_both_outputs_and_the_counts_reconcile(comp
     expected = reference_rows(nearest, THRESHOLD)
     found = read_matches(output)
     # A pair within TOLERANCE of the threshold is on it: the stored embeddings (bfloat16
-    # where the CPU computes it) and float32 against float64 decide its side, so it may be
+    # where the CPU has AMX) and float32 against float64 decide its side, so it may be
     # written or not. Every other pair is as numpy says.
     on_threshold = {
         (uri, name)

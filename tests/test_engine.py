@@ -35,11 +35,14 @@ from pipeline.models.engines import (
     MIXED_FLOAT16_CPU_EMULATION,
     OPENVINO,
     TENSORFLOW,
+    CpuInfo,
     EngineUnavailableError,
     Resolved,
     TensorFlowEmbedder,
+    bfloat16_is_faster,
     choose,
     cpu_has_bf16,
+    cpu_info,
     gpu_details,
     make_embedder,
 )
@@ -129,19 +132,35 @@ def test_bfloat16_embeddings_point_where_float32_ones_do(name, presets):
     assert max(relative_error(a, e) for a, e in zip(got, reference, strict=True)) > 1e-4
 
 
-def test_auto_runs_openvino_on_a_cpu_in_bfloat16_where_the_cpu_has_it():
+def test_auto_runs_openvino_on_a_cpu_in_bfloat16_only_where_bfloat16_is_the_faster():
     if gpu_details():
         pytest.skip("a GPU is visible: auto runs TensorFlow here")
-    flags = (
-        set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else None
-    )
-    if flags is not None:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    words = set(text.split())
+    if words:
         # OpenVINO's own capability agrees with what the kernel reports.
-        assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
-    expected = BFLOAT16 if cpu_has_bf16() else FLOAT32
+        assert cpu_has_bf16() == bool(words & {"avx512_bf16", "amx_bf16"})
+        assert {"amx_bf16", "avx512_bf16", "avx2"} & words <= cpu_info().flags
+        assert cpu_info().vendor in words
+    faster = "amx_bf16" in words or "AuthenticAMD" in words
+    expected = BFLOAT16 if cpu_has_bf16() and faster else FLOAT32
     assert choose("auto", "auto") == Resolved(OPENVINO, expected)
     assert choose("auto", "float32") == Resolved(OPENVINO, FLOAT32)
     assert choose("tensorflow", "auto") == Resolved(TENSORFLOW, FLOAT32)
+
+
+@pytest.mark.parametrize(
+    ("has_bf16", "vendor", "flags", "faster"),
+    [
+        (True, "GenuineIntel", {"avx512_bf16", "amx_bf16", "amx_tile"}, True),  # Xeon, AMX
+        (True, "AuthenticAMD", {"avx512_bf16", "avx512f"}, True),  # EPYC Genoa: 1.9x
+        (True, "GenuineIntel", {"avx512_bf16", "avx512f"}, False),  # AMX hidden: 0.58x
+        (False, "GenuineIntel", {"avx2", "fma"}, False),  # no bfloat16 at all
+        (False, "AuthenticAMD", {"avx2", "fma"}, False),
+    ],
+)
+def test_bfloat16_is_the_faster_with_amx_or_on_amd(has_bf16, vendor, flags, faster):
+    assert bfloat16_is_faster(has_bf16, CpuInfo(vendor, frozenset(flags))) is faster
 
 
 L4 = {"device_name": "NVIDIA L4", "compute_capability": (8, 9)}

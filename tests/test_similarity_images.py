@@ -143,7 +143,7 @@ def searched(family, tmp_path_factory):
         "--weights", "random",
         "--neighbors", str(K),
         "--duplicate_threshold", str(THRESHOLD),
-        as_user=True,  # auto: bfloat16 where the CPU has it, which the groups tolerate
+        as_user=True,  # auto: bfloat16 where the CPU has AMX, which the groups tolerate
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return output, uris

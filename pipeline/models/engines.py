@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,14 +57,17 @@ __all__ = [
     "OPENVINO",
     "PRECISIONS",
     "TENSORFLOW",
+    "CpuInfo",
     "Embedder",
     "EmbeddingFunction",
     "EngineUnavailableError",
     "OpenVinoEmbedder",
     "Resolved",
     "TensorFlowEmbedder",
+    "bfloat16_is_faster",
     "choose",
     "cpu_has_bf16",
+    "cpu_info",
     "fast_float16",
     "gpu_details",
     "make_embedder",
@@ -75,6 +80,7 @@ _LOG = logging.getLogger(__name__)
 # Where grappler's auto_mixed_precision acts (tensorflow_engine.MIXED_FLOAT16_GPU):
 # auto_mixed_precision.cc's kMinGPUArch = {7, 0}.
 MIN_FLOAT16_CAPABILITY = (7, 0)  # tensor cores: Volta and later
+AMD = "AuthenticAMD"  # /proc/cpuinfo's vendor_id
 
 
 def gpu_details() -> list[dict]:
@@ -105,15 +111,47 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+class CpuInfo(NamedTuple):
+    """What the kernel reports of the CPU (/proc/cpuinfo): its vendor and the features it
+    lets programs use."""
+
+    vendor: str
+    flags: frozenset[str]
+
+
+@functools.cache
+def cpu_info() -> CpuInfo:
+    """This machine's CpuInfo, from the first processor's lines; empty where there is no
+    /proc/cpuinfo."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return CpuInfo("", frozenset())
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return CpuInfo(fields.get("vendor_id", ""), frozenset(fields.get("flags", "").split()))
+
+
+def bfloat16_is_faster(has_bf16: bool, cpu: CpuInfo) -> bool:
+    """Whether OpenVINO bfloat16 outruns float32 on this CPU, as measured: with AMX's
+    bfloat16 tiles (amx_bf16), and on an AMD CPU with AVX512_BF16 (EPYC: 1.9x float32's
+    images/s for ResNet50, 2.0x for CLIP ViT-B/16). Not on an Intel CPU with AVX512_BF16
+    and no AMX, where it ran at 0.58x to 0.71x float32's (docs/engine.md, "What auto
+    decides")."""
+    return has_bf16 and ("amx_bf16" in cpu.flags or cpu.vendor == AMD)
+
+
 def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -> Resolved:
     """The engine and precision this worker runs for --engine and --precision.
 
     auto: TensorFlow where a GPU is visible, otherwise OpenVINO on the CPU. Precision auto:
-    on OpenVINO, bfloat16 where the CPU computes it natively; on TensorFlow, mixed float16
-    where every visible GPU has tensor cores (fast_float16); float32 elsewhere. bfloat16
-    and int8 asked for run on OpenVINO (parsing refuses them with --engine tensorflow); auto
-    never chooses int8. gpus: the
-    device details of the visible GPUs (gpu_details(), read only when needed, by default).
+    on OpenVINO, bfloat16 where it is the faster (bfloat16_is_faster); on
+    TensorFlow, mixed float16 where every visible GPU has tensor cores (fast_float16);
+    float32 elsewhere. bfloat16 and int8 asked for run on OpenVINO (parsing refuses them
+    with --engine tensorflow); auto never chooses int8. gpus: the device details of the
+    visible GPUs (gpu_details(), read only when needed, by default).
     """
 
     def visible() -> Sequence[Mapping]:
@@ -126,7 +164,8 @@ def choose(engine: str, precision: str, gpus: Sequence[Mapping] | None = None) -
         engine = OPENVINO if precision in (BFLOAT16, INT8) or not visible() else TENSORFLOW
     if precision == AUTO:
         if engine == OPENVINO:
-            precision = BFLOAT16 if cpu_has_bf16() else FLOAT32
+            faster = bfloat16_is_faster(cpu_has_bf16(), cpu_info())
+            precision = BFLOAT16 if faster else FLOAT32
         else:
             precision = FLOAT16 if fast_float16(visible()) else FLOAT32
     if engine == OPENVINO and precision == BFLOAT16 and not cpu_has_bf16():

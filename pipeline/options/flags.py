@@ -418,10 +418,12 @@ ENGINE = Group(
             "precision",
             default="auto",
             choices=PRECISIONS,
-            help="`auto`: bfloat16 on OpenVINO where the worker's CPU computes it natively "
-            "(AVX512_BF16 or AMX), mixed float16 on TensorFlow with a GPU of compute "
+            help="`auto`: bfloat16 on OpenVINO where the worker's CPU runs it faster (AMX, or "
+            "an AMD CPU with AVX512_BF16), mixed float16 on TensorFlow with a GPU of compute "
             "capability 7.0 or more (tensor cores), float32 elsewhere; `float32`; `bfloat16` "
-            "(OpenVINO only; about 3x faster on such CPUs, cosine to float32 above 0.999); "
+            "(OpenVINO only, on a CPU with AVX512_BF16 or AMX; about 2x float32's speed "
+            "there, but 0.6-0.7x on an Intel CPU without AMX; cosine to float32 above "
+            "0.999); "
             "`int8` (OpenVINO only, never chosen by auto: the model quantised by NNCF on the "
             f"input's first {CALIBRATION_IMAGES} images in each worker process, 1.5-1.8x "
             "bfloat16's speed, recall@10 against float32 about 0.95). bfloat16 and int8 need "
@@ -433,7 +435,7 @@ ENGINE = Group(
                 "Performance",
                 "auto",
                 enum={
-                    "auto": ("Automatic", "bfloat16 or float16 where the hardware computes it"),
+                    "auto": ("Automatic", "bfloat16 or float16 where the hardware makes it faster"),
                     "float32": ("float32", "Full precision on every engine"),
                     "bfloat16": ("bfloat16", "OpenVINO on a CPU with AVX512_BF16 or AMX"),
                     "int8": ("int8", "OpenVINO, quantised on the input's first images"),
