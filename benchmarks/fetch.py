@@ -336,6 +336,15 @@ def report(results: list[Result], urls_count: int, missing: str) -> None:
                 f"{web.span_rate / other.span_rate:.2f} over the seconds served"
             )
     print(f"pipeline http / pipeline local files: {web.rate / local.rate:.2f} end to end")
+    slower = [
+        r.runner for r in results if r.runner.startswith("img2dataset") and r.rate > local.rate
+    ]
+    if slower:
+        print(
+            f"model-bound: the pipeline on local files ({local.rate:.1f} images/s) is already "
+            f"slower than {' and '.join(slower)}, which run no model: the model caps the rate "
+            "on this CPU, and what fetching costs is http / local files"
+        )
     print(
         "served s: the first image request's start to the last one's end, at the servers "
         "(no start-up); mean/host: requests in flight per host, averaged over those "
