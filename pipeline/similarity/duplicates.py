@@ -94,17 +94,20 @@ def not_a_star(node: tuple[str, Iterable[str]]) -> int:
 
 
 class _StarRound(beam.PTransform):
+    """Adjacency ((node, neighbour) both ways) to the adjacency after one star step."""
+
     def __init__(self, step):
         super().__init__()
         self._step = step
 
-    def expand(self, edges):
-        return (
-            edges
-            | "Both ways" >> beam.FlatMap(both_ways)
-            | "By node" >> beam.GroupByKey()
-            | "Relink" >> beam.FlatMap(self._step)
-        )
+    def expand(self, adjacency):
+        step = self._step
+
+        def relinked(node):
+            for edge in step(node):
+                yield from both_ways(edge)
+
+        return adjacency | "By node" >> beam.GroupByKey() | "Relink" >> beam.FlatMap(relinked)
 
 
 def check_stars(violations: int, rounds: int) -> bool:
@@ -125,22 +128,25 @@ class FindComponents(beam.PTransform):
         self._rounds = rounds
 
     def expand(self, edges):
+        # Each edge travels both ways, so that a round is one GroupByKey and one step.
+        adjacency = edges | "Both ways" >> beam.FlatMap(both_ways)
         for number in range(self._rounds):
-            edges = (
-                edges
+            adjacency = (
+                adjacency
                 | f"Large star {number}" >> _StarRound(large_star)
                 | f"Small star {number}" >> _StarRound(small_star)
             )
         converged = (
-            edges
-            | "Check: both ways" >> beam.FlatMap(both_ways)
+            adjacency
             | "Check: by node" >> beam.GroupByKey()
             | "Check: stars" >> beam.Map(not_a_star)
             | "Check: count" >> beam.CombineGlobally(sum)
             | "Check: converged" >> beam.Map(check_stars, self._rounds)
         )
-        return edges | "Labels" >> beam.Map(
-            lambda edge, ok: edge, beam.pvalue.AsSingleton(converged)
+        # A star's edges lead from each leaf to its smaller centre.
+        return adjacency | "Labels" >> beam.FlatMap(
+            lambda edge, ok: [edge] if edge[0] > edge[1] else [],
+            beam.pvalue.AsSingleton(converged),
         )
 
 
