@@ -100,9 +100,11 @@ def test_each_line_builds_the_published_architecture(name, built_lines):
 
 
 def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-    """python -m pipeline, as a user runs it (its own process: all it prints is checked)."""
+    """python -m pipeline, as a user runs it: a fresh interpreter, all it prints checked
+    (the fast tier then starts no preloaded one, about 5 s, for the one case)."""
     csv = write_csv(tmp_path / "one.csv", ["tests/data/photos/chelsea.png"])
-    return run_cli("--input", str(csv), "--output", str(tmp_path / "out"), *args, env=env)
+    args = ("--input", str(csv), "--output", str(tmp_path / "out"), *args)
+    return run_cli(*args, env=env, as_user=True)
 
 
 class Finished(NamedTuple):
@@ -127,8 +129,8 @@ def one_line(result) -> str:
     return lines[0]
 
 
-def test_a_name_that_is_not_a_model_lists_the_models(tmp_path):
-    result = cli(tmp_path, "--model", "clip_vit_base_patch32")
+def test_a_name_that_is_not_a_model_lists_the_models(tmp_path, capsys):
+    result = cli_here(tmp_path, capsys, "--model", "clip_vit_base_patch32")
     assert result.returncode == 2
     line = one_line(result)
     assert "--model" in line and all(name in line for name in BACKBONES)

@@ -174,7 +174,9 @@ def test_help_lists_every_option_with_its_default(help_text):
 
 
 def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
-    result = run_cli("--input", "x.csv", "--output", str(tmp_path / "o"), "--max_num_worker", "3")
+    # As a user runs it: a fresh interpreter, whose whole output is the one line.
+    args = ("--input", "x.csv", "--output", str(tmp_path / "o"), "--max_num_worker", "3")
+    result = run_cli(*args, as_user=True)
     assert result.returncode == 2
     assert (
         "unrecognised argument(s): --max_num_worker (did you mean --max_num_workers?)"
@@ -380,13 +382,16 @@ def test_help_shows_each_group_with_its_flags_and_their_help(help_text):
     ("output", "reason"),
     [("/proc/forbidden", "No such file or directory"), ("{file}/below", "Not a directory")],
 )
-def test_an_output_that_cannot_be_written_is_one_line_before_any_work(output, reason, tmp_path):
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(
+    output, reason, tmp_path, capsys
+):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     output = output.format(file=a_file)
-    result = run_cli("--input", "tests/data/photos.csv", "--output", output, "--weights", "random")
-    assert result.returncode == 2
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    args = ("--input", "tests/data/photos.csv", "--output", output, "--weights", "random")
+    code, _, err = cli_here(capsys, *args)
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.strip()]
     assert line.startswith(f"error: --output {output}: cannot write there (")
     assert reason in line
 
