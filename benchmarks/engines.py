@@ -91,9 +91,9 @@ def speed(model: str, batch: int, repeats: int) -> None:
 
 
 def cpu() -> str:
-    from pipeline.models.engines import cpu_flags, cpu_has_bf16
+    from pipeline.models.engines import cpu_has_bf16, cpu_info
 
-    amx = "amx_bf16" in cpu_flags()
+    amx = "amx_bf16" in cpu_info().flags
     return f"CPU: OpenVINO BF16 {'yes' if cpu_has_bf16() else 'no'}, AMX {'yes' if amx else 'no'}"
 
 

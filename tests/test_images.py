@@ -234,14 +234,14 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 CAMERA_SIZES = ((640, 480), (1920, 1080), (4000, 3000))
 
 
-@functools.cache  # the same JPEGs for each rule and test: encoding 4000 x 3000 is slow
-def camera_sized_jpegs(sizes=CAMERA_SIZES) -> tuple[tuple[str, bytes], ...]:
-    made = []
-    for name in ("astronaut.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg"):
-        source = photo(name).convert("RGB")
-        for size in sizes:
-            made.append((f"{name}@{size}", encode(source.resize(size), "JPEG", quality=90)))
-    return tuple(made)
+@functools.cache  # the same JPEG for each rule and test: encoding 4000 x 3000 is slow
+def camera_sized_jpeg(name: str, size: tuple[int, int]) -> bytes:
+    return encode(photo(name).convert("RGB").resize(size), "JPEG", quality=90)
+
+
+def camera_sized_jpegs(sizes=CAMERA_SIZES) -> list[tuple[str, bytes]]:
+    names = ("astronaut.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg")
+    return [(f"{name}@{size}", camera_sized_jpeg(name, size)) for name in names for size in sizes]
 
 
 def test_jpeg_draft_stays_within_the_documented_tolerance():

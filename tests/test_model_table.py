@@ -100,8 +100,7 @@ def test_each_line_builds_the_published_architecture(name, built_lines):
 
 
 def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-    """python -m pipeline, as a user runs it: a fresh interpreter, all it prints checked
-    (the fast tier then starts no preloaded one, about 5 s, for the one case)."""
+    """python -m pipeline, as a user runs it: a fresh interpreter, all it prints checked."""
     csv = write_csv(tmp_path / "one.csv", ["tests/data/photos/chelsea.png"])
     args = ("--input", str(csv), "--output", str(tmp_path / "out"), *args)
     return run_cli(*args, env=env, as_user=True)
@@ -190,6 +189,7 @@ def test_a_preset_of_another_architecture_is_refused(dinov2_preset, tmp_path, ca
     assert "its patch_size is 16, dinov2_small's is 14" in one_line(result)
 
 
+@pytest.mark.slow  # a fresh interpreter (the fast tier starts none)
 def test_pretrained_offline_is_one_line_before_any_work(tmp_path):
     # A proxy on a closed loopback port: Kaggle cannot be reached, whatever the network.
     offline = {

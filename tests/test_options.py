@@ -173,15 +173,14 @@ def test_help_lists_every_option_with_its_default(help_text):
     assert help_text.splitlines()[-1].endswith("python -m pipeline --help-beam")
 
 
-def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path):
-    # As a user runs it: a fresh interpreter, whose whole output is the one line.
+def test_cli_rejects_a_misspelled_flag_before_doing_any_work(tmp_path, capsys):
+    # In this process; test_the_misspelt_command_is_one_line_as_a_user_runs_it runs a
+    # fresh interpreter.
     args = ("--input", "x.csv", "--output", str(tmp_path / "o"), "--max_num_worker", "3")
-    result = run_cli(*args, as_user=True)
-    assert result.returncode == 2
-    assert (
-        "unrecognised argument(s): --max_num_worker (did you mean --max_num_workers?)"
-        in result.stderr
-    )
+    code, out, err = cli_here(capsys, *args)
+    assert (code, out) == (2, "")
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert "unrecognised argument(s): --max_num_worker (did you mean --max_num_workers?)" in line
     assert not (tmp_path / "o").exists()
 
 

@@ -313,12 +313,13 @@ def test_summary_counts_what_the_files_hold(searched):
         "largest_component": similarity["duplicates"]["largest_component"],
     }
     # The largest component, from the stored embeddings, not from the groups: the run takes
-    # auto's precision, bfloat16 on a CPU with BF16, which moves a pair near T by up to
-    # 1.5e-4 (tests/test_engine.py), and pairs inside these families' components sit
-    # closer to T than that (two of hubble_deep_field's copies 5.1e-5 above it in float32),
-    # so whether each component is one group of copies, every pair >= T, depends on the
-    # CPU. The engine counts a pair >= T - 1e-6 in float32, numpy's float64 differs by
-    # up to 4e-7: the summary lies between numpy's largest with 1e-5 more and 1e-5 less.
+    # auto's precision, bfloat16 on a CPU with AMX or an AMD one with BF16, which moves a
+    # pair near T by up to 1.5e-4 (tests/test_engine.py), and pairs inside these families'
+    # components sit closer to T than that (two of hubble_deep_field's copies 5.1e-5 above
+    # it in float32), so whether each component is one group of copies, every pair >= T,
+    # depends on the CPU. The engine counts a pair >= T - 1e-6 in float32, numpy's float64
+    # differs by up to 4e-7: the summary lies between numpy's largest with 1e-5 more and
+    # 1e-5 less.
     largest = similarity["duplicates"]["largest_component"]
     tolerance = 1e-5
     assert (

@@ -71,6 +71,7 @@ __all__ = [
     "fast_float16",
     "gpu_details",
     "make_embedder",
+    "parse_cpuinfo",
     "probe",
     "quantize",
 ]
@@ -119,27 +120,32 @@ class CpuInfo(NamedTuple):
     flags: frozenset[str]
 
 
-@functools.cache
-def cpu_info() -> CpuInfo:
-    """This machine's CpuInfo, from the first processor's lines; empty where there is no
-    /proc/cpuinfo."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return CpuInfo("", frozenset())
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """The first processor's vendor_id and flags in /proc/cpuinfo's text (empty where a
+    kernel names neither, as on Arm)."""
     fields: dict[str, str] = {}
-    for line in lines:
+    for line in text.splitlines():
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
     return CpuInfo(fields.get("vendor_id", ""), frozenset(fields.get("flags", "").split()))
 
 
+@functools.cache
+def cpu_info() -> CpuInfo:
+    """This machine's CpuInfo; empty where there is no /proc/cpuinfo (not Linux)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return CpuInfo("", frozenset())
+
+
 def bfloat16_is_faster(has_bf16: bool, cpu: CpuInfo) -> bool:
-    """Whether OpenVINO bfloat16 outruns float32 on this CPU, as measured: with AMX's
-    bfloat16 tiles (amx_bf16), and on an AMD CPU with AVX512_BF16 (EPYC: 1.9x float32's
-    images/s for ResNet50, 2.0x for CLIP ViT-B/16). Not on an Intel CPU with AVX512_BF16
-    and no AMX, where it ran at 0.58x to 0.71x float32's (docs/engine.md, "What auto
-    decides")."""
+    """Whether OpenVINO bfloat16 outruns float32 on this CPU: with AMX's bfloat16 tiles
+    (amx_bf16; 103.9 images/s for ResNet50 in bfloat16 on 2 cores, above float32 on any
+    CPU measured), and on an AMD CPU with AVX512_BF16 (EPYC: 1.9x float32's images/s for
+    ResNet50, 2.0x for CLIP ViT-B/16). Not on an Intel CPU with AVX512_BF16 and no AMX,
+    where it ran at 0.58x to 0.71x float32's (docs/engine.md, "What auto decides"); nor
+    where the CPU cannot be read (no /proc/cpuinfo)."""
     return has_bf16 and ("amx_bf16" in cpu.flags or cpu.vendor == AMD)
 
 
