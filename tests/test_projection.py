@@ -98,6 +98,14 @@ def test_edge_cases():
     single.add(np.arange(4.0))
     projection = principal_components(single)
     assert projection.apply(np.arange(4.0)[None, :]) == pytest.approx(np.zeros((1, 2)))
+    # Identical embeddings (byte-identical copies, say): no variance, every point at the
+    # centre, whichever way the axes point.
+    same = Moments()
+    for _ in range(5):
+        same.add(np.full(64, 0.5))
+    flat = principal_components(same)
+    assert flat.explained_variance == pytest.approx([0.0, 0.0])
+    assert flat.apply(np.full((1, 64), 0.5)) == pytest.approx(np.zeros((1, 2)))
     mixed = Moments()
     mixed.add(np.zeros(4))
     with pytest.raises(ValueError, match="embeddings of 3 values met embeddings of 4"):

