@@ -31,7 +31,7 @@ test: $(VENV)/.installed lint ## Lint, then run the whole test suite (installs C
 	$(PYTEST) --dist loadfile
 
 # What earns a test its place in the fast tier: pyproject.toml, next to the markers.
-test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in under a minute
+test-fast: $(VENV)/.installed ## Every test that runs no whole pipeline, in about a minute
 	$(PYTEST) --dist worksteal -m "not pipeline_run and not slow"
 
 benchmark: $(VENV)/.installed ## Images/s of the pipeline vs the raw model and the original approach
