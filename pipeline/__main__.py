@@ -1,6 +1,5 @@
 """python -m pipeline: see pipeline.cli."""
 
-from pipeline.cli import main
-from pipeline.console import exit_now
+from pipeline.cli import entry
 
-exit_now(main())
+entry()
